@@ -1,0 +1,45 @@
+"""One console script: ``curate <stage>``; bad input exits 2 with one line, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from curate.errors import CurateError
+
+STAGES = ("ingest",)
+
+
+def stage_parser(stage: str, description: str) -> argparse.ArgumentParser:
+    """The options every stage takes."""
+    parser = argparse.ArgumentParser(prog=f"curate {stage}", description=description)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    return parser
+
+
+def guarded(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run a stage ``main``; turn a :class:`CurateError` into one line on stderr and exit code 2."""
+    try:
+        return main(argv)
+    except CurateError as exc:
+        print(f"curate: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in STAGES:
+        usage = f"usage: curate {{{','.join(STAGES)}}} [--params PARAMS]"
+        if argv and argv[0] not in {"-h", "--help"}:
+            print(f"{usage}\ncurate: error: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        print(usage)
+        return 0 if argv else 2
+    module = importlib.import_module(f"curate.stages.{argv[0]}")
+    return guarded(module.main, argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

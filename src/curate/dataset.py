@@ -1,0 +1,142 @@
+"""The on-disk data contract shared by every stage.
+
+* ``images.npy``: uint8 array ``N x H x W x C``, written once, memory-mapped on read.
+* ``samples.parquet``: one row per sample. Core columns (see :data:`CORE_COLUMNS`):
+
+  - ``sample_id``: a content hash of the source bytes, so a file moved to
+    another class folder keeps its id (and shows up as relabelled); identical
+    bytes in two files get ``-1``, ``-2`` suffixes in path order, so ids stay unique;
+  - ``path``: the source file relative to the source folder (``mnist/00042`` for the demo);
+  - ``row``: the sample's row in its ``images.npy``;
+  - ``label`` (int, index into the sorted class names), ``label_name``, ``group``,
+    ``split`` (``train`` | ``test``).
+
+  Stages add their own columns (``label_quality``, ``action``, ``weight``, ...)
+  and pass tables on, never copies of images.
+
+Every write goes to a temp file in the target folder, then ``os.replace``:
+a killed stage leaves the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from curate.errors import CurateError
+
+CORE_COLUMNS = ("sample_id", "path", "row", "label", "label_name", "group", "split")
+SPLITS = ("train", "test")
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside ``target``; rename it over ``target`` only on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    # mkstemp makes 0600 files; give outputs the usual permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp_path.chmod(0o666 & ~umask)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes(target: str | Path, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(target: str | Path, text: str) -> None:
+    write_bytes(target, text.encode("utf-8"))
+
+
+def write_images(target: str | Path, images: np.ndarray) -> None:
+    """Store an ``N x H x W x C`` uint8 array as ``.npy``."""
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 N x H x W x C, got {images.dtype} {images.shape}")
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, np.ascontiguousarray(images), allow_pickle=False)
+
+
+def read_images(source: str | Path) -> np.ndarray:
+    """Memory-map an ``images.npy`` (read-only): stages touch only the rows they need."""
+    source = Path(source)
+    if not source.exists():
+        raise CurateError(f"{source}: not found (run the upstream stage first: dvc repro)")
+    images = np.load(source, mmap_mode="r", allow_pickle=False)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise CurateError(f"{source}: expected uint8 N x H x W x C, got {images.dtype} {images.shape}")
+    return images
+
+
+def write_samples(target: str | Path, samples: pd.DataFrame) -> None:
+    """Write a sample table; the index is dropped so row order is the only order."""
+    missing = [column for column in CORE_COLUMNS if column not in samples.columns]
+    if missing:
+        raise ValueError(f"sample table lacks core columns {missing}")
+    if not samples["sample_id"].is_unique:
+        raise ValueError("sample table has duplicate sample_id values")
+    with atomic_path(target) as tmp:
+        samples.reset_index(drop=True).to_parquet(tmp, index=False, compression="zstd")
+
+
+def read_samples(source: str | Path) -> pd.DataFrame:
+    source = Path(source)
+    if not source.exists():
+        raise CurateError(f"{source}: not found (run the upstream stage first: dvc repro)")
+    samples = pd.read_parquet(source)
+    missing = [column for column in CORE_COLUMNS if column not in samples.columns]
+    if missing:
+        raise CurateError(f"{source}: missing columns {', '.join(missing)}")
+    return samples
+
+
+def content_ids(payloads: Sequence[bytes]) -> list[str]:
+    """Stable, unique ids from content: 16 hex digits of SHA-256, ``-k`` on repeats.
+
+    Callers pass payloads in a stable order (sorted paths), so the k-th copy of
+    identical bytes always gets the same suffix.
+    """
+    seen: Counter[str] = Counter()
+    ids = []
+    for payload in payloads:
+        digest = hashlib.sha256(payload).hexdigest()[:16]
+        ids.append(f"{digest}-{seen[digest]}" if seen[digest] else digest)
+        seen[digest] += 1
+    return ids
+
+
+def class_names(samples: pd.DataFrame) -> list[str]:
+    """Class names in label order (``label`` indexes this list)."""
+    pairs = samples[["label", "label_name"]].drop_duplicates().sort_values("label")
+    return pairs["label_name"].tolist()
+
+
+def stratified_test_mask(strata: Sequence[str], test_fraction: float, seed: int) -> np.ndarray:
+    """Mark ``round(test_fraction * n)`` rows of each stratum as test, reproducibly under ``seed``.
+
+    Done by hand rather than with scikit-learn so that strata of one sample
+    stay in train instead of failing the whole split.
+    """
+    strata = pd.Series(list(strata))
+    rng = np.random.default_rng(seed)
+    is_test = np.zeros(len(strata), dtype=bool)
+    for _, rows in sorted(strata.groupby(strata).groups.items()):
+        chosen = rng.permutation(np.asarray(rows))[: round(test_fraction * len(rows))]
+        is_test[chosen] = True
+    return is_test

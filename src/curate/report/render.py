@@ -1,0 +1,215 @@
+"""Render stage reports: ``reports/<stage>.html``, ``reports/<stage>.md``, ``reports/metrics/<stage>.json``.
+
+Reports are versioned next to the data they describe, so they must be:
+
+* safe: autoescape on, and every value a template prints goes through
+  :func:`_escape_user_text`, which also neutralises Markdown syntax, so a class
+  folder named ``<img src=x onerror=alert(1)>`` or ``a|b`` renders as text in
+  both the HTML and the Markdown digest; no JavaScript, no external URL, and a
+  Content-Security-Policy that forbids both;
+* self-contained: charts are inline SVG, thumbnails are PNG data URIs;
+* deterministic: byte-identical for identical inputs (fixed SVG hash salt, no
+  dates in SVG metadata, sorted JSON keys, no timestamps or absolute paths);
+* small: at most :data:`MAX_REPORT_BYTES`; templates sample and aggregate.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup, escape
+
+from curate.dataset import write_text
+from curate.imaging import to_pil
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+MAX_REPORT_BYTES = 2_000_000
+REPORTS_DIR = Path("reports")
+
+# Characters that would change a Markdown digest's structure (table cells,
+# links, code spans, emphasis), written as numeric entities: they render as
+# themselves in HTML and in GitHub Markdown, tables included. Underscores stay
+# readable in the raw diff: GitHub does not emphasise inside words.
+_MARKDOWN_ENTITIES = {c: f"&#{ord(c)};" for c in "|*`[]\\"} | {"\n": " ", "\r": " "}
+_MARKDOWN_PATTERN = re.compile("|".join(re.escape(c) for c in _MARKDOWN_ENTITIES))
+
+
+def _escape_user_text(value: Any) -> Any:
+    """Jinja ``finalize``: escape every printed string for HTML and Markdown alike.
+
+    Markup (our own charts and data URIs) passes untouched; numbers pass as they are.
+    """
+    if isinstance(value, Markup) or not isinstance(value, str):
+        return value
+    escaped = str(escape(value))
+    return Markup(_MARKDOWN_PATTERN.sub(lambda m: _MARKDOWN_ENTITIES[m.group(0)], escaped))
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    """Numbers for people: ints with thousands separators, floats to ``digits`` places."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
+    if isinstance(value, int | np.integer):
+        return f"{int(value):,}"
+    if isinstance(value, float | np.floating):
+        return "n/a" if math.isnan(value) else f"{float(value):,.{digits}f}"
+    return str(value)
+
+
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.{digits}f}%"
+
+
+ENV = Environment(
+    loader=PackageLoader("curate.report", "templates"),
+    autoescape=True,
+    finalize=_escape_user_text,
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+ENV.filters["fmt"] = _fmt
+ENV.filters["pct"] = _pct
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verdict line: what was measured against which bound, and whether it holds."""
+
+    name: str
+    observed: Any
+    threshold: str
+    passed: bool
+
+
+@dataclass
+class Verdict:
+    """A report's opening: checks (pass/fail) and warnings a reviewer should read."""
+
+    checks: list[Check] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        if any(not check.passed for check in self.checks):
+            return "fail"
+        return "warn" if self.warnings else "pass"
+
+
+def render(template: str, **context: Any) -> str:
+    return ENV.get_template(template).render(csp=CSP, **context)
+
+
+def write_report(
+    stage: str,
+    context: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    reports_dir: str | Path = REPORTS_DIR,
+) -> dict[str, int]:
+    """Render ``<stage>.html`` and ``<stage>.md``, write them and the metrics; return byte sizes."""
+    reports_dir = Path(reports_dir)
+    html = render(f"{stage}.html", stage=stage, **context)
+    # Blank-line runs left by template blocks would be noise in every PR diff.
+    markdown = re.sub(r"\n{3,}", "\n\n", render(f"{stage}.md", stage=stage, **context))
+    if len(html.encode()) > MAX_REPORT_BYTES:
+        raise RuntimeError(f"reports/{stage}.html is {len(html.encode()):,} bytes, over the cap")
+    write_text(reports_dir / f"{stage}.html", html)
+    write_text(reports_dir / f"{stage}.md", markdown)
+    write_text(reports_dir / "metrics" / f"{stage}.json", metrics_json(metrics))
+    return {"html": len(html.encode()), "md": len(markdown.encode())}
+
+
+def metrics_json(metrics: Mapping[str, Any]) -> str:
+    """DVC metrics: sorted keys, plain types, floats rounded so noise-free diffs stay quiet."""
+    return json.dumps(_plain(metrics), indent=2, sort_keys=True) + "\n"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return None if math.isnan(value) else round(float(value), 6)
+    return value
+
+
+def thumbnail(image: np.ndarray) -> Markup:
+    """A PNG data URI of one H x W x C uint8 image (shown enlarged, pixelated, by CSS)."""
+    buffer = io.BytesIO()
+    to_pil(np.asarray(image)).save(buffer, format="PNG", optimize=True)
+    return Markup("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"))
+
+
+def svg(figure: plt.Figure, key: str) -> Markup:
+    """Inline SVG of a matplotlib figure, byte-stable across runs.
+
+    ``key`` salts the element ids so two charts on one page never share an id.
+    Text stays ``<text>`` (escaped by matplotlib) rather than glyph paths, which
+    keeps charts small and keeps user strings out of XML comments.
+    """
+    buffer = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": f"curate-{key}", "svg.fonttype": "none"}):
+        figure.savefig(buffer, format="svg", metadata={"Date": None}, bbox_inches="tight")
+    plt.close(figure)
+    text = buffer.getvalue()
+    return Markup(text[text.index("<svg") :])
+
+
+def bar_chart(
+    categories: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    *,
+    key: str,
+    ylabel: str = "",
+    title: str = "",
+    stacked: bool = False,
+) -> Markup:
+    """A grouped (or stacked) bar chart: one bar per series within each category."""
+    with matplotlib.rc_context({"text.parse_math": False, "font.size": 9}):
+        width_in = min(11.0, 1.2 + 0.45 * len(categories) * (1 if stacked else max(1, len(series))))
+        figure, axes = plt.subplots(figsize=(max(4.0, width_in), 3.0))
+        positions = np.arange(len(categories))
+        bar_width = 0.8 if stacked else 0.8 / max(1, len(series))
+        bottom = np.zeros(len(categories))
+        for index, (name, values) in enumerate(series.items()):
+            values = np.asarray(values, dtype=float)
+            offset = 0.0 if stacked else (index - (len(series) - 1) / 2) * bar_width
+            axes.bar(
+                positions + offset, values, bar_width, label=str(name), bottom=bottom if stacked else None
+            )
+            if stacked:
+                bottom = bottom + values
+        axes.set_xticks(
+            positions,
+            [str(c) for c in categories],
+            rotation=45 if len(categories) > 12 else 0,
+            ha="right" if len(categories) > 12 else "center",
+        )
+        axes.set_ylabel(ylabel)
+        axes.set_title(title)
+        axes.spines[["top", "right"]].set_visible(False)
+        if len(series) > 1:
+            axes.legend(frameon=False)
+        return svg(figure, key)

@@ -1,0 +1,151 @@
+"""ingest: source images -> ``data/raw/images.npy`` + ``data/raw/samples.parquet`` + report.
+
+The source is the embedded demo (``ingest.source: data/demo``) or an ImageFolder.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from curate import demo
+from curate.cli import guarded, stage_parser
+from curate.dataset import class_names, write_images, write_samples
+from curate.folder import FolderData, read_image_folder
+from curate.params import DEMO_SOURCE, Params, load_params
+from curate.report import Verdict, bar_chart, thumbnail, write_report
+
+RAW_DIR = Path("data/raw")
+THUMBS_PER_CELL = 8
+MIN_TRAIN_PER_CLASS = 10
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = stage_parser("ingest", __doc__).parse_args(argv)
+    params = load_params(args.params)
+    data = load_source(params)
+    write_images(RAW_DIR / "images.npy", data.images)
+    write_samples(RAW_DIR / "samples.parquet", data.samples)
+    sizes = write_report("ingest", report_context(params, data), metrics(data))
+    print(f"ingest: {len(data.samples):,} samples; reports/ingest.html {sizes['html']:,} bytes")
+    return 0
+
+
+def load_source(params: Params) -> FolderData:
+    settings = params.ingest
+    if settings.source == DEMO_SOURCE:
+        images, samples = demo.build_demo(
+            seed=params.seed,
+            test_fraction=settings.test_fraction,
+            label_noise=settings.demo.label_noise,
+            minority_keep=settings.demo.minority_keep,
+            size=params.image.size,
+            channels=params.image.channels,
+        )
+        return FolderData(images=images, samples=samples)
+    return read_image_folder(
+        Path(settings.source),
+        size=params.image.size,
+        channels=params.image.channels,
+        on_bad_image=settings.on_bad_image,
+        test_fraction=settings.test_fraction,
+        seed=params.seed,
+    )
+
+
+def metrics(data: FolderData) -> dict[str, int]:
+    samples = data.samples
+    return {
+        "n_train": int((samples["split"] == "train").sum()),
+        "n_test": int((samples["split"] == "test").sum()),
+        "n_classes": int(samples["label"].nunique()),
+        "n_groups": int(samples["group"].nunique()),
+        "n_bad_images": len(data.bad_files),
+    }
+
+
+def report_context(params: Params, data: FolderData) -> dict:
+    samples = data.samples
+    names = class_names(samples)
+    groups = sorted(samples["group"].unique())
+    counts = samples.groupby(["label_name", "group", "split"]).size()
+    columns = [(group, split) for group in groups for split in ("train", "test")]
+    count_rows = [
+        [name, *(int(counts.get((name, g, s), 0)) for g, s in columns), int(counts.get(name).sum())]
+        for name in names
+    ]
+    train = samples[samples["split"] == "train"]
+    train_counts = train.groupby(["label_name", "group"]).size()
+    chart = bar_chart(
+        names,
+        {g: [int(train_counts.get((n, g), 0)) for n in names] for g in groups},
+        key="ingest-counts",
+        ylabel="train samples",
+        title="Train samples by class and group",
+    )
+    return {
+        "source": params.ingest.source,
+        "is_demo": params.ingest.source == DEMO_SOURCE,
+        "demo": params.ingest.demo,
+        "image": params.image,
+        "verdict": _verdict(data, names),
+        "headline": list(metrics(data).items()),
+        "count_headers": ["class", *(f"{g} {s}" for g, s in columns), "total"],
+        "count_rows": count_rows,
+        "chart": chart,
+        "thumbnails": _thumbnail_rows(data.images, train, names, groups),
+        "source_sizes": [(f"{w} x {h}", n) for (w, h), n in data.source_sizes.most_common(10)],
+        "source_modes": sorted(data.source_modes.items()),
+        "bad_files": data.bad_files,
+        "noise_by_group": _noise_by_group(samples),
+    }
+
+
+def _verdict(data: FolderData, names: list[str]) -> Verdict:
+    verdict = Verdict()
+    if data.bad_files:
+        verdict.warnings.append(f"{len(data.bad_files)} unreadable file(s) skipped (see Details)")
+    train = data.samples[data.samples["split"] == "train"]
+    per_class = train["label_name"].value_counts()
+    for name in names:
+        if per_class.get(name, 0) < MIN_TRAIN_PER_CLASS:
+            verdict.warnings.append(
+                f"class {name} has {per_class.get(name, 0)} train samples (fewer than {MIN_TRAIN_PER_CLASS})"
+            )
+    return verdict
+
+
+def _thumbnail_rows(images: np.ndarray, train: pd.DataFrame, names, groups) -> list[dict]:
+    """The first few train samples of each class x group, as captioned thumbnails."""
+    rows = []
+    for name in names:
+        for group in groups:
+            cell = train[(train["label_name"] == name) & (train["group"] == group)].head(THUMBS_PER_CELL)
+            if len(cell):
+                rows.append(
+                    {
+                        "label": f"{name} / {group}",
+                        "items": [
+                            {"uri": thumbnail(images[row]), "caption": path.rsplit("/", 1)[-1], "title": path}
+                            for row, path in zip(cell["row"], cell["path"], strict=True)
+                        ],
+                    }
+                )
+    return rows
+
+
+def _noise_by_group(samples: pd.DataFrame) -> list[list]:
+    """Demo only: injected label flips per group of the train split."""
+    if "true_label" not in samples.columns:
+        return []
+    train = samples[samples["split"] == "train"]
+    flipped = (train["label"] != train["true_label"]).groupby(train["group"])
+    return [[group, int(flips.sum()), len(flips), float(flips.mean())] for group, flips in flipped]
+
+
+if __name__ == "__main__":
+    sys.exit(guarded(main))

@@ -1,0 +1,100 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from curate.dataset import (
+    atomic_path,
+    class_names,
+    content_ids,
+    read_images,
+    read_samples,
+    stratified_test_mask,
+    write_images,
+    write_samples,
+)
+from curate.errors import CurateError
+
+
+def table(n=4):
+    return pd.DataFrame(
+        {
+            "sample_id": [f"id{i}" for i in range(n)],
+            "path": [f"c/{i}.png" for i in range(n)],
+            "row": range(n),
+            "label": [i % 2 for i in range(n)],
+            "label_name": ["a" if i % 2 == 0 else "b" for i in range(n)],
+            "group": "all",
+            "split": "train",
+        }
+    )
+
+
+def test_images_round_trip_is_memory_mapped(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (5, 7, 7, 3), dtype=np.uint8)
+    write_images(tmp_path / "images.npy", images)
+    loaded = read_images(tmp_path / "images.npy")
+    assert isinstance(loaded, np.memmap)
+    np.testing.assert_array_equal(loaded, images)
+
+
+def test_write_images_rejects_wrong_layout(tmp_path):
+    with pytest.raises(ValueError):
+        write_images(tmp_path / "x.npy", np.zeros((2, 3, 3), dtype=np.uint8))
+    with pytest.raises(ValueError):
+        write_images(tmp_path / "x.npy", np.zeros((2, 3, 3, 1), dtype=np.float32))
+    assert not list(tmp_path.iterdir())
+
+
+def test_samples_round_trip_and_same_bytes(tmp_path):
+    write_samples(tmp_path / "a.parquet", table())
+    write_samples(tmp_path / "b.parquet", table())
+    pd.testing.assert_frame_equal(read_samples(tmp_path / "a.parquet"), table())
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+
+
+def test_samples_need_core_columns_and_unique_ids(tmp_path):
+    with pytest.raises(ValueError, match="core columns"):
+        write_samples(tmp_path / "s.parquet", table().drop(columns="group"))
+    duplicated = table()
+    duplicated.loc[1, "sample_id"] = "id0"
+    with pytest.raises(ValueError, match="duplicate"):
+        write_samples(tmp_path / "s.parquet", duplicated)
+    assert not (tmp_path / "s.parquet").exists()
+
+
+def test_missing_input_is_a_user_error(tmp_path):
+    with pytest.raises(CurateError, match="not found"):
+        read_samples(tmp_path / "nope.parquet")
+    with pytest.raises(CurateError, match="not found"):
+        read_images(tmp_path / "nope.npy")
+
+
+def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_content_ids_are_stable_and_unique():
+    ids = content_ids([b"x", b"y", b"x", b"x"])
+    assert len(set(ids)) == 4
+    assert ids[2] == ids[0] + "-1" and ids[3] == ids[0] + "-2"
+    assert content_ids([b"y"]) == [ids[1]]
+
+
+def test_class_names_follow_label_order():
+    frame = pd.DataFrame({"label": [1, 0, 1], "label_name": ["dog", "cat", "dog"]})
+    assert class_names(frame) == ["cat", "dog"]
+
+
+def test_stratified_mask_per_stratum_and_seeded():
+    strata = ["a"] * 8 + ["b"] * 4 + ["c"]
+    mask = stratified_test_mask(strata, 0.25, seed=3)
+    assert mask[:8].sum() == 2 and mask[8:12].sum() == 1 and not mask[12]
+    np.testing.assert_array_equal(mask, stratified_test_mask(strata, 0.25, seed=3))
+    other_seeds = [stratified_test_mask(strata, 0.25, seed=s) for s in range(10)]
+    assert any(not np.array_equal(mask, other) for other in other_seeds)

@@ -1,0 +1,89 @@
+import subprocess
+import sys
+
+import pytest
+
+from curate.errors import CurateError
+from curate.params import Params, load_params
+from tests.conftest import REPO
+
+
+def write(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def error_of(path) -> str:
+    with pytest.raises(CurateError) as caught:
+        load_params(path)
+    return str(caught.value)
+
+
+def test_template_params_validate():
+    params = load_params(REPO / "params.yaml")
+    assert isinstance(params, Params)
+    assert params.image.size == 28
+    assert params.ingest.source == "data/demo"
+
+
+def test_unknown_key_names_dotted_key_and_suggests(tmp_path):
+    path = write(tmp_path, "ingest:\n  test_fracton: 0.2\n")
+    assert error_of(path) == (
+        f"{path}: ingest.test_fracton: unknown key (did you mean ingest.test_fraction?)"
+    )
+
+
+def test_unknown_nested_key_suggests_sibling(tmp_path):
+    path = write(tmp_path, "ingest:\n  demo:\n    label_nose: 0.2\n")
+    assert "ingest.demo.label_nose: unknown key (did you mean ingest.demo.label_noise?)" in error_of(path)
+
+
+def test_unknown_top_level_key_without_close_match(tmp_path):
+    path = write(tmp_path, "zzz: 1\n")
+    assert error_of(path).endswith("zzz: unknown key")
+
+
+def test_wrong_type_names_key(tmp_path):
+    path = write(tmp_path, "image:\n  size: '28'\n")
+    message = error_of(path)
+    assert "image.size: '28'" in message
+    assert "integer" in message
+
+
+def test_out_of_range_names_key_and_range(tmp_path):
+    path = write(tmp_path, "ingest:\n  test_fraction: 1.5\n")
+    assert error_of(path).endswith("ingest.test_fraction: 1.5 is out of range (allowed: 0 < value < 1)")
+
+
+def test_choice_lists_allowed_values(tmp_path):
+    path = write(tmp_path, "ingest:\n  on_bad_image: ignore\n")
+    assert error_of(path).endswith("ingest.on_bad_image: 'ignore' is not allowed (allowed: 'skip', 'fail')")
+
+
+def test_channels_must_be_1_or_3(tmp_path):
+    path = write(tmp_path, "image:\n  channels: 2\n")
+    assert "image.channels: 2 is not allowed (allowed: 1, 3)" in error_of(path)
+
+
+def test_several_errors_are_counted_on_one_line(tmp_path):
+    path = write(tmp_path, "seed: -1\nimage:\n  size: 4\n")
+    message = error_of(path)
+    assert "\n" not in message
+    assert message.endswith("(and 1 more)")
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    assert "invalid YAML at line 2" in error_of(write(tmp_path, "seed: 0\n  image: [\n"))
+    assert error_of(tmp_path / "nope.yaml").endswith("nope.yaml: file not found")
+    assert "expected a mapping" in error_of(write(tmp_path, "- 1\n"))
+
+
+def test_cli_exits_2_with_one_line_and_no_traceback(tmp_path):
+    write(tmp_path, "ingest:\n  treshold: 3\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "curate.cli", "ingest"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["curate: error: params.yaml: ingest.treshold: unknown key"]
+    assert not (tmp_path / "data").exists()

@@ -1,0 +1,63 @@
+"""End to end: the template as a user clones it, driven by the real dvc CLI."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import template_copy
+
+pytestmark = pytest.mark.slow
+
+
+def dvc(*args, cwd):
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    return subprocess.run(["dvc", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True)
+
+
+def git_status(cwd):
+    return subprocess.run(
+        ["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, check=True
+    ).stdout
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    """A fresh clone of the template after one ``dvc repro`` of the default params."""
+    root = template_copy(tmp_path_factory.mktemp("clone"))
+    dvc("repro", cwd=root)
+    return root
+
+
+def test_fresh_clone_reproduces_the_committed_lock_and_reports(reproduced):
+    # Same code, params and demo data give the same bytes: the committed
+    # dvc.lock and reports stay untouched, and dvc sees nothing to do.
+    assert git_status(reproduced) == ""
+    assert "up to date" in dvc("status", cwd=reproduced).stdout
+    assert "didn't change, skipping" in dvc("repro", cwd=reproduced).stdout
+
+
+def test_outputs_metrics_and_git_ignores(reproduced):
+    for path in ("data/raw/images.npy", "data/raw/samples.parquet", "reports/ingest.html"):
+        assert (reproduced / path).is_file()
+    shown = json.loads(dvc("metrics", "show", "--json", cwd=reproduced).stdout)
+    metrics = next(iter(shown.values()))["data"]["reports/metrics/ingest.json"]["data"]
+    assert metrics["n_classes"] == 10 and metrics["n_train"] > 3000
+    ignored = subprocess.run(
+        ["git", "check-ignore", "data/raw/images.npy", "data/raw/samples.parquet"],
+        cwd=reproduced, capture_output=True, text=True,
+    )
+    assert ignored.returncode == 0
+    assert "analytics = false" in (reproduced / ".dvc" / "config").read_text()
+
+
+def test_param_change_reruns_ingest(reproduced):
+    params = reproduced / "params.yaml"
+    original = params.read_text()
+    try:
+        params.write_text(original.replace("label_noise: 0.10", "label_noise: 0.20"))
+        assert "Running stage 'ingest'" in dvc("repro", cwd=reproduced).stdout
+    finally:
+        params.write_text(original)
+        dvc("repro", cwd=reproduced)

@@ -1,0 +1,124 @@
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from curate.report import Check, Verdict, bar_chart, thumbnail, write_report
+from curate.report import render as render_module
+from curate.report.render import CSP, ENV, metrics_json
+from curate.stages import ingest
+from tests.conftest import set_params
+
+NASTY_CLASS = "<img src=x onerror=alert(1)>"
+NASTY_GROUP = "<b>x"
+
+
+def assert_safe_html(html: str) -> None:
+    csp_attribute = CSP.replace("'", "&#39;")
+    assert f'<meta http-equiv="Content-Security-Policy" content="{csp_attribute}">' in html
+    assert "<script" not in html.lower()
+    assert not re.search(r"(src|href)=\"(https?:)?//", html)
+
+
+def test_environment_autoescapes():
+    assert ENV.autoescape is True
+
+
+def test_bar_chart_is_byte_stable_and_escapes_labels():
+    args = (["a", "--><script>alert(1)</script>", "$x$"], {"g1": [1, 2, 3], "<g2>": [3, 2, 1]})
+    first = bar_chart(*args, key="t")
+    assert first == bar_chart(*args, key="t")
+    assert first.startswith("<svg") and "<script" not in first
+    assert "&lt;g2&gt;" in first
+    assert bar_chart(*args, key="other") != first  # ids salted per chart
+
+
+def test_thumbnail_is_png_data_uri_and_stable():
+    image = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28, 1)
+    uri = thumbnail(image)
+    assert uri.startswith("data:image/png;base64,") and uri == thumbnail(image)
+    assert thumbnail(np.zeros((8, 8, 3), dtype=np.uint8)).startswith("data:image/png;base64,")
+
+
+def test_verdict_status():
+    assert Verdict().status == "pass"
+    assert Verdict(warnings=["w"]).status == "warn"
+    assert Verdict([Check("x", 1, "<= 0", False)]).status == "fail"
+
+
+def test_markdown_structure_characters_are_neutralised():
+    context = {
+        "verdict": Verdict([Check("a|b", 1, "<= 2", True)], ["`code` [link](http://e) *x*"]),
+    }
+    markdown = ENV.from_string('{% import "macros.md" as md %}{{ md.verdict(verdict) }}').render(**context)
+    assert "| a&#124;b |" in markdown
+    assert "[link]" not in markdown and "`code`" not in markdown and "*x*" not in markdown
+
+
+def test_metrics_json_sorted_rounded_plain():
+    text = metrics_json({"b": np.float32(0.1234567891), "a": np.int64(3), "c": float("nan")})
+    assert text == '{\n  "a": 3,\n  "b": 0.123457,\n  "c": null\n}\n'
+
+
+def test_write_report_refuses_oversized_html(tmp_path, monkeypatch):
+    monkeypatch.setattr(render_module, "MAX_REPORT_BYTES", 100)
+    with pytest.raises(RuntimeError, match="over the cap"):
+        write_report("ingest", _ingest_like_context(), {}, reports_dir=tmp_path)
+    assert not list(tmp_path.rglob("*.html"))
+
+
+def _ingest_like_context():
+    return {
+        "source": "s",
+        "is_demo": False,
+        "demo": None,
+        "image": {"size": 8, "channels": 1},
+        "verdict": Verdict(),
+        "headline": [],
+        "count_headers": ["class"],
+        "count_rows": [],
+        "chart": "",
+        "thumbnails": [],
+        "source_sizes": [],
+        "source_modes": [],
+        "bad_files": [],
+        "noise_by_group": [],
+    }
+
+
+def test_ingest_report_escapes_user_names_and_is_deterministic(workdir):
+    source = workdir / "src images"
+    for cls in (NASTY_CLASS, "plain"):
+        for i in range(12):
+            (source / cls).mkdir(parents=True, exist_ok=True)
+            Image.new("L", (10, 10), color=20 * i).save(source / cls / f"{i}.png")
+    (source / NASTY_CLASS / "bad|name.png").write_bytes(b"junk")
+    rows = ["path,group"] + [
+        f"{cls}/{i}.png,{NASTY_GROUP}" for cls in (NASTY_CLASS, "plain") for i in range(6)
+    ]
+    (source / "metadata.csv").write_text("\n".join(rows) + "\n")
+    set_params(workdir / "params.yaml", ingest={"source": "src images"})
+
+    assert ingest.main([]) == 0
+    html = (workdir / "reports/ingest.html").read_text()
+    markdown = (workdir / "reports/ingest.md").read_text()
+    assert_safe_html(html)
+    for text in (html, markdown):
+        assert NASTY_CLASS not in text and NASTY_GROUP not in text
+        assert "&lt;img src=x onerror=alert(1)&gt;" in text
+        assert "&lt;b&gt;x" in text
+        assert "bad|name.png" not in text and "bad&#124;name.png" in text
+    assert str(workdir) not in html and str(workdir) not in markdown
+
+    first = {p: (workdir / "reports" / p).read_bytes() for p in ("ingest.html", "ingest.md")}
+    assert ingest.main([]) == 0
+    assert first == {p: (workdir / "reports" / p).read_bytes() for p in ("ingest.html", "ingest.md")}
+
+
+def test_demo_report_is_small_and_safe(workdir):
+    assert ingest.main([]) == 0
+    html = (workdir / "reports/ingest.html").read_text()
+    assert_safe_html(html)
+    assert len(html.encode()) < 2_000_000
+    assert html.index('class="verdict') < html.index("<h2>Numbers") < html.index("<h2>Pictures")
