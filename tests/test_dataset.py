@@ -6,9 +6,11 @@ from curate.dataset import (
     atomic_path,
     class_names,
     content_ids,
+    gather_images,
     read_images,
     read_samples,
     stratified_test_mask,
+    training_rows,
     write_images,
     write_samples,
 )
@@ -98,3 +100,20 @@ def test_stratified_mask_per_stratum_and_seeded():
     np.testing.assert_array_equal(mask, stratified_test_mask(strata, 0.25, seed=3))
     other_seeds = [stratified_test_mask(strata, 0.25, seed=s) for s in range(10)]
     assert any(not np.array_equal(mask, other) for other in other_seeds)
+
+
+def test_gather_images_reads_each_rows_store_in_table_order(tmp_path):
+    raw = np.arange(5 * 2 * 2, dtype=np.uint8).reshape(5, 2, 2, 1)
+    write_images(tmp_path / "raw.npy", raw)
+    write_images(tmp_path / "aug.npy", raw + 100)
+    samples = pd.DataFrame({"row": [3, 0, 1, 4], "store": ["raw", "augmented", "raw", "raw"]})
+    stores = {"raw": tmp_path / "raw.npy", "augmented": tmp_path / "aug.npy"}
+    gathered = gather_images(samples, stores)
+    assert gathered[:, 0, 0, 0].tolist() == [12, 100, 4, 16]
+    assert gather_images(samples.drop(columns="store").iloc[:1], stores)[0, 0, 0, 0] == 12
+
+
+def test_training_rows_skip_test_and_dropped():
+    frame = table().assign(action=["none", "drop", "relabel", "keep"])
+    frame.loc[3, "split"] = "test"
+    assert training_rows(frame)["sample_id"].tolist() == ["id0", "id2"]

@@ -36,6 +36,15 @@ from curate.errors import CurateError
 CORE_COLUMNS = ("sample_id", "path", "row", "label", "label_name", "group", "split")
 SPLITS = ("train", "test")
 
+RAW_DIR = Path("data/raw")
+CLEAN_DIR = Path("data/clean")
+BALANCED_DIR = Path("data/balanced")
+AUGMENTED_DIR = Path("data/augmented")
+MODELS_DIR = Path("models")
+# Which images.npy a row's ``row`` points into: the ``store`` column names it;
+# tables without the column point into the raw store.
+IMAGE_STORES = {"raw": RAW_DIR / "images.npy", "augmented": AUGMENTED_DIR / "images.npy"}
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
@@ -140,3 +149,27 @@ def stratified_test_mask(strata: Sequence[str], test_fraction: float, seed: int)
         chosen = rng.permutation(np.asarray(rows))[: round(test_fraction * len(rows))]
         is_test[chosen] = True
     return is_test
+
+
+def training_rows(samples: pd.DataFrame) -> pd.DataFrame:
+    """The train rows still in play: split ``train`` and not dropped by the clean stage."""
+    in_train = samples["split"] == "train"
+    if "action" in samples.columns:
+        in_train &= samples["action"] != "drop"
+    return samples[in_train]
+
+
+def gather_images(samples: pd.DataFrame, stores: dict[str, Path] | None = None) -> np.ndarray:
+    """The images of ``samples``, in table order, read from the store each row points into."""
+    stores = IMAGE_STORES if stores is None else stores
+    store_of_row = samples["store"] if "store" in samples.columns else pd.Series("raw", index=samples.index)
+    rows = samples["row"].to_numpy()
+    out = None
+    for store in sorted(store_of_row.unique()):
+        images = read_images(stores[store])
+        mask = (store_of_row == store).to_numpy()
+        if out is None:
+            out = np.empty((len(samples), *images.shape[1:]), dtype=np.uint8)
+        # Sorted fancy indexing reads a memory-map sequentially.
+        out[mask] = images[np.sort(rows[mask])][np.argsort(np.argsort(rows[mask]))]
+    return out if out is not None else np.empty((0, 0, 0, 0), dtype=np.uint8)
