@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 from collections.abc import Callable, Sequence
 
+import curate.stages
 from curate.errors import CurateError
 
-STAGES = ("ingest",)
+# Every module in curate/stages is a stage: adding a file adds a command.
+STAGES = tuple(sorted(m.name for m in pkgutil.iter_modules(curate.stages.__path__)))
 
 
 def stage_parser(stage: str, description: str) -> argparse.ArgumentParser:
