@@ -220,3 +220,11 @@ def test_source_errors(workdir):
     set_params(workdir / "params.yaml", ingest={"source": "empty"})
     with pytest.raises(CurateError, match="no class subfolders"):
         ingest.main([])
+
+
+def test_demo_subsample_keeps_a_stratified_fraction(workdir):
+    set_params(workdir / "params.yaml", ingest={"demo": {"subsample": 0.1}})
+    assert ingest.main([]) == 0
+    samples = read_samples(workdir / RAW / "samples.parquet")
+    assert 430 <= len(samples) <= 600
+    assert set(samples["group"]) == {"mnist", "sklearn"} and samples["label"].nunique() == 10

@@ -78,8 +78,13 @@ def write_images(target: str | Path, images: np.ndarray) -> None:
     """Store an ``N x H x W x C`` uint8 array as ``.npy``."""
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"images must be uint8 N x H x W x C, got {images.dtype} {images.shape}")
+    write_array(target, images)
+
+
+def write_array(target: str | Path, array: np.ndarray) -> None:
+    """Store any numeric array as ``.npy`` (predicted probabilities, embeddings)."""
     with atomic_path(target) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, np.ascontiguousarray(images), allow_pickle=False)
+        np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def read_images(source: str | Path) -> np.ndarray:

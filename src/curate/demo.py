@@ -8,8 +8,9 @@
 
 Two knobs act on the train split only and are recorded so they can be scored:
 ``minority_keep`` keeps that fraction of the ``sklearn`` train samples
-(a representation gap), and ``label_noise`` flips that fraction of train
-labels uniformly to another class (the original stays in ``true_label``).
+(a representation gap), ``label_noise`` flips that fraction of train
+labels uniformly to another class (the original stays in ``true_label``), and
+``subsample`` keeps a stratified fraction of the whole demo (quick trials, tests).
 Each knob draws from its own seeded stream, so changing one never changes
 which samples the other picks: the oracle run (``label_noise: 0``) holds
 exactly the default run's samples.
@@ -56,6 +57,7 @@ def build_demo(
     minority_keep: float,
     size: int,
     channels: int,
+    subsample: float = 1.0,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Return ``(images, samples)`` following the data contract, plus ``true_label``."""
     sources = {"mnist": _mnist(), MINORITY_GROUP: _sklearn_digits()}
@@ -68,6 +70,13 @@ def build_demo(
     samples.insert(0, "sample_id", content_ids([picture.tobytes() for picture in pictures]))
 
     strata = samples["group"] + ":" + samples["label"].astype(str)
+    if subsample < 1:
+        # A stratified subset for quick trials and tests: the "kept" rows of a split.
+        kept = stratified_test_mask(strata, subsample, seed + 1)
+        samples, strata = samples[kept], strata[kept]
+        pictures = [picture for picture, keep in zip(pictures, kept, strict=True) if keep]
+        samples = samples.reset_index(drop=True)
+        strata = strata.reset_index(drop=True)
     is_test = stratified_test_mask(strata, test_fraction, seed)
     samples["split"] = np.where(is_test, "test", "train")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 
 from curate.errors import CurateError
@@ -36,6 +36,7 @@ class ImageParams(Section):
 class DemoParams(Section):
     label_noise: float = Field(0.10, ge=0, le=0.5)
     minority_keep: float = Field(0.10, gt=0, le=1)
+    subsample: float = Field(1.0, gt=0, le=1)
 
 
 class IngestParams(Section):
@@ -45,10 +46,58 @@ class IngestParams(Section):
     demo: DemoParams = DemoParams()
 
 
+class CleanParams(Section):
+    """Label-issue detection: out-of-sample K-fold CNN predictions, then cleanlab."""
+
+    folds: int = Field(5, ge=2, le=20)
+    model: Literal["cnn", "resnet18"] = "cnn"
+    epochs: int = Field(6, ge=1, le=500)
+    batch_size: int = Field(128, ge=8, le=8192)
+    lr: float = Field(0.005, gt=0, le=1)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    filter_by: Literal[
+        "prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
+        "low_normalized_margin", "low_self_confidence",
+    ] = "prune_by_noise_rate"
+    frac_noise: float = Field(1.0, gt=0, le=1)
+    min_examples_per_class: int = Field(1, ge=0)
+    rank_by: Literal["self_confidence", "normalized_margin"] = "self_confidence"
+    action: Literal["drop", "relabel", "keep"] = "drop"
+    relabel_min_confidence: float = Field(0.9, ge=0, le=1)
+    max_drop_fraction: float = Field(0.3, ge=0, le=1)
+    drop_near_duplicates: bool = False
+
+
+class RebalanceParams(Section):
+    """Group rebalancing of the train rows, by weights (for a weighted sampler or loss) or by resampling."""
+
+    strategy: Literal["none", "group", "group_label", "target"] = "group"
+    method: Literal["reweight", "resample"] = "reweight"
+    group_columns: list[str] = Field(default_factory=lambda: ["group"], min_length=1)
+    target_shares: dict[str, float] = Field(default_factory=dict, validate_default=True)
+    # Weights have mean 1, so a cap below 1 could not hold.
+    max_weight: float = Field(10.0, ge=1)
+    min_effective_size: float = Field(30.0, ge=0)
+
+    @field_validator("target_shares")
+    @classmethod
+    def _shares_are_a_distribution(cls, shares: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        if not shares and info.data.get("strategy") == "target":
+            raise ValueError("required (group: share) when rebalance.strategy is 'target'")
+        for group, share in shares.items():
+            if not share > 0:
+                raise ValueError(f"share of group {group!r} is {share!r}, must be > 0")
+        if shares and abs(sum(shares.values()) - 1) > 1e-6:
+            raise ValueError(f"shares sum to {sum(shares.values()):g}, must sum to 1")
+        return shares
+
+
 class Params(Section):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     image: ImageParams = ImageParams()
     ingest: IngestParams = IngestParams()
+    clean: CleanParams = CleanParams()
+    rebalance: RebalanceParams = RebalanceParams()
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
@@ -103,6 +152,8 @@ def describe_error(error: dict[str, Any]) -> str:
         return f"{key}: {shown} is not allowed (allowed: {allowed})"
     if kind == "missing":
         return f"{key}: required key is missing"
+    if kind == "value_error":  # our own validators already say what is wrong
+        return f"{key}: {error['ctx']['error']}"
     detail = error["msg"][0].lower() + error["msg"][1:]
     suffix = f" (allowed: {allowed})" if allowed else ""
     return f"{key}: {shown}: {detail}{suffix}"

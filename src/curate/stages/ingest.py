@@ -43,6 +43,7 @@ def load_source(params: Params) -> FolderData:
             test_fraction=settings.test_fraction,
             label_noise=settings.demo.label_noise,
             minority_keep=settings.demo.minority_keep,
+            subsample=settings.demo.subsample,
             size=params.image.size,
             channels=params.image.channels,
         )
