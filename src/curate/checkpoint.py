@@ -1,0 +1,56 @@
+"""Model checkpoints: ``{"state_dict", "meta"}`` in one ``.pt`` file, loaded without pickle.
+
+``meta`` holds plain types only (``name``, ``n_classes``, ``channels``, ``size``,
+``class_names``, ...), enough to rebuild the network with
+:func:`curate.model.build_model`, so ``torch.load(weights_only=True)`` can read the
+file: loading never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from curate.dataset import write_bytes
+from curate.errors import CurateError
+
+REQUIRED_META = ("name", "n_classes", "channels", "size")
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: Mapping[str, Any]) -> None:
+    """Write ``model``'s weights (moved to the CPU) and ``meta`` atomically to ``path``.
+
+    Same weights and meta, same bytes (DVC sees no change when nothing changed).
+    """
+    missing = [key for key in REQUIRED_META if key not in meta]
+    if missing:
+        raise ValueError(f"checkpoint meta lacks {missing}")
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    # Through a buffer: saved to a path, torch names the archive's records after the file,
+    # and the atomic writer's temp name is random, so the bytes would differ on every save.
+    buffer = io.BytesIO()
+    torch.save({"state_dict": state, "meta": dict(meta)}, buffer)
+    write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The model (on the CPU, in eval mode) and the meta saved by :func:`save_checkpoint`."""
+    from curate.model import build_model  # the model zoo is only needed once a file is found
+
+    path = Path(path)
+    if not path.exists():
+        raise CurateError(f"{path}: not found (run the upstream stage first: dvc repro)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        meta = dict(payload["meta"])
+        model = build_model(meta["name"], meta["n_classes"], meta["channels"], meta["size"])
+        model.load_state_dict(payload["state_dict"])
+    except Exception as exc:  # noqa: BLE001  (unpickling, missing keys, shape mismatch: all "not a checkpoint")
+        reason = " ".join(str(exc).split())[:200]
+        raise CurateError(f"{path}: not a curate checkpoint ({type(exc).__name__}: {reason})") from None
+    return model.eval(), meta

@@ -1,0 +1,329 @@
+"""rebalance: ``data/clean/samples.parquet`` -> ``data/balanced/samples.parquet`` + report.
+
+Measures how the groups (``rebalance.group_columns``, intersected) and labels
+are represented among the train rows in play, then rebalances them: method
+``reweight`` writes a ``weight`` column (mean 1) for a weighted sampler or loss,
+method ``resample`` a ``copies`` count per row (0 for an under-sampled row,
+which stays in the table; the train stage expands rows by it). Rows dropped by
+clean are left out; test rows pass through untouched (weight 1, copies 1).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from curate import balance
+from curate.cli import guarded, stage_parser
+from curate.dataset import BALANCED_DIR, CLEAN_DIR, class_names, read_samples, training_rows, write_samples
+from curate.errors import CurateError
+from curate.params import RebalanceParams, load_params
+from curate.report import Verdict, bar_chart, write_report
+
+SOURCE = CLEAN_DIR / "samples.parquet"
+# Joins the values of several group columns into one intersectional group name,
+# the name target_shares uses: "mnist / indoor".
+GROUP_SEPARATOR = " / "
+MAX_NAMED_CELLS = 10
+GROUP_HEADERS = [
+    "group", "train rows", "share before", "share after", "mean weight", "ESS before", "ESS after",
+    "label dependence before", "label dependence after", "KL before", "KL after",
+]  # fmt: skip
+CELL_HEADERS = [
+    "group", "class", "train rows", "share before", "share after", "P(y|g) before", "P(y|g) after",
+]  # fmt: skip
+HOW = {
+    "none": "strategy none: every train row keeps weight 1; the numbers only measure.",
+    "group": "strategy group: w = n / (G n_g), so every group gets the same total weight; "
+    "the label mix within each group stays as it is.",
+    "group_label": "strategy group_label (Kamiran-Calders): w = P(g) P(y) / P(g, y) from the counts, "
+    "so the label distribution of every group becomes the overall one and group totals stay as they are.",
+    "target": "strategy target: w = n share_g / n_g with share_g from rebalance.target_shares.",
+}
+RESAMPLE_HOW = (
+    " Method resample: each group x label cell is drawn its total weight in rows (rounded, largest "
+    "remainder): every row of the cell floor(m/n) times and a seeded random m mod n of them once more. "
+    "copies counts the draws; weight is 1."
+)
+DEFINITIONS = (
+    "Share: the part of the total train weight in a group (or cell), weight x copies. "
+    "Group share ratio: smallest group share / largest. "
+    "Label dependence: the largest |P(y|g) - P(y)| over classes, per group; over groups too in the headline "
+    "(fairlearn MetricFrame.difference to overall). KL: KL(P(y|g) || P(y)) in nats. "
+    "ESS: Kish effective sample size (sum w)^2 / sum w^2 per group; "
+    "repeated rows add weight, not information."
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = stage_parser("rebalance", __doc__).parse_args(argv)
+    params = load_params(args.params)
+    result = rebalance(read_samples(SOURCE), params.rebalance, params.seed)
+    write_samples(BALANCED_DIR / "samples.parquet", result.samples)
+    sizes = write_report("rebalance", report_context(params.rebalance, result), metrics(result))
+    print(
+        f"rebalance: {result.n_train:,} train rows in {len(result.before.groups)} group(s), "
+        f"share ratio {result.before.share_ratio:.3f} -> {result.after.share_ratio:.3f}; "
+        f"reports/rebalance.html {sizes['html']:,} bytes"
+    )
+    return 0
+
+
+@dataclass
+class Rebalanced:
+    samples: pd.DataFrame  # the output table: train rows in play + test rows, with weight and copies
+    classes: list[str]  # (K,) class names by label
+    before: balance.Representation
+    after: balance.Representation
+    train_sizes: np.ndarray  # (G,) train rows per group
+    cell_sizes: np.ndarray  # (G, K) train rows per group x label cell
+    n_dropped: int  # train rows the clean stage dropped
+    n_clipped: int  # rows whose weight hit max_weight
+    passed_through: bool  # one group only: nothing to rebalance
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_train(self) -> int:
+        return int(self.train_sizes.sum())
+
+    @property
+    def empty_cells(self) -> list[str]:
+        """Group x label cells with no train rows, for classes that do have train rows."""
+        present = self.cell_sizes.sum(axis=0) > 0
+        return [
+            f"{group} x {name}"
+            for g, group in enumerate(self.before.groups)
+            for k, name in enumerate(self.classes)
+            if present[k] and self.cell_sizes[g, k] == 0
+        ]
+
+
+def rebalance(samples: pd.DataFrame, settings: RebalanceParams, seed: int) -> Rebalanced:
+    """Weights or copies for the train rows in play; raises :class:`CurateError` before any output."""
+    train = training_rows(samples)
+    if train.empty:
+        raise CurateError(f"{SOURCE}: no train rows in play (every train row is dropped or there are none)")
+    out = samples[samples.index.isin(train.index) | (samples["split"] == "test")].copy()
+    out["rebalance_group"] = group_names(out, settings.group_columns)
+    keys = out.loc[train.index, "rebalance_group"]
+    groups, names = pd.factorize(keys, sort=True)
+    names = [str(name) for name in names]
+    classes = class_names(samples)
+    labels = train["label"].to_numpy()
+    raw = strategy_weights(settings, groups, labels, names, len(classes))
+    weights = balance.clip_weights(raw, settings.max_weight)
+    copies = np.ones(len(train), dtype=np.int64)
+    if settings.method == "resample":
+        copies = balance.resample_counts(groups, labels, weights, len(classes), seed)
+        weights = np.ones(len(train))
+    out["weight"] = 1.0
+    out["copies"] = np.int64(1)
+    out.loc[train.index, "weight"] = weights
+    out.loc[train.index, "copies"] = copies
+    result = Rebalanced(
+        samples=out,
+        classes=classes,
+        before=balance.measure(keys, labels, np.ones(len(train)), len(classes)),
+        after=balance.measure(keys, labels, weights * copies, len(classes)),
+        train_sizes=np.bincount(groups, minlength=len(names)),
+        cell_sizes=balance.cell_counts(groups, labels, len(names), len(classes)),
+        n_dropped=int((samples["split"] == "train").sum() - len(train)),
+        n_clipped=int((raw / raw.mean() > settings.max_weight).sum()),
+        passed_through=len(names) == 1,
+    )
+    result.warnings = _warnings(settings, result)
+    return result
+
+
+def strategy_weights(
+    settings: RebalanceParams, groups: np.ndarray, labels: np.ndarray, names: list[str], n_classes: int
+) -> np.ndarray:
+    """The unclipped weights ``(n,)`` of ``rebalance.strategy``; all 1 for strategy none or one group."""
+    shares = target_vector(settings, names)  # checked first, so a bad share fails even with one group
+    if settings.strategy == "none" or len(names) == 1:
+        return np.ones(len(groups))
+    if settings.strategy == "group":
+        return balance.equal_group_weights(groups, len(names))
+    if settings.strategy == "group_label":
+        return balance.kamiran_calders_weights(groups, labels, len(names), n_classes)
+    return balance.target_share_weights(groups, shares)
+
+
+def group_names(samples: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
+    """Each row's (intersectional) group name: the values of ``columns`` joined by :data:`GROUP_SEPARATOR`."""
+    for column in columns:
+        if column not in samples.columns:
+            raise CurateError(
+                f"rebalance.group_columns: column {column!r} is not in {SOURCE} "
+                f"(columns: {', '.join(map(str, samples.columns))})"
+            )
+        if samples[column].isna().any():
+            raise CurateError(
+                f"{SOURCE}: column {column!r} has {samples[column].isna().sum()} missing values"
+            )
+    parts = [samples[column].astype(str) for column in columns]
+    return parts[0].str.cat(parts[1:], sep=GROUP_SEPARATOR) if len(parts) > 1 else parts[0]
+
+
+def target_vector(settings: RebalanceParams, names: list[str]) -> np.ndarray:
+    """``rebalance.target_shares`` as a ``(G,)`` array in group order; every group must have a share."""
+    if settings.strategy != "target":
+        return np.full(len(names), 1 / len(names))
+    shares = settings.target_shares
+    for group in shares:
+        if group not in names:
+            raise CurateError(
+                f"rebalance.target_shares: group {group!r} has no train rows (groups: {', '.join(names)})"
+            )
+    for group in names:
+        if group not in shares:
+            raise CurateError(f"rebalance.target_shares: train group {group!r} has no share")
+    return np.array([shares[group] for group in names])
+
+
+def _warnings(settings: RebalanceParams, result: Rebalanced) -> list[str]:
+    warnings = []
+    if result.passed_through:
+        warnings.append(
+            f"one group only ({result.before.groups[0]}) in rebalance.group_columns "
+            f"{', '.join(settings.group_columns)}: data passed through unchanged"
+        )
+    for group, size in zip(result.after.groups, result.after.effective_size, strict=True):
+        if size < settings.min_effective_size:
+            warnings.append(
+                f"group {group}: effective sample size {size:.1f} is below "
+                f"rebalance.min_effective_size {settings.min_effective_size:g}"
+            )
+    empty = result.empty_cells
+    if empty:
+        named = ", ".join(empty[:MAX_NAMED_CELLS]) + (
+            f" and {len(empty) - MAX_NAMED_CELLS} more" if len(empty) > MAX_NAMED_CELLS else ""
+        )
+        warnings.append(
+            f"{len(empty)} empty group x label cell(s), which no weight can fill "
+            f"(the label-group dependence stays): {named}"
+        )
+    if result.n_clipped and not result.passed_through:
+        warnings.append(
+            f"{result.n_clipped} row weight(s) clipped at rebalance.max_weight {settings.max_weight:g}: "
+            f"the target is only approached"
+        )
+    return warnings
+
+
+def metrics(result: Rebalanced) -> dict[str, float]:
+    return {
+        "group_share_ratio_before": result.before.share_ratio,
+        "group_share_ratio_after": result.after.share_ratio,
+        "label_dependence_before": result.before.dependence,
+        "label_dependence_after": result.after.dependence,
+        "min_effective_size": float(result.after.effective_size.min()),
+    }
+
+
+def report_context(settings: RebalanceParams, result: Rebalanced) -> dict:
+    before, after = result.before, result.after
+    train = result.samples[result.samples.index.isin(training_rows(result.samples).index)]
+    used = train["weight"].to_numpy() * train["copies"].to_numpy()
+    headline = [
+        ("group share ratio before", before.share_ratio),
+        ("group share ratio after", after.share_ratio),
+        ("label dependence before", before.dependence),
+        ("label dependence after", after.dependence),
+        ("min effective size", float(after.effective_size.min())),
+        ("max weight", float(used.max())),
+        ("min weight", float(used.min())),
+    ]
+    group_rows = [
+        [
+            group,
+            int(result.train_sizes[g]),
+            before.share[g],
+            after.share[g],
+            after.share[g] * result.n_train / result.train_sizes[g],
+            before.effective_size[g],
+            after.effective_size[g],
+            before.max_gap[g],
+            after.max_gap[g],
+            before.kl[g],
+            after.kl[g],
+        ]
+        for g, group in enumerate(before.groups)
+    ]
+    cell_rows = [
+        [
+            group,
+            name,
+            int(result.cell_sizes[g, k]),
+            before.cell_share[g, k],
+            after.cell_share[g, k],
+            before.label_given_group[g, k],
+            after.label_given_group[g, k],
+        ]
+        for g, group in enumerate(before.groups)
+        for k, name in enumerate(result.classes)
+    ]
+    return {
+        "settings": settings,
+        "group_by": GROUP_SEPARATOR.join(settings.group_columns),
+        "how": HOW[settings.strategy] + (RESAMPLE_HOW if settings.method == "resample" else ""),
+        "definitions": DEFINITIONS,
+        "group_headers": GROUP_HEADERS,
+        "cell_headers": CELL_HEADERS,
+        "verdict": Verdict(warnings=result.warnings),
+        "passed_through": result.passed_through,
+        "n_train": result.n_train,
+        "n_dropped": result.n_dropped,
+        "n_test": int((result.samples["split"] == "test").sum()),
+        "headline": headline,
+        "group_rows": group_rows,
+        "cell_rows": cell_rows,
+        "empty_cells": ", ".join(result.empty_cells),
+        "n_clipped": result.n_clipped,
+        "copies": _copies_summary(train["copies"]) if settings.method == "resample" else [],
+        "charts": _charts(result),
+    }
+
+
+def _copies_summary(copies: pd.Series) -> list[list]:
+    """Resample: how many rows are left out, used once, or repeated."""
+    return [
+        ["left out (0 copies)", int((copies == 0).sum())],
+        ["used once", int((copies == 1).sum())],
+        ["repeated (2+ copies)", int((copies > 1).sum())],
+        ["most copies of one row", int(copies.max())],
+        ["rows drawn in all", int(copies.sum())],
+    ]
+
+
+def _charts(result: Rebalanced) -> list:
+    before, after = result.before, result.after
+    charts = [
+        bar_chart(
+            before.groups,
+            {"before": before.share, "after": after.share},
+            key="rebalance-groups",
+            ylabel="share of train weight",
+            title="Group shares",
+        )
+    ]
+    for when, rep in (("before", before), ("after", after)):
+        charts.append(
+            bar_chart(
+                result.classes,
+                {group: rep.cell_share[g] for g, group in enumerate(rep.groups)},
+                key=f"rebalance-cells-{when}",
+                ylabel="share of train weight",
+                title=f"Group x label shares {when} (stacked by group)",
+                stacked=True,
+            )
+        )
+    return charts
+
+
+if __name__ == "__main__":
+    sys.exit(guarded(main))
