@@ -50,14 +50,3 @@ def test_outputs_metrics_and_git_ignores(reproduced):
     )
     assert ignored.returncode == 0
     assert "analytics = false" in (reproduced / ".dvc" / "config").read_text()
-
-
-def test_param_change_reruns_ingest(reproduced):
-    params = reproduced / "params.yaml"
-    original = params.read_text()
-    try:
-        params.write_text(original.replace("label_noise: 0.10", "label_noise: 0.20"))
-        assert "Running stage 'ingest'" in dvc("repro", cwd=reproduced).stdout
-    finally:
-        params.write_text(original)
-        dvc("repro", cwd=reproduced)
