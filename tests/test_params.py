@@ -87,3 +87,8 @@ def test_cli_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["curate: error: params.yaml: ingest.treshold: unknown key"]
     assert not (tmp_path / "data").exists()
+
+
+def test_template_params_are_the_loader_defaults():
+    # The data card lists params that differ from the defaults: the shipped file must be them.
+    assert load_params(REPO / "params.yaml") == Params()

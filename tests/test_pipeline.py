@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from tests.conftest import template_copy
+from curate.stages.evaluate import HEADLINE
+from tests.conftest import set_params, template_copy
 
 pytestmark = pytest.mark.slow
 
@@ -50,3 +51,38 @@ def test_outputs_metrics_and_git_ignores(reproduced):
     )
     assert ignored.returncode == 0
     assert "analytics = false" in (reproduced / ".dvc" / "config").read_text()
+
+
+# A few hundred images, one epoch, two folds: the whole DAG in a few minutes on 2 CPU cores.
+TINY_PROFILE = {
+    "ingest": {"demo": {"subsample": 0.08}},
+    "clean": {"folds": 2, "epochs": 1},
+    "augment": {"copies": 1},
+    "train": {"epochs": 1},
+}
+STAGE_FILES = [
+    f"reports/{name}"
+    for stage in ("ingest", "clean", "rebalance", "augment", "train", "evaluate")
+    for name in (f"{stage}.html", f"{stage}.md", f"metrics/{stage}.json")
+]
+
+
+def test_tiny_profile_runs_the_whole_dag_with_metrics_and_plots(tmp_path):
+    root = template_copy(tmp_path)
+    set_params(root / "params.yaml", **TINY_PROFILE)
+    dvc("repro", cwd=root)
+    for path in [*STAGE_FILES, "models/model.pt", "reports/plots/confusion.json"]:
+        assert (root / path).is_file(), path
+    for split in ("train", "val"):
+        for name in ("loss", "accuracy"):
+            assert (root / f"dvclive/train/plots/metrics/{split}/{name}.tsv").is_file()
+    shown = json.loads(dvc("metrics", "show", "--json", cwd=root).stdout)
+    data = next(iter(shown.values()))["data"]
+    evaluated = data["reports/metrics/evaluate.json"]["data"]
+    for key in HEADLINE:
+        assert key in evaluated, key
+    assert data["reports/metrics/train.json"]["data"]["epochs_run"] == 1
+    dvc("plots", "show", cwd=root)
+    page = (root / "dvc_plots" / "index.html").read_text()
+    assert "Confusion matrix" in page and "Loss by epoch" in page
+    assert "didn't change, skipping" in dvc("repro", "evaluate", cwd=root).stdout

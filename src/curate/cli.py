@@ -13,6 +13,7 @@ from curate.errors import CurateError
 
 # Every module in curate/stages is a stage: adding a file adds a command.
 STAGES = tuple(sorted(m.name for m in pkgutil.iter_modules(curate.stages.__path__)))
+COMMANDS = {stage: f"curate.stages.{stage}" for stage in STAGES} | {"compare": "curate.compare"}
 
 
 def stage_parser(stage: str, description: str) -> argparse.ArgumentParser:
@@ -33,14 +34,14 @@ def guarded(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in STAGES:
-        usage = f"usage: curate {{{','.join(STAGES)}}} [--params PARAMS]"
+    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
+        usage = f"usage: curate {{{','.join(COMMANDS)}}} ...  (curate COMMAND --help for its options)"
         if argv and argv[0] not in {"-h", "--help"}:
             print(f"{usage}\ncurate: error: unknown command {argv[0]!r}", file=sys.stderr)
             return 2
         print(usage)
         return 0 if argv else 2
-    module = importlib.import_module(f"curate.stages.{argv[0]}")
+    module = importlib.import_module(COMMANDS[argv[0]])
     return guarded(module.main, argv[1:])
 
 

@@ -149,6 +149,45 @@ class AugmentParams(Section):
     preview: int = Field(12, ge=0, le=100)
 
 
+class TrainParams(Section):
+    """The classifier trained on the balanced, augmented train rows (the train stage)."""
+
+    model: Literal["cnn", "resnet18"] = "cnn"
+    epochs: int = Field(10, ge=1, le=500)
+    batch_size: int = Field(256, ge=8, le=8192)
+    lr: float = Field(0.01, gt=0, le=1)
+    # sampler: draw each epoch with probability proportional to weight; loss: weighted cross-entropy.
+    weighting: Literal["sampler", "loss"] = "loss"
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    patience: int = Field(4, ge=1, le=500)
+    online_augment: bool = True
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    compile: bool = False
+    init_weights: str | None = None  # a local state_dict (or curate checkpoint); nothing is downloaded
+
+
+class EvaluateParams(Section):
+    """Test-split metrics, by group (fairlearn), and the report's verdict bounds."""
+
+    calibration_bins: int = Field(15, ge=2, le=100)
+    min_accuracy: float = Field(0.9, ge=0, le=1)
+    max_accuracy_gap: float = Field(0.05, ge=0, le=1)
+    confidently_wrong: int = Field(24, ge=0, le=200)
+
+
+class GatesParams(Section):
+    """Quality gates: each optional (null: not checked). See ``curate.gates.GATES``."""
+
+    enforce: bool = False
+    max_flagged_rate: float | None = Field(0.2, ge=0, le=1)
+    min_detect_f1: float | None = Field(None, ge=0, le=1)
+    min_group_share_ratio: float | None = Field(0.2, ge=0, le=1)
+    max_frechet_distance: float | None = Field(0.25, ge=0)
+    min_accuracy: float | None = Field(0.95, ge=0, le=1)
+    min_worst_group_accuracy: float | None = Field(0.9, ge=0, le=1)
+    max_accuracy_gap: float | None = Field(0.05, ge=0, le=1)
+
+
 class Params(Section):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     image: ImageParams = ImageParams()
@@ -156,6 +195,9 @@ class Params(Section):
     clean: CleanParams = CleanParams()
     rebalance: RebalanceParams = RebalanceParams()
     augment: AugmentParams = AugmentParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    gates: GatesParams = GatesParams()
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:

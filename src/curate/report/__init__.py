@@ -4,8 +4,10 @@ from curate.report.render import (
     Check,
     Verdict,
     bar_chart,
+    line_chart,
+    matrix_chart,
     thumbnail,
     write_report,
 )
 
-__all__ = ["Check", "Verdict", "bar_chart", "thumbnail", "write_report"]
+__all__ = ["Check", "Verdict", "bar_chart", "line_chart", "matrix_chart", "thumbnail", "write_report"]

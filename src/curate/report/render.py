@@ -117,6 +117,11 @@ def render(template: str, **context: Any) -> str:
     return ENV.get_template(template).render(csp=CSP, **context)
 
 
+def render_markdown(template: str, **context: Any) -> str:
+    # Blank-line runs left by template blocks would be noise in every PR diff.
+    return re.sub(r"\n{3,}", "\n\n", render(template, **context))
+
+
 def write_report(
     stage: str,
     context: Mapping[str, Any],
@@ -126,8 +131,7 @@ def write_report(
     """Render ``<stage>.html`` and ``<stage>.md``, write them and the metrics; return byte sizes."""
     reports_dir = Path(reports_dir)
     html = render(f"{stage}.html", stage=stage, **context)
-    # Blank-line runs left by template blocks would be noise in every PR diff.
-    markdown = re.sub(r"\n{3,}", "\n\n", render(f"{stage}.md", stage=stage, **context))
+    markdown = render_markdown(f"{stage}.md", stage=stage, **context)
     if len(html.encode()) > MAX_REPORT_BYTES:
         raise RuntimeError(f"reports/{stage}.html is {len(html.encode()):,} bytes, over the cap")
     write_text(reports_dir / f"{stage}.html", html)
@@ -212,4 +216,60 @@ def bar_chart(
         axes.spines[["top", "right"]].set_visible(False)
         if len(series) > 1:
             axes.legend(frameon=False)
+        return svg(figure, key)
+
+
+def line_chart(
+    x: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    *,
+    key: str,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+    mark_x: float | None = None,
+    mark_label: str = "",
+) -> Markup:
+    """Lines over a shared x (learning curves); ``mark_x`` draws a dashed vertical marker (best epoch)."""
+    with matplotlib.rc_context({"text.parse_math": False, "font.size": 9}):
+        figure, axes = plt.subplots(figsize=(5.0, 3.0))
+        for name, values in series.items():
+            axes.plot(list(x), np.asarray(values, dtype=float), marker="o", markersize=3, label=str(name))
+        if mark_x is not None:
+            axes.axvline(mark_x, color="#57606a", linestyle="--", linewidth=1, label=mark_label or None)
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        axes.set_title(title)
+        axes.spines[["top", "right"]].set_visible(False)
+        axes.legend(frameon=False)
+        return svg(figure, key)
+
+
+def matrix_chart(
+    matrix: np.ndarray,
+    row_names: Sequence[str],
+    column_names: Sequence[str],
+    *,
+    key: str,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+) -> Markup:
+    """A heat map with the count in each cell (a confusion matrix); vector cells, no embedded raster."""
+    matrix = np.asarray(matrix, dtype=float)
+    with matplotlib.rc_context({"text.parse_math": False, "font.size": 8}):
+        side = 1.5 + 0.42 * max(len(column_names), 4)
+        figure, axes = plt.subplots(figsize=(side, side * len(row_names) / max(len(column_names), 1)))
+        axes.pcolormesh(matrix, cmap="Blues", edgecolors="white", linewidth=0.5)
+        peak = matrix.max() if matrix.size else 0.0
+        for (i, j), value in np.ndenumerate(matrix):
+            if value:
+                color = "white" if value > 0.6 * peak else "#1f2328"
+                axes.text(j + 0.5, i + 0.5, f"{value:g}", ha="center", va="center", color=color)
+        axes.set_xticks(np.arange(len(column_names)) + 0.5, [str(c) for c in column_names])
+        axes.set_yticks(np.arange(len(row_names)) + 0.5, [str(r) for r in row_names])
+        axes.invert_yaxis()
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        axes.set_title(title)
         return svg(figure, key)

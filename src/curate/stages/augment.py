@@ -50,6 +50,7 @@ from curate.dataset import (
     write_samples,
 )
 from curate.errors import CurateError
+from curate.gates import show_gates
 from curate.params import AugmentParams, Params, load_params
 from curate.report import Verdict, bar_chart, thumbnail, write_report
 
@@ -98,7 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_samples(AUGMENTED_DIR / "samples.parquet", table)
     context = report_context(params, pipeline, parents, table, parent_images, new_images, n_copies, check)
     context["embedder"] = {key: meta[key] for key in ("name", "n_classes", "channels", "size")}
-    sizes = write_report("augment", context, metrics(check, n_copies))
+    stage_metrics = metrics(check, n_copies)
+    context = show_gates(context, params.gates, "augment", stage_metrics)
+    sizes = write_report("augment", context, stage_metrics)
     print(
         f"augment: {len(source):,} new images from {int((n_copies > 0).sum()):,} samples; "
         f"reports/augment.html {sizes['html']:,} bytes"

@@ -29,6 +29,7 @@ from curate.dataset import (
     write_array,
     write_samples,
 )
+from curate.gates import show_gates
 from curate.model import pick_device
 from curate.params import load_params
 from curate.report import Verdict, bar_chart, thumbnail, write_report
@@ -116,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     metrics = clean_metrics(train)
     context = report_context(train, images, names, cap_notes, metrics, settings)
-    sizes = write_report("clean", context, metrics)
+    sizes = write_report("clean", show_gates(context, params.gates, "clean", metrics), metrics)
     print(
         f"clean: {metrics['flagged']:,} flagged, {metrics['dropped']:,} dropped, "
         f"{metrics['relabelled']:,} relabelled of {len(train):,} train samples "

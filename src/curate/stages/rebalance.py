@@ -21,6 +21,7 @@ from curate import balance
 from curate.cli import guarded, stage_parser
 from curate.dataset import BALANCED_DIR, CLEAN_DIR, class_names, read_samples, training_rows, write_samples
 from curate.errors import CurateError
+from curate.gates import show_gates
 from curate.params import RebalanceParams, load_params
 from curate.report import Verdict, bar_chart, write_report
 
@@ -64,7 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = load_params(args.params)
     result = rebalance(read_samples(SOURCE), params.rebalance, params.seed)
     write_samples(BALANCED_DIR / "samples.parquet", result.samples)
-    sizes = write_report("rebalance", report_context(params.rebalance, result), metrics(result))
+    stage_metrics = metrics(result)
+    context = show_gates(report_context(params.rebalance, result), params.gates, "rebalance", stage_metrics)
+    sizes = write_report("rebalance", context, stage_metrics)
     print(
         f"rebalance: {result.n_train:,} train rows in {len(result.before.groups)} group(s), "
         f"share ratio {result.before.share_ratio:.3f} -> {result.after.share_ratio:.3f}; "

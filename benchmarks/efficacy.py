@@ -1,0 +1,202 @@
+"""Does curating help? Four pipelines on the default demo, same model and training params, 3 seeds.
+
+* default: params.yaml as it is;
+* naive: no cleaning action, no rebalancing, no offline augmentation
+  (clean.action keep, rebalance.strategy none, augment.copies 0);
+* oracle: the demo without injected label noise (ingest.demo.label_noise 0);
+* unbalanced: the default with rebalance.strategy none only.
+
+Each runs the stage ``main()``s (ingest ... evaluate) in its own folder. Stages whose params
+prefix (the sections they and every stage before them read) matches an earlier run are
+copied from a cache instead of re-run: default, naive and unbalanced share ingest, for
+instance. ``--cache DIR`` keeps that cache between invocations, so changing a late stage's
+params re-runs only from there. Prints accuracy and worst_group_accuracy per pipeline (mean
+over seeds) and the four targets of issue 6 with pass/fail.
+
+Run: ``python benchmarks/efficacy.py [--seeds 0 1 2] [--cache /tmp/efficacy] [-S train.epochs=8 ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the tests' params helper: one merge rule for tests and benchmarks
+from tests.conftest import set_params  # noqa: E402
+
+# (stage, params sections it reads, the folders it writes that later stages read)
+STAGES = (
+    ("ingest", ("seed", "image", "ingest"), ("data/raw",)),
+    ("clean", ("seed", "clean"), ("data/clean",)),
+    ("rebalance", ("seed", "rebalance"), ("data/balanced",)),
+    ("augment", ("seed", "image", "augment"), ("data/augmented",)),
+    ("train", ("seed", "train"), ("models", "dvclive")),
+    ("evaluate", ("evaluate",), ("reports/metrics",)),
+)
+PIPELINES = {
+    "default": {},
+    "naive": {"clean": {"action": "keep"}, "rebalance": {"strategy": "none"}, "augment": {"copies": 0}},
+    "oracle": {"ingest": {"demo": {"label_noise": 0.0}}},
+    "unbalanced": {"rebalance": {"strategy": "none"}},
+}
+
+
+def parse_override(text: str) -> dict:
+    """``train.epochs=8`` -> ``{"train": {"epochs": 8}}`` (the value parsed as YAML)."""
+    key, _, value = text.partition("=")
+    nested: dict = {}
+    cursor = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = yaml.safe_load(value)
+    return nested
+
+
+def run_pipeline(folder: Path, cache: Path, overrides: list[dict], quiet: bool) -> dict:
+    """Write params, run (or fetch from the cache) every stage in ``folder``; the evaluate metrics."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "data" / "demo").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "params.yaml", folder / "params.yaml")
+    for override in overrides:
+        set_params(folder / "params.yaml", **override)
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    prefix: dict = {}
+    for stage, sections, outputs in STAGES:
+        prefix |= {section: params.get(section) for section in sections}
+        key = hashlib.sha256(json.dumps([stage, prefix], sort_keys=True).encode()).hexdigest()[:16]
+        stored = cache / f"{stage}-{key}"
+        if not stored.exists():
+            _run_stage(stage, folder, quiet)
+            staging = cache / f".{stage}-{key}.tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            for output in outputs:
+                if (folder / output).exists():
+                    shutil.copytree(folder / output, staging / output)
+            staging.rename(stored)  # complete or absent: an interrupted run leaves no half entry
+        else:
+            for output in outputs:
+                if (stored / output).exists():
+                    shutil.rmtree(folder / output, ignore_errors=True)
+                    shutil.copytree(stored / output, folder / output)
+    return json.loads((folder / "reports/metrics/evaluate.json").read_text())
+
+
+def _run_stage(stage: str, folder: Path, quiet: bool) -> None:
+    module = importlib.import_module(f"curate.stages.{stage}")
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        sink = io.StringIO() if quiet else None
+        with contextlib.redirect_stdout(sink) if sink else contextlib.nullcontext():
+            if module.main(["--params", "params.yaml"]) != 0:
+                raise SystemExit(f"{stage} failed in {folder}")
+    finally:
+        os.chdir(previous)
+
+
+def targets(mean: dict) -> list[tuple[str, str, bool]]:
+    """Issue 6's four efficacy targets on the per-pipeline means, as (check, observed, passed)."""
+    d, n, o, u = (mean[name] for name in ("default", "naive", "oracle", "unbalanced"))
+    wga = "worst_group_accuracy"
+    return [
+        ("default accuracy >= 0.96", f"{d['accuracy']:.4f}", d["accuracy"] >= 0.96),
+        (
+            "default within 1 point of the oracle",
+            f"{100 * (o['accuracy'] - d['accuracy']):+.2f} points behind",
+            o["accuracy"] - d["accuracy"] <= 0.01,
+        ),
+        (
+            "default above naive on accuracy and worst-group accuracy",
+            f"{100 * (d['accuracy'] - n['accuracy']):+.2f} / {100 * (d[wga] - n[wga]):+.2f} points",
+            d["accuracy"] > n["accuracy"] and d[wga] > n[wga],
+        ),
+        (
+            "default worst-group >= unbalanced + 2 points, accuracy within 0.5",
+            f"{100 * (d[wga] - u[wga]):+.2f} / {100 * (d['accuracy'] - u['accuracy']):+.2f} points",
+            d[wga] - u[wga] >= 0.02 and abs(d["accuracy"] - u["accuracy"]) <= 0.005,
+        ),
+    ]
+
+
+def run_seed(seed: int, names: list[str], common: list[dict], root: Path, cache: Path, quiet: bool) -> dict:
+    """Every pipeline of ``names`` for one seed, in order (later ones reuse earlier ones' stages)."""
+    results = {}
+    for name in names:
+        start = time.perf_counter()
+        overrides = [{"seed": seed}, *common, PIPELINES[name]]
+        results[name] = run_pipeline(root / f"{name}-seed{seed}", cache, overrides, quiet)
+        print(
+            f"seed {seed} {name:<10} accuracy {results[name]['accuracy']:.4f}  worst group "
+            f"{results[name]['worst_group_accuracy']:.4f}  ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+    return results
+
+
+def _single_threaded() -> None:
+    # Parallel seeds, one thread each: on a few cores, several 2-thread processes fight over
+    # them (OpenMP threads spin at barriers) and run many times slower than their sum.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=list(PIPELINES))
+    parser.add_argument(
+        "--cache", type=Path, help="keep stage outputs here between runs (default: a temp dir)"
+    )
+    parser.add_argument(
+        "-S", dest="overrides", action="append", default=[], help="key=value for all pipelines"
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel, one thread each when > 1")
+    parser.add_argument("--verbose", action="store_true", help="show the stages' own output")
+    args = parser.parse_args()
+    common = [parse_override(text) for text in args.overrides]
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = (args.cache or Path(tmp) / "cache").resolve()
+        cache.mkdir(parents=True, exist_ok=True)
+        shared = (args.pipelines, common, Path(tmp), cache, not args.verbose)
+        if args.jobs > 1:
+            with ProcessPoolExecutor(args.jobs, initializer=_single_threaded) as pool:
+                per_seed = list(pool.map(_run_seed_args, [(seed, *shared) for seed in args.seeds]))
+        else:
+            per_seed = [run_seed(seed, *shared) for seed in args.seeds]
+    runs = {name: [results[name] for results in per_seed] for name in args.pipelines}
+    keys = ("accuracy", "worst_group_accuracy", "accuracy_gap", "ece")
+    mean = {name: {key: sum(r[key] for r in rs) / len(rs) for key in keys} for name, rs in runs.items()}
+    print(f"\nmean over seeds {args.seeds}" + (f", overrides {args.overrides}" if args.overrides else ""))
+    print(f"{'pipeline':<12}" + "".join(f"{key:>22}" for key in keys))
+    for name, values in mean.items():
+        print(f"{name:<12}" + "".join(f"{values[key]:>22.4f}" for key in keys))
+    if set(mean) == set(PIPELINES):
+        print()
+        for check, observed, passed in targets(mean):
+            print(f"{'pass' if passed else 'FAIL'}  {check}: {observed}")
+
+
+def _run_seed_args(job: tuple) -> dict:
+    return run_seed(*job)
+
+
+if __name__ == "__main__":
+    main()

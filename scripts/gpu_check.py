@@ -1,0 +1,126 @@
+"""GPU check for the train stage's training loop: CUDA, bf16 autocast, data on the device.
+
+Imports only what training needs (torch, numpy, and curate.model, which needs nothing else),
+because a GPU machine may lack the pipeline's other dependencies (dvc, cleanlab, fairlearn,
+pydantic). Data: the demo's raw images and labels when ``data/raw`` is there (pandas and
+pyarrow read the table), else scikit-learn's digits upscaled to 28 x 28 and tiled to the
+demo's size (about 10,500 training and 1,700 test images), so the figures are comparable.
+Trains the default model with the default train params, asserts that the model ran on CUDA
+with bf16 activations and the data set sat on the GPU, and prints images/s and wall time.
+
+Run: ``scripts/gpu_check.sh [--epochs 10] [--compile]`` (exit 0: all asserted; under 3 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from curate import model as models
+
+DEMO_TRAIN, DEMO_TEST = 10_455, 1_700  # rows the default train stage sees on the demo
+
+
+def demo_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    raw = Path("data/raw")
+    if (raw / "images.npy").exists() and (raw / "samples.parquet").exists():
+        import pandas as pd
+
+        samples = pd.read_parquet(raw / "samples.parquet")
+        images = np.load(raw / "images.npy")
+        train, test = samples[samples["split"] == "train"], samples[samples["split"] == "test"]
+        # Tile the train rows to the size the stage trains on (originals plus augmented copies).
+        rows = np.resize(train["row"].to_numpy(), DEMO_TRAIN)
+        labels = np.resize(train["label"].to_numpy(), DEMO_TRAIN)
+        return images[rows], labels, images[test["row"].to_numpy()], test["label"].to_numpy(), "data/raw"
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    small = torch.from_numpy(digits.images).float().unsqueeze(1)  # N x 1 x 8 x 8, values 0..16
+    big = torch.nn.functional.interpolate(small, size=(28, 28), mode="bilinear", align_corners=False)
+    images = (big / 16 * 255).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(images))
+    test, train = order[:400], order[400:]
+    train_rows, test_rows = np.resize(train, DEMO_TRAIN), np.resize(test, DEMO_TEST)
+    return (
+        images[train_rows],
+        digits.target[train_rows],
+        images[test_rows],
+        digits.target[test_rows],
+        "sklearn digits (tiled)",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--compile", action="store_true", help="also torch.compile the model")
+    parser.add_argument("--cpu-smoke", action="store_true", help="run on the CPU to test the script itself")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    if args.cpu_smoke:  # exercises this script where there is no GPU; asserts nothing about one
+        device = torch.device("cpu")
+    else:
+        assert torch.cuda.is_available(), "no CUDA device visible to torch"
+        device = models.pick_device("auto")
+        assert device.type == "cuda", f"pick_device('auto') chose {device}, not cuda"
+    x_train, y_train, x_test, y_test, source = demo_arrays()
+    print(f"data: {source}, {len(x_train):,} train / {len(x_test):,} test images of {x_train.shape[1:]}")
+
+    torch.manual_seed(0)
+    net = models.build_model("cnn", 10, x_train.shape[3], x_train.shape[1])
+    seen = {}
+
+    def record(module, inputs, output):  # what autocast actually ran the first conv in
+        seen["dtype"], seen["device"] = output.dtype, output.device
+        seen["channels_last"] = inputs[0].is_contiguous(memory_format=torch.channels_last)
+
+    hook = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)).register_forward_hook(record)
+    history = models.fit(
+        net,
+        x_train,
+        y_train,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=0.01,
+        seed=0,
+        device=device,
+        validation=(x_test[:500], y_test[:500], None),
+        patience=4,
+        compile=args.compile,
+        progress="gpu check",
+    )
+    hook.remove()
+    if not args.cpu_smoke:
+        assert seen["device"].type == "cuda", f"conv ran on {seen['device']}"
+        assert seen["dtype"] == torch.bfloat16, f"conv output was {seen['dtype']}, not bf16 (autocast off?)"
+        assert seen["channels_last"], "conv input was not channels_last"
+        # The placement rule fit applies: the uint8 data set on the GPU when it fits in half the free memory.
+        assert models._place(x_train, device).device.type == "cuda", (
+            "the data set would not be kept on the GPU"
+        )
+    probs, _ = models.predict(net, x_test, batch_size=1024, device=device)
+    accuracy = float((probs.argmax(1) == y_test).mean())
+    images = sum(s["images"] for s in history)
+    seconds = sum(s["seconds"] for s in history)
+    steady = max(s["images"] / s["seconds"] for s in history[1:]) if len(history) > 1 else images / seconds
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (smoke run, not a GPU check)"
+    print(f"device {name}; first conv ran in {seen['dtype']}, channels_last {seen['channels_last']}")
+    print(
+        f"{len(history)} epochs, {images:,} images in {seconds:.2f} s of training: "
+        f"{images / seconds:,.0f} images/s"
+    )
+    print(f"steady epoch {steady:,.0f} images/s; test accuracy {accuracy:.4f}")
+    print(f"wall time {time.perf_counter() - started:.1f} s (data, training, test; imports excluded)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""``curate compare [REV_A] [REV_B]``: what changed between two versions of the data set.
+
+``dvc diff`` stops at file hashes; this reads both versions' sample tables and matches
+them on ``sample_id``: samples added, removed, relabelled and reweighted, per class and
+per group, next to the params changed, the metrics with deltas and the gate verdicts.
+A revision is any git revision or experiment name (read through DVC, so data comes
+from the DVC cache); without one, ``HEAD`` is compared with the workspace. Markdown goes
+to stdout (a pull-request comment); ``--html FILE`` also writes an HTML page with
+thumbnails of the samples that changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from curate.dataset import BALANCED_DIR, RAW_DIR, write_text
+from curate.errors import CurateError
+from curate.report import Verdict, thumbnail
+from curate.report.render import render, render_markdown
+from curate.stages.gate import PIPELINE, flatten
+
+WORKSPACE = "workspace"
+TABLE = BALANCED_DIR / "samples.parquet"  # the train rows in play, with weights, plus test
+THUMBS_PER_KIND = 16
+WEIGHT_TOLERANCE = 1e-6
+
+
+class Revision:
+    """Reads files as they were at one git revision / experiment, or in the workspace."""
+
+    def __init__(self, rev: str | None):
+        self.name = rev or WORKSPACE
+        self._fs = None
+        if rev is not None:
+            from dvc.api import DVCFileSystem
+            from dvc.exceptions import DvcException
+            from dvc.repo import Repo
+            from dvc.scm import RevError, resolve_rev
+
+            try:
+                with Repo(".") as repo:
+                    sha = resolve_rev(repo.scm, rev)
+                self._fs = DVCFileSystem(".", rev=sha)
+            except (RevError, DvcException) as exc:
+                raise CurateError(f"{rev}: not a git revision or experiment name ({exc})") from None
+
+    def read(self, path: Path | str) -> bytes | None:
+        try:
+            if self._fs is None:
+                return Path(path).read_bytes()
+            with self._fs.open(str(path), "rb") as handle:
+                return handle.read()
+        except (FileNotFoundError, OSError):
+            return None
+        except Exception as exc:  # noqa: BLE001  (a DVC out missing from the cache, among others)
+            raise CurateError(f"{self.name}: cannot read {path} ({type(exc).__name__}: {exc})") from None
+
+    def json(self, path: str) -> dict:
+        data = self.read(path)
+        return json.loads(data) if data else {}
+
+    def params(self) -> dict:
+        data = self.read("params.yaml")
+        return flatten(yaml.safe_load(data) or {}) if data else {}
+
+    def table(self, path: Path) -> pd.DataFrame | None:
+        data = self.read(path)
+        return pd.read_parquet(io.BytesIO(data)) if data else None
+
+    def images(self) -> np.ndarray | None:
+        data = self.read(RAW_DIR / "images.npy")
+        return np.load(io.BytesIO(data), allow_pickle=False) if data else None
+
+
+@dataclass
+class DataDiff:
+    counts_by_class: list[list]
+    counts_by_group: list[list]
+    examples: dict[str, pd.DataFrame]  # kind -> rows (from B, or A for removed)
+    totals: dict[str, int]
+
+
+KINDS = ("added", "removed", "relabelled", "reweighted")
+
+
+def diff_tables(a: pd.DataFrame, b: pd.DataFrame) -> DataDiff:
+    """Match two sample tables on ``sample_id``; classify each train sample's change."""
+    a = a[a["split"] == "train"].set_index("sample_id")
+    b = b[b["split"] == "train"].set_index("sample_id")
+    common = a.index.intersection(b.index)
+    rows = {
+        "added": b.loc[b.index.difference(a.index)],
+        "removed": a.loc[a.index.difference(b.index)],
+        "relabelled": b.loc[common[(a.loc[common, "label"] != b.loc[common, "label"]).to_numpy()]],
+        "reweighted": b.loc[common[_effective_weight(a.loc[common]) != _effective_weight(b.loc[common])]],
+    }
+    if len(rows["relabelled"]):
+        rows["relabelled"] = rows["relabelled"].assign(
+            previous_label=a.loc[rows["relabelled"].index, "label_name"].to_numpy()
+        )
+
+    def counts(column: str) -> list[list]:
+        keys = sorted(set(a[column]) | set(b[column]), key=str)
+        return [[key, int((a[column] == key).sum()), int((b[column] == key).sum()),
+                 *(int((rows[kind][column] == key).sum()) for kind in KINDS)]
+                for key in keys]  # fmt: skip
+
+    return DataDiff(
+        counts_by_class=counts("label_name"),
+        counts_by_group=counts("group"),
+        examples={kind: frame.sort_index().head(THUMBS_PER_KIND) for kind, frame in rows.items()},
+        totals={kind: len(frame) for kind, frame in rows.items()},
+    )
+
+
+def _effective_weight(table: pd.DataFrame) -> pd.Series:
+    """How much a row counts in training: weight x copies, rounded against float noise."""
+    weight = table["weight"] if "weight" in table.columns else 1.0
+    copies = table["copies"] if "copies" in table.columns else 1
+    return (pd.Series(weight, index=table.index) * copies / WEIGHT_TOLERANCE).round()
+
+
+def metric_rows(a: Revision, b: Revision) -> list[list]:
+    rows = []
+    for stage in PIPELINE:  # gate verdicts have their own table
+        before = flatten(a.json(f"reports/metrics/{stage}.json"))
+        after = flatten(b.json(f"reports/metrics/{stage}.json"))
+        for key in sorted(set(before) | set(after)):
+            old, new = before.get(key), after.get(key)
+            if isinstance(old, list) or isinstance(new, list):  # e.g. a confusion matrix: see the reports
+                continue
+            numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (old, new))
+            rows.append([f"{stage}.{key}", _show(old), _show(new), _delta(new - old) if numeric else ""])
+    return rows
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def _delta(value: float) -> str:
+    return "0" if value == 0 else f"{value:+.4f}" if isinstance(value, float) else f"{value:+d}"
+
+
+def param_rows(a: Revision, b: Revision) -> list[list]:
+    before, after = a.params(), b.params()
+    return [[key, _show(before.get(key)), _show(after.get(key))]
+            for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]  # fmt: skip
+
+
+def gate_rows(a: Revision, b: Revision) -> list[list]:
+    """Each gate's verdict in both versions (``n/a``: not configured there)."""
+    before, after = a.json("reports/metrics/gate.json"), b.json("reports/metrics/gate.json")
+
+    def verdict(passed: Any) -> str:
+        return "n/a" if passed is None else "pass" if passed else "FAIL"
+
+    names = sorted(set(before.get("gates", {})) | set(after.get("gates", {})))
+    return [["all gates", verdict(before.get("passed")), verdict(after.get("passed"))]] + [
+        [name, verdict(before.get("gates", {}).get(name, {}).get("passed")),
+         verdict(after.get("gates", {}).get(name, {}).get("passed"))]
+        for name in names
+    ]  # fmt: skip
+
+
+def compare(rev_a: str | None, rev_b: str | None, html_path: str | None) -> str:
+    a, b = Revision(rev_a), Revision(rev_b)
+    table_a, table_b = a.table(TABLE), b.table(TABLE)
+    if table_a is None or table_b is None:
+        missing = a.name if table_a is None else b.name
+        raise CurateError(f"{missing}: no {TABLE} (run dvc repro there, or dvc pull)")
+    data = diff_tables(table_a, table_b)
+    context = {
+        "rev_a": a.name, "rev_b": b.name,
+        "params": param_rows(a, b),
+        "metrics": [row for row in metric_rows(a, b) if row[1] != row[2]],
+        "gates": (gates := gate_rows(a, b)),
+        "verdict": Verdict(warnings=[f"gate {name} fails in {b.name}" for name, _, now in gates[1:]
+                                     if now == "FAIL"]),
+        "diff": data,
+        "kinds": KINDS,
+        "class_headers": ["class", f"train rows in {a.name}", f"in {b.name}", *KINDS],
+        "group_headers": ["group", f"train rows in {a.name}", f"in {b.name}", *KINDS],
+    }  # fmt: skip
+    if html_path:
+        context["thumbs"] = _thumbnails(data, a, b)
+        write_text(html_path, render("compare.html", stage="compare", **context))
+    return render_markdown("compare.md", stage="compare", **context)
+
+
+def _thumbnails(data: DataDiff, a: Revision, b: Revision) -> dict[str, list[dict]]:
+    images = {"a": a.images(), "b": b.images()}
+    thumbs = {}
+    for kind, rows in data.examples.items():
+        source = images["a" if kind == "removed" else "b"]
+        if source is None:
+            continue
+        thumbs[kind] = [{
+            "uri": thumbnail(source[row["row"]]),
+            "caption": (f"{row['previous_label']}→{row['label_name']}" if kind == "relabelled"
+                        else f"{row['label_name']} / {row['group']}"),
+            "title": row["path"],
+        } for _, row in rows.iterrows()]  # fmt: skip
+    return thumbs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="curate compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("rev_a", nargs="?", default="HEAD", help="the base version (default: HEAD)")
+    parser.add_argument("rev_b", nargs="?", default=None, help="the new version (default: the workspace)")
+    parser.add_argument("--html", metavar="FILE", help="also write an HTML report with thumbnails")
+    args = parser.parse_args(argv)
+    sys.stdout.write(compare(args.rev_a, args.rev_b, args.html))
+    return 0
+
+
+if __name__ == "__main__":
+    from curate.cli import guarded
+
+    sys.exit(guarded(main))

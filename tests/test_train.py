@@ -1,0 +1,283 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from curate import model as models
+from curate.checkpoint import load_checkpoint, save_checkpoint
+from curate.dataset import write_images, write_samples
+from curate.errors import CurateError
+from curate.params import TrainParams
+from curate.stages import train
+from tests.conftest import set_params
+
+OUTPUTS = [
+    "models/model.pt",
+    "dvclive/train/plots/metrics/train/loss.tsv",
+    "dvclive/train/plots/metrics/val/loss.tsv",
+    "dvclive/train/plots/metrics/train/accuracy.tsv",
+    "dvclive/train/plots/metrics/val/accuracy.tsv",
+    "reports/train.html",
+    "reports/train.md",
+    "reports/metrics/train.json",
+]
+TINY = {"epochs": 2, "batch_size": 32, "val_fraction": 0.2, "device": "cpu"}
+
+
+def digit_like(labels: np.ndarray, rng: np.random.Generator, size: int = 16, channels: int = 1) -> np.ndarray:
+    """Separable images: class k is a bright bar at row band k, on noise."""
+    images = rng.integers(0, 40, (len(labels), size, size, channels), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        top = 2 + 4 * int(label)
+        images[i, top : top + 3, 2:-2] = 220
+    return images
+
+
+def make_inputs(root, big=60, small=12, n_test=30, copies_per_small=2, seed=0, size=16):
+    """data/raw + data/augmented as the augment stage leaves them: two groups, 3 classes,
+    test rows, a dropped row, and augmented copies of the small group's rows."""
+    rng = np.random.default_rng(seed)
+    n_raw = big + small + n_test + 1
+    group = ["big"] * big + ["small"] * small + ["big"] * n_test + ["big"]
+    split = ["train"] * (big + small) + ["test"] * n_test + ["train"]
+    label = np.arange(n_raw) % 3
+    raw = pd.DataFrame(
+        {
+            "sample_id": [f"{i:016x}" for i in range(n_raw)],
+            "path": [f"{g}/{i:05d}" for i, g in enumerate(group)],
+            "row": np.arange(n_raw),
+            "label": label,
+            "label_name": [f"c{v}" for v in label],
+            "group": group,
+            "split": split,
+            "action": ["none"] * (n_raw - 1) + ["drop"],
+            "copies": 1,
+            "weight": np.where(np.array(group) == "small", 3.0, 1.0),
+            "store": "raw",
+        }
+    )
+    raw["parent_id"] = pd.Series(pd.NA, index=raw.index, dtype="string")
+    parents = raw[(raw["group"] == "small") & (raw["split"] == "train")]
+    new = parents.loc[parents.index.repeat(copies_per_small)].copy()
+    new["parent_id"] = new["sample_id"].astype("string")
+    new["sample_id"] = [f"{p}~a{k % copies_per_small + 1}" for k, p in enumerate(new["parent_id"])]
+    new["store"] = "augmented"
+    new["row"] = np.arange(len(new))
+    samples = pd.concat([raw, new], ignore_index=True)
+    raw_images = digit_like(label, rng, size)
+    write_images(root / "data/raw/images.npy", raw_images)
+    write_images(root / "data/augmented/images.npy", digit_like(new["label"].to_numpy(), rng, size))
+    write_samples(root / "data/augmented/samples.parquet", samples)
+    return samples
+
+
+def run_train(workdir, **train_params):
+    set_params(workdir / "params.yaml", train={**TINY, **train_params})
+    assert train.main([]) == 0
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [16, 28, 32])
+def test_models_map_any_small_image_to_class_logits(name, channels, size):
+    net = models.build_model(name, 7, channels, size).eval()
+    x = models.to_tensor(np.zeros((2, size, size, channels), dtype=np.uint8), "cpu")
+    assert x.shape == (2, channels, size, size)
+    with torch.no_grad():
+        assert net(x).shape == (2, 7)
+        assert net.embed(x).shape == (2, net.head.in_features)
+
+
+def test_weighted_epoch_order_honours_weights():
+    weights = torch.tensor([1.0, 0.0, 3.0, 6.0])
+    order = models.epoch_order(100_000, torch.Generator().manual_seed(0), weights.repeat(25_000))
+    shares = np.bincount(order.numpy() % 4, minlength=4) / len(order)
+    np.testing.assert_allclose(shares, [0.1, 0.0, 0.3, 0.6], atol=0.01)
+    assert shares[1] == 0  # a weight of 0 is never drawn
+    plain = models.epoch_order(50, torch.Generator().manual_seed(0))
+    assert sorted(plain.tolist()) == list(range(50))  # without weights: a permutation
+
+
+def test_sampler_weighting_learns_a_class_only_weight_shows():
+    # Class 1 is present but weightless; with the sampler it is never drawn, so never predicted.
+    rng = np.random.default_rng(0)
+    labels = np.arange(90) % 3
+    images = digit_like(labels, rng)
+    weights = np.where(labels == 1, 0.0, 1.0)
+    torch.manual_seed(0)
+    net = models.build_model("cnn", 3, 1, 16)
+    models.fit(
+        net,
+        images,
+        labels,
+        epochs=3,
+        batch_size=16,
+        lr=0.01,
+        seed=0,
+        device=torch.device("cpu"),
+        sample_weights=weights,
+        weighting="sampler",
+    )
+    probs, _ = models.predict(net, images, batch_size=64, device=torch.device("cpu"))
+    assert 1 not in set(probs.argmax(1).tolist())
+    assert {0, 2} <= set(probs.argmax(1).tolist())
+
+
+def test_fit_keeps_the_best_epoch_and_stops_after_patience(monkeypatch):
+    losses = iter([1.0, 0.5, 0.7, 0.8, 0.2, 0.1])
+    snapshots = []
+
+    def fake_validate(net, *args, **kwargs):
+        snapshots.append({k: v.clone() for k, v in net.state_dict().items()})
+        return next(losses), 0.5
+
+    monkeypatch.setattr(models, "_validate", fake_validate)
+    rng = np.random.default_rng(0)
+    labels = np.arange(32) % 3
+    images = digit_like(labels, rng)
+    seen = []
+    torch.manual_seed(0)
+    net = models.build_model("cnn", 3, 1, 16)
+    history = models.fit(
+        net,
+        images,
+        labels,
+        epochs=6,
+        batch_size=16,
+        lr=0.01,
+        seed=0,
+        device=torch.device("cpu"),
+        validation=(images, labels, None),
+        patience=2,
+        on_epoch=seen.append,
+    )
+    # Best at epoch 2; epochs 3 and 4 bring no lower loss: patience 2 stops after epoch 4.
+    assert [s["epoch"] for s in history] == [1, 2, 3, 4] and seen == history
+    assert [s["best"] for s in history] == [True, True, False, False]
+    restored = net.state_dict()
+    assert all(torch.equal(restored[k], snapshots[1][k]) for k in restored)
+
+
+def test_fit_is_a_function_of_the_seed_on_cpu():
+    rng = np.random.default_rng(0)
+    labels = np.arange(40) % 3
+    images = digit_like(labels, rng)
+    states = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        net = models.build_model("cnn", 3, 1, 16)
+        models.fit(
+            net,
+            images,
+            labels,
+            epochs=1,
+            batch_size=16,
+            lr=0.01,
+            seed=1,
+            device=torch.device("cpu"),
+            validation=(images, labels, np.ones(40)),
+        )
+        states.append(net.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+def test_validation_split_keeps_copies_of_validation_images_out_of_training(workdir):
+    samples = make_inputs(workdir)
+    samples.loc[samples["sample_id"] == f"{3:016x}", "copies"] = 3  # resampled row: used 3 times
+    fit_rows, val_rows = train.split_validation(samples, 0.25, seed=0)
+    assert (val_rows["store"] == "raw").all() and (val_rows["split"] == "train").all()
+    assert "drop" not in set(fit_rows["action"]) | set(val_rows["action"])
+    assert not set(val_rows["sample_id"]) & set(fit_rows["sample_id"])
+    assert not set(val_rows["sample_id"]) & set(fit_rows["parent_id"].dropna())
+    # Stratified by group x label: a quarter of each of the 6 strata (big: 20 each, small: 4 each).
+    counts = val_rows.groupby(["group", "label"]).size()
+    assert counts.to_dict() == {(g, k): (5 if g == "big" else 1) for g in ("big", "small") for k in range(3)}
+    # A held-out small row carries its copies' weight too: 3 (own) + 2 copies x 3.
+    assert (val_rows.loc[val_rows["group"] == "small", "val_weight"] == 9.0).all()
+    if f"{3:016x}" not in set(val_rows["sample_id"]):
+        assert (fit_rows["sample_id"] == f"{3:016x}").sum() == 3
+
+
+def test_train_stage_writes_a_loadable_checkpoint_and_deterministic_outputs(workdir):
+    make_inputs(workdir)
+    run_train(workdir)
+    for path in OUTPUTS:
+        assert (workdir / path).is_file(), path
+    first = {path: (workdir / path).read_bytes() for path in OUTPUTS}
+    payload = torch.load(workdir / "models/model.pt", map_location="cpu", weights_only=True)
+    meta = payload["meta"]
+    assert meta["class_names"] == ["c0", "c1", "c2"] and (meta["size"], meta["channels"]) == (16, 1)
+    assert meta["params_digest"] == train.params_digest(TrainParams(**TINY))
+    model, _ = load_checkpoint(workdir / "models/model.pt")
+    assert model(models.to_tensor(np.zeros((1, 16, 16, 1), np.uint8), "cpu")).shape == (1, 3)
+    metrics = json.loads((workdir / "reports/metrics/train.json").read_text())
+    assert metrics["epochs_run"] == 2 and 0 <= metrics["best_val_accuracy"] <= 1
+    assert metrics["images_per_second"] > 0
+    assert (workdir / "dvclive/train/plots/metrics/val/loss.tsv").read_text().splitlines()[0] == "step\tloss"
+    assert "<script" not in (workdir / "reports/train.html").read_text()
+
+    run_train(workdir)
+    measured = {"reports/metrics/train.json", "reports/train.html", "reports/train.md"}
+    for path in OUTPUTS:
+        if path not in measured:  # throughput is measured; everything else repeats byte for byte
+            assert (workdir / path).read_bytes() == first[path], path
+
+    def strip(text):
+        return [line for line in text.splitlines() if "per second" not in line and "seconds" not in line]
+
+    assert strip((workdir / "reports/train.md").read_text()) == strip(first["reports/train.md"].decode())
+
+
+def test_train_stage_sampler_weighting_and_no_online_augmentation(workdir):
+    make_inputs(workdir)
+    run_train(workdir, weighting="sampler", online_augment=False, epochs=1)
+    assert json.loads((workdir / "reports/metrics/train.json").read_text())["epochs_run"] == 1
+
+
+def test_init_weights_from_a_checkpoint(workdir):
+    make_inputs(workdir)
+    torch.manual_seed(5)
+    source = models.build_model("cnn", 3, 1, 16)
+    save_checkpoint(workdir / "start.pt", source, {"name": "cnn", "n_classes": 3, "channels": 1, "size": 16})
+    net = models.build_model("cnn", 3, 1, 16)
+    train.load_initial_weights(net, workdir / "start.pt")
+    assert all(torch.equal(net.state_dict()[k], source.state_dict()[k]) for k in source.state_dict())
+    run_train(workdir, init_weights="start.pt", epochs=1)
+
+
+@pytest.mark.parametrize(
+    ("train_params", "fragment"),
+    [
+        ({"init_weights": "missing.pt"}, "train.init_weights: missing.pt: file not found"),
+        ({"val_fraction": 0.01}, "train.val_fraction"),
+    ],
+)
+def test_bad_train_input_is_one_line_naming_the_key(workdir, train_params, fragment):
+    make_inputs(workdir)
+    set_params(workdir / "params.yaml", train={**TINY, **train_params})
+    with pytest.raises(CurateError, match=fragment.replace(".", r"\.")):
+        train.main([])
+    assert not (workdir / "models/model.pt").exists()
+
+
+def test_missing_input_column_names_the_file(workdir):
+    samples = make_inputs(workdir).drop(columns="parent_id")
+    write_samples(workdir / "data/augmented/samples.parquet", samples)
+    with pytest.raises(CurateError, match="samples.parquet: missing column 'parent_id'"):
+        train.main([])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_asking_for_an_absent_device_fails_clearly(workdir):
+    make_inputs(workdir)
+    set_params(workdir / "params.yaml", train={**TINY, "device": "cuda"})
+    with pytest.raises(CurateError, match="train.device = 'cuda', but this machine has no cuda"):
+        train.main([])
