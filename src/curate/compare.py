@@ -219,12 +219,16 @@ def _thumbnails(data: DataDiff, a: Revision, b: Revision) -> dict[str, list[dict
     return thumbs
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="curate compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("rev_a", nargs="?", default="HEAD", help="the base version (default: HEAD)")
     parser.add_argument("rev_b", nargs="?", default=None, help="the new version (default: the workspace)")
     parser.add_argument("--html", metavar="FILE", help="also write an HTML report with thumbnails")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     sys.stdout.write(compare(args.rev_a, args.rev_b, args.html))
     return 0
 
