@@ -126,7 +126,7 @@ def changed_params(params: Params) -> list[list[str]]:
 
 
 def _show(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 if __name__ == "__main__":
