@@ -68,7 +68,10 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, int | np.integer):
         return f"{int(value):,}"
     if isinstance(value, float | np.floating):
-        return "n/a" if math.isnan(value) else f"{float(value):,.{digits}f}"
+        if math.isnan(value):
+            return "n/a"
+        # Whole numbers (counts, effective sizes) read better without ".000".
+        return f"{int(value):,}" if float(value).is_integer() else f"{float(value):,.{digits}f}"
     return str(value)
 
 
