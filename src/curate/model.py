@@ -309,9 +309,11 @@ def fit(
     steps = math.ceil(n / batch_size)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
     # One-cycle: a short warm-up then annealing to ~0 lets a few epochs converge, which is
-    # what the clean stage's budget (K models) allows.
+    # what the clean stage's budget (K models) allows. OneCycleLR divides by its phase
+    # lengths: at least 8 steps keeps both non-empty on tiny data (a shorter run just
+    # ends mid-schedule).
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=lr, total_steps=max(epochs * steps, 1), pct_start=0.25
+        optimiser, max_lr=lr, total_steps=max(epochs * steps, 8), pct_start=0.25
     )
     history: list[dict] = []
     best_loss, best_state = math.inf, None
