@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from curate.stages.evaluate import HEADLINE
 from tests.conftest import set_params, template_copy
 
 pytestmark = pytest.mark.slow
@@ -54,12 +55,25 @@ def restore(root):
     assert "up to date" in run("dvc", "status", cwd=root)
 
 
-def test_every_report_and_metric_exists(tiny):
+def test_every_report_metric_and_plot_exists(tiny):
     for stage in STAGES:
         assert (tiny / "reports" / f"{stage}.html").is_file()
         assert (tiny / "reports" / f"{stage}.md").is_file()
         assert json.loads((tiny / "reports" / "metrics" / f"{stage}.json").read_text())
-    assert (tiny / "reports" / "index.html").is_file() and (tiny / "models" / "model.pt").is_file()
+    for path in ("reports/index.html", "reports/index.md", "models/model.pt", "reports/plots/confusion.json"):
+        assert (tiny / path).is_file(), path
+    for split in ("train", "val"):
+        for name in ("loss", "accuracy"):
+            assert (tiny / f"dvclive/train/plots/metrics/{split}/{name}.tsv").is_file()
+    shown = json.loads(run("dvc", "metrics", "show", "--json", cwd=tiny))
+    data = next(iter(shown.values()))["data"]
+    evaluated = data["reports/metrics/evaluate.json"]["data"]
+    for key in HEADLINE:
+        assert key in evaluated, key
+    assert data["reports/metrics/train.json"]["data"]["epochs_run"] == 1
+    run("dvc", "plots", "show", cwd=tiny)
+    page = (tiny / "dvc_plots" / "index.html").read_text()
+    assert "Confusion matrix" in page and "Loss by epoch" in page
 
 
 def test_noop_repro_runs_nothing(tiny):

@@ -76,7 +76,7 @@ class RebalanceParams(Section):
     group_columns: list[str] = Field(default_factory=lambda: ["group"], min_length=1)
     target_shares: dict[str, float] = Field(default_factory=dict, validate_default=True)
     # Weights have mean 1, so a cap below 1 could not hold.
-    max_weight: float = Field(10.0, ge=1)
+    max_weight: float = Field(40.0, ge=1)
     min_effective_size: float = Field(30.0, ge=0)
 
     @field_validator("target_shares")
