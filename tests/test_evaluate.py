@@ -129,10 +129,12 @@ def test_no_test_rows_is_refused(workdir):
         evaluate.main([])
 
 
-def test_verdict_bounds_come_from_params(workdir):
+def test_verdict_shows_the_evaluate_gates(workdir):
     make_inputs(workdir)
     make_model(workdir)  # untrained: about chance accuracy
-    set_params(workdir / "params.yaml", evaluate={"min_accuracy": 0.99})
-    assert evaluate.main([]) == 0  # informational: the gate stage enforces
+    set_params(workdir / "params.yaml", gates={"min_accuracy": 0.99, "enforce": True})
+    assert evaluate.main([]) == 0  # the report shows the gate; the gate stage enforces it
     text = (workdir / "reports/evaluate.md").read_text()
-    assert "**Verdict: FAIL**" in text and "&gt;= 0.99" in text
+    assert "**Verdict: FAIL**" in text
+    assert "| evaluate.accuracy (gates.min_accuracy) |" in text and "≥ 0.99" in text
+    assert "gates.max_flagged_rate" not in text  # another stage's gate

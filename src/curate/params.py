@@ -167,11 +167,9 @@ class TrainParams(Section):
 
 
 class EvaluateParams(Section):
-    """Test-split metrics, by group (fairlearn), and the report's verdict bounds."""
+    """Test-split metrics and fairness by group (fairlearn); thresholds live in ``gates``."""
 
     calibration_bins: int = Field(15, ge=2, le=100)
-    min_accuracy: float = Field(0.9, ge=0, le=1)
-    max_accuracy_gap: float = Field(0.05, ge=0, le=1)
     confidently_wrong: int = Field(24, ge=0, le=200)
 
 

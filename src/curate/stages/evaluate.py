@@ -5,8 +5,9 @@ rows only), read from the raw image store. Writes ``reports/metrics/evaluate.jso
 (accuracy, macro_f1, ece, the fairlearn group summaries and one-vs-rest parity figures,
 per class and per group), ``reports/plots/confusion.json`` (one ``{actual, predicted}``
 record per test sample, for ``dvc plots`` template ``confusion``) and
-``reports/evaluate.{html,md}``. The verdict bounds (``evaluate.min_accuracy``,
-``evaluate.max_accuracy_gap``) are reported here; failing them does not stop the pipeline.
+``reports/evaluate.{html,md}``. The verdict shows the gates on these metrics
+(``gates.min_accuracy``, ``gates.min_worst_group_accuracy``, ``gates.max_accuracy_gap``);
+the gate stage is the one that can stop the pipeline on them.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from curate.checkpoint import load_checkpoint
 from curate.cli import guarded, stage_parser
 from curate.dataset import AUGMENTED_DIR, MODELS_DIR, class_names, gather_images, read_samples, write_text
 from curate.errors import CurateError
+from curate.gates import show_gates
 from curate.params import EvaluateParams, load_params
-from curate.report import Check, Verdict, bar_chart, matrix_chart, thumbnail, write_report
+from curate.report import Verdict, bar_chart, matrix_chart, thumbnail, write_report
 
 INPUT = AUGMENTED_DIR / "samples.parquet"
 MODEL = MODELS_DIR / "model.pt"
@@ -43,7 +45,8 @@ HEADLINE = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("evaluate", __doc__).parse_args(argv)
-    settings = load_params(args.params).evaluate
+    params = load_params(args.params)
+    settings = params.evaluate
     samples = read_samples(INPUT)
     test = samples[samples["split"] == "test"]
     if test.empty:
@@ -71,7 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     write_text(CONFUSION_PLOT, confusion_records(y_true, results["y_pred"], names))
     context = report_context(settings, test, images, probs, names, results, meta)
-    sizes = write_report("evaluate", context, metrics(results))
+    stage_metrics = metrics(results)
+    context = show_gates(context, params.gates, "evaluate", stage_metrics)
+    sizes = write_report("evaluate", context, stage_metrics)
     print(
         f"evaluate: accuracy {results['accuracy']:.4f}, worst group {results['worst_group_accuracy']:.4f}, "
         f"ece {results['ece']:.4f} on {len(test):,} test samples; "
@@ -114,23 +119,8 @@ def confusion_records(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) 
     return "[\n" + ",\n".join(records) + "\n]\n"
 
 
-def _verdict(settings: EvaluateParams, results: dict) -> Verdict:
-    verdict = Verdict(
-        checks=[
-            Check(
-                "test accuracy",
-                results["accuracy"],
-                f">= {settings.min_accuracy:g}",
-                results["accuracy"] >= settings.min_accuracy,
-            ),
-            Check(
-                "accuracy gap between groups",
-                results["accuracy_gap"],
-                f"<= {settings.max_accuracy_gap:g}",
-                results["accuracy_gap"] <= settings.max_accuracy_gap,
-            ),
-        ]
-    )
+def _verdict(results: dict) -> Verdict:
+    verdict = Verdict()
     undefined = [
         name for name, row in results["per_class"].items() if row["eo_diff_ovr"] != row["eo_diff_ovr"]
     ]
@@ -166,7 +156,7 @@ def report_context(
     per_class = results["per_class"]
     return {
         "settings": settings,
-        "verdict": _verdict(settings, results),
+        "verdict": _verdict(results),
         "headline": [(key, results[key]) for key in HEADLINE],
         "group_rows": [
             [
