@@ -112,6 +112,8 @@ def exp_metrics(show: list, name: str) -> dict:
 
 def test_experiments_show_data_quality_next_to_model_metrics(tiny):
     run("dvc", "exp", "run", "-n", "keep", "-S", "clean.action=keep", cwd=tiny)
+    # exp run leaves its result in the workspace: back to HEAD, so the next one starts from there.
+    restore(tiny)
     run("dvc", "exp", "run", "--queue", "-n", "unbalanced", "-S", "rebalance.strategy=none", cwd=tiny)
     run("dvc", "queue", "start", "-j", "1", cwd=tiny)
     deadline = time.monotonic() + 600
@@ -124,6 +126,7 @@ def test_experiments_show_data_quality_next_to_model_metrics(tiny):
         for column in COLUMNS:
             assert isinstance(metrics[column], int | float), column
     assert keep["clean.dropped"] == 0
+    assert unbalanced["clean.dropped"] > 0  # queued from HEAD (action drop), not from the keep run
     assert unbalanced["rebalance.group_share_ratio_after"] == unbalanced["rebalance.group_share_ratio_before"]
 
     review = run("curate", "compare", "HEAD", "keep", cwd=tiny)
