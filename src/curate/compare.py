@@ -149,7 +149,7 @@ def _show(value: Any) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{int(value)}" if value.is_integer() else f"{value:.4f}"
     return json.dumps(value) if not isinstance(value, str) else value
 
 
