@@ -130,3 +130,16 @@ def test_class_smaller_than_folds_is_named(workdir):
     with pytest.raises(CurateError, match="clean.folds: class 'rare' has 2 train sample"):
         clean.main([])
     assert not (workdir / "data/clean").exists()
+
+
+def test_missing_device_is_named(cleaned, workdir):
+    import shutil
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    shutil.copy(cleaned / "params.yaml", workdir / "params.yaml")
+    shutil.copytree(cleaned / "data/raw", workdir / "data/raw")
+    set_params(workdir / "params.yaml", clean={"device": "cuda"})
+    with pytest.raises(CurateError, match=r"params.yaml: clean.device = 'cuda', but .* no cuda"):
+        clean.main([])
+    assert not (workdir / "data/clean").exists()

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from curate.errors import CurateError
+
 # Augmentation ranges, drawn per image per step: small enough that a digit stays the digit
 # it was, large enough that the K-fold models stop memorising pixel positions (the noisy
 # labels are what they would memorise next).
@@ -27,16 +29,25 @@ MAX_SCALE = 0.10  # +-10 %
 WEIGHT_DECAY = 5e-4
 
 
-def pick_device(preference: str = "auto") -> torch.device:
-    """``auto``: CUDA, then Apple MPS, then CPU; otherwise the named device as given."""
-    if preference != "auto":
-        return torch.device(preference)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+def _available(kind: str) -> bool:
+    if kind == "cuda":
+        return torch.cuda.is_available()
+    if kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        return mps is not None and mps.is_available()
+    return kind == "cpu"
+
+
+def pick_device(preference: str = "auto", key: str = "device") -> torch.device:
+    """``auto``: CUDA, then Apple MPS, then CPU; otherwise the named device, which must exist.
+
+    ``key`` names the param in the error (``train.device = 'cuda', but this machine has no cuda``).
+    """
+    if preference == "auto":
+        return torch.device(next(kind for kind in ("cuda", "mps", "cpu") if _available(kind)))
+    if not _available(preference):
+        raise CurateError(f"{key} = {preference!r}, but this machine has no {preference}")
+    return torch.device(preference)
 
 
 def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:

@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     label_issues.check_class_sizes(labels, names, settings.folds)
 
     started = time.perf_counter()
-    device = pick_device(settings.device)
+    device = pick_device(settings.device, key=f"{args.params}: clean.device")
     train_images = np.asarray(images[train["row"].to_numpy()])
     predictions = label_issues.out_of_sample_predictions(
         train_images,

@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from curate import model as models  # torch models only past the input checks
 
-    device = resolve_device(settings.device, args.params)
+    device = models.pick_device(settings.device, key=f"{args.params}: train.device")
     torch.manual_seed(params.seed)  # weight init
     net = models.build_model(settings.model, len(names), images.shape[3], images.shape[1])
     if settings.init_weights:
@@ -151,22 +151,6 @@ def split_validation(
     fit_rows = train[~is_val & ~is_val_copy]
     fit_rows = fit_rows.iloc[np.repeat(np.arange(len(fit_rows)), fit_rows["copies"].to_numpy())]
     return fit_rows, val_rows
-
-
-def resolve_device(preference: str, params_file: str | Path) -> torch.device:
-    from curate.model import pick_device
-
-    device = pick_device(preference)
-    available = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available(),
-        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
-    }
-    if not available.get(device.type, False):
-        raise CurateError(
-            f"{params_file}: train.device = {preference!r}, but this machine has no {device.type}"
-        )
-    return device
 
 
 def load_initial_weights(net: torch.nn.Module, path: Path) -> None:
