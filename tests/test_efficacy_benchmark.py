@@ -1,0 +1,60 @@
+"""benchmarks/efficacy.py: the issue's targets as it checks them, and its cache key."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SPEC = importlib.util.spec_from_file_location(
+    "efficacy", Path(__file__).resolve().parents[1] / "benchmarks" / "efficacy.py"
+)
+efficacy = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(efficacy)
+
+
+def means(default_acc, default_wga, unbalanced_acc, unbalanced_wga):
+    return {
+        "default": {"accuracy": default_acc, "worst_group_accuracy": default_wga},
+        "naive": {"accuracy": 0.90, "worst_group_accuracy": 0.85},
+        "oracle": {"accuracy": default_acc + 0.005, "worst_group_accuracy": 0.99},
+        "unbalanced": {"accuracy": unbalanced_acc, "worst_group_accuracy": unbalanced_wga},
+    }
+
+
+def rebalance_target(mean):
+    check, _, passed = efficacy.targets(mean)[3]
+    assert "unbalanced" in check
+    return passed
+
+
+@pytest.mark.parametrize(
+    ("default_acc", "default_wga", "expected"),
+    [
+        (0.970, 0.951, True),  # +2.1 worst-group at no cost
+        (0.9660, 0.951, True),  # +2.1 worst-group for 0.4 points of accuracy
+        (0.9640, 0.951, False),  # ... for 0.6 points: too dear
+        (0.980, 0.951, True),  # more accurate overall as well: no failure
+        (0.970, 0.945, False),  # +1.5 worst-group: short of 2
+    ],
+)
+def test_rebalance_target_bounds_the_cost_not_the_gain(default_acc, default_wga, expected):
+    assert rebalance_target(means(default_acc, default_wga, 0.970, 0.930)) is expected
+
+
+def test_all_four_targets_pass_on_a_good_default():
+    assert all(passed for _, _, passed in efficacy.targets(means(0.975, 0.965, 0.974, 0.940)))
+
+
+def test_cache_key_covers_params_and_code(tmp_path):
+    prefix = {"seed": 0, "train": {"epochs": 10}}
+    key = efficacy.cache_key("train", prefix, "code-a")
+    assert efficacy.cache_key("train", dict(prefix), "code-a") == key
+    assert efficacy.cache_key("train", {"seed": 0, "train": {"epochs": 20}}, "code-a") != key
+    # A kept cache must not serve what an older version of the stages built.
+    assert efficacy.cache_key("train", prefix, "code-b") != key
+
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "train.py").write_text("EPOCHS = 10\n")
+    before = efficacy.code_digest(tmp_path)
+    (tmp_path / "stages" / "train.py").write_text("EPOCHS = 20\n")
+    assert efficacy.code_digest(tmp_path) != before
