@@ -141,7 +141,7 @@ class AugmentParams(Section):
     """Offline augmentation of train rows where data is thin, one random draw per new image."""
 
     transforms: list[TransformSpec] = Field(default_factory=_default_transforms)
-    copies: int = Field(2, ge=0, le=20)
+    copies: int = Field(1, ge=0, le=20)
     target: Literal["all", "groups_below_share", "by_weight"] = "by_weight"
     share_threshold: float = Field(0.3, gt=0, le=1)
     # In units of the originals' feature spread; mild pipelines measure < 0.1 on the demo.
@@ -153,13 +153,13 @@ class TrainParams(Section):
     """The classifier trained on the balanced, augmented train rows (the train stage)."""
 
     model: Literal["cnn", "resnet18"] = "cnn"
-    epochs: int = Field(10, ge=1, le=500)
+    epochs: int = Field(20, ge=1, le=500)
     batch_size: int = Field(256, ge=8, le=8192)
     lr: float = Field(0.01, gt=0, le=1)
     # sampler: draw each epoch with probability proportional to weight; loss: weighted cross-entropy.
     weighting: Literal["sampler", "loss"] = "loss"
     val_fraction: float = Field(0.1, gt=0, lt=1)
-    patience: int = Field(4, ge=1, le=500)
+    patience: int = Field(8, ge=1, le=500)
     online_augment: bool = True
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     compile: bool = False

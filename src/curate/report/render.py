@@ -218,7 +218,9 @@ def bar_chart(
         axes.set_title(title)
         axes.spines[["top", "right"]].set_visible(False)
         if len(series) > 1:
-            axes.legend(frameon=False)
+            # Beside the axes, not on them: bars fill the plot area, so any inside spot hides a
+            # bar; the tight bounding box widens the figure to fit.
+            axes.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         return svg(figure, key)
 
 
