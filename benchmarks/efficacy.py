@@ -10,8 +10,11 @@ Each runs the stage ``main()``s (ingest ... evaluate) in its own folder. Stages 
 prefix (the sections they and every stage before them read) matches an earlier run are
 copied from a cache instead of re-run: default, naive and unbalanced share ingest, for
 instance. ``--cache DIR`` keeps that cache between invocations, so changing a late stage's
-params re-runs only from there. Prints accuracy and worst_group_accuracy per pipeline (mean
-over seeds) and the four targets of issue 6 with pass/fail.
+params re-runs only from there (entries are keyed on the code as well). Prints accuracy,
+worst_group_accuracy and each group's accuracy per seed and per pipeline (mean over seeds),
+and the four targets of issue 6 with pass/fail. A group's mean accuracy caps what the worst
+group can reach: on the demo the large group's accuracy under "unbalanced" is the ceiling
+for any rebalancing, since rebalancing does not make that group easier.
 
 Run: ``python benchmarks/efficacy.py [--seeds 0 1 2] [--cache /tmp/efficacy] [-S train.epochs=8 ...]``.
 """

@@ -52,7 +52,7 @@ def bare_loop(
     net = models.build_model(name, int(labels.max()) + 1, images.shape[3], images.shape[1])
     net.to(memory_format=torch.channels_last).train()
     x_all = models.to_tensor(images, "cpu")
-    y_all = torch.as_tensor(labels, dtype=torch.long)
+    y_all = torch.as_tensor(np.array(labels), dtype=torch.long)  # a copy: pandas hands out read-only views
     optimiser = torch.optim.AdamW(net.parameters(), lr=0.01, weight_decay=models.WEIGHT_DECAY)
     generator = torch.Generator().manual_seed(seed)
     seconds = []
