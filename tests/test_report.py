@@ -122,3 +122,21 @@ def test_demo_report_is_small_and_safe(workdir):
     assert_safe_html(html)
     assert len(html.encode()) < 2_000_000
     assert html.index('class="verdict') < html.index("<h2>Numbers") < html.index("<h2>Pictures")
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (3361, "3,361"),
+        (124.0, "124"),
+        (123.99999999999997, "124"),  # a Kish effective size: whole but for rounding
+        (3361.0000000000005, "3,361"),
+        (0.0098, "0.010"),
+        (14.052, "14.052"),
+        (float("nan"), "n/a"),
+        (None, "n/a"),
+        (True, "yes"),
+    ],
+)
+def test_numbers_are_formatted_for_people(value, text):
+    assert render_module._fmt(value) == text

@@ -70,8 +70,12 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float | np.floating):
         if math.isnan(value):
             return "n/a"
-        # Whole numbers (counts, effective sizes) read better without ".000".
-        return f"{int(value):,}" if float(value).is_integer() else f"{float(value):,.{digits}f}"
+        # Whole numbers (counts, effective sizes) read better without ".000"; a sum of floats
+        # such as a Kish effective size lands a rounding error off its whole number.
+        whole = round(float(value))
+        if abs(float(value) - whole) <= 1e-9 * max(1.0, abs(whole)):
+            return f"{whole:,}"
+        return f"{float(value):,.{digits}f}"
     return str(value)
 
 
