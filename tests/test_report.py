@@ -134,6 +134,7 @@ def test_demo_report_is_small_and_safe(workdir):
         (0.0098, "0.010"),
         (14.052, "14.052"),
         (float("nan"), "n/a"),
+        (float("inf"), "inf"),  # a ratio over zero: printed, not a crash
         (None, "n/a"),
         (True, "yes"),
     ],

@@ -72,9 +72,10 @@ def _fmt(value: Any, digits: int = 3) -> str:
             return "n/a"
         # Whole numbers (counts, effective sizes) read better without ".000"; a sum of floats
         # such as a Kish effective size lands a rounding error off its whole number.
-        whole = round(float(value))
-        if abs(float(value) - whole) <= 1e-9 * max(1.0, abs(whole)):
-            return f"{whole:,}"
+        if math.isfinite(value):
+            whole = round(float(value))
+            if abs(float(value) - whole) <= 1e-9 * max(1.0, abs(whole)):
+                return f"{whole:,}"
         return f"{float(value):,.{digits}f}"
     return str(value)
 
