@@ -70,7 +70,10 @@ def main() -> None:
         strata = (train["group"] + ":" + train["label_name"]).to_numpy()
         folds = StratifiedKFold(params.clean.folds, shuffle=True, random_state=params.seed)
         baseline_probs = cross_val_predict(
-            LogisticRegression(max_iter=200), pixels, labels, cv=folds.split(pixels, strata),
+            LogisticRegression(max_iter=200),
+            pixels,
+            labels,
+            cv=folds.split(pixels, strata),
             method="predict_proba",
         )
         baseline_flags = find_label_issues(labels, baseline_probs, filter_by=params.clean.filter_by)

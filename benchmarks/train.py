@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,8 @@ import torch.nn.functional as F
 
 from curate import model as models
 from curate.dataset import AUGMENTED_DIR, RAW_DIR, gather_images, read_samples
-from curate.params import load_params
-from curate.stages.train import INPUT, split_validation
+from curate.params import TrainParams, load_params
+from curate.stages.train import INPUT, fit_config, split_validation
 
 TARGET_RATIO = 0.95
 TARGET_STAGE_SECONDS = 60.0
@@ -72,24 +73,27 @@ def bare_loop(
     return len(y_all) / min(seconds[1:])
 
 
-def stage_loop(images, labels, weights, validation, *, settings, epochs: int, seed: int) -> float:
+def stage_loop(
+    images: np.ndarray,
+    labels: np.ndarray,
+    weights: np.ndarray,
+    validation: tuple[np.ndarray, np.ndarray, None],
+    *,
+    settings: TrainParams,
+    epochs: int,
+    seed: int,
+) -> float:
     """Images per second of ``curate.model.fit`` as the stage calls it (best epoch after the first)."""
     torch.manual_seed(seed)
     net = models.build_model(settings.model, int(labels.max()) + 1, images.shape[3], images.shape[1])
+    config = replace(fit_config(settings, seed, torch.device("cpu")), epochs=epochs + 1)
     history = models.fit(
         net,
         images,
         labels,
-        epochs=epochs + 1,
-        batch_size=settings.batch_size,
-        lr=settings.lr,
-        seed=seed,
-        device=torch.device("cpu"),
+        config,
         sample_weights=weights,
-        weighting=settings.weighting,
-        augment=settings.online_augment,
         validation=validation,
-        patience=settings.patience,
         progress="stage loop",
     )
     return max(stats["images"] / stats["seconds"] for stats in history[1:])

@@ -56,7 +56,7 @@ def demo_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     )
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -64,51 +64,41 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--compile", action="store_true", help="also torch.compile the model")
     parser.add_argument("--cpu-smoke", action="store_true", help="run on the CPU to test the script itself")
-    args = parser.parse_args()
-    started = time.perf_counter()
-    if args.cpu_smoke:  # exercises this script where there is no GPU; asserts nothing about one
-        device = torch.device("cpu")
-    else:
-        assert torch.cuda.is_available(), "no CUDA device visible to torch"
-        device = models.pick_device("auto")
-        assert device.type == "cuda", f"pick_device('auto') chose {device}, not cuda"
-    x_train, y_train, x_test, y_test, source = demo_arrays()
-    print(f"data: {source}, {len(x_train):,} train / {len(x_test):,} test images of {x_train.shape[1:]}")
+    return parser.parse_args()
 
-    torch.manual_seed(0)
-    net = models.build_model("cnn", 10, x_train.shape[3], x_train.shape[1])
-    seen = {}
 
-    def record(module, inputs, output):  # what autocast actually ran the first conv in
+def check_device(cpu_smoke: bool) -> torch.device:
+    if cpu_smoke:  # exercises this script where there is no GPU; asserts nothing about one
+        return torch.device("cpu")
+    assert torch.cuda.is_available(), "no CUDA device visible to torch"
+    device = models.pick_device("auto")
+    assert device.type == "cuda", f"pick_device('auto') chose {device}, not cuda"
+    return device
+
+
+def watch_first_conv(net: torch.nn.Module) -> tuple[dict[str, object], torch.utils.hooks.RemovableHandle]:
+    """What autocast actually ran the first conv in: filled by a forward hook (remove it after)."""
+    seen: dict[str, object] = {}
+
+    def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         seen["dtype"], seen["device"] = output.dtype, output.device
         seen["channels_last"] = inputs[0].is_contiguous(memory_format=torch.channels_last)
 
-    hook = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)).register_forward_hook(record)
-    history = models.fit(
-        net,
-        x_train,
-        y_train,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=0.01,
-        seed=0,
-        device=device,
-        validation=(x_test[:500], y_test[:500], None),
-        patience=4,
-        compile=args.compile,
-        progress="gpu check",
-    )
-    hook.remove()
-    if not args.cpu_smoke:
-        assert seen["device"].type == "cuda", f"conv ran on {seen['device']}"
-        assert seen["dtype"] == torch.bfloat16, f"conv output was {seen['dtype']}, not bf16 (autocast off?)"
-        assert seen["channels_last"], "conv input was not channels_last"
-        # The placement rule fit applies: the uint8 data set on the GPU when it fits in half the free memory.
-        assert models._place(x_train, device).device.type == "cuda", (
-            "the data set would not be kept on the GPU"
-        )
-    probs, _ = models.predict(net, x_test, batch_size=1024, device=device)
-    accuracy = float((probs.argmax(1) == y_test).mean())
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    return seen, conv.register_forward_hook(record)
+
+
+def assert_on_gpu(seen: dict[str, object], x_train: np.ndarray, device: torch.device) -> None:
+    assert seen["device"].type == "cuda", f"conv ran on {seen['device']}"
+    assert seen["dtype"] == torch.bfloat16, f"conv output was {seen['dtype']}, not bf16 (autocast off?)"
+    assert seen["channels_last"], "conv input was not channels_last"
+    # The placement rule fit applies: the uint8 data set on the GPU when it fits in half the free memory.
+    assert models._place(x_train, device).device.type == "cuda", "the data set would not be kept on the GPU"
+
+
+def print_figures(
+    history: list[dict], accuracy: float, seen: dict[str, object], device: torch.device
+) -> None:
     images = sum(s["images"] for s in history)
     seconds = sum(s["seconds"] for s in history)
     steady = max(s["images"] / s["seconds"] for s in history[1:]) if len(history) > 1 else images / seconds
@@ -119,6 +109,34 @@ def main() -> None:
         f"{images / seconds:,.0f} images/s"
     )
     print(f"steady epoch {steady:,.0f} images/s; test accuracy {accuracy:.4f}")
+
+
+def main() -> None:
+    args = parse_args()
+    started = time.perf_counter()
+    device = check_device(args.cpu_smoke)
+    x_train, y_train, x_test, y_test, source = demo_arrays()
+    print(f"data: {source}, {len(x_train):,} train / {len(x_test):,} test images of {x_train.shape[1:]}")
+
+    torch.manual_seed(0)
+    net = models.build_model("cnn", 10, x_train.shape[3], x_train.shape[1])
+    seen, hook = watch_first_conv(net)
+    config = models.FitConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=0.01,
+        seed=0,
+        device=device,
+        patience=4,
+        compile=args.compile,
+    )
+    validation = (x_test[:500], y_test[:500], None)
+    history = models.fit(net, x_train, y_train, config, validation=validation, progress="gpu check")
+    hook.remove()
+    if not args.cpu_smoke:
+        assert_on_gpu(seen, x_train, device)
+    probs, _ = models.predict(net, x_test, batch_size=1024, device=device)
+    print_figures(history, float((probs.argmax(1) == y_test).mean()), seen, device)
     print(f"wall time {time.perf_counter() - started:.1f} s (data, training, test; imports excluded)")
 
 

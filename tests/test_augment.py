@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -308,10 +310,39 @@ def test_report_shows_previews_drift_and_warns(workdir):
     assert html.count("data:image/png;base64,") == 4 * 3
     assert "<script" not in html and "Content-Security-Policy" in html and "<svg" in html
     strong = [{"name": "RandomAffine", "args": {"degrees": 90, "translate": [0.4, 0.4], "scale": [0.3, 0.6]}}]
-    run(workdir, transforms=strong, copies=2, target="all", max_frechet=mild["frechet_distance"] * 1.5)
+    set_params(workdir / "params.yaml", gates={"max_frechet_distance": mild["frechet_distance"] * 1.5})
+    run(workdir, transforms=strong, copies=2, target="all")
     metrics = json.loads((workdir / "reports/metrics/augment.json").read_text())
     assert metrics["frechet_distance"] > 1.5 * mild["frechet_distance"]
-    assert "over augment.max_frechet" in (workdir / "reports/augment.md").read_text()
+    text = (workdir / "reports/augment.md").read_text()
+    # The gate judges the overall figure; each group is held to the same threshold.
+    assert "**Verdict: FAIL**" in text and "| augment.frechet_distance (gates.max_frechet_distance) |" in text
+    for group in ("big", "small"):
+        assert f"group {group}: Frechet distance" in text
+    assert "over gates.max_frechet_distance" in text and "augment.max_frechet " not in text
+    # No threshold: no gate and no per-group warning.
+    set_params(workdir / "params.yaml", gates={"max_frechet_distance": None})
+    run(workdir, transforms=strong, copies=2, target="all")
+    text = (workdir / "reports/augment.md").read_text()
+    assert "max_frechet" not in text and ": Frechet distance" not in text and "**Verdict: PASS**" in text
+
+
+def test_stage_module_does_not_import_torch():
+    code = "import sys, curate.stages.augment; print('torch' in sys.modules, 'torchvision' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]
+
+
+def test_asking_for_an_absent_device_fails_clearly(workdir):
+    make_inputs(workdir)
+    if torch.cuda.is_available():
+        pytest.skip("this machine has cuda")
+    set_params(workdir / "params.yaml", augment={"device": "cuda"})
+    with pytest.raises(
+        CurateError, match=r"params.yaml: augment.device = 'cuda', but this machine has no cuda"
+    ):
+        augment.main([])
+    assert not (workdir / OUT).exists()
 
 
 def test_checkpoint_round_trip_and_bad_files(tmp_path):

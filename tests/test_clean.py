@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -8,6 +9,7 @@ from PIL import Image
 from curate.checkpoint import load_checkpoint
 from curate.dataset import read_samples
 from curate.errors import CurateError
+from curate.params import CleanParams
 from curate.stages import clean, ingest
 from tests.conftest import set_params
 
@@ -143,3 +145,140 @@ def test_missing_device_is_named(cleaned, workdir):
     with pytest.raises(CurateError, match=r"params.yaml: clean.device = 'cuda', but .* no cuda"):
         clean.main([])
     assert not (workdir / "data/clean").exists()
+
+
+NAMES = ["a", "b", "c"]
+# Train rows whose given label is wrong: row -> (predicted label, confidence of that prediction).
+FLIPS = {3: (1, 0.97), 8: (1, 0.85), 24: (2, 0.97), 29: (2, 0.85), 45: (0, 0.97), 50: (0, 0.85)}
+
+
+def _table() -> pd.DataFrame:
+    """20 train rows per class (10 per group, groups alternating) and 2 test rows per class."""
+    rows = [(k, "train") for k in range(3) for _ in range(20)] + [
+        (k, "test") for k in range(3) for _ in range(2)
+    ]
+    labels = np.array([label for label, _ in rows])
+    true = labels.copy()
+    for row, (predicted, _) in FLIPS.items():
+        true[row] = predicted
+    return pd.DataFrame(
+        {
+            "sample_id": [f"s{i:03d}" for i in range(len(rows))],
+            "path": [f"img/{i}" for i in range(len(rows))],
+            "row": np.arange(len(rows)),
+            "label": labels,
+            "label_name": [NAMES[k] for k in labels],
+            "group": ["g1" if i % 2 else "g2" for i in range(len(rows))],
+            "split": [split for _, split in rows],
+            "true_label": true,
+        }
+    )
+
+
+def _pred_probs(train: pd.DataFrame) -> np.ndarray:
+    """Confident and right on the clean rows, confident in another class on the flipped ones."""
+    probs = np.full((len(train), 3), 0.05)
+    probs[np.arange(len(train)), train["label"].to_numpy()] = 0.9
+    for row, (predicted, confidence) in FLIPS.items():
+        probs[row] = (1 - confidence) / 2
+        probs[row, predicted] = confidence
+    return probs
+
+
+def _checks(n: int, duplicate_set: dict[int, int] | None = None) -> pd.DataFrame:
+    sets = np.full(n, -1)
+    for row, set_id in (duplicate_set or {}).items():
+        sets[row] = set_id
+    return pd.DataFrame(
+        {
+            "is_near_duplicate": sets >= 0,
+            "duplicate_set": sets,
+            "is_outlier": np.arange(n) == 7,
+            "outlier_score": np.linspace(1, 0.5, n),
+        }
+    )
+
+
+def _clean_by_hand(**settings) -> clean.Cleaned:
+    samples = _table()
+    train = samples[samples["split"] == "train"]
+    return clean.clean(
+        samples,
+        _pred_probs(train),
+        np.arange(len(train)) % 3,
+        _checks(len(train), settings.pop("duplicate_set", None)),
+        CleanParams(**settings),
+        NAMES,
+    )
+
+
+def test_clean_drops_flagged_rows_without_training():
+    result = _clean_by_hand(max_drop_fraction=0.3)
+    raw, out = _table(), result.samples
+    assert out["sample_id"].tolist() == raw["sample_id"].tolist()
+    train, test = result.train, out[out["split"] == "test"]
+    assert sorted(train.index[train["is_label_issue"]]) == sorted(FLIPS)
+    assert set(train.loc[list(FLIPS), "action"]) == {"drop"}
+    assert (train.drop(index=list(FLIPS))["action"] == "none").all()
+    assert (out["label"] == raw["label"]).all() and (out["given_label"] == raw["label"]).all()
+    assert (train["pred_row"] == np.arange(len(train))).all()
+    assert (train.loc[list(FLIPS), "predicted_label"] == [p for p, _ in FLIPS.values()]).all()
+    # The test split is never cleaned.
+    assert (test["action"] == "none").all() and not test["is_label_issue"].any()
+    assert (test[["pred_row", "fold", "predicted_label", "duplicate_set"]] == -1).all().all()
+    assert result.cap_notes == []
+    figures = clean.metrics(result)
+    assert (figures["flagged"], figures["dropped"], figures["relabelled"]) == (6, 6, 0)
+    assert figures["detect_precision"] == figures["detect_recall"] == 1.0
+    assert figures["outliers"] == 1
+
+
+def test_clean_relabels_only_confident_predictions():
+    result = _clean_by_hand(action="relabel", relabel_min_confidence=0.9, max_drop_fraction=0.3)
+    train = result.train
+    confident = [row for row, (_, confidence) in FLIPS.items() if confidence >= 0.9]
+    unsure = sorted(set(FLIPS) - set(confident))
+    assert set(train.loc[confident, "action"]) == {"relabel"}
+    assert set(train.loc[unsure, "action"]) == {"drop"}
+    relabelled = train.loc[confident]
+    assert (relabelled["label"] == relabelled["predicted_label"]).all()
+    assert (relabelled["label"] != relabelled["given_label"]).all()
+    assert relabelled["label_name"].tolist() == [NAMES[k] for k in relabelled["label"]]
+    assert clean.metrics(result)["relabelled"] == len(confident)
+
+
+def test_clean_caps_removals_by_class_and_group():
+    result = _clean_by_hand(max_drop_fraction=0.05)
+    train = result.train
+    dropped = train[train["action"] == "drop"]
+    for column in ("label", "group"):
+        counts = train[column].value_counts()
+        for key, n in dropped[column].value_counts().items():
+            assert n <= int(0.05 * counts[key])
+    # Each group (30 train rows) may lose one row: the two most suspicious flips go first.
+    assert len(dropped) == 2
+    held_back = train[train["is_label_issue"] & (train["action"] != "drop")]
+    assert set(held_back["action"]) == {"keep"}
+    assert dropped["label_quality"].max() <= held_back["label_quality"].min()
+    assert result.cap_notes and all("removal(s) held back" in note for note in result.cap_notes)
+
+
+def test_clean_drops_all_but_the_best_near_duplicate():
+    # Row 8 is a flip (low label quality), row 10 a clean row of the same set: row 8 goes.
+    kept = _clean_by_hand(duplicate_set={8: 8, 10: 8}, action="keep")
+    assert (kept.train.loc[[8, 10], "action"] == ["keep", "none"]).all()
+    dropped = _clean_by_hand(duplicate_set={8: 8, 10: 8}, action="keep", drop_near_duplicates=True)
+    assert (dropped.train.loc[[8, 10], "action"] == ["drop", "none"]).all()
+    assert (dropped.train.loc[[8, 10], "duplicate_set"] == 8).all()
+    assert "drop_candidate" not in dropped.samples.columns
+
+
+def test_report_context_without_training():
+    result = _clean_by_hand(max_drop_fraction=0.05, duplicate_set={8: 8, 10: 8})
+    images = np.zeros((len(result.samples), 8, 8, 1), dtype=np.uint8)
+    context = clean.report_context(CleanParams(max_drop_fraction=0.05), result, images, clean.metrics(result))
+    assert len(context["suspicious"]) == 6 and context["n_duplicate_sets"] == 1
+    assert [row[0] for row in context["matrix_rows"]] == NAMES
+    assert sum(sum(row[1:]) for row in context["matrix_rows"]) == 6
+    assert context["verdict"].warnings[0].startswith("max_drop_fraction 0.05 bound: ")
+    assert len(context["outliers"]) == 1

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -138,3 +140,22 @@ def test_verdict_shows_the_evaluate_gates(workdir):
     assert "**Verdict: FAIL**" in text
     assert "| evaluate.accuracy (gates.min_accuracy) |" in text and "≥ 0.99" in text
     assert "gates.max_flagged_rate" not in text  # another stage's gate
+
+
+def test_stage_module_does_not_import_torch():
+    code = "import sys, curate.stages.evaluate; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False"]
+
+
+def test_asking_for_an_absent_device_fails_clearly(workdir):
+    make_inputs(workdir)
+    make_model(workdir)
+    if torch.cuda.is_available():
+        pytest.skip("this machine has cuda")
+    set_params(workdir / "params.yaml", evaluate={"device": "cuda"})
+    with pytest.raises(
+        CurateError, match=r"params.yaml: evaluate.device = 'cuda', but this machine has no cuda"
+    ):
+        evaluate.main([])
+    assert not (workdir / "reports/metrics/evaluate.json").exists()

@@ -2,12 +2,13 @@ import json
 
 import pandas as pd
 import pytest
+import yaml
 
 from curate.compare import diff_tables
-from curate.gates import failures, gate_checks, param_keys
+from curate.gates import GATES, failures, gate_checks
 from curate.params import GatesParams
 from curate.stages import gate
-from tests.conftest import set_params
+from tests.conftest import REPO, set_params
 
 METRICS = {
     "ingest": {"n_train": 10},
@@ -50,9 +51,21 @@ def _others(keep):
     return [name for name in GatesParams.model_fields if name not in (keep, "enforce")]
 
 
-def test_param_keys_per_stage():
-    assert param_keys("clean") == ["gates.max_flagged_rate", "gates.min_detect_f1"]
-    assert param_keys("ingest") == []
+def test_each_stage_in_dvc_yaml_reads_exactly_its_gates():
+    # A stage shows its gates in its report, so dvc.yaml must list those params for it (and no
+    # other gate): else changing a threshold would leave its report stale.
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        if name == "gate":
+            continue
+        listed = {key for key in stage.get("params", []) if isinstance(key, str) and key.startswith("gates.")}
+        assert listed == {f"gates.{gate}" for gate, spec in GATES.items() if spec.stage == name}, name
+
+
+def test_gate_checks_carry_their_param_key():
+    defaults = GatesParams()
+    checks = gate_checks(defaults, None, METRICS)
+    assert {check.key for check in checks} == {name for name in GATES if getattr(defaults, name) is not None}
 
 
 def write_metrics(root, metrics=METRICS):

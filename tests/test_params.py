@@ -92,3 +92,22 @@ def test_cli_exits_2_with_one_line_and_no_traceback(tmp_path):
 def test_template_params_are_the_loader_defaults():
     # The data card lists params that differ from the defaults: the shipped file must be them.
     assert load_params(REPO / "params.yaml") == Params()
+
+
+def test_one_threshold_per_metric(tmp_path):
+    # The Frechet distance is judged by gates.max_frechet_distance only.
+    assert error_of(write(tmp_path, "augment:\n  max_frechet: 0.3\n")).endswith(
+        "augment.max_frechet: unknown key (moved to gates.max_frechet_distance)"
+    )
+    assert (
+        load_params(write(tmp_path, "gates:\n  max_frechet_distance: null\n")).gates.max_frechet_distance
+        is None
+    )
+
+
+@pytest.mark.parametrize("section", ["clean", "augment", "train", "evaluate"])
+def test_every_model_stage_takes_a_device(tmp_path, section):
+    params = load_params(write(tmp_path, f"{section}:\n  device: cpu\n"))
+    assert getattr(params, section).device == "cpu" and getattr(Params(), section).device == "auto"
+    message = error_of(write(tmp_path, f"{section}:\n  device: tpu\n"))
+    assert message.endswith(f"{section}.device: 'tpu' is not allowed (allowed: 'auto', 'cpu', 'cuda', 'mps')")

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from curate.errors import CurateError
 from curate.report import Check, Verdict, bar_chart, thumbnail, write_report
 from curate.report import render as render_module
 from curate.report.render import CSP, ENV, metrics_json
@@ -63,7 +64,7 @@ def test_metrics_json_sorted_rounded_plain():
 
 def test_write_report_refuses_oversized_html(tmp_path, monkeypatch):
     monkeypatch.setattr(render_module, "MAX_REPORT_BYTES", 100)
-    with pytest.raises(RuntimeError, match="over the cap"):
+    with pytest.raises(CurateError, match=r"reports/ingest.html: .* over the 100-byte cap"):
         write_report("ingest", _ingest_like_context(), {}, reports_dir=tmp_path)
     assert not list(tmp_path.rglob("*.html"))
 

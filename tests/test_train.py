@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from curate import model as models
-from curate.checkpoint import load_checkpoint, save_checkpoint
+from curate.checkpoint import load_checkpoint, load_initial_weights, save_checkpoint
 from curate.dataset import write_images, write_samples
 from curate.errors import CurateError
-from curate.params import TrainParams
+from curate.params import TrainParams, load_params
 from curate.stages import train
 from tests.conftest import set_params
 
@@ -24,6 +24,7 @@ OUTPUTS = [
     "reports/metrics/train.json",
 ]
 TINY = {"epochs": 2, "batch_size": 32, "val_fraction": 0.2, "device": "cpu"}
+CPU = torch.device("cpu")
 
 
 def digit_like(labels: np.ndarray, rng: np.random.Generator, size: int = 16, channels: int = 1) -> np.ndarray:
@@ -78,6 +79,20 @@ def run_train(workdir, **train_params):
     assert train.main([]) == 0
 
 
+def spy_on_training_batches(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(labels, loss weights or None) of every batch ``fit`` trains on, validation excluded."""
+    batches = []
+    batch_loss = models._batch_loss
+
+    def spy(net, x, y, w, cuda):
+        if net.training:
+            batches.append((y.detach().cpu().clone(), w))
+        return batch_loss(net, x, y, w, cuda)
+
+    monkeypatch.setattr(models, "_batch_loss", spy)
+    return batches
+
+
 # --- models ---------------------------------------------------------------------------------
 
 
@@ -103,29 +118,23 @@ def test_weighted_epoch_order_honours_weights():
     assert sorted(plain.tolist()) == list(range(50))  # without weights: a permutation
 
 
-def test_sampler_weighting_learns_a_class_only_weight_shows():
+def test_sampler_weighting_learns_a_class_only_weight_shows(monkeypatch):
     # Class 1 is present but weightless; with the sampler it is never drawn, so never predicted.
+    trained = spy_on_training_batches(monkeypatch)
     rng = np.random.default_rng(0)
     labels = np.arange(90) % 3
     images = digit_like(labels, rng)
     weights = np.where(labels == 1, 0.0, 1.0)
     torch.manual_seed(0)
     net = models.build_model("cnn", 3, 1, 16)
-    models.fit(
-        net,
-        images,
-        labels,
-        epochs=3,
-        batch_size=16,
-        lr=0.01,
-        seed=0,
-        device=torch.device("cpu"),
-        sample_weights=weights,
-        weighting="sampler",
-    )
-    probs, _ = models.predict(net, images, batch_size=64, device=torch.device("cpu"))
+    config = models.FitConfig(epochs=3, batch_size=16, lr=0.01, seed=0, device=CPU, weighting="sampler")
+    models.fit(net, images, labels, config, sample_weights=weights)
+    probs, _ = models.predict(net, images, batch_size=64, device=CPU)
     assert 1 not in set(probs.argmax(1).tolist())
     assert {0, 2} <= set(probs.argmax(1).tolist())
+    seen = torch.cat([y for y, _ in trained])
+    assert len(seen) == 3 * 90 and set(seen.tolist()) == {0, 2}  # N draws per epoch, never a weight of 0
+    assert all(w is None for _, w in trained)  # the sampler replaces the loss weights: a plain mean
 
 
 def test_fit_keeps_the_best_epoch_and_stops_after_patience(monkeypatch):
@@ -143,19 +152,8 @@ def test_fit_keeps_the_best_epoch_and_stops_after_patience(monkeypatch):
     seen = []
     torch.manual_seed(0)
     net = models.build_model("cnn", 3, 1, 16)
-    history = models.fit(
-        net,
-        images,
-        labels,
-        epochs=6,
-        batch_size=16,
-        lr=0.01,
-        seed=0,
-        device=torch.device("cpu"),
-        validation=(images, labels, None),
-        patience=2,
-        on_epoch=seen.append,
-    )
+    config = models.FitConfig(epochs=6, batch_size=16, lr=0.01, seed=0, device=CPU, patience=2)
+    history = models.fit(net, images, labels, config, validation=(images, labels, None), on_epoch=seen.append)
     # Best at epoch 2; epochs 3 and 4 bring no lower loss: patience 2 stops after epoch 4.
     assert [s["epoch"] for s in history] == [1, 2, 3, 4] and seen == history
     assert [s["best"] for s in history] == [True, True, False, False]
@@ -171,17 +169,8 @@ def test_fit_is_a_function_of_the_seed_on_cpu():
     for _ in range(2):
         torch.manual_seed(1)
         net = models.build_model("cnn", 3, 1, 16)
-        models.fit(
-            net,
-            images,
-            labels,
-            epochs=1,
-            batch_size=16,
-            lr=0.01,
-            seed=1,
-            device=torch.device("cpu"),
-            validation=(images, labels, np.ones(40)),
-        )
+        config = models.FitConfig(epochs=1, batch_size=16, lr=0.01, seed=1, device=CPU)
+        models.fit(net, images, labels, config, validation=(images, labels, np.ones(40)))
         states.append(net.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
@@ -234,10 +223,36 @@ def test_train_stage_writes_a_loadable_checkpoint_and_deterministic_outputs(work
     assert strip((workdir / "reports/train.md").read_text()) == strip(first["reports/train.md"].decode())
 
 
-def test_train_stage_sampler_weighting_and_no_online_augmentation(workdir):
-    make_inputs(workdir)
+def test_train_stage_sampler_weighting_and_no_online_augmentation(workdir, monkeypatch):
+    samples = make_inputs(workdir)
+    # Weightless rows (the big group's class c1): the sampler must never draw them.
+    samples.loc[(samples["group"] == "big") & (samples["label"] == 1), "weight"] = 0.0
+    write_samples(workdir / "data/augmented/samples.parquet", samples)
+    draws = []
+    draw = models.epoch_order
+
+    def spy_order(n, generator, weights=None):
+        order = draw(n, generator, weights)
+        draws.append((weights, order))
+        return order
+
+    monkeypatch.setattr(models, "epoch_order", spy_order)
+    monkeypatch.setattr(models, "_augment", lambda x, generator: pytest.fail("online_augment is off"))
+    trained = spy_on_training_batches(monkeypatch)
     run_train(workdir, weighting="sampler", online_augment=False, epochs=1)
     assert json.loads((workdir / "reports/metrics/train.json").read_text())["epochs_run"] == 1
+
+    fit_rows, _ = train.split_validation(samples, TINY["val_fraction"], load_params("params.yaml").seed)
+    fit_weights = fit_rows["weight"].to_numpy()
+    ((weights, order),) = draws  # one epoch: one draw of the whole order
+    np.testing.assert_array_equal(weights.numpy(), fit_weights.astype(np.float32))  # the rows' own weights
+    order = order.numpy()
+    assert len(order) == len(fit_rows) and len(set(order)) < len(order)  # N draws, with replacement
+    assert (fit_weights[order] > 0).all() and (fit_weights == 0).any()
+    # Trained on exactly the drawn rows, in that order, with the plain mean loss.
+    seen = torch.cat([y for y, _ in trained]).numpy()
+    np.testing.assert_array_equal(seen, fit_rows["label"].to_numpy()[order])
+    assert all(w is None for _, w in trained)
 
 
 def test_init_weights_from_a_checkpoint(workdir):
@@ -246,7 +261,7 @@ def test_init_weights_from_a_checkpoint(workdir):
     source = models.build_model("cnn", 3, 1, 16)
     save_checkpoint(workdir / "start.pt", source, {"name": "cnn", "n_classes": 3, "channels": 1, "size": 16})
     net = models.build_model("cnn", 3, 1, 16)
-    train.load_initial_weights(net, workdir / "start.pt")
+    load_initial_weights(net, workdir / "start.pt")
     assert all(torch.equal(net.state_dict()[k], source.state_dict()[k]) for k in source.state_dict())
     run_train(workdir, init_weights="start.pt", epochs=1)
 

@@ -3,7 +3,8 @@
 ``meta`` holds plain types only (``name``, ``n_classes``, ``channels``, ``size``,
 ``class_names``, ...), enough to rebuild the network with
 :func:`curate.model.build_model`, so ``torch.load(weights_only=True)`` can read the
-file: loading never runs code from the file.
+file: loading never runs code from the file. :func:`load_initial_weights` reads any local
+state_dict (or such a file) the same way, to start a training run from it.
 """
 
 from __future__ import annotations
@@ -54,3 +55,28 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         reason = " ".join(str(exc).split())[:200]
         raise CurateError(f"{path}: not a curate checkpoint ({type(exc).__name__}: {reason})") from None
     return model.eval(), meta
+
+
+def load_initial_weights(net: nn.Module, path: Path, key: str = "init_weights") -> None:
+    """Start ``net`` from a local state_dict (or a curate checkpoint): tensors whose name and shape match.
+
+    A head for another number of classes is left at its random init, so weights trained
+    elsewhere can seed a new label set. Nothing is downloaded; loading never runs code.
+    ``key`` names the param in the errors (``train.init_weights: x.pt: file not found``).
+    """
+    if not path.is_file():
+        raise CurateError(f"{key}: {path}: file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (torch raises many kinds for a bad file)
+        raise CurateError(f"{key}: {path}: not a state_dict ({type(exc).__name__})") from None
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    own = net.state_dict()
+    matched = {
+        name: value
+        for name, value in (state or {}).items()
+        if isinstance(value, torch.Tensor) and name in own and own[name].shape == value.shape
+    }
+    if not matched:
+        raise CurateError(f"{key}: {path}: no tensor matches the {type(net).__name__} model")
+    net.load_state_dict(matched, strict=False)

@@ -2,34 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import pkgutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import curate.stages
-from curate.errors import CurateError
+from curate.stage import guarded
 
 # Every module in curate/stages is a stage: adding a file adds a command.
 STAGES = tuple(sorted(m.name for m in pkgutil.iter_modules(curate.stages.__path__)))
 COMMANDS = {stage: f"curate.stages.{stage}" for stage in STAGES} | {"compare": "curate.compare"}
-
-
-def stage_parser(stage: str, description: str) -> argparse.ArgumentParser:
-    """The options every stage takes."""
-    parser = argparse.ArgumentParser(prog=f"curate {stage}", description=description)
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    return parser
-
-
-def guarded(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
-    """Run a stage ``main``; turn a :class:`CurateError` into one line on stderr and exit code 2."""
-    try:
-        return main(argv)
-    except CurateError as exc:
-        print(f"curate: error: {exc}", file=sys.stderr)
-        return exc.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,7 +28,7 @@ from curate.dataset import BALANCED_DIR, RAW_DIR, write_text
 from curate.errors import CurateError
 from curate.report import Verdict, thumbnail
 from curate.report.render import render, render_markdown
-from curate.stages.gate import PIPELINE, flatten
+from curate.stage import PIPELINE, flatten, guarded
 
 WORKSPACE = "workspace"
 TABLE = BALANCED_DIR / "samples.parquet"  # the train rows in play, with weights, plus test
@@ -56,15 +56,14 @@ class Revision:
                 raise CurateError(f"{rev}: not a git revision or experiment name ({exc})") from None
 
     def read(self, path: Path | str) -> bytes | None:
+        """The file's bytes, or None when this revision has no such file or its data is in no cache."""
         try:
             if self._fs is None:
                 return Path(path).read_bytes()
             with self._fs.open(str(path), "rb") as handle:
                 return handle.read()
-        except (FileNotFoundError, OSError):
+        except Exception:  # noqa: BLE001  (missing file; a DVC out in neither the cache nor a remote)
             return None
-        except Exception as exc:  # noqa: BLE001  (a DVC out missing from the cache, among others)
-            raise CurateError(f"{self.name}: cannot read {path} ({type(exc).__name__}: {exc})") from None
 
     def json(self, path: str) -> dict:
         data = self.read(path)
@@ -181,15 +180,16 @@ def gate_rows(a: Revision, b: Revision) -> list[list]:
 def compare(rev_a: str | None, rev_b: str | None, html_path: str | None) -> str:
     a, b = Revision(rev_a), Revision(rev_b)
     table_a, table_b = a.table(TABLE), b.table(TABLE)
-    if table_a is None or table_b is None:
-        missing = a.name if table_a is None else b.name
-        raise CurateError(f"{missing}: no {TABLE} (run dvc repro there, or dvc pull)")
-    data = diff_tables(table_a, table_b)
+    # A fresh clone without a DVC remote has git's files (params, metrics, reports) but not the
+    # data: compare what there is, and say so first.
+    data = diff_tables(table_a, table_b) if table_a is not None and table_b is not None else None
     context = {
         "rev_a": a.name, "rev_b": b.name,
+        "scope": scope_line(a, b, table_a, table_b),
         "params": param_rows(a, b),
         "metrics": [row for row in metric_rows(a, b) if row[1] != row[2]],
         "gates": (gates := gate_rows(a, b)),
+        "digests": digest_rows(a, b),
         "verdict": Verdict(warnings=[f"gate {name} fails in {b.name}" for name, _, now in gates[1:]
                                      if now == "FAIL"]),
         "diff": data,
@@ -198,9 +198,30 @@ def compare(rev_a: str | None, rev_b: str | None, html_path: str | None) -> str:
         "group_headers": ["group", f"train rows in {a.name}", f"in {b.name}", *KINDS],
     }  # fmt: skip
     if html_path:
-        context["thumbs"] = _thumbnails(data, a, b)
+        context["thumbs"] = _thumbnails(data, a, b) if data is not None else {}
         write_text(html_path, render("compare.html", stage="compare", **context))
     return render_markdown("compare.md", stage="compare", **context)
+
+
+def scope_line(a: Revision, b: Revision, table_a: pd.DataFrame | None, table_b: pd.DataFrame | None) -> str:
+    """One line: what was compared sample by sample, and what only by its figures."""
+    if table_a is not None and table_b is not None:
+        return f"Compared at the sample level ({TABLE} of both) and by figures (params, metrics, gates)."
+    missing = " and ".join(rev.name for rev, table in ((a, table_a), (b, table_b)) if table is None)
+    return (
+        f"Compared by figures only (params, metrics, gates, report digests from git): {TABLE} of {missing} "
+        "is in neither the workspace, the DVC cache nor a remote (dvc pull, or dvc repro at that revision)."
+    )
+
+
+def digest_rows(a: Revision, b: Revision) -> list[list[str]]:
+    """Which stage digests (``reports/<stage>.md``, in git) differ between the two versions."""
+    rows = []
+    for stage in (*PIPELINE, "gate"):
+        before, after = a.read(f"reports/{stage}.md"), b.read(f"reports/{stage}.md")
+        state = "missing" if before is None or after is None else "same" if before == after else "changed"
+        rows.append([f"reports/{stage}.md", state])
+    return rows
 
 
 def _thumbnails(data: DataDiff, a: Revision, b: Revision) -> dict[str, list[dict]]:
@@ -234,6 +255,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from curate.cli import guarded
-
     sys.exit(guarded(main))

@@ -34,11 +34,6 @@ GATES = {
 }
 
 
-def param_keys(stage: str) -> list[str]:
-    """The ``gates.*`` params a stage's report reads, for its ``params:`` list in dvc.yaml."""
-    return [f"gates.{name}" for name, gate in GATES.items() if gate.stage == stage]
-
-
 def gate_checks(
     gates: GatesParams, stage: str | None, metrics_by_stage: Mapping[str, Mapping]
 ) -> list[Check]:
@@ -64,6 +59,7 @@ def gate_checks(
             observed=observed if measurable else "not measured",
             threshold=f"{sign} {threshold:g}",
             passed=bool(passed),
+            key=name,
         ))  # fmt: skip
     return checks
 

@@ -1,23 +1,29 @@
 """Label-issue detection as cleanlab intends it: out-of-sample predicted probabilities
 from K-fold CNNs, ``find_label_issues`` on them, then one action per flagged sample.
 
-Pure functions: numpy/pandas in, numpy/pandas out; the clean stage strings them together.
+The functions are pure, numpy/pandas in and numpy/pandas out, except
+:func:`out_of_sample_predictions`, which trains the K fold CNNs (seeded: on the CPU the same
+inputs give the same bytes; it reseeds torch's global generator). It alone needs torch and
+imports it itself, so importing this module does not load torch. The clean stage strings
+the functions together.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
 from sklearn.model_selection import StratifiedKFold
 
-from curate import model as models
 from curate.errors import CurateError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -58,6 +64,10 @@ def out_of_sample_predictions(
     spread over every fold instead of landing in one, where its model would
     never have seen it.
     """
+    import torch  # only here: the rest of this module is used without torch
+
+    from curate import model as models
+
     channels, size = images.shape[3], images.shape[1]
     pred_probs = np.zeros((len(labels), n_classes), dtype=np.float32)
     fold_of = np.full(len(labels), -1, dtype=np.int64)
@@ -68,18 +78,12 @@ def out_of_sample_predictions(
         warnings.simplefilter("ignore", UserWarning)
         splits = list(splitter.split(np.zeros(len(strata)), strata))
     for fold, (fit_rows, held_out) in enumerate(splits):
-        torch.manual_seed(seed * 1000 + fold)
+        fold_seed = seed * 1000 + fold
+        torch.manual_seed(fold_seed)  # weight init
         net = models.build_model(model_name, n_classes, channels, size)
+        config = models.FitConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=fold_seed, device=device)
         models.fit(
-            net,
-            images[fit_rows],
-            labels[fit_rows],
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed * 1000 + fold,
-            device=device,
-            progress=f"clean: fold {fold + 1}/{folds}",
+            net, images[fit_rows], labels[fit_rows], config, progress=f"clean: fold {fold + 1}/{folds}"
         )
         probs, _ = models.predict(net, images[held_out], batch_size=1024, device=device)
         pred_probs[held_out] = probs

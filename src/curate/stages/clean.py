@@ -13,13 +13,14 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 
 from curate import label_issues
-from curate.checkpoint import save_checkpoint
-from curate.cli import guarded, stage_parser
 from curate.dataset import (
     CLEAN_DIR,
     RAW_DIR,
@@ -30,34 +31,84 @@ from curate.dataset import (
     write_samples,
 )
 from curate.gates import show_gates
-from curate.model import pick_device
-from curate.params import load_params
+from curate.params import CleanParams, load_params
 from curate.report import Verdict, bar_chart, thumbnail, write_report
+from curate.stage import guarded, stage_parser
 
+if TYPE_CHECKING:
+    import torch
+
+INPUT = RAW_DIR / "samples.parquet"
+IMAGES = RAW_DIR / "images.npy"
+OUTPUT = CLEAN_DIR / "samples.parquet"
+PRED_PROBS = CLEAN_DIR / "pred_probs.npy"
+EMBEDDINGS = CLEAN_DIR / "embeddings.npy"
+EMBEDDER = CLEAN_DIR / "embedder.pt"
 SUSPICIOUS_SHOWN = 40
 DUPLICATE_SETS_SHOWN = 10
 MEMBERS_SHOWN = 12
 OUTLIERS_SHOWN = 24
+HEADLINE = ("flagged", "dropped", "relabelled", "flagged_rate", "near_duplicates", "outliers")
+DETECTION_HEADLINE = ("detect_precision", "detect_recall", "detect_f1")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("clean", __doc__).parse_args(argv)
     params = load_params(args.params)
     settings = params.clean
-    samples = read_samples(RAW_DIR / "samples.parquet")
-    images = read_images(RAW_DIR / "images.npy")
+    samples = read_samples(INPUT)
+    images = read_images(IMAGES)
     names = class_names(samples)
-    is_train = (samples["split"] == "train").to_numpy()
-    train = samples[is_train].copy()
-    labels = train["label"].to_numpy()
-    label_issues.check_class_sizes(labels, names, settings.folds)
+    train = samples[samples["split"] == "train"]
+    label_issues.check_class_sizes(train["label"].to_numpy(), names, settings.folds)
+    # torch loads only once the inputs have passed their checks: a bad input fails fast.
+    from curate.checkpoint import save_checkpoint
+    from curate.model import pick_device
 
     started = time.perf_counter()
     device = pick_device(settings.device, key=f"{args.params}: clean.device")
-    train_images = np.asarray(images[train["row"].to_numpy()])
-    predictions = label_issues.out_of_sample_predictions(
-        train_images,
-        labels,
+    predictions = _predict(train, images, names, settings, params.seed, device)
+    checks = label_issues.duplicates_and_outliers(predictions.embeddings, train["label"].to_numpy())
+    result = clean(samples, predictions.pred_probs, predictions.folds, checks, settings, names)
+    seconds = time.perf_counter() - started
+
+    write_samples(OUTPUT, result.samples)
+    write_array(PRED_PROBS, predictions.pred_probs)
+    write_array(EMBEDDINGS, predictions.embeddings)
+    save_checkpoint(
+        EMBEDDER,
+        predictions.embedder,
+        {
+            "name": settings.model,
+            "n_classes": len(names),
+            "channels": int(images.shape[3]),
+            "size": int(images.shape[1]),
+            "class_names": names,
+        },
+    )
+    stage_metrics = metrics(result)
+    context = report_context(settings, result, images, stage_metrics)
+    sizes = write_report("clean", show_gates(context, params.gates, "clean", stage_metrics), stage_metrics)
+    print(
+        f"clean: {stage_metrics['flagged']:,} flagged, {stage_metrics['dropped']:,} dropped, "
+        f"{stage_metrics['relabelled']:,} relabelled of {len(train):,} train samples "
+        f"in {seconds:.1f} s on {device}; reports/clean.html {sizes['html']:,} bytes"
+    )
+    return 0
+
+
+def _predict(
+    train: pd.DataFrame,
+    images: np.ndarray,
+    names: list[str],
+    settings: CleanParams,
+    seed: int,
+    device: torch.device,
+) -> label_issues.FoldPredictions:
+    """Out-of-sample predictions for the train rows, folds stratified by group x label."""
+    return label_issues.out_of_sample_predictions(
+        np.asarray(images[train["row"].to_numpy()]),
+        train["label"].to_numpy(),
         (train["group"] + ":" + train["label_name"]).to_numpy(),
         n_classes=len(names),
         folds=settings.folds,
@@ -65,25 +116,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         epochs=settings.epochs,
         batch_size=settings.batch_size,
         lr=settings.lr,
-        seed=params.seed,
+        seed=seed,
         device=device,
     )
+
+
+@dataclass
+class Cleaned:
+    samples: pd.DataFrame  # every input row, input order; test rows get neutral clean columns
+    classes: list[str]  # (K,) class names by label
+    cap_notes: list[str]  # where max_drop_fraction held removals back
+
+    @property
+    def train(self) -> pd.DataFrame:
+        """The train rows, with the clean columns."""
+        return self.samples[self.samples["split"] == "train"]
+
+
+def clean(
+    samples: pd.DataFrame,
+    pred_probs: np.ndarray,
+    folds: np.ndarray,
+    checks: pd.DataFrame,
+    settings: CleanParams,
+    names: list[str],
+) -> Cleaned:
+    """Flag, then act on, the train rows of ``samples``; no training, no I/O.
+
+    ``pred_probs`` (train rows x K) and ``folds`` (train rows) are out-of-sample
+    K-fold predictions and ``checks`` the near-duplicate and outlier columns of
+    :func:`label_issues.duplicates_and_outliers`, all in the order of the train rows.
+    """
+    train = samples[samples["split"] == "train"].copy()
+    labels = train["label"].to_numpy()
     is_issue, quality = label_issues.find_issues(
         labels,
-        predictions.pred_probs,
+        pred_probs,
         filter_by=settings.filter_by,
         frac_noise=settings.frac_noise,
         min_examples_per_class=settings.min_examples_per_class,
         rank_by=settings.rank_by,
     )
-    checks = label_issues.duplicates_and_outliers(predictions.embeddings, labels)
-
     train["given_label"] = labels
     train["label_quality"] = quality
     train["is_label_issue"] = is_issue
-    train["predicted_label"] = predictions.pred_probs.argmax(axis=1)
-    train["predicted_confidence"] = predictions.pred_probs.max(axis=1).astype(np.float64)
-    train["fold"] = predictions.folds
+    train["predicted_label"] = pred_probs.argmax(axis=1)
+    train["predicted_confidence"] = pred_probs.max(axis=1).astype(np.float64)
+    train["fold"] = folds
     train["pred_row"] = np.arange(len(train))
     for column in checks.columns:
         train[column] = checks[column].to_numpy()
@@ -98,32 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     relabel = train["action"] == "relabel"
     train.loc[relabel, "label"] = train.loc[relabel, "predicted_label"]
     train["label_name"] = [names[label] for label in train["label"]]
-    seconds = time.perf_counter() - started
-
-    cleaned = _merge_back(samples, train.drop(columns="drop_candidate"))
-    write_samples(CLEAN_DIR / "samples.parquet", cleaned)
-    write_array(CLEAN_DIR / "pred_probs.npy", predictions.pred_probs)
-    write_array(CLEAN_DIR / "embeddings.npy", predictions.embeddings)
-    save_checkpoint(
-        CLEAN_DIR / "embedder.pt",
-        predictions.embedder,
-        {
-            "name": settings.model,
-            "n_classes": len(names),
-            "channels": int(images.shape[3]),
-            "size": int(images.shape[1]),
-            "class_names": names,
-        },
-    )
-    metrics = clean_metrics(train)
-    context = report_context(train, images, names, cap_notes, metrics, settings)
-    sizes = write_report("clean", show_gates(context, params.gates, "clean", metrics), metrics)
-    print(
-        f"clean: {metrics['flagged']:,} flagged, {metrics['dropped']:,} dropped, "
-        f"{metrics['relabelled']:,} relabelled of {len(train):,} train samples "
-        f"in {seconds:.1f} s on {device}; reports/clean.html {sizes['html']:,} bytes"
-    )
-    return 0
+    return Cleaned(_merge_back(samples, train.drop(columns="drop_candidate")), names, cap_notes)
 
 
 def _merge_back(samples: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
@@ -139,9 +193,10 @@ def _merge_back(samples: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
     return merged
 
 
-def clean_metrics(train: pd.DataFrame) -> dict:
+def metrics(result: Cleaned) -> dict:
+    train = result.train
     flagged = train["is_label_issue"].to_numpy()
-    metrics = {
+    figures = {
         "flagged": int(flagged.sum()),
         "dropped": int((train["action"] == "drop").sum()),
         "relabelled": int((train["action"] == "relabel").sum()),
@@ -152,12 +207,38 @@ def clean_metrics(train: pd.DataFrame) -> dict:
     if "true_label" in train.columns:
         noisy = (train["given_label"] != train["true_label"]).to_numpy()
         scores = label_issues.detection_scores(flagged, noisy)
-        metrics |= {f"detect_{name}": value for name, value in scores.items()}
-        metrics["detect_recall_by_group"] = {
+        figures |= {f"detect_{name}": value for name, value in scores.items()}
+        figures["detect_recall_by_group"] = {
             group: label_issues.detection_scores(flagged[rows], noisy[rows])["recall"]
             for group, rows in train.groupby("group").indices.items()
         }
-    return metrics
+    return figures
+
+
+def report_context(settings: CleanParams, result: Cleaned, images: np.ndarray, stage_metrics: dict) -> dict:
+    train, names = result.train, result.classes
+    flagged = train[train["is_label_issue"]].sort_values("label_quality", kind="stable")
+    has_truth = "true_label" in train.columns
+    headers = ["train rows", "flagged", "dropped", "relabelled", "flag rate"]
+    headers += ["injected flips", "flips caught"] if has_truth else []
+    headline = HEADLINE + (DETECTION_HEADLINE if has_truth else ())
+    cap = f"max_drop_fraction {settings.max_drop_fraction} bound"
+    return {
+        "verdict": Verdict(warnings=[f"{cap}: {note}" for note in result.cap_notes]),
+        "settings": settings,
+        "headline": [(key, stage_metrics[key]) for key in headline],
+        "class_headers": ["class", *headers],
+        "class_rows": _counts_by(train, "label_name"),
+        "group_headers": ["group", *headers],
+        "group_rows": _counts_by(train, "group"),
+        "chart": _flagged_chart(flagged, sorted(train["group"].unique()), names),
+        "suspicious": _suspicious(flagged, images, names),
+        "matrix_headers": ["given \\ predicted", *names],
+        "matrix_rows": _matrix_rows(flagged, names),
+        "duplicate_sets": _duplicate_sets(train, images, names),
+        "n_duplicate_sets": int(train.loc[train["duplicate_set"] >= 0, "duplicate_set"].nunique()),
+        "outliers": _outliers(train, images, names),
+    }
 
 
 def _counts_by(train: pd.DataFrame, column: str) -> list[list]:
@@ -179,21 +260,25 @@ def _counts_by(train: pd.DataFrame, column: str) -> list[list]:
     return rows
 
 
-def _thumb(images: np.ndarray, row: pd.Series, names: list[str], caption: str) -> dict:
-    return {
-        "uri": thumbnail(images[row["row"]]),
-        "caption": caption,
-        "title": f"{row['path']}: given {names[row['given_label']]}, predicted "
-        f"{names[row['predicted_label']]}, quality {row['label_quality']:.3f}",
+def _flagged_chart(flagged: pd.DataFrame, groups: list[str], names: list[str]) -> Markup:
+    """Flagged rows per given class, one stacked bar segment per group."""
+    counts = {
+        group: [int(flagged[flagged["group"] == group]["given_label"].eq(k).sum()) for k in range(len(names))]
+        for group in groups
     }
-
-
-def report_context(train, images, names, cap_notes, metrics, settings) -> dict:
-    verdict = Verdict(
-        warnings=[f"max_drop_fraction {settings.max_drop_fraction} bound: {note}" for note in cap_notes]
+    return bar_chart(
+        names,
+        counts,
+        key="clean-flagged",
+        ylabel="flagged samples",
+        title="Flagged samples by given class and group",
+        stacked=True,
     )
-    flagged = train[train["is_label_issue"]].sort_values("label_quality", kind="stable")
-    suspicious = [
+
+
+def _suspicious(flagged: pd.DataFrame, images: np.ndarray, names: list[str]) -> list[dict]:
+    """Thumbnails of the lowest-quality flagged rows: given -> predicted label and quality."""
+    return [
         _thumb(
             images,
             row,
@@ -202,23 +287,20 @@ def report_context(train, images, names, cap_notes, metrics, settings) -> dict:
         )
         for _, row in flagged.head(SUSPICIOUS_SHOWN).iterrows()
     ]
+
+
+def _matrix_rows(flagged: pd.DataFrame, names: list[str]) -> list[list]:
+    """Given x predicted label counts of the flagged rows; given classes with none left out."""
     matrix = pd.crosstab(flagged["given_label"], flagged["predicted_label"]).reindex(
         index=range(len(names)), columns=range(len(names)), fill_value=0
     )
-    groups = sorted(train["group"].unique())
-    chart = bar_chart(
-        names,
-        {
-            g: [int(flagged[(flagged["group"] == g)]["given_label"].eq(i).sum()) for i in range(len(names))]
-            for g in groups
-        },
-        key="clean-flagged",
-        ylabel="flagged samples",
-        title="Flagged samples by given class and group",
-        stacked=True,
-    )
+    return [[names[k], *matrix.loc[k].tolist()] for k in range(len(names)) if matrix.loc[k].sum()]
+
+
+def _duplicate_sets(train: pd.DataFrame, images: np.ndarray, names: list[str]) -> list[dict]:
+    """The first near-duplicate sets, each with its size and the thumbnails of its first members."""
     sets = train[train["duplicate_set"] >= 0].groupby("duplicate_set", sort=True)
-    duplicate_rows = [
+    return [
         {
             "size": len(members),
             "items": [
@@ -228,33 +310,20 @@ def report_context(train, images, names, cap_notes, metrics, settings) -> dict:
         }
         for _, members in list(sets)[:DUPLICATE_SETS_SHOWN]
     ]
+
+
+def _outliers(train: pd.DataFrame, images: np.ndarray, names: list[str]) -> list[dict]:
+    """Thumbnails of the most unusual outliers, lowest outlier score first."""
     outliers = train[train["is_outlier"]].sort_values("outlier_score", kind="stable").head(OUTLIERS_SHOWN)
-    has_truth = "true_label" in train.columns
-    headers = ["train rows", "flagged", "dropped", "relabelled", "flag rate"]
-    headers += ["injected flips", "flips caught"] if has_truth else []
+    return [_thumb(images, row, names, f"{row['outlier_score']:.2f}") for _, row in outliers.iterrows()]
+
+
+def _thumb(images: np.ndarray, row: pd.Series, names: list[str], caption: str) -> dict:
     return {
-        "verdict": verdict,
-        "settings": settings,
-        "headline": [
-            (k, metrics[k])
-            for k in ("flagged", "dropped", "relabelled", "flagged_rate", "near_duplicates", "outliers")
-            + (("detect_precision", "detect_recall", "detect_f1") if has_truth else ())
-        ],
-        "class_headers": ["class", *headers],
-        "class_rows": _counts_by(train, "label_name"),
-        "group_headers": ["group", *headers],
-        "group_rows": _counts_by(train, "group"),
-        "chart": chart,
-        "suspicious": suspicious,
-        "matrix_headers": ["given \\ predicted", *names],
-        "matrix_rows": [
-            [names[i], *matrix.loc[i].tolist()] for i in range(len(names)) if matrix.loc[i].sum()
-        ],
-        "duplicate_sets": duplicate_rows,
-        "n_duplicate_sets": sets.ngroups,
-        "outliers": [
-            _thumb(images, row, names, f"{row['outlier_score']:.2f}") for _, row in outliers.iterrows()
-        ],
+        "uri": thumbnail(images[row["row"]]),
+        "caption": caption,
+        "title": f"{row['path']}: given {names[row['given_label']]}, predicted "
+        f"{names[row['predicted_label']]}, quality {row['label_quality']:.3f}",
     }
 
 

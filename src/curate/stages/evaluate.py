@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from curate import evaluation
-from curate.checkpoint import load_checkpoint
-from curate.cli import guarded, stage_parser
 from curate.dataset import AUGMENTED_DIR, MODELS_DIR, class_names, gather_images, read_samples, write_text
 from curate.errors import CurateError
 from curate.gates import show_gates
 from curate.params import EvaluateParams, load_params
 from curate.report import Verdict, bar_chart, matrix_chart, thumbnail, write_report
+from curate.stage import guarded, stage_parser
 
 INPUT = AUGMENTED_DIR / "samples.parquet"
 MODEL = MODELS_DIR / "model.pt"
@@ -41,6 +42,7 @@ HEADLINE = (
     "dp_diff_ovr_max",
     "eo_diff_ovr_max",
 )
+CLASS_COLUMNS = ("support", "precision", "recall", "dp_diff_ovr", "eo_diff_ovr")  # of the by-class table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,62 +54,94 @@ def main(argv: Sequence[str] | None = None) -> int:
     if test.empty:
         raise CurateError(f"{INPUT}: no rows with split 'test' to evaluate on")
     names = class_names(samples)
+    # torch loads only past the cheap input checks (the checkpoint and the model need it).
+    from curate.checkpoint import load_checkpoint
+    from curate.model import pick_device, predict
+
     model, meta = load_checkpoint(MODEL)
+    images = gather_images(test)
+    check_model(meta, names, images)
+    device = pick_device(settings.device, key=f"{args.params}: evaluate.device")
+    probs, _ = predict(model, images, batch_size=1024, device=device)
+    result = evaluate(test, probs, names, settings.calibration_bins)
+
+    write_text(CONFUSION_PLOT, confusion_records(result.y_true, result.y_pred, names))
+    stage_metrics = metrics(result)
+    context = report_context(settings, result, images, meta)
+    context = show_gates(context, params.gates, "evaluate", stage_metrics)
+    sizes = write_report("evaluate", context, stage_metrics)
+    figures = result.headline
+    print(
+        f"evaluate: accuracy {figures['accuracy']:.4f}, worst group {figures['worst_group_accuracy']:.4f}, "
+        f"ece {figures['ece']:.4f} on {len(test):,} test samples; "
+        f"reports/evaluate.html {sizes['html']:,} bytes"
+    )
+    return 0
+
+
+def check_model(meta: Mapping[str, Any], names: list[str], images: np.ndarray) -> None:
+    """The model must be trained for these classes and take these images."""
     if list(meta.get("class_names", [])) != names:
         raise CurateError(
             f"{MODEL}: trained for classes {meta.get('class_names')}, but {INPUT} has {names} "
             "(re-run the train stage: dvc repro)"
         )
-    images = gather_images(test)
     if images.shape[1:] != (meta["size"], meta["size"], meta["channels"]):
         raise CurateError(
             f"{MODEL}: built for {meta['size']} px x {meta['channels']} channels, but the test images are "
             f"{images.shape[1]} px x {images.shape[3]} channels (re-run the train stage: dvc repro)"
         )
 
-    from curate.model import pick_device, predict  # torch only past the input checks
 
-    probs, _ = predict(model, images, batch_size=1024, device=pick_device())
-    y_true = test["label"].to_numpy()
+@dataclass
+class Evaluated:
+    test: pd.DataFrame  # the test rows, table order
+    names: list[str]  # (K,) class names by label
+    probs: np.ndarray  # (N, K) predicted probabilities
+    y_pred: np.ndarray  # (N,) predicted labels (argmax of probs)
+    headline: dict[str, float]  # the HEADLINE figures, in that order
+    per_class: dict[str, dict[str, float]]  # by class name: precision, recall, support, dp/eo_diff_ovr
+    by_group: dict[str, dict[str, float]]  # by group: accuracy, macro_recall, n
+    confusion: list[list[int]]  # (K, K): test samples of class i predicted as j
+    calibration: list[dict[str, float]]  # one row per confidence bin: low, high, count, accuracy, confidence
+
+    @property
+    def y_true(self) -> np.ndarray:
+        return self.test["label"].to_numpy()
+
+
+def evaluate(test: pd.DataFrame, probs: np.ndarray, names: list[str], bins: int) -> Evaluated:
+    """Every figure of the stage, from the test rows (label, group) and the model's probabilities."""
+    y_true, y_pred = test["label"].to_numpy(), probs.argmax(axis=1)
     groups = test["group"].astype(str).to_numpy()
-    results = evaluate(y_true, probs, groups, names, settings.calibration_bins)
-
-    write_text(CONFUSION_PLOT, confusion_records(y_true, results["y_pred"], names))
-    context = report_context(settings, test, images, probs, names, results, meta)
-    stage_metrics = metrics(results)
-    context = show_gates(context, params.gates, "evaluate", stage_metrics)
-    sizes = write_report("evaluate", context, stage_metrics)
-    print(
-        f"evaluate: accuracy {results['accuracy']:.4f}, worst group {results['worst_group_accuracy']:.4f}, "
-        f"ece {results['ece']:.4f} on {len(test):,} test samples; "
-        f"reports/evaluate.html {sizes['html']:,} bytes"
-    )
-    return 0
-
-
-def evaluate(y_true: np.ndarray, probs: np.ndarray, groups: np.ndarray, names: list[str], bins: int) -> dict:
-    """Every figure of the stage, from labels, probabilities and groups."""
-    y_pred = probs.argmax(axis=1)
-    results = evaluation.classification_metrics(y_true, y_pred, names)
-    results["ece"] = evaluation.expected_calibration_error(y_true, probs, bins)
-    results["calibration"] = evaluation.calibration_bins(y_true, probs, bins)
-    results |= evaluation.group_metrics(y_true, y_pred, groups)
+    figures = evaluation.classification_metrics(y_true, y_pred, names)
+    figures["ece"] = evaluation.expected_calibration_error(y_true, probs, bins)
+    figures |= evaluation.group_metrics(y_true, y_pred, groups)
     fairness = evaluation.one_vs_rest_fairness(y_true, y_pred, groups, names)
     for name, values in fairness.pop("per_class").items():
-        results["per_class"][name] |= values
-    results |= fairness
-    results["y_pred"] = y_pred
-    return results
+        figures["per_class"][name] |= values
+    figures |= fairness
+    return Evaluated(
+        test=test,
+        names=names,
+        probs=probs,
+        y_pred=y_pred,
+        headline={key: figures[key] for key in HEADLINE},
+        per_class=figures["per_class"],
+        by_group=figures["by_group"],
+        confusion=figures["confusion"],
+        calibration=evaluation.calibration_bins(y_true, probs, bins),
+    )
 
 
-def metrics(results: dict) -> dict:
+def metrics(result: Evaluated) -> dict[str, Any]:
     """The DVC metrics: headline figures at the top level (the columns of ``dvc exp show``)."""
-    out = {key: results[key] for key in HEADLINE}
-    out["n_test"] = len(results["y_pred"])
-    out["per_class"] = results["per_class"]
-    out["by_group"] = results["by_group"]
-    out["confusion_matrix"] = results["confusion"]
-    return out
+    return result.headline | {
+        "n_test": len(result.y_pred),
+        "per_class": result.per_class,
+        "by_group": result.by_group,
+        "confusion_matrix": result.confusion,
+    }
 
 
 def confusion_records(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> str:
@@ -119,11 +153,47 @@ def confusion_records(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) 
     return "[\n" + ",\n".join(records) + "\n]\n"
 
 
-def _verdict(results: dict) -> Verdict:
+def report_context(
+    settings: EvaluateParams, result: Evaluated, images: np.ndarray, model: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What the evaluate templates show; ``images`` are the test images, ``model`` the checkpoint meta."""
+    names = result.names
+    return {
+        "settings": settings,
+        "verdict": _verdict(result),
+        "headline": list(result.headline.items()),
+        "group_rows": [
+            [g, row["n"], row["accuracy"], row["macro_recall"]] for g, row in result.by_group.items()
+        ],
+        "class_rows": _class_rows(result),
+        "wrong": _confidently_wrong(result, images, settings.confidently_wrong),
+        "confusion_chart": matrix_chart(
+            np.asarray(result.confusion),
+            names,
+            names,
+            key="evaluate-confusion",
+            xlabel="predicted",
+            ylabel="actual",
+            title="Confusion matrix (test)",
+        ),
+        "confusion_rows": [[f"{name}", *row] for name, row in zip(names, result.confusion, strict=True)],
+        "group_chart": _group_chart(result),
+        "n_wrong": int((result.y_true != result.y_pred).sum()),
+        "n_test": len(result.test),
+        "confusion_headers": ["actual \\ predicted", *names],
+        "calibration_rows": [
+            [f"{row['low']:.2f}-{row['high']:.2f}", row["count"], row["accuracy"], row["confidence"]]
+            for row in result.calibration
+            if row["count"]
+        ],
+        "model": {key: model[key] for key in ("name", "n_classes", "channels", "size")},
+        "digest": model.get("params_digest", "n/a"),
+    }
+
+
+def _verdict(result: Evaluated) -> Verdict:
     verdict = Verdict()
-    undefined = [
-        name for name, row in results["per_class"].items() if row["eo_diff_ovr"] != row["eo_diff_ovr"]
-    ]
+    undefined = [name for name, row in result.per_class.items() if row["eo_diff_ovr"] != row["eo_diff_ovr"]]
     if undefined:
         verdict.warnings.append(
             f"equalized odds (one-vs-rest) undefined for class(es) {', '.join(undefined)}: "
@@ -132,84 +202,36 @@ def _verdict(results: dict) -> Verdict:
     return verdict
 
 
-def report_context(
-    settings: EvaluateParams,
-    test: pd.DataFrame,
-    images: np.ndarray,
-    probs: np.ndarray,
-    names: list[str],
-    results: dict,
-    meta: dict,
-) -> dict:
-    y_true, y_pred = test["label"].to_numpy(), results["y_pred"]
-    wrong = evaluation.confidently_wrong(y_true, probs, settings.confidently_wrong)
-    thumbs = [
+def _class_rows(result: Evaluated) -> list[list]:
+    return [[name, *(result.per_class[name][key] for key in CLASS_COLUMNS)] for name in result.names]
+
+
+def _confidently_wrong(result: Evaluated, images: np.ndarray, count: int) -> list[dict[str, str]]:
+    """Thumbnails of the ``count`` most confidently wrong test samples, most confident first."""
+    y_true, y_pred, probs, names, test = result.y_true, result.y_pred, result.probs, result.names, result.test
+    return [
         {
             "uri": thumbnail(images[i]),
             "caption": f"{names[y_true[i]]}→{names[y_pred[i]]} {probs[i, y_pred[i]]:.2f}",
             "title": f"{test['path'].iloc[i]} ({test['group'].iloc[i]}): label {names[y_true[i]]}, "
             f"predicted {names[y_pred[i]]} with confidence {probs[i, y_pred[i]]:.3f}",
         }
-        for i in wrong
+        for i in evaluation.confidently_wrong(y_true, probs, count)
     ]
-    groups = list(results["by_group"])
-    per_class = results["per_class"]
-    return {
-        "settings": settings,
-        "verdict": _verdict(results),
-        "headline": [(key, results[key]) for key in HEADLINE],
-        "group_rows": [
-            [
-                g,
-                results["by_group"][g]["n"],
-                results["by_group"][g]["accuracy"],
-                results["by_group"][g]["macro_recall"],
-            ]
-            for g in groups
-        ],
-        "class_rows": [
-            [
-                name,
-                per_class[name]["support"],
-                per_class[name]["precision"],
-                per_class[name]["recall"],
-                per_class[name]["dp_diff_ovr"],
-                per_class[name]["eo_diff_ovr"],
-            ]
-            for name in names
-        ],
-        "confusion_chart": matrix_chart(
-            np.asarray(results["confusion"]),
-            names,
-            names,
-            key="evaluate-confusion",
-            xlabel="predicted",
-            ylabel="actual",
-            title="Confusion matrix (test)",
-        ),
-        "confusion_rows": [[f"{name}", *row] for name, row in zip(names, results["confusion"], strict=True)],
-        "group_chart": bar_chart(
-            groups,
-            {
-                "accuracy": [results["by_group"][g]["accuracy"] for g in groups],
-                "macro recall": [results["by_group"][g]["macro_recall"] for g in groups],
-            },
-            key="evaluate-groups",
-            ylabel="score",
-            title="Test accuracy and macro recall by group",
-        ),
-        "wrong": thumbs,
-        "n_wrong": int((y_true != y_pred).sum()),
-        "n_test": len(test),
-        "confusion_headers": ["actual \\ predicted", *names],
-        "calibration_rows": [
-            [f"{row['low']:.2f}-{row['high']:.2f}", row["count"], row["accuracy"], row["confidence"]]
-            for row in results["calibration"]
-            if row["count"]
-        ],
-        "model": {key: meta[key] for key in ("name", "n_classes", "channels", "size")},
-        "digest": meta.get("params_digest", "n/a"),
-    }
+
+
+def _group_chart(result: Evaluated) -> str:
+    groups = list(result.by_group)
+    return bar_chart(
+        groups,
+        {
+            "accuracy": [result.by_group[g]["accuracy"] for g in groups],
+            "macro recall": [result.by_group[g]["macro_recall"] for g in groups],
+        },
+        key="evaluate-groups",
+        ylabel="score",
+        title="Test accuracy and macro recall by group",
+    )
 
 
 if __name__ == "__main__":

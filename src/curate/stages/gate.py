@@ -19,15 +19,14 @@ from typing import Any
 
 import yaml
 
-from curate.cli import guarded, stage_parser
 from curate.dataset import write_text
 from curate.errors import CurateError
 from curate.gates import GATES, failures, gate_checks
 from curate.params import Params, load_params
 from curate.report import Verdict, write_report
 from curate.report.render import REPORTS_DIR, render, render_markdown
+from curate.stage import PIPELINE, flatten, guarded, stage_parser
 
-PIPELINE = ("ingest", "clean", "rebalance", "augment", "train", "evaluate")
 # Measured on the machine, so different on every run: left out of the data card,
 # which must only change when the data or params do.
 MEASURED = {("train", "images_per_second")}
@@ -42,12 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     verdict = Verdict(checks=checks)
     if not checks:
         verdict.warnings.append("no gate is configured (every gates.* param is null)")
+    passed = {check.key: check.passed for check in checks}
     gate_metrics = {
         "passed": all(check.passed for check in checks),
         "gates": {
             name: {"threshold": getattr(params.gates, name),
                    "observed": metrics[gate.stage].get(gate.metric),
-                   "passed": next(c.passed for c in checks if c.name.endswith(f"(gates.{name})"))}
+                   "passed": passed[name]}
             for name, gate in GATES.items() if getattr(params.gates, name) is not None
         },
     }  # fmt: skip
@@ -105,16 +105,6 @@ def dag_rows() -> list[list[str]]:
         return ", ".join(n for n in names if n.startswith(("data/", "models/")) and not n.endswith(".py"))
 
     return [[name, data(stage.get("deps")), data(stage.get("outs"))] for name, stage in stages.items()]
-
-
-def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            flat |= flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def changed_params(params: Params) -> list[list[str]]:

@@ -13,13 +13,12 @@ import numpy as np
 import pandas as pd
 
 from curate import demo
-from curate.cli import guarded, stage_parser
-from curate.dataset import class_names, write_images, write_samples
+from curate.dataset import RAW_DIR, class_names, write_images, write_samples
 from curate.folder import FolderData, read_image_folder
 from curate.params import DEMO_SOURCE, Params, load_params
 from curate.report import Verdict, bar_chart, thumbnail, write_report
+from curate.stage import guarded, stage_parser
 
-RAW_DIR = Path("data/raw")
 THUMBS_PER_CELL = 8
 MIN_TRAIN_PER_CLASS = 10
 
@@ -69,7 +68,7 @@ def metrics(data: FolderData) -> dict[str, int]:
     }
 
 
-def report_context(params: Params, data: FolderData) -> dict:
+def report_context(params: Params, data: FolderData) -> dict[str, object]:
     samples = data.samples
     names = class_names(samples)
     groups = sorted(samples["group"].unique())
@@ -120,7 +119,9 @@ def _verdict(data: FolderData, names: list[str]) -> Verdict:
     return verdict
 
 
-def _thumbnail_rows(images: np.ndarray, train: pd.DataFrame, names, groups) -> list[dict]:
+def _thumbnail_rows(
+    images: np.ndarray, train: pd.DataFrame, names: list[str], groups: list[str]
+) -> list[dict]:
     """The first few train samples of each class x group, as captioned thumbnails."""
     rows = []
     for name in names:

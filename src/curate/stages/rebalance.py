@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 
 from curate import balance
-from curate.cli import guarded, stage_parser
 from curate.dataset import BALANCED_DIR, CLEAN_DIR, class_names, read_samples, training_rows, write_samples
 from curate.errors import CurateError
 from curate.gates import show_gates
 from curate.params import RebalanceParams, load_params
 from curate.report import Verdict, bar_chart, write_report
+from curate.stage import guarded, stage_parser
 
-SOURCE = CLEAN_DIR / "samples.parquet"
+INPUT = CLEAN_DIR / "samples.parquet"
 # Joins the values of several group columns into one intersectional group name,
 # the name target_shares uses: "mnist / indoor".
 GROUP_SEPARATOR = " / "
@@ -63,7 +63,7 @@ DEFINITIONS = (
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("rebalance", __doc__).parse_args(argv)
     params = load_params(args.params)
-    result = rebalance(read_samples(SOURCE), params.rebalance, params.seed)
+    result = rebalance(read_samples(INPUT), params.rebalance, params.seed)
     write_samples(BALANCED_DIR / "samples.parquet", result.samples)
     stage_metrics = metrics(result)
     context = show_gates(report_context(params.rebalance, result), params.gates, "rebalance", stage_metrics)
@@ -109,7 +109,7 @@ def rebalance(samples: pd.DataFrame, settings: RebalanceParams, seed: int) -> Re
     """Weights or copies for the train rows in play; raises :class:`CurateError` before any output."""
     train = training_rows(samples)
     if train.empty:
-        raise CurateError(f"{SOURCE}: no train rows in play (every train row is dropped or there are none)")
+        raise CurateError(f"{INPUT}: no train rows in play (every train row is dropped or there are none)")
     out = samples[samples.index.isin(train.index) | (samples["split"] == "test")].copy()
     out["rebalance_group"] = group_names(out, settings.group_columns)
     keys = out.loc[train.index, "rebalance_group"]
@@ -161,13 +161,11 @@ def group_names(samples: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
     for column in columns:
         if column not in samples.columns:
             raise CurateError(
-                f"rebalance.group_columns: column {column!r} is not in {SOURCE} "
+                f"rebalance.group_columns: column {column!r} is not in {INPUT} "
                 f"(columns: {', '.join(map(str, samples.columns))})"
             )
         if samples[column].isna().any():
-            raise CurateError(
-                f"{SOURCE}: column {column!r} has {samples[column].isna().sum()} missing values"
-            )
+            raise CurateError(f"{INPUT}: column {column!r} has {samples[column].isna().sum()} missing values")
     parts = [samples[column].astype(str) for column in columns]
     return parts[0].str.cat(parts[1:], sep=GROUP_SEPARATOR) if len(parts) > 1 else parts[0]
 
@@ -228,7 +226,7 @@ def metrics(result: Rebalanced) -> dict[str, float]:
     }
 
 
-def report_context(settings: RebalanceParams, result: Rebalanced) -> dict:
+def report_context(settings: RebalanceParams, result: Rebalanced) -> dict[str, object]:
     before, after = result.before, result.after
     train = result.samples[result.samples.index.isin(training_rows(result.samples).index)]
     used = train["weight"].to_numpy() * train["copies"].to_numpy()
@@ -241,7 +239,32 @@ def report_context(settings: RebalanceParams, result: Rebalanced) -> dict:
         ("max weight", float(used.max())),
         ("min weight", float(used.min())),
     ]
-    group_rows = [
+    return {
+        "settings": settings,
+        "group_by": GROUP_SEPARATOR.join(settings.group_columns),
+        "how": HOW[settings.strategy] + (RESAMPLE_HOW if settings.method == "resample" else ""),
+        "definitions": DEFINITIONS,
+        "group_headers": GROUP_HEADERS,
+        "cell_headers": CELL_HEADERS,
+        "verdict": Verdict(warnings=result.warnings),
+        "passed_through": result.passed_through,
+        "n_train": result.n_train,
+        "n_dropped": result.n_dropped,
+        "n_test": int((result.samples["split"] == "test").sum()),
+        "headline": headline,
+        "group_rows": _group_rows(result),
+        "cell_rows": _cell_rows(result),
+        "empty_cells": ", ".join(result.empty_cells),
+        "n_clipped": result.n_clipped,
+        "copies": _copies_summary(train["copies"]) if settings.method == "resample" else [],
+        "charts": _charts(result),
+    }
+
+
+def _group_rows(result: Rebalanced) -> list[list]:
+    """Per group: size, shares, mean weight, effective sizes, label dependence and KL, before and after."""
+    before, after = result.before, result.after
+    return [
         [
             group,
             int(result.train_sizes[g]),
@@ -257,7 +280,12 @@ def report_context(settings: RebalanceParams, result: Rebalanced) -> dict:
         ]
         for g, group in enumerate(before.groups)
     ]
-    cell_rows = [
+
+
+def _cell_rows(result: Rebalanced) -> list[list]:
+    """Per group x class cell: size, share and P(y|g), before and after."""
+    before, after = result.before, result.after
+    return [
         [
             group,
             name,
@@ -270,26 +298,6 @@ def report_context(settings: RebalanceParams, result: Rebalanced) -> dict:
         for g, group in enumerate(before.groups)
         for k, name in enumerate(result.classes)
     ]
-    return {
-        "settings": settings,
-        "group_by": GROUP_SEPARATOR.join(settings.group_columns),
-        "how": HOW[settings.strategy] + (RESAMPLE_HOW if settings.method == "resample" else ""),
-        "definitions": DEFINITIONS,
-        "group_headers": GROUP_HEADERS,
-        "cell_headers": CELL_HEADERS,
-        "verdict": Verdict(warnings=result.warnings),
-        "passed_through": result.passed_through,
-        "n_train": result.n_train,
-        "n_dropped": result.n_dropped,
-        "n_test": int((result.samples["split"] == "test").sum()),
-        "headline": headline,
-        "group_rows": group_rows,
-        "cell_rows": cell_rows,
-        "empty_cells": ", ".join(result.empty_cells),
-        "n_clipped": result.n_clipped,
-        "copies": _copies_summary(train["copies"]) if settings.method == "resample" else [],
-        "charts": _charts(result),
-    }
 
 
 def _copies_summary(copies: pd.Series) -> list[list]:

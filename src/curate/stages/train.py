@@ -21,15 +21,15 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from curate.checkpoint import save_checkpoint
-from curate.cli import guarded, stage_parser
 from curate.dataset import (
     AUGMENTED_DIR,
     MODELS_DIR,
@@ -42,6 +42,13 @@ from curate.dataset import (
 from curate.errors import CurateError
 from curate.params import Params, TrainParams, load_params
 from curate.report import Verdict, line_chart, write_report
+from curate.stage import guarded, stage_parser
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from curate.model import FitConfig
 
 INPUT = AUGMENTED_DIR / "samples.parquet"
 MODEL = MODELS_DIR / "model.pt"
@@ -52,77 +59,77 @@ REQUIRED_COLUMNS = ("weight", "copies", "store", "parent_id")
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("train", __doc__).parse_args(argv)
     params = load_params(args.params)
-    settings = params.train
-    samples = read_samples(INPUT)
+    split = load_split(read_samples(INPUT), params, args.params)
+
+    # torch and the models load only past the input checks.
+    from curate.checkpoint import save_checkpoint
+    from curate.model import pick_device
+
+    device = pick_device(params.train.device, key=f"{args.params}: train.device")
+    net = initial_model(params, split)
+    with dvclive_epochs() as log_epoch:
+        result = train(net, split, params, device, on_epoch=log_epoch)
+    save_checkpoint(MODEL, result.net, result.meta)
+    stage_metrics = metrics(result)
+    sizes = write_report("train", report_context(params, result), stage_metrics)
+    summary = result.summary
+    print(
+        f"train: {summary.epochs_run} epochs (best {summary.best_epoch}, val accuracy "
+        f"{summary.best_val_accuracy:.4f}) on {summary.device}, {summary.images_per_second:,.0f} images/s, "
+        f"{summary.train_seconds:.1f} s; reports/train.html {sizes['html']:,} bytes"
+    )
+    return 0
+
+
+@dataclass
+class Split:
+    """The stage's checked inputs: the rows to fit and to validate on, with their images."""
+
+    classes: list[str]  # (K,) class names by label
+    fit_rows: pd.DataFrame  # train rows in play, expanded by copies
+    val_rows: pd.DataFrame  # held-out original train rows
+    images: np.ndarray  # fit_rows' images, uint8 N x H x W x C
+    val_images: np.ndarray  # val_rows' images
+
+
+@dataclass
+class Summary:
+    """The headline figures of a training run; the throughput ones are measured."""
+
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    best_val_accuracy: float
+    device: str  # the device type: cpu, cuda or mps
+    train_seconds: float  # training passes only, validation excluded
+    images_per_second: float
+
+
+@dataclass
+class Trained:
+    """What :func:`train` returns: the model to save, and all the report shows about its run."""
+
+    net: nn.Module  # the model, at the weights of its best epoch
+    meta: dict[str, Any]  # the checkpoint meta (see curate.checkpoint)
+    split: Split
+    history: list[dict]  # per-epoch stats from curate.model.fit
+    summary: Summary
+
+
+def load_split(samples: pd.DataFrame, params: Params, params_file: str) -> Split:
+    """Checks the table, splits off validation and reads both sets of images."""
     for column in REQUIRED_COLUMNS:
         if column not in samples.columns:
             raise CurateError(f"{INPUT}: missing column {column!r} (written by the augment stage)")
     names = class_names(samples)
-    fit_rows, val_rows = split_validation(samples, settings.val_fraction, params.seed)
+    fraction = params.train.val_fraction
+    fit_rows, val_rows = split_validation(samples, fraction, params.seed)
     if fit_rows.empty or val_rows.empty:
         raise CurateError(
-            f"{args.params}: train.val_fraction = {settings.val_fraction:g} leaves {len(fit_rows)} train and "
+            f"{params_file}: train.val_fraction = {fraction:g} leaves {len(fit_rows)} train and "
             f"{len(val_rows)} validation rows; both need at least one (more data or another fraction)"
         )
-    images = gather_images(fit_rows)
-    val_images = gather_images(val_rows)
-
-    from curate import model as models  # torch models only past the input checks
-
-    device = models.pick_device(settings.device, key=f"{args.params}: train.device")
-    torch.manual_seed(params.seed)  # weight init
-    net = models.build_model(settings.model, len(names), images.shape[3], images.shape[1])
-    if settings.init_weights:
-        load_initial_weights(net, Path(settings.init_weights))
-
-    from dvclive import Live  # imported late: a heavy import, and not needed to check inputs
-
-    with Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-
-        def log_epoch(stats: dict) -> None:
-            # timestamp=False: the TSVs are a function of the run, not of the clock.
-            for split in ("train", "val"):
-                live.log_metric(f"{split}/loss", stats[f"{split}_loss"], timestamp=False)
-                live.log_metric(f"{split}/accuracy", stats[f"{split}_accuracy"], timestamp=False)
-            live.next_step()
-
-        history = models.fit(
-            net,
-            images,
-            fit_rows["label"].to_numpy(),
-            epochs=settings.epochs,
-            batch_size=settings.batch_size,
-            lr=settings.lr,
-            seed=params.seed,
-            device=device,
-            sample_weights=fit_rows["weight"].to_numpy(dtype=np.float64),
-            weighting=settings.weighting,
-            augment=settings.online_augment,
-            validation=(val_images, val_rows["label"].to_numpy(), None),
-            patience=settings.patience,
-            compile=settings.compile,
-            on_epoch=log_epoch,
-            progress="train",
-        )
-
-    meta = {
-        "name": settings.model,
-        "n_classes": len(names),
-        "channels": int(images.shape[3]),
-        "size": int(images.shape[1]),
-        "class_names": names,
-        "params_digest": params_digest(settings),
-    }
-    save_checkpoint(MODEL, net, meta)
-    summary = summarise(history, device)
-    context = report_context(params, fit_rows, val_rows, history, summary)
-    sizes = write_report("train", context, metrics(summary))
-    print(
-        f"train: {summary['epochs_run']} epochs (best {summary['best_epoch']}, val accuracy "
-        f"{summary['best_val_accuracy']:.4f}) on {device}, {summary['images_per_second']:,.0f} images/s, "
-        f"{summary['train_seconds']:.1f} s; reports/train.html {sizes['html']:,} bytes"
-    )
-    return 0
+    return Split(names, fit_rows, val_rows, gather_images(fit_rows), gather_images(val_rows))
 
 
 def split_validation(
@@ -153,28 +160,86 @@ def split_validation(
     return fit_rows, val_rows
 
 
-def load_initial_weights(net: torch.nn.Module, path: Path) -> None:
-    """Start from a local state_dict (or a curate checkpoint): tensors whose name and shape match.
+def initial_model(params: Params, split: Split) -> nn.Module:
+    """The untrained network: seeded init, then ``train.init_weights`` when given."""
+    import torch
 
-    A head for another number of classes is left at its random init, so weights trained
-    elsewhere can seed a new label set. Nothing is downloaded; loading never runs code.
-    """
-    if not path.is_file():
-        raise CurateError(f"train.init_weights: {path}: file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  (torch raises many kinds for a bad file)
-        raise CurateError(f"train.init_weights: {path}: not a state_dict ({type(exc).__name__})") from None
-    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
-    own = net.state_dict()
-    matched = {
-        key: value
-        for key, value in (state or {}).items()
-        if isinstance(value, torch.Tensor) and key in own and own[key].shape == value.shape
+    from curate.checkpoint import load_initial_weights
+    from curate.model import build_model
+
+    settings, images = params.train, split.images
+    torch.manual_seed(params.seed)  # weight init
+    net = build_model(settings.model, len(split.classes), images.shape[3], images.shape[1])
+    if settings.init_weights:
+        load_initial_weights(net, Path(settings.init_weights), key="train.init_weights")
+    return net
+
+
+@contextmanager
+def dvclive_epochs() -> Iterator[Callable[[dict], None]]:
+    """A DVCLive run in :data:`LIVE_DIR`; yields the ``on_epoch`` callback that logs each epoch."""
+    from dvclive import Live  # imported late: a heavy import, and not needed to check inputs
+
+    with Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+
+        def log_epoch(stats: dict) -> None:
+            # timestamp=False: the TSVs are a function of the run, not of the clock.
+            for split in ("train", "val"):
+                live.log_metric(f"{split}/loss", stats[f"{split}_loss"], timestamp=False)
+                live.log_metric(f"{split}/accuracy", stats[f"{split}_accuracy"], timestamp=False)
+            live.next_step()
+
+        yield log_epoch
+
+
+def fit_config(settings: TrainParams, seed: int, device: torch.device) -> FitConfig:
+    """``train``'s params as :func:`curate.model.fit` takes them."""
+    from curate.model import FitConfig
+
+    return FitConfig(
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        seed=seed,
+        device=device,
+        weighting=settings.weighting,
+        augment=settings.online_augment,
+        patience=settings.patience,
+        compile=settings.compile,
+    )
+
+
+def train(
+    net: nn.Module,
+    split: Split,
+    params: Params,
+    device: torch.device,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> Trained:
+    """Trains ``net`` in place on ``split`` as ``params.train`` says, the rows weighted per
+    ``train.weighting``; ``on_epoch`` receives each epoch's stats as they come."""
+    from curate.model import fit
+
+    settings = params.train
+    history = fit(
+        net,
+        split.images,
+        split.fit_rows["label"].to_numpy(),
+        fit_config(settings, params.seed, device),
+        sample_weights=split.fit_rows["weight"].to_numpy(dtype=np.float64),
+        validation=(split.val_images, split.val_rows["label"].to_numpy(), None),
+        on_epoch=on_epoch,
+        progress="train",
+    )
+    meta = {
+        "name": settings.model,
+        "n_classes": len(split.classes),
+        "channels": int(split.images.shape[3]),
+        "size": int(split.images.shape[1]),
+        "class_names": split.classes,
+        "params_digest": params_digest(settings),
     }
-    if not matched:
-        raise CurateError(f"train.init_weights: {path}: no tensor matches the {type(net).__name__} model")
-    net.load_state_dict(matched, strict=False)
+    return Trained(net, meta, split, history, summarise(history, device.type))
 
 
 def params_digest(settings: TrainParams) -> str:
@@ -183,30 +248,95 @@ def params_digest(settings: TrainParams) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def summarise(history: list[dict], device: torch.device) -> dict:
+def summarise(history: list[dict], device: str) -> Summary:
     best = min(history, key=lambda stats: stats["val_loss"])
     seconds = sum(stats["seconds"] for stats in history)
     images = sum(stats["images"] for stats in history)
-    return {
-        "epochs_run": len(history),
-        "best_epoch": best["epoch"],
-        "best_val_loss": best["val_loss"],
-        "best_val_accuracy": best["val_accuracy"],
-        "device": device.type,
-        "train_seconds": seconds,
-        "images_per_second": images / seconds if seconds > 0 else float("nan"),
-    }
+    return Summary(
+        epochs_run=len(history),
+        best_epoch=best["epoch"],
+        best_val_loss=best["val_loss"],
+        best_val_accuracy=best["val_accuracy"],
+        device=device,
+        train_seconds=seconds,
+        images_per_second=images / seconds if seconds > 0 else float("nan"),
+    )
 
 
-def metrics(summary: dict) -> dict:
+def metrics(result: Trained) -> dict[str, float]:
     # images_per_second is measured, so it differs between runs: the only such key.
+    summary = result.summary
     return {
-        "epochs_run": summary["epochs_run"],
-        "best_epoch": summary["best_epoch"],
-        "best_val_loss": summary["best_val_loss"],
-        "best_val_accuracy": summary["best_val_accuracy"],
-        "images_per_second": round(summary["images_per_second"]),
+        "epochs_run": summary.epochs_run,
+        "best_epoch": summary.best_epoch,
+        "best_val_loss": summary.best_val_loss,
+        "best_val_accuracy": summary.best_val_accuracy,
+        "images_per_second": round(summary.images_per_second),
     }
+
+
+def report_context(params: Params, result: Trained) -> dict[str, object]:
+    settings, summary = params.train, result.summary
+    return {
+        "settings": settings,
+        "seed": params.seed,
+        "verdict": _verdict(settings, summary),
+        "headline": [
+            ("epochs run", summary.epochs_run),
+            ("best epoch", summary.best_epoch),
+            ("best val accuracy", summary.best_val_accuracy),
+            ("best val loss", summary.best_val_loss),
+        ],
+        "speed": [
+            ("device", summary.device),
+            ("images per second", round(summary.images_per_second)),
+            ("training seconds", f"{summary.train_seconds:.1f}"),
+        ],
+        "charts": _charts(result.history, summary.best_epoch),
+        "epoch_rows": _epoch_rows(result.history, summary.best_epoch),
+        "group_rows": _group_rows(result.split.fit_rows, result.split.val_rows),
+        "n_fit": len(result.split.fit_rows),
+        "n_val": len(result.split.val_rows),
+        "settings_rows": [[key, json.dumps(value)] for key, value in settings.model_dump().items()],
+        "digest": params_digest(settings),
+    }
+
+
+def _verdict(settings: TrainParams, summary: Summary) -> Verdict:
+    verdict = Verdict()
+    if summary.epochs_run < settings.epochs:
+        verdict.warnings.append(
+            f"stopped early after {summary.epochs_run} of {settings.epochs} epochs: no lower validation "
+            f"loss for train.patience = {settings.patience} epochs"
+        )
+    elif summary.best_epoch == summary.epochs_run and summary.epochs_run > 1:
+        verdict.warnings.append(
+            f"the best epoch is the last ({summary.best_epoch}): validation loss was still falling; "
+            "more train.epochs may help"
+        )
+    return verdict
+
+
+def _charts(history: list[dict], best: int) -> list:
+    epochs = [stats["epoch"] for stats in history]
+    return [
+        line_chart(
+            epochs,
+            {split: [stats[f"{split}_{name}"] for stats in history] for split in ("train", "val")},
+            key=f"train-{name}",
+            xlabel="epoch",
+            ylabel=name,
+            title=f"{name.capitalize()} by epoch",
+            mark_x=best,
+            mark_label=f"best epoch ({best})",
+        )
+        for name in ("loss", "accuracy")
+    ]
+
+
+def _epoch_rows(history: list[dict], best: int) -> list[list]:
+    keys = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
+    return [[stats[key] for key in keys] + ["best" if stats["epoch"] == best else ""] for stats in history]
 
 
 def _group_rows(fit_rows: pd.DataFrame, val_rows: pd.DataFrame) -> list[list]:
@@ -225,71 +355,6 @@ def _group_rows(fit_rows: pd.DataFrame, val_rows: pd.DataFrame) -> list[list]:
             ]
         )
     return rows
-
-
-def report_context(
-    params: Params, fit_rows: pd.DataFrame, val_rows: pd.DataFrame, history: list[dict], summary: dict
-) -> dict:
-    settings = params.train
-    epochs = [stats["epoch"] for stats in history]
-    best = summary["best_epoch"]
-    charts = [
-        line_chart(
-            epochs,
-            {split: [stats[f"{split}_{name}"] for stats in history] for split in ("train", "val")},
-            key=f"train-{name}",
-            xlabel="epoch",
-            ylabel=name,
-            title=f"{name.capitalize()} by epoch",
-            mark_x=best,
-            mark_label=f"best epoch ({best})",
-        )
-        for name in ("loss", "accuracy")
-    ]
-    verdict = Verdict()
-    if summary["epochs_run"] < settings.epochs:
-        verdict.warnings.append(
-            f"stopped early after {summary['epochs_run']} of {settings.epochs} epochs: no lower validation "
-            f"loss for train.patience = {settings.patience} epochs"
-        )
-    elif best == summary["epochs_run"] and summary["epochs_run"] > 1:
-        verdict.warnings.append(
-            f"the best epoch is the last ({best}): validation loss was still falling; "
-            "more train.epochs may help"
-        )
-    return {
-        "settings": settings,
-        "seed": params.seed,
-        "verdict": verdict,
-        "headline": [
-            ("epochs run", summary["epochs_run"]),
-            ("best epoch", best),
-            ("best val accuracy", summary["best_val_accuracy"]),
-            ("best val loss", summary["best_val_loss"]),
-        ],
-        "speed": [
-            ("device", summary["device"]),
-            ("images per second", round(summary["images_per_second"])),
-            ("training seconds", f"{summary['train_seconds']:.1f}"),
-        ],
-        "charts": charts,
-        "epoch_rows": [
-            [
-                stats["epoch"],
-                stats["train_loss"],
-                stats["train_accuracy"],
-                stats["val_loss"],
-                stats["val_accuracy"],
-                "best" if stats["epoch"] == best else "",
-            ]
-            for stats in history
-        ],
-        "group_rows": _group_rows(fit_rows, val_rows),
-        "n_fit": len(fit_rows),
-        "n_val": len(val_rows),
-        "settings_rows": [[key, json.dumps(value)] for key, value in settings.model_dump().items()],
-        "digest": params_digest(settings),
-    }
 
 
 if __name__ == "__main__":
