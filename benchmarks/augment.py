@@ -53,12 +53,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    specs = Params().augment.transforms
-    pipeline = [build_transform(spec.name, spec.args) for spec in specs]
+    params = Params()
+    pipeline = [build_transform(s.name, s.args, params.image.size) for s in params.augment.transforms]
     images = digits(args.n)
     keys = sample_keys(0, [f"{i:016x}" for i in range(args.n)], [1] * args.n)
     print(
-        f"default transforms: {', '.join(spec.name for spec in specs)} "
+        f"default transforms: {', '.join(spec.name for spec in params.augment.transforms)} "
         f"({sum(batched_kernel(t) is not None for t in pipeline)}/{len(pipeline)} batched); "
         f"{args.threads} threads, {args.n:,} images"
     )

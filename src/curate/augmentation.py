@@ -57,9 +57,24 @@ def transform_classes() -> dict[str, type[v2.Transform]]:
     }
 
 
-def build_transform(name: str, args: dict) -> v2.Transform:
+# Stands in for image.size when params are validated on their own (the section knows no image).
+_VALIDATION_SIZE = 32
+
+
+def effective_args(name: str, args: dict, image_size: int | None) -> dict:
+    """``args`` with ``size`` set to ``image_size`` when the transform takes a size and none is given.
+
+    So a crop or resize follows ``image.size`` instead of a number that must be kept in step by hand.
+    """
+    takes_size = "size" in inspect.signature(transform_classes()[name]).parameters
+    if not takes_size or "size" in args:
+        return dict(args)
+    return {**args, "size": image_size if image_size is not None else _VALIDATION_SIZE}
+
+
+def build_transform(name: str, args: dict, image_size: int | None) -> v2.Transform:
     """``RandomAffine``, ``{"degrees": 10}`` -> the v2 transform (raises what v2 raises)."""
-    return transform_classes()[name](**args)
+    return transform_classes()[name](**effective_args(name, args, image_size))
 
 
 def check_preserves_image(transform: v2.Transform, shape: tuple[int, int, int]) -> str | None:

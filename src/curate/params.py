@@ -33,6 +33,9 @@ class Section(BaseModel):
 class ImageParams(Section):
     size: int = Field(28, ge=8, le=256, description="side of the square images, in pixels")
     channels: Literal[1, 3] = 1
+    # auto: a single-channel image whose border is lighter than mid-grey is inverted before the
+    # models see it (dark ink on light paper and light on dark learn as one); off: as stored.
+    normalize_polarity: Literal["auto", "off"] = "auto"
 
 
 class DemoParams(Section):
@@ -45,7 +48,23 @@ class IngestParams(Section):
     source: str = DEMO_SOURCE
     test_fraction: float = Field(0.25, gt=0, lt=1)
     on_bad_image: Literal["skip", "fail"] = "skip"
+    # 16-bit images to 8 bits: dtype_range divides by 257 (65535 -> 255), so brightness keeps its
+    # meaning across images; per_image stretches each image's own min..max (dim scientific images).
+    rescale_16bit: Literal["dtype_range", "per_image"] = "dtype_range"
+    follow_symlinks: bool = False  # a symlink pointing outside the source folder is refused unless true
+    # A file that metadata.csv does not list, or lists with an empty group: stop (error), or put
+    # it in the group named by default_group, which the ingest report then shows.
+    unlisted: Literal["error", "default_group"] = "error"
+    default_group: str = Field("unlisted", min_length=1)
+    extra_columns: list[str] = Field(default_factory=list)  # metadata.csv columns kept for later stages
     demo: DemoParams = DemoParams()
+
+    @field_validator("source")
+    @classmethod
+    def _source_named(cls, source: str) -> str:
+        if not source.strip():
+            raise ValueError(f"is empty: an ImageFolder path, or {DEMO_SOURCE} for the embedded demo")
+        return source
 
 
 class CleanParams(Section):
@@ -85,6 +104,9 @@ class RebalanceParams(Section):
     # Weights have mean 1, so a cap below 1 could not hold.
     max_weight: float = Field(40.0, ge=1)
     min_effective_size: float = Field(30.0, ge=0)
+    # A group with fewer train rows keeps weight 1: blowing up a handful of rows to parity makes
+    # a few images carry a whole group's weight (one image at weight 40), which is noise, not balance.
+    min_group_size: int = Field(20, ge=1)
 
     @field_validator("target_shares")
     @classmethod
@@ -125,7 +147,7 @@ class TransformSpec(Section):
 
         if "name" in info.data:  # an unknown name is reported on its own
             try:
-                build_transform(info.data["name"], args)
+                build_transform(info.data["name"], args, image_size=None)
             except Exception as exc:  # noqa: BLE001  (torchvision raises TypeError, ValueError, ...)
                 raise ValueError(f"{info.data['name']}(**args) fails: {' '.join(str(exc).split())}") from None
         return args
@@ -141,7 +163,8 @@ def _default_transforms() -> list[TransformSpec]:
 # digit without pulling pixels from outside the image. Affine moves and rotations fill
 # with one constant, which draws black edges on light-paper digits (demo group sklearn:
 # Frechet distance 0.65 against 0.08 for this crop, see reports/augment.html).
-DEFAULT_TRANSFORMS = (("RandomResizedCrop", {"size": 28, "scale": [0.7, 1.0], "ratio": [0.85, 1.15]}),)
+# A transform's size, left out, is image.size.
+DEFAULT_TRANSFORMS = (("RandomResizedCrop", {"scale": [0.7, 1.0], "ratio": [0.85, 1.15]}),)
 
 
 class AugmentParams(Section):
@@ -210,16 +233,9 @@ class Params(Section):
 def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
     """Read and validate ``path``; raise :class:`CurateError` with one line on any fault."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CurateError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise CurateError(f"{path}: invalid YAML{where}") from None
+    raw = _read_yaml(path)
     if raw is None:
-        raw = {}
+        raise CurateError(f"{path}: empty (expected the sections {', '.join(Params.model_fields)})")
     if not isinstance(raw, dict):
         raise CurateError(f"{path}: expected a mapping of sections at the top level")
     try:
@@ -229,6 +245,40 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
         message = describe_error(errors[0])
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise CurateError(f"{path}: {message}{more}") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; a second ``ingest:`` section would silently win."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise CurateError(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.load(path.read_bytes().decode("utf-8"), Loader=_UniqueKeyLoader)
+    except FileNotFoundError:
+        raise CurateError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise CurateError(f"{path}: is a folder, not a params file") from None
+    except PermissionError:
+        raise CurateError(f"{path}: not readable (permission denied)") from None
+    except UnicodeDecodeError as exc:
+        raise CurateError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        ) from None
+    except CurateError as exc:
+        raise CurateError(f"{path} {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise CurateError(f"{path}: invalid YAML{where}") from None
 
 
 def dotted(loc: tuple[Any, ...]) -> str:

@@ -199,7 +199,7 @@ def build_pipeline(params: Params, params_file: str | Path) -> list[v2.Transform
     shape = (params.image.channels, params.image.size, params.image.size)
     pipeline = []
     for index, spec in enumerate(params.augment.transforms):
-        transform = build_transform(spec.name, spec.args)
+        transform = build_transform(spec.name, spec.args, params.image.size)
         problem = check_preserves_image(transform, shape)
         if problem:
             raise CurateError(f"{params_file}: augment.transforms[{index}]: {spec.name} {problem}")
