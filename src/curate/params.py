@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic.fields import FieldInfo
 
 from curate.errors import CurateError
+from curate.transform_specs import signature_problem, transform_signatures
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 # The placeholder folder that stands for the embedded demo (MNIST 5k from
@@ -130,9 +131,7 @@ class TransformSpec(Section):
     @field_validator("name")
     @classmethod
     def _known_transform(cls, name: str) -> str:
-        from curate.augmentation import transform_classes  # torchvision loads only when needed
-
-        known = transform_classes()
+        known = transform_signatures()
         if name not in known:
             close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]}?)" if close else ""
@@ -141,21 +140,17 @@ class TransformSpec(Section):
 
     @field_validator("args")
     @classmethod
-    def _constructs(cls, args: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        """Build the transform now, so a bad argument fails before any work, not mid-stage."""
-        from curate.augmentation import build_transform
-
+    def _fits_signature(cls, args: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Argument names are checked here; values when the transform is built (:func:`load_params`)."""
         if "name" in info.data:  # an unknown name is reported on its own
-            try:
-                build_transform(info.data["name"], args, image_size=None)
-            except Exception as exc:  # noqa: BLE001  (torchvision raises TypeError, ValueError, ...)
-                raise ValueError(f"{info.data['name']}(**args) fails: {' '.join(str(exc).split())}") from None
+            problem = signature_problem(info.data["name"], args)
+            if problem:
+                raise ValueError(problem)
         return args
 
 
 def _default_transforms() -> list[TransformSpec]:
-    # model_construct: these are known to be valid, and validating them here would import
-    # torchvision whenever params.py is imported.
+    # model_construct: these are known to be valid; no need to read torchvision's source.
     return [TransformSpec.model_construct(name=name, args=args) for name, args in DEFAULT_TRANSFORMS]
 
 
@@ -230,8 +225,13 @@ class Params(Section):
     gates: GatesParams = GatesParams()
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
-    """Read and validate ``path``; raise :class:`CurateError` with one line on any fault."""
+def load_params(path: str | Path = DEFAULT_PARAMS_FILE, *, build_transforms: bool = False) -> Params:
+    """Read and validate ``path``; raise :class:`CurateError` with one line on any fault.
+
+    ``build_transforms``: also construct ``augment.transforms`` with torchvision, which checks the
+    argument values. The stages that import torch anyway ask for it, so a bad value stops the
+    first of them (clean) before its training; the light stages skip torchvision's import.
+    """
     path = Path(path)
     raw = _read_yaml(path)
     if raw is None:
@@ -239,12 +239,28 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
     if not isinstance(raw, dict):
         raise CurateError(f"{path}: expected a mapping of sections at the top level")
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         message = describe_error(errors[0])
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise CurateError(f"{path}: {message}{more}") from None
+    if build_transforms:
+        _build_transforms(params, path)
+    return params
+
+
+def _build_transforms(params: Params, path: Path) -> None:
+    from curate.augmentation import build_transform  # torchvision: only for the stages that use torch
+
+    for index, spec in enumerate(params.augment.transforms):
+        try:
+            build_transform(spec.name, spec.args, params.image.size)
+        except Exception as exc:  # noqa: BLE001  (torchvision raises TypeError, ValueError, ...)
+            detail = " ".join(str(exc).split())
+            raise CurateError(
+                f"{path}: augment.transforms[{index}].args: {spec.name}(**args) fails: {detail}"
+            ) from None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
