@@ -81,10 +81,20 @@ def test_demo_metrics_and_reports(demo_run):
         "n_classes": 10,
         "n_groups": 2,
         "n_bad_images": 0,
+        "n_skipped": 0,
+        "n_16bit": 0,
+        "n_multiframe": 0,
+        "n_unlisted": 0,
     }
     html = (demo_run / "reports/ingest.html").read_text()
     assert html.count("data:image/png;base64,") >= 10 * 2 * 8
     assert "<svg" in html
+    # image.normalize_polarity: auto inverts the sklearn group (dark ink on light paper) only.
+    sklearn = int((samples["group"] == "sklearn").sum())
+    markdown = (demo_run / "reports/ingest.md").read_text()
+    assert f"Images the models see inverted: {sklearn:,} of {len(samples):,} (light background)." in markdown
+    assert f"| mnist | {int((samples['group'] == 'mnist').sum()):,} | 0 |" in markdown
+    assert f"| sklearn | {sklearn:,} | {sklearn:,} |" in markdown
 
 
 def test_demo_is_deterministic_and_seeded(demo_run, workdir):
@@ -146,7 +156,11 @@ def test_image_folder_with_metadata_and_corrupt_file(workdir):
     make_folder(source)
     rows = ["path,group,split"] + [f"cat/{i}.png,{'indoor' if i < 3 else 'outdoor'},test" for i in range(2)]
     (source / "metadata.csv").write_text("\n".join(rows) + "\n")
-    set_params(workdir / "params.yaml", image={"channels": 3}, ingest={"source": "images"})
+    set_params(
+        workdir / "params.yaml",
+        image={"channels": 3},
+        ingest={"source": "images", "unlisted": "default_group"},
+    )
     assert ingest.main([]) == 0
 
     samples = read_samples(workdir / RAW / "samples.parquet").set_index("path")
@@ -156,7 +170,7 @@ def test_image_folder_with_metadata_and_corrupt_file(workdir):
     assert len(samples) == 16
     assert samples.loc["cat/0.png", "group"] == "indoor"
     assert samples.loc["cat/0.png", "split"] == "test"
-    assert samples.loc["dog/3.png", "group"] == "all"
+    assert samples.loc["dog/3.png", "group"] == "unlisted"  # not in metadata.csv
     assert set(samples["split"]) == {"train", "test"}
     assert samples["sample_id"].is_unique
     assert samples.loc["dog/copy.png", "sample_id"].startswith(samples.loc["cat/0.png", "sample_id"])
@@ -165,10 +179,17 @@ def test_image_folder_with_metadata_and_corrupt_file(workdir):
 
     import json
 
-    assert json.loads((workdir / "reports/metrics/ingest.json").read_text())["n_bad_images"] == 1
+    metrics = json.loads((workdir / "reports/metrics/ingest.json").read_text())
+    assert metrics["n_bad_images"] == 1 and metrics["n_skipped"] == 2 and metrics["n_unlisted"] == 14
     html = (workdir / "reports/ingest.html").read_text()
     assert "cat/broken.png" in html and "50 x 40" in html
-    assert "cat/broken.png" in (workdir / "reports/ingest.md").read_text()
+    markdown = (workdir / "reports/ingest.md").read_text()
+    assert "| cat/broken.png | unreadable | OSError: Truncated File Read |" in markdown
+    assert "| cat/notes.txt | not an image |  |" in markdown
+    assert (
+        "- 14 image(s) not listed in metadata.csv (or with an empty group) put in group unlisted" in markdown
+    )
+    assert "Images the models see inverted: n/a (RGB images are never inverted)." in markdown
 
 
 def test_moved_file_keeps_its_id_and_shows_relabelled(workdir):
@@ -198,7 +219,7 @@ def test_bad_image_fail_mode_names_file_and_writes_nothing(workdir):
     ("metadata", "message"),
     [
         ("group\nx\n", "missing column 'path'"),
-        ("path\ncat/zzz.png\n", "path 'cat/zzz.png' matches no readable image"),
+        ("path\ncat/zzz.png\n", "line 2: path 'cat/zzz.png' matches no file in the class folders"),
         ("path,split\ncat/0.png,train\ncat/1.png,val\n", "line 3: split 'val' is not 'train' or 'test'"),
         ("path\ncat/0.png\ncat/0.png\n", "path 'cat/0.png' is listed twice"),
     ],
@@ -228,3 +249,13 @@ def test_demo_subsample_keeps_a_stratified_fraction(workdir):
     samples = read_samples(workdir / RAW / "samples.parquet")
     assert 430 <= len(samples) <= 600
     assert set(samples["group"]) == {"mnist", "sklearn"} and samples["label"].nunique() == 10
+
+
+def test_polarity_off_is_reported_as_such(workdir):
+    set_params(
+        workdir / "params.yaml", image={"normalize_polarity": "off"}, ingest={"demo": {"subsample": 0.1}}
+    )
+    assert ingest.main([]) == 0
+    markdown = (workdir / "reports/ingest.md").read_text()
+    assert "## Ink polarity (image.normalize_polarity: off)" in markdown
+    assert "Images the models see inverted: n/a (off)." in markdown

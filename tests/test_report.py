@@ -74,7 +74,7 @@ def _ingest_like_context():
         "source": "s",
         "is_demo": False,
         "demo": None,
-        "image": {"size": 8, "channels": 1},
+        "image": {"size": 8, "channels": 1, "normalize_polarity": "off"},
         "verdict": Verdict(),
         "headline": [],
         "count_headers": ["class"],
@@ -83,7 +83,11 @@ def _ingest_like_context():
         "thumbnails": [],
         "source_sizes": [],
         "source_modes": [],
-        "bad_files": [],
+        "conversions": [],
+        "skipped_counts": [],
+        "skipped": [],
+        "skipped_more": 0,
+        "polarity": {"summary": "n/a (off)", "rows": []},
         "noise_by_group": [],
     }
 
@@ -99,7 +103,7 @@ def test_ingest_report_escapes_user_names_and_is_deterministic(workdir):
         f"{cls}/{i}.png,{NASTY_GROUP}" for cls in (NASTY_CLASS, "plain") for i in range(6)
     ]
     (source / "metadata.csv").write_text("\n".join(rows) + "\n")
-    set_params(workdir / "params.yaml", ingest={"source": "src images"})
+    set_params(workdir / "params.yaml", ingest={"source": "src images", "unlisted": "default_group"})
 
     assert ingest.main([]) == 0
     html = (workdir / "reports/ingest.html").read_text()

@@ -2,138 +2,388 @@
 
 Layout::
 
-    <source>/<class name>/**/<image>.{png,jpg,jpeg,webp,bmp}
-    <source>/metadata.csv      optional: path (relative to <source>), group, split
+    <source>/<class name>/**/<image>   any format Pillow reads (png, jpg, tif, gif, webp, bmp, ...),
+                                       whatever the extension's case
+    <source>/metadata.csv              optional: path (relative to <source>), group, split,
+                                       and the columns named in ingest.extra_columns
 
-Images of any size and mode are resized to ``image.size`` and converted to
-``image.channels``. Unreadable files are collected (``on_bad_image: skip``) or
-stop the stage (``fail``) with the file named.
+Every file is read faithfully, or skipped with its reason in the report, or the stage stops
+with one line naming the file, column or class:
+
+* images of any size and mode are resized to ``image.size`` and converted to
+  ``image.channels``; 16-bit and float images are scaled to 8 bits first
+  (:func:`curate.imaging.to_8bit`); a multi-frame file (animated GIF, multi-page TIFF)
+  gives its first frame;
+* skipped, and counted per reason: unreadable files (``on_bad_image: skip``; ``fail``
+  stops), files that are not images, symlinks that point outside the source folder
+  (unless ``follow_symlinks``), files outside any class folder. Hidden dot-files and
+  dot-folders are ignored;
+* names are compared in Unicode NFC (a folder ``café`` written NFD by macOS matches the
+  NFC path in metadata.csv); the stored ``path`` and ``label_name`` are NFC;
+* a class folder with no readable image, fewer than two classes, and every fault of
+  metadata.csv (:func:`_read_metadata`, :func:`_apply_metadata`) stop the stage.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import io
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from curate.dataset import content_ids, stratified_test_mask
+from curate.dataset import CORE_COLUMNS, content_ids, stratified_test_mask
 from curate.errors import CurateError
-from curate.imaging import conform
+from curate.imaging import FLOAT_MODES, WIDE_INTEGER_MODES, conform
+from curate.params import ImageParams, IngestParams
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 METADATA_FILE = "metadata.csv"
-DEFAULT_GROUP = "all"
+METADATA_COLUMNS = ("path", "group", "split")
+DEFAULT_GROUP = "all"  # every sample's group when metadata.csv has no group column
+# Columns that curate itself writes into the sample tables: an extra metadata column of the
+# same name would be overwritten by a later stage, so it is refused up front.
+STAGE_COLUMNS = frozenset(CORE_COLUMNS) | {
+    *("true_label", "given_label", "predicted_label", "predicted_confidence", "label_quality"),
+    *("is_label_issue", "action", "weight", "parent_id", "store", "recipe", "rebalance_group", "pred_row"),
+}
+SHOWN_PATHS = 3  # paths quoted in a one-line error
+
+# Why a file was skipped; the verdict words each one (see curate.stages.ingest).
+UNREADABLE = "unreadable"
+NOT_AN_IMAGE = "not an image"
+SYMLINK_OUTSIDE = "symlink outside the source folder"
+OUTSIDE_CLASSES = "not in a class folder"
+SKIP_REASONS = (UNREADABLE, NOT_AN_IMAGE, SYMLINK_OUTSIDE, OUTSIDE_CLASSES)
+
+
+class Skipped(NamedTuple):
+    path: str  # relative to the source folder, NFC
+    reason: str  # one of SKIP_REASONS
+    detail: str = ""
 
 
 @dataclass
 class FolderData:
     images: np.ndarray
     samples: pd.DataFrame
-    bad_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    skipped: list[Skipped] = field(default_factory=list)  # in path order
     source_sizes: Counter = field(default_factory=Counter)  # (width, height) -> count
     source_modes: Counter = field(default_factory=Counter)  # PIL mode -> count
+    n_multiframe: int = 0  # files with more than one frame (first frame kept)
+    n_unlisted: int = 0  # images put in default_group (ingest.unlisted: default_group)
+    default_group: str = ""  # the group they went to
+
+    @property
+    def n_16bit(self) -> int:
+        return sum(n for mode, n in self.source_modes.items() if mode in WIDE_INTEGER_MODES)
+
+    @property
+    def n_float(self) -> int:
+        return sum(n for mode, n in self.source_modes.items() if mode in FLOAT_MODES)
+
+    def n_skipped(self, reason: str | None = None) -> int:
+        return sum(1 for entry in self.skipped if reason is None or entry.reason == reason)
 
 
-def read_image_folder(
-    source: Path, *, size: int, channels: int, on_bad_image: str, test_fraction: float, seed: int
-) -> FolderData:
+@dataclass
+class _Listing:
+    classes: dict[str, Path] = field(default_factory=dict)  # NFC class name -> folder
+    files: list[tuple[str, str, Path]] = field(default_factory=list)  # (class, relative path, file)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+class _Decoded(NamedTuple):
+    pixels: np.ndarray  # size x size x channels uint8
+    mode: str
+    size: tuple[int, int]
+    frames: int
+
+
+def read_image_folder(source: Path, image: ImageParams, settings: IngestParams, seed: int) -> FolderData:
+    """Read ``source`` into images and a sample table (see the module docstring)."""
     if not source.is_dir():
         raise CurateError(f"ingest.source: {str(source)!r} is not a folder")
-    class_dirs = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
+    listing = _list_source(source, settings.follow_symlinks)
+    if not listing.classes:
         raise CurateError(f"{source}: no class subfolders (expected <source>/<class>/<image>)")
-    files = [
-        (class_dir.name, path.relative_to(source).as_posix(), path)
-        for class_dir in class_dirs
-        for path in sorted(class_dir.rglob("*"))
-        if path.suffix.lower() in IMAGE_SUFFIXES
-        and path.is_file()
-        and not any(part.startswith(".") for part in path.relative_to(source).parts)
-    ]
-    if not files:
-        raise CurateError(f"{source}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-
-    data = FolderData(images=np.empty(0), samples=pd.DataFrame())
-    pictures, payloads, rows = [], [], []
-    for class_name, relative, path in tqdm(files, desc="ingest: reading images", unit="img"):
-        payload = path.read_bytes()
-        try:
-            with Image.open(io.BytesIO(payload)) as image:
-                image.load()
-                data.source_sizes[image.size] += 1
-                data.source_modes[image.mode] += 1
-                pictures.append(conform(image, size, channels))
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            reason = _describe_failure(exc)
-            if on_bad_image == "fail":
-                raise CurateError(f"{source / relative}: unreadable image ({reason})") from None
-            data.bad_files.append((relative, reason))
-            continue
-        payloads.append(payload)
-        rows.append({"path": relative, "label_name": class_name})
-    if not rows:
-        raise CurateError(f"{source}: every image is unreadable")
-
-    samples = pd.DataFrame(rows)
-    names = sorted(samples["label_name"].unique())
+    if len(listing.classes) < 2:
+        raise CurateError(
+            f"{source}: one class only ({next(iter(listing.classes))!r}); "
+            "a classifier needs at least two class folders"
+        )
+    _require_images(source, listing, {name for name, _, _ in listing.files})
+    data = _read_images(source, listing, image, settings)
+    _require_images(source, listing, set(data.samples["label_name"]))
+    names = sorted(listing.classes)
+    samples = data.samples
     samples["label"] = samples["label_name"].map({name: i for i, name in enumerate(names)})
-    samples.insert(0, "sample_id", content_ids(payloads))
     samples["row"] = np.arange(len(samples))
-    samples = _apply_metadata(samples, source / METADATA_FILE)
+    samples = _apply_metadata(samples, source / METADATA_FILE, settings, data)
     unassigned = samples["split"] == ""
     strata = samples["group"] + ":" + samples["label_name"]
-    is_test = stratified_test_mask(strata[unassigned], test_fraction, seed)
+    is_test = stratified_test_mask(strata[unassigned], settings.test_fraction, seed)
     samples.loc[unassigned, "split"] = np.where(is_test, "test", "train")
-
-    data.images = np.stack(pictures)
-    data.samples = samples[["sample_id", "path", "row", "label", "label_name", "group", "split"]]
+    data.samples = samples[[*CORE_COLUMNS, *settings.extra_columns]]
     return data
 
 
+# --- listing ---------------------------------------------------------------------------
+
+
+def _list_source(source: Path, follow_symlinks: bool) -> _Listing:
+    """Class folders and candidate files, in path order; what is left aside goes to ``skipped``."""
+    root = source.resolve()
+    listing = _Listing()
+    for path in _visible(source):
+        name = _nfc(path.name)
+        if _refused(path, name, root, follow_symlinks, listing):
+            continue
+        if path.is_dir():
+            if name in listing.classes:
+                raise CurateError(f"{source}: two class folders are named {name!r} once Unicode-normalised")
+            listing.classes[name] = path
+        elif name != METADATA_FILE:
+            listing.skipped.append(Skipped(name, OUTSIDE_CLASSES))
+    for name, folder in listing.classes.items():
+        _list_class(name, folder, root, follow_symlinks, listing)
+    by_path = Counter(relative for _, relative, _ in listing.files)
+    twice = sorted(relative for relative, n in by_path.items() if n > 1)
+    if twice:
+        raise CurateError(f"{source}: two files are named {twice[0]!r} once Unicode-normalised")
+    listing.files.sort(key=lambda item: item[1].split("/"))
+    listing.skipped.sort(key=lambda entry: entry.path.split("/"))
+    return listing
+
+
+def _list_class(name: str, folder: Path, root: Path, follow_symlinks: bool, listing: _Listing) -> None:
+    """Walk one class folder, symlinked folders included once each (a symlink loop ends)."""
+    suffixes = _image_suffixes()
+    seen: set[Path] = set()
+    pending = [(folder, name)]
+    while pending:
+        directory, prefix = pending.pop()
+        if directory.resolve() in seen:
+            continue
+        seen.add(directory.resolve())
+        for path in _visible(directory):
+            relative = f"{prefix}/{_nfc(path.name)}"
+            if _refused(path, relative, root, follow_symlinks, listing):
+                continue
+            if path.is_dir():
+                pending.append((path, relative))
+            elif path.is_file() and path.suffix.lower() in suffixes:
+                listing.files.append((name, relative, path))
+            else:
+                listing.skipped.append(Skipped(relative, NOT_AN_IMAGE))
+
+
+def _refused(path: Path, relative: str, root: Path, follow_symlinks: bool, listing: _Listing) -> bool:
+    """Skip a broken symlink, and one that leaves the source folder unless following is allowed."""
+    if not path.is_symlink():
+        return False
+    if not path.exists():
+        listing.skipped.append(Skipped(relative, UNREADABLE, "broken symlink"))
+        return True
+    if not follow_symlinks and not path.resolve().is_relative_to(root):
+        listing.skipped.append(Skipped(relative, SYMLINK_OUTSIDE, "ingest.follow_symlinks: false"))
+        return True
+    return False
+
+
+def _visible(directory: Path) -> list[Path]:
+    """The entries of ``directory`` without hidden dot-files and dot-folders, sorted by name."""
+    try:
+        return sorted(path for path in directory.iterdir() if not path.name.startswith("."))
+    except OSError as exc:
+        raise CurateError(f"{directory}: cannot list the folder ({exc.strerror})") from None
+
+
+@functools.cache
+def _image_suffixes() -> frozenset[str]:
+    """Extensions of every format Pillow can open (lower case): .png .jpg .tif .gif .webp ..."""
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
+
+
+def _require_images(source: Path, listing: _Listing, classes_with_images: set[str]) -> None:
+    """Stop on the first class folder without an image, saying what it held instead."""
+    for name in listing.classes:
+        if name not in classes_with_images:
+            reasons = Counter(entry.reason for entry in listing.skipped if entry.path.startswith(f"{name}/"))
+            held = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())) or "empty"
+            raise CurateError(f"{source / name}: class folder with no readable image ({held})")
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def _read_images(source: Path, listing: _Listing, image: ImageParams, settings: IngestParams) -> FolderData:
+    """Decode every listed file into one preallocated array; unreadable ones are skipped or stop."""
+    pictures = np.empty((len(listing.files), image.size, image.size, image.channels), dtype=np.uint8)
+    data = FolderData(images=pictures, samples=pd.DataFrame(), skipped=listing.skipped)
+    payloads, rows = [], []
+    for class_name, relative, path in tqdm(
+        listing.files, desc="ingest: reading images", unit="img", disable=None
+    ):
+        try:
+            payload = path.read_bytes()
+            decoded = _decode(payload, image, settings.rescale_16bit)
+        # Pillow's decoders raise OSError, ValueError, SyntaxError, EOFError, struct.error and
+        # more on a damaged file: whatever the type, the file is unreadable, not the run broken.
+        except Exception as exc:  # noqa: BLE001
+            reason = _describe_failure(exc)
+            if settings.on_bad_image == "fail":
+                raise CurateError(f"{source / relative}: unreadable image ({reason})") from None
+            data.skipped.append(Skipped(relative, UNREADABLE, reason))
+            continue
+        pictures[len(rows)] = decoded.pixels
+        data.source_sizes[decoded.size] += 1
+        data.source_modes[decoded.mode] += 1
+        data.n_multiframe += int(decoded.frames > 1)
+        payloads.append(payload)
+        rows.append({"path": relative, "label_name": class_name})
+    data.skipped.sort(key=lambda entry: entry.path.split("/"))
+    data.images = pictures[: len(rows)]
+    data.samples = pd.DataFrame(rows, columns=["path", "label_name"])
+    data.samples.insert(0, "sample_id", content_ids(payloads))
+    return data
+
+
+def _decode(payload: bytes, image: ImageParams, rescale_16bit: str) -> _Decoded:
+    """One file's first frame, conformed to ``image``; ``frames`` counts them all."""
+    with Image.open(io.BytesIO(payload)) as picture:
+        picture.load()
+        pixels = conform(picture, image.size, image.channels, rescale_16bit)
+        return _Decoded(pixels, picture.mode, picture.size, getattr(picture, "n_frames", 1))
+
+
 def _describe_failure(exc: Exception) -> str:
-    """A short, run-independent reason (PIL's messages can embed object addresses)."""
+    """A short, run-independent reason (no object addresses, no absolute paths)."""
     if isinstance(exc, UnidentifiedImageError):
         return "not a recognised image format"
+    if isinstance(exc, OSError) and exc.strerror:  # errno errors would quote the absolute path
+        return f"{type(exc).__name__}: {exc.strerror}"
     message = re.sub(r"<[^<>]* at 0x[0-9a-f]+>", "data", str(exc)).splitlines()
     return f"{type(exc).__name__}: {message[0] if message else ''}".rstrip(": ")
 
 
-def _apply_metadata(samples: pd.DataFrame, metadata_path: Path) -> pd.DataFrame:
+# --- metadata.csv ----------------------------------------------------------------------
+
+
+def _read_metadata(path: Path, extra_columns: list[str]) -> pd.DataFrame:
+    """metadata.csv as strings, columns checked; the index is the line number in an editor."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, header=None)
+    except pd.errors.EmptyDataError:
+        raise CurateError(f"{path}: empty file (expected a header line such as path,group,split)") from None
+    except OSError as exc:  # a folder named metadata.csv, no permission
+        raise CurateError(f"{path}: not readable ({exc.strerror})") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise CurateError(f"{path}: not a readable CSV ({exc})".splitlines()[0]) from None
+    header = [_nfc(str(name)).strip() for name in table.iloc[0]]
+    table = table.iloc[1:].set_axis(header, axis=1)
+    table.index = table.index + 1  # line 1 is the header
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise CurateError(f"{path}: column {twice[0]!r} appears twice")
+    for name in header:
+        if name not in METADATA_COLUMNS and name not in extra_columns:
+            close = difflib.get_close_matches(name, METADATA_COLUMNS, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(METADATA_COLUMNS)})"
+            raise CurateError(
+                f"{path}: unknown column {name!r}{hint}; list it in ingest.extra_columns to keep it"
+            )
+    for name in extra_columns:
+        if name in STAGE_COLUMNS or name in METADATA_COLUMNS:
+            raise CurateError(f"ingest.extra_columns: {name!r} is a column curate writes itself")
+        if name not in header:
+            raise CurateError(f"{path}: column {name!r} (listed in ingest.extra_columns) is missing")
+    if "path" not in header:
+        raise CurateError(f"{path}: missing column 'path'")
+    if table.empty:
+        raise CurateError(f"{path}: a header and no rows (list one image per line, or delete the file)")
+    return table
+
+
+def _apply_metadata(
+    samples: pd.DataFrame, metadata_path: Path, settings: IngestParams, data: FolderData
+) -> pd.DataFrame:
     """Join the optional metadata.csv on ``path``; fill ``group`` and ``split`` defaults."""
     samples = samples.assign(group=DEFAULT_GROUP, split="")
     if not metadata_path.exists():
+        if settings.extra_columns:
+            raise CurateError(
+                f"{metadata_path}: not found, but ingest.extra_columns lists {settings.extra_columns[0]!r}"
+            )
         return samples
-    try:
-        metadata = pd.read_csv(metadata_path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise CurateError(f"{metadata_path}: not a readable CSV ({exc})".splitlines()[0]) from None
-    if "path" not in metadata.columns:
-        raise CurateError(f"{metadata_path}: missing column 'path'")
+    metadata = _read_metadata(metadata_path, settings.extra_columns)
+    metadata["path"] = metadata["path"].map(_nfc)
+    _check_metadata_paths(metadata, metadata_path, set(samples["path"]), data.skipped)
+    by_path = metadata.set_index("path")
+    if "group" in by_path.columns:
+        samples["group"] = samples["path"].map(by_path["group"].str.strip()).fillna("")
+        samples = _fill_unlisted(samples, metadata_path, settings, data)
+    if "split" in by_path.columns:
+        split = metadata["split"].str.strip()
+        bad = split[~split.isin(["train", "test", ""])]
+        if len(bad):
+            raise CurateError(
+                f"{metadata_path} line {bad.index[0]}: split {bad.iloc[0]!r} is not 'train' or 'test'"
+            )
+        samples["split"] = samples["path"].map(split.set_axis(metadata["path"])).fillna("")
+    for column in settings.extra_columns:
+        samples[column] = samples["path"].map(by_path[column]).fillna("")
+    return samples
+
+
+def _check_metadata_paths(
+    metadata: pd.DataFrame, path: Path, images: set[str], skipped: list[Skipped]
+) -> None:
+    """Every listed path is unique and names a file of the folder (read, or skipped with a reason)."""
+    empty = metadata[metadata["path"].str.strip() == ""]
+    if len(empty):
+        raise CurateError(f"{path} line {empty.index[0]}: empty path")
     duplicated = metadata["path"][metadata["path"].duplicated()]
     if len(duplicated):
-        raise CurateError(f"{metadata_path}: path {duplicated.iloc[0]!r} is listed twice")
-    # Line numbers as a user sees them in an editor: the header is line 1.
-    metadata.index = metadata.index + 2
-    by_path = metadata.set_index("path")
-    unknown = sorted(set(by_path.index) - set(samples["path"]))
-    if unknown:
-        raise CurateError(f"{metadata_path}: path {unknown[0]!r} matches no readable image")
-    if "group" in by_path.columns:
-        groups = samples["path"].map(by_path["group"]).fillna("")
-        samples["group"] = groups.where(groups != "", DEFAULT_GROUP)
-    if "split" in by_path.columns:
-        split = samples["path"].map(by_path["split"]).fillna("")
-        bad = metadata[~metadata["split"].isin(["train", "test", ""])]
-        if len(bad):
-            line = bad.index[0]
-            value = bad["split"].iloc[0]
-            raise CurateError(f"{metadata_path} line {line}: split {value!r} is not 'train' or 'test'")
-        samples["split"] = split
+        raise CurateError(f"{path}: path {duplicated.iloc[0]!r} is listed twice")
+    known = images | {entry.path for entry in skipped}
+    unknown = metadata[~metadata["path"].isin(known)]
+    if len(unknown):
+        line, relative = unknown.index[0], unknown["path"].iloc[0]
+        raise CurateError(f"{path} line {line}: path {relative!r} matches no file in the class folders")
+
+
+def _fill_unlisted(
+    samples: pd.DataFrame, path: Path, settings: IngestParams, data: FolderData
+) -> pd.DataFrame:
+    """Images missing from metadata.csv, or listed with an empty group: stop, or default_group."""
+    unlisted = samples["group"] == ""
+    if not unlisted.any():
+        return samples
+    if settings.unlisted == "error":
+        shown = samples["path"][unlisted].head(SHOWN_PATHS).tolist() + (
+            ["..."] if unlisted.sum() > SHOWN_PATHS else []
+        )
+        raise CurateError(
+            f"{path}: {unlisted.sum()} image(s) not listed (or with an empty group): {', '.join(shown)}; "
+            "list them, or set ingest.unlisted: default_group"
+        )
+    if settings.default_group in set(samples["group"]):
+        raise CurateError(
+            f"ingest.default_group: {settings.default_group!r} is also a group in {path}; choose another name"
+        )
+    data.n_unlisted, data.default_group = int(unlisted.sum()), settings.default_group
+    samples.loc[unlisted, "group"] = settings.default_group
     return samples

@@ -14,13 +14,34 @@ import pandas as pd
 
 from curate import demo
 from curate.dataset import RAW_DIR, class_names, write_images, write_samples
-from curate.folder import FolderData, read_image_folder
+from curate.folder import (
+    NOT_AN_IMAGE,
+    OUTSIDE_CLASSES,
+    SKIP_REASONS,
+    SYMLINK_OUTSIDE,
+    UNREADABLE,
+    FolderData,
+    read_image_folder,
+)
 from curate.params import DEMO_SOURCE, Params, load_params
+from curate.polarity import light_background
 from curate.report import Verdict, bar_chart, thumbnail, write_report
 from curate.stage import guarded, stage_parser
 
 THUMBS_PER_CELL = 8
 MIN_TRAIN_PER_CLASS = 10
+MAX_LISTED = 200  # skipped files listed one by one in the report; the counts cover them all
+SKIP_WARNINGS = {
+    UNREADABLE: "{n} unreadable file(s) skipped (see Details)",
+    NOT_AN_IMAGE: "{n} file(s) in class folders are not images, skipped (see Details)",
+    SYMLINK_OUTSIDE: "{n} symlink(s) to outside the source folder refused (ingest.follow_symlinks: false)",
+    OUTSIDE_CLASSES: "{n} file(s) outside any class folder ignored (see Details)",
+}
+RESCALE_HOW = {"dtype_range": "value / 257", "per_image": "each image's min..max stretched to 0..255"}
+FLOAT_HOW = {
+    "dtype_range": "0..1 times 255; another range stretched from its min..max",
+    "per_image": "each image's min..max stretched to 0..255",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,24 +68,22 @@ def load_source(params: Params) -> FolderData:
             channels=params.image.channels,
         )
         return FolderData(images=images, samples=samples)
-    return read_image_folder(
-        Path(settings.source),
-        size=params.image.size,
-        channels=params.image.channels,
-        on_bad_image=settings.on_bad_image,
-        test_fraction=settings.test_fraction,
-        seed=params.seed,
-    )
+    return read_image_folder(Path(settings.source), params.image, settings, params.seed)
 
 
 def metrics(data: FolderData) -> dict[str, int]:
+    """Headline counts; ``n_skipped`` counts every file left out, ``n_bad_images`` the unreadable ones."""
     samples = data.samples
     return {
         "n_train": int((samples["split"] == "train").sum()),
         "n_test": int((samples["split"] == "test").sum()),
         "n_classes": int(samples["label"].nunique()),
         "n_groups": int(samples["group"].nunique()),
-        "n_bad_images": len(data.bad_files),
+        "n_bad_images": data.n_skipped(UNREADABLE),
+        "n_skipped": data.n_skipped(),
+        "n_16bit": data.n_16bit,
+        "n_multiframe": data.n_multiframe,
+        "n_unlisted": data.n_unlisted,
     }
 
 
@@ -100,15 +119,29 @@ def report_context(params: Params, data: FolderData) -> dict[str, object]:
         "thumbnails": _thumbnail_rows(data.images, train, names, groups),
         "source_sizes": [(f"{w} x {h}", n) for (w, h), n in data.source_sizes.most_common(10)],
         "source_modes": sorted(data.source_modes.items()),
-        "bad_files": data.bad_files,
+        "conversions": _conversions(params, data),
+        "skipped_counts": [
+            (reason, data.n_skipped(reason)) for reason in SKIP_REASONS if data.n_skipped(reason)
+        ],
+        "skipped": [list(entry) for entry in data.skipped[:MAX_LISTED]],
+        "skipped_more": max(0, len(data.skipped) - MAX_LISTED),
+        "polarity": _polarity(params, data),
         "noise_by_group": _noise_by_group(samples),
     }
 
 
 def _verdict(data: FolderData, names: list[str]) -> Verdict:
     verdict = Verdict()
-    if data.bad_files:
-        verdict.warnings.append(f"{len(data.bad_files)} unreadable file(s) skipped (see Details)")
+    for reason, warning in SKIP_WARNINGS.items():
+        if data.n_skipped(reason):
+            verdict.warnings.append(warning.format(n=data.n_skipped(reason)))
+    if data.n_multiframe:
+        verdict.warnings.append(f"{data.n_multiframe} multi-frame file(s): only the first frame is used")
+    if data.n_unlisted:
+        verdict.warnings.append(
+            f"{data.n_unlisted} image(s) not listed in metadata.csv (or with an empty group) "
+            f"put in group {data.default_group} (ingest.unlisted: default_group)"
+        )
     train = data.samples[data.samples["split"] == "train"]
     per_class = train["label_name"].value_counts()
     for name in names:
@@ -117,6 +150,34 @@ def _verdict(data: FolderData, names: list[str]) -> Verdict:
                 f"class {name} has {per_class.get(name, 0)} train samples (fewer than {MIN_TRAIN_PER_CLASS})"
             )
     return verdict
+
+
+def _conversions(params: Params, data: FolderData) -> list[list]:
+    """What ingest changed beyond resizing: bit depth, frames, default group (count, how)."""
+    rescale = params.ingest.rescale_16bit
+    rows = [
+        [
+            "16-bit images scaled to 8 bits",
+            data.n_16bit,
+            f"{RESCALE_HOW[rescale]} (ingest.rescale_16bit: {rescale})",
+        ],
+        ["float images scaled to 8 bits", data.n_float, FLOAT_HOW[rescale]],
+        ["multi-frame files", data.n_multiframe, "first frame kept"],
+        ["images in the default group", data.n_unlisted, "not listed in metadata.csv, or an empty group"],
+    ]
+    return [row for row in rows if row[1]]
+
+
+def _polarity(params: Params, data: FolderData) -> dict[str, object]:
+    """How many images ``image.normalize_polarity: auto`` inverts before the models see them, by group."""
+    if params.image.normalize_polarity == "off":
+        return {"summary": "n/a (off)", "rows": []}
+    if params.image.channels != 1:
+        return {"summary": "n/a (RGB images are never inverted)", "rows": []}
+    light = pd.Series(light_background(data.images), index=data.samples.index)
+    by_group = light.groupby(data.samples["group"])
+    rows = [[group, len(flags), int(flags.sum())] for group, flags in by_group]
+    return {"summary": f"{int(light.sum()):,} of {len(light):,} (light background)", "rows": rows}
 
 
 def _thumbnail_rows(
