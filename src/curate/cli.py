@@ -12,7 +12,10 @@ from curate.stage import guarded
 
 # Every module in curate/stages is a stage: adding a file adds a command.
 STAGES = tuple(sorted(m.name for m in pkgutil.iter_modules(curate.stages.__path__)))
-COMMANDS = {stage: f"curate.stages.{stage}" for stage in STAGES} | {"compare": "curate.compare"}
+COMMANDS = {stage: f"curate.stages.{stage}" for stage in STAGES} | {
+    "compare": "curate.compare",
+    "trace": "curate.trace",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
