@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -117,3 +120,24 @@ def test_training_rows_skip_test_and_dropped():
     frame = table().assign(action=["none", "drop", "relabel", "keep"])
     frame.loc[3, "split"] = "test"
     assert training_rows(frame)["sample_id"].tolist() == ["id0", "id2"]
+
+
+def test_a_killed_writer_leaves_a_temp_file_that_the_next_write_removes(tmp_path):
+    # The writer dies inside atomic_path: no finally runs, as under SIGKILL or an OOM kill.
+    killed = (
+        "import os, sys\n"
+        "from curate.dataset import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_bytes(b'half')\n"
+        "    os._exit(9)\n"
+    )
+    target = tmp_path / "images.npy"
+    assert subprocess.run([sys.executable, "-c", killed, str(target)]).returncode == 9
+    (leftover,) = tmp_path.glob(".images.npy.*.tmp")
+    # Other targets' temp files, live or not, are not this write's to remove.
+    others = [".samples.parquet.k3j_x9a2.tmp", ".images.npy.old.k3j_x9a2.tmp", "images.npy.tmp"]
+    for name in others:
+        (tmp_path / name).write_bytes(b"")
+    write_images(target, np.zeros((1, 2, 2, 1), dtype=np.uint8))
+    assert not leftover.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*others, "images.npy"])

@@ -69,9 +69,12 @@ def test_gate_checks_carry_their_param_key():
 
 
 def write_metrics(root, metrics=METRICS):
-    (root / "reports" / "metrics").mkdir(parents=True, exist_ok=True)
+    """Each stage's metrics, with a lineage that names no file: every stage is current."""
+    for folder in ("metrics", "lineage"):
+        (root / "reports" / folder).mkdir(parents=True, exist_ok=True)
     for stage, values in metrics.items():
         (root / "reports" / "metrics" / f"{stage}.json").write_text(json.dumps(values))
+        (root / "reports" / "lineage" / f"{stage}.json").write_text('{"inputs": {}, "outputs": {}}')
 
 
 def test_gate_stage_writes_card_and_enforces(workdir, capsys):

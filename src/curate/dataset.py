@@ -16,11 +16,18 @@
 
 Every write goes to a temp file in the target folder, then ``os.replace``:
 a killed stage leaves the old file or the new one, never half of one.
+
+Lineage: the readers (and :func:`curate.checkpoint.load_checkpoint`) call
+:func:`record_input`, every write records its target, and the stage's
+``write_report`` stores both with their SHA-256 in ``reports/lineage/<stage>.json``
+(:func:`take_lineage`), so the gate stage can tell figures of the current data from
+figures of data that has changed since.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
 import tempfile
@@ -44,13 +51,90 @@ MODELS_DIR = Path("models")
 # Which images.npy a row's ``row`` points into: the ``store`` column names it;
 # tables without the column point into the raw store.
 IMAGE_STORES = {"raw": RAW_DIR / "images.npy", "augmented": AUGMENTED_DIR / "images.npy"}
+DIGEST_CHUNK = 1 << 20
+
+# The files this process's stage has read and written so far (one stage per process under
+# DVC; write_report takes them). Paths as the stage named them, relative to the workspace.
+_read: set[Path] = set()
+_written: set[Path] = set()
+
+
+def record_input(path: str | Path) -> None:
+    """Note that the running stage reads ``path``: it goes into the stage's lineage."""
+    _read.add(Path(path))
+
+
+def take_lineage(exclude: str | Path | None = None) -> dict[str, dict[str, str]]:
+    """``{"inputs": {path: sha256}, "outputs": {...}}`` of the files recorded so far; forgets them.
+
+    Files under ``exclude`` (the reports folder: reports describe data, they are not data)
+    are left out, as is a recorded file that no longer exists. Paths are relative to the
+    working directory, in POSIX form, so the record is the same on every machine.
+    """
+    skip = os.path.abspath(exclude) if exclude is not None else None
+    lineage = {}
+    for kind, paths in (("inputs", _read), ("outputs", _written)):
+        kept = {
+            _workspace_name(p): p for p in paths if skip is None or not _is_under(os.path.abspath(p), skip)
+        }
+        digests = {name: file_digest(path) for name, path in sorted(kept.items())}
+        lineage[kind] = {name: digest for name, digest in digests.items() if digest is not None}
+        paths.clear()
+    return lineage
+
+
+def file_digest(path: str | Path) -> str | None:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB chunks; None when there is no such file.
+
+    About 1 GB/s on one core from the page cache (measured on a 1 GiB file): some 4 s for a
+    4 GB ``images.npy``, paid by the stage that writes it, by each of the four that read it
+    and once by the gate stage, so some 25 s over a whole ``dvc repro``.
+    """
+    if not Path(path).is_file():
+        return None
+    digest = hashlib.sha256()
+    buffer = bytearray(DIGEST_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb") as handle:
+        while size := handle.readinto(buffer):
+            digest.update(view[:size])
+    return digest.hexdigest()
+
+
+def _workspace_name(path: Path) -> str:
+    # abspath, not resolve: with DVC's symlink cache a resolved path would name the cache file.
+    absolute = Path(os.path.abspath(path))
+    with contextlib.suppress(ValueError):
+        return absolute.relative_to(Path.cwd()).as_posix()
+    return absolute.as_posix()
+
+
+def _is_under(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Delete ``target``'s temp files left by a killed run: ``.{name}.<random>.tmp`` beside it.
+
+    Only this target's own pattern (the random part has no dot, so ``.a.b.x.tmp`` of a
+    target ``a.b`` is not ``a``'s). No live writer can own one: DVC runs one stage at a
+    time in a workspace (it holds the repo lock) and each output has one writer stage.
+    """
+    prefix = f".{target.name}."
+    for leftover in target.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        if "." not in leftover.name[len(prefix) : -len(".tmp")]:
+            leftover.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside ``target``; rename it over ``target`` only on success."""
+    """Yield a temp path beside ``target``; rename it over ``target`` only on success.
+
+    The target is recorded as an output of the running stage (see :func:`take_lineage`).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -61,6 +145,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, target)
+        _written.add(target)
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -92,6 +177,7 @@ def read_images(source: str | Path) -> np.ndarray:
     source = Path(source)
     if not source.exists():
         raise CurateError(f"{source}: not found (run the upstream stage first: dvc repro)")
+    record_input(source)
     images = np.load(source, mmap_mode="r", allow_pickle=False)
     if images.dtype != np.uint8 or images.ndim != 4:
         raise CurateError(f"{source}: expected uint8 N x H x W x C, got {images.dtype} {images.shape}")
@@ -113,6 +199,7 @@ def read_samples(source: str | Path) -> pd.DataFrame:
     source = Path(source)
     if not source.exists():
         raise CurateError(f"{source}: not found (run the upstream stage first: dvc repro)")
+    record_input(source)
     samples = pd.read_parquet(source)
     missing = [column for column in CORE_COLUMNS if column not in samples.columns]
     if missing:

@@ -3,12 +3,15 @@
 A gate is a ``gates.<name>`` param (null: not checked) on one metric of one stage.
 The stage that produces the metric shows the gate in its report's verdict; the final
 ``gate`` stage checks them all and, with ``gates.enforce: true``, fails ``dvc repro``.
+
+The gate stage first checks that each stage's figures are those of the current data
+(:func:`stale_stages`, on the lineage each stage records): a stale stage's gates fail.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,12 +38,16 @@ GATES = {
 
 
 def gate_checks(
-    gates: GatesParams, stage: str | None, metrics_by_stage: Mapping[str, Mapping]
+    gates: GatesParams,
+    stage: str | None,
+    metrics_by_stage: Mapping[str, Mapping],
+    stale: Collection[str] = (),
 ) -> list[Check]:
     """One :class:`Check` per configured gate of ``stage`` (every stage when None).
 
     A metric that is missing or null (e.g. ``detect_f1`` without a ``true_label``
     column) fails its gate: a gate that cannot be measured does not pass silently.
+    Nor does one whose stage is in ``stale``: its figures are of other data (observed ``stale``).
     """
     checks = []
     for name, gate in GATES.items():
@@ -49,14 +56,15 @@ def gate_checks(
             continue
         observed = metrics_by_stage.get(gate.stage, {}).get(gate.metric)
         measurable = isinstance(observed, int | float) and not math.isnan(observed)
-        if gate.bound == "min":
-            passed = measurable and observed >= threshold
+        if gate.stage in stale:
+            passed, observed = False, "stale"
         else:
-            passed = measurable and observed <= threshold
+            passed = measurable and (observed >= threshold if gate.bound == "min" else observed <= threshold)
+            observed = observed if measurable else "not measured"
         sign = "≥" if gate.bound == "min" else "≤"  # not >= / <=: those need escaping in Markdown
         checks.append(Check(
             name=f"{gate.stage}.{gate.metric} (gates.{name})",
-            observed=observed if measurable else "not measured",
+            observed=observed,
             threshold=f"{sign} {threshold:g}",
             passed=bool(passed),
             key=name,
@@ -78,3 +86,49 @@ def show_gates(context: dict, gates: GatesParams, stage: str, metrics: Mapping[s
     """Add ``stage``'s gates to the verdict of its report context (so its banner shows them)."""
     context["verdict"].checks.extend(gate_checks(gates, stage, {stage: metrics}))
     return context
+
+
+def stale_stages(
+    lineages: Mapping[str, Mapping[str, Mapping[str, str]] | None],
+    digest: Callable[[str], str | None],
+) -> dict[str, str]:
+    """Stage -> why its figures are not those of the current data; current stages are left out.
+
+    ``lineages`` maps each stage, in DAG order, to its recorded ``{"inputs": {path: sha256},
+    "outputs": {...}}`` (None: no record); ``digest(path)`` is the file's SHA-256 now (None:
+    missing). A stage is stale when a file it read or wrote has changed since it ran, when it
+    has no record, or when a file it read was written by a stage that is itself stale: its
+    figures then describe data made from data that is no longer there.
+    """
+    stale: dict[str, str] = {}
+    writers: dict[str, str] = {}
+    for stage, lineage in lineages.items():
+        if lineage is None:
+            stale[stage] = "no lineage record (it ran before lineage was recorded, or did not finish)"
+            continue
+        changed = _changed_files(lineage, digest)
+        upstream = sorted({writers[path] for path in lineage["inputs"] if writers.get(path) in stale})
+        if changed:
+            stale[stage] = changed
+        elif upstream:
+            several = len(upstream) > 1
+            stale[stage] = (
+                f"upstream stage{'s' * several} {', '.join(upstream)} {'are' if several else 'is'} stale"
+            )
+        writers |= dict.fromkeys(lineage["outputs"], stage)
+    return stale
+
+
+def _changed_files(lineage: Mapping[str, Mapping[str, str]], digest: Callable[[str], str | None]) -> str:
+    """``its inputs a, b changed since it ran; its output c is missing`` ('' when all match)."""
+    found: dict[tuple[str, bool], list[str]] = {}
+    for kind in ("input", "output"):
+        for path, recorded in sorted(lineage[f"{kind}s"].items()):
+            now = digest(path)
+            if now != recorded:
+                found.setdefault((kind, now is None), []).append(path)
+    return "; ".join(
+        f"its {kind}{'s' if len(paths) > 1 else ''} {', '.join(paths)} "
+        + (("are" if len(paths) > 1 else "is") + " missing" if missing else "changed since it ran")
+        for (kind, missing), paths in found.items()
+    )

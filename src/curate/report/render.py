@@ -10,7 +10,10 @@ Reports are versioned next to the data they describe, so they must be:
 * self-contained: charts are inline SVG, thumbnails are PNG data URIs;
 * deterministic: byte-identical for identical inputs (fixed SVG hash salt, no
   dates in SVG metadata, sorted JSON keys, no timestamps or absolute paths);
-* small: at most :data:`MAX_REPORT_BYTES`; templates sample and aggregate.
+* small: at most :data:`MAX_REPORT_BYTES`; templates sample and aggregate;
+* traceable: ``reports/lineage/<stage>.json`` records the SHA-256 of every data file the
+  stage read and wrote (not a DVC metric: it adds no ``dvc exp show`` column), so the
+  gate stage can tell figures of the current data from stale ones.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from curate.dataset import write_text
+from curate.dataset import take_lineage, write_text
 from curate.errors import CurateError
 from curate.imaging import to_pil
 
@@ -40,6 +43,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 MAX_REPORT_BYTES = 2_000_000
 REPORTS_DIR = Path("reports")
+LINEAGE_DIR = "lineage"  # under the reports folder
 
 # Characters that would change a Markdown digest's structure (table cells,
 # links, code spans, emphasis), written as numeric entities: they render as
@@ -137,8 +141,15 @@ def write_report(
     context: Mapping[str, Any],
     metrics: Mapping[str, Any],
     reports_dir: str | Path = REPORTS_DIR,
+    lineage: bool = True,
 ) -> dict[str, int]:
-    """Render ``<stage>.html`` and ``<stage>.md``, write them and the metrics; return byte sizes."""
+    """Render ``<stage>.html`` and ``<stage>.md``, write them, the metrics and the lineage; return byte sizes.
+
+    The lineage goes last: a stage killed after writing data but before its lineage leaves the
+    previous record, whose output digests no longer match, so its half-new figures read as
+    stale, never as current. ``lineage=False``
+    (the gate stage, which reads everything and writes no data) only forgets what was recorded.
+    """
     reports_dir = Path(reports_dir)
     html = render(f"{stage}.html", stage=stage, **context)
     markdown = render_markdown(f"{stage}.md", stage=stage, **context)
@@ -150,6 +161,11 @@ def write_report(
     write_text(reports_dir / f"{stage}.html", html)
     write_text(reports_dir / f"{stage}.md", markdown)
     write_text(reports_dir / "metrics" / f"{stage}.json", metrics_json(metrics))
+    files = take_lineage(exclude=reports_dir)
+    if lineage:
+        write_text(
+            reports_dir / LINEAGE_DIR / f"{stage}.json", json.dumps(files, indent=2, sort_keys=True) + "\n"
+        )
     return {"html": len(html.encode()), "md": len(markdown.encode())}
 
 

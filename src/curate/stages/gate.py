@@ -7,10 +7,17 @@ data card of this version of the data set (the DAG, each stage's numbers and
 gates, links to every report, the params that differ from the template's
 defaults). With ``gates.enforce: true`` a failed gate fails ``dvc repro``, one
 line per failed gate.
+
+Before any threshold, it checks that each stage's figures are those of the current
+data: every file in ``reports/lineage/<stage>.json`` must still have the SHA-256 the
+stage recorded (see :func:`curate.gates.stale_stages`). A stale stage (say train and
+evaluate after ``curate augment`` alone) shows as ``stale`` with the reason, its figures
+are left out of the data card, and it fails the gate, its gates with it.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -19,12 +26,12 @@ from typing import Any
 
 import yaml
 
-from curate.dataset import write_text
+from curate.dataset import file_digest, write_text
 from curate.errors import CurateError
-from curate.gates import GATES, failures, gate_checks
+from curate.gates import GATES, failures, gate_checks, stale_stages
 from curate.params import Params, load_params
-from curate.report import Verdict, write_report
-from curate.report.render import REPORTS_DIR, render, render_markdown
+from curate.report import Check, Verdict, write_report
+from curate.report.render import LINEAGE_DIR, REPORTS_DIR, render, render_markdown
 from curate.stage import PIPELINE, flatten, guarded, stage_parser
 
 # Measured on the machine, so different on every run: left out of the data card,
@@ -37,30 +44,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("gate", __doc__).parse_args(argv)
     params = load_params(args.params)
     metrics = {stage: read_metrics(stage) for stage in PIPELINE}
-    checks = gate_checks(params.gates, None, metrics)
-    verdict = Verdict(checks=checks)
+    # Each file once, though several stages name it (data/raw/images.npy: five of them).
+    stale = stale_stages({stage: read_lineage(stage) for stage in PIPELINE}, functools.cache(file_digest))
+    checks = gate_checks(params.gates, None, metrics, stale)
+    verdict = Verdict(checks=[*map(stale_check, stale), *checks])
+    verdict.warnings += [f"{stage} is stale: {reason}" for stage, reason in stale.items()]
     if not checks:
         verdict.warnings.append("no gate is configured (every gates.* param is null)")
-    passed = {check.key: check.passed for check in checks}
     gate_metrics = {
-        "passed": all(check.passed for check in checks),
-        "gates": {
-            name: {"threshold": getattr(params.gates, name),
-                   "observed": metrics[gate.stage].get(gate.metric),
-                   "passed": passed[name]}
-            for name, gate in GATES.items() if getattr(params.gates, name) is not None
-        },
-    }  # fmt: skip
-    context = {"verdict": verdict, "enforce": params.gates.enforce}
-    write_report("gate", context, gate_metrics)
-    write_index(params, metrics, verdict)
-    failed = failures(checks)
+        "passed": all(check.passed for check in verdict.checks),
+        "gates": gate_results(checks, params, metrics, stale),
+    }
+    context = {"verdict": verdict, "enforce": params.gates.enforce, "gates": checks, "stale": stale}
+    write_report("gate", context, gate_metrics, lineage=False)
+    write_index(params, metrics, verdict, stale)
+    failed = [f"gate failed: {stage} is stale: {why}" for stage, why in stale.items()] + failures(checks)
     for line in failed:
         print(line, file=sys.stderr)
     if failed and params.gates.enforce:
         return 1
-    print(f"gate: {len(checks) - len(failed)} of {len(checks)} gate(s) passed; reports/index.html")
+    passed = sum(check.passed for check in checks)
+    print(f"gate: {passed} of {len(checks)} gate(s) passed, {len(stale)} stage(s) stale; reports/index.html")
     return 0
+
+
+def gate_results(
+    checks: Sequence[Check], params: Params, metrics: Mapping[str, Mapping], stale: Mapping[str, str]
+) -> dict[str, dict[str, Any]]:
+    """Each gate in ``gate.json``: threshold, observed figure (``stale``: none to trust), verdict."""
+    results = {}
+    for check in checks:
+        gate = GATES[check.key]
+        observed = "stale" if gate.stage in stale else metrics[gate.stage].get(gate.metric)
+        results[check.key] = {"threshold": getattr(params.gates, check.key), "observed": observed,
+                              "passed": check.passed}  # fmt: skip
+    return results
+
+
+def stale_check(stage: str) -> Check:
+    """The failing verdict line of a stage whose figures are not those of the current data."""
+    return Check(
+        name=f"{stage} figures are of the current data", observed="stale", threshold="current", passed=False
+    )
 
 
 def read_metrics(stage: str) -> dict[str, Any]:
@@ -70,16 +95,35 @@ def read_metrics(stage: str) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def write_index(params: Params, metrics: Mapping[str, Mapping], verdict: Verdict) -> None:
-    """The data card, ``reports/index.{html,md}``."""
+def read_lineage(stage: str) -> dict[str, dict[str, str]] | None:
+    """What ``stage`` recorded of the files it read and wrote; None when there is no usable record."""
+    path = REPORTS_DIR / LINEAGE_DIR / f"{stage}.json"
+    try:
+        lineage = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, unreadable or not JSON: no record to trust
+        return None
+    if not isinstance(lineage, dict) or not all(
+        isinstance(lineage.get(k), dict) for k in ("inputs", "outputs")
+    ):
+        return None
+    return lineage
+
+
+def write_index(
+    params: Params, metrics: Mapping[str, Mapping], verdict: Verdict, stale: Mapping[str, str]
+) -> None:
+    """The data card, ``reports/index.{html,md}``: a stale stage's figures are left out."""
     stages = []
     for stage in PIPELINE:
-        checks = gate_checks(params.gates, stage, metrics)
+        checks = gate_checks(params.gates, stage, metrics, stale)
+        status = "stale" if stage in stale else "fail" if any(not c.passed for c in checks) else "pass"
         stages.append({
             "name": stage,
-            "status": "fail" if any(not c.passed for c in checks) else "pass",
+            "status": status,
+            "stale": stale.get(stage, ""),
             "checks": checks,
-            "numbers": [(key, value) for key, value in flatten(metrics[stage]).items()
+            "numbers": [] if stage in stale else
+                       [(key, value) for key, value in flatten(metrics[stage]).items()
                         if (stage, key) not in MEASURED and not isinstance(value, list)],
         })  # fmt: skip
     context = {

@@ -1,0 +1,234 @@
+"""Every stage's figures trace to the data they describe (``reports/lineage/<stage>.json``), and
+the gate stage shows a stage whose data has changed since as stale, failing its gates."""
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from curate.dataset import (
+    file_digest,
+    read_images,
+    read_samples,
+    take_lineage,
+    write_bytes,
+    write_images,
+    write_samples,
+)
+from curate.gates import stale_stages
+from curate.report import Verdict, write_report
+from curate.stage import PIPELINE
+from curate.stages import gate
+from tests.conftest import REPO, set_params, template_copy
+from tests.test_dataset import table
+from tests.test_experiments import TINY
+from tests.test_gates import write_metrics
+
+# The gate templates are the smallest a test can render for a stand-in stage.
+CONTEXT = {"verdict": Verdict(), "enforce": False, "gates": [], "stale": {}}
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def lineage_of(root: Path, stage: str = "gate") -> dict:
+    return json.loads((root / "reports" / "lineage" / f"{stage}.json").read_text())
+
+
+def test_a_stage_records_the_data_it_read_and_wrote(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    take_lineage()  # forget what earlier tests in this process read and wrote
+    images = np.zeros((4, 3, 3, 1), dtype=np.uint8)
+    write_images("data/raw/images.npy", images)
+    write_samples("data/raw/samples.parquet", table())
+    write_report("gate", CONTEXT, {"n": 1})
+    raw = {path: sha256(path) for path in ("data/raw/images.npy", "data/raw/samples.parquet")}
+    assert lineage_of(tmp_path) == {"inputs": {}, "outputs": raw}
+
+    # The next stage: an absolute path is recorded relative to the workspace; the reports
+    # (html, md, metrics, the lineage itself) are not data and are left out.
+    runs = []
+    for _ in range(2):
+        read_samples(tmp_path / "data/raw/samples.parquet")
+        read_images("data/raw/images.npy")
+        write_samples("data/clean/samples.parquet", table())
+        write_report("gate", CONTEXT, {"n": 1})
+        runs.append((tmp_path / "reports/lineage/gate.json").read_bytes())
+    assert lineage_of(tmp_path) == {
+        "inputs": raw,
+        "outputs": {"data/clean/samples.parquet": sha256("data/clean/samples.parquet")},
+    }
+    assert runs[0] == runs[1]  # same data, same bytes: no diff in git
+
+
+def test_write_report_without_lineage_forgets_what_was_recorded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_bytes("data/x.bin", b"x")
+    write_report("gate", CONTEXT, {}, lineage=False)
+    assert not (tmp_path / "reports/lineage").exists()
+    write_report("gate", CONTEXT, {})
+    assert lineage_of(tmp_path) == {"inputs": {}, "outputs": {}}
+
+
+def test_file_digest_reads_in_chunks(tmp_path):
+    path = tmp_path / "big.bin"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 3 * 2**20 + 17, dtype=np.uint8).tobytes())
+    assert file_digest(path) == sha256(path)
+    assert file_digest(tmp_path / "nope") is None and file_digest(tmp_path) is None
+
+
+def test_stale_stages_on_hand_made_records():
+    now = {"raw": "r1", "clean": "c1", "model": "m2", "aug": "a1"}
+    lineages = {
+        "ingest": {"inputs": {}, "outputs": {"raw": "r1"}},
+        "clean": {"inputs": {"raw": "r0"}, "outputs": {"clean": "c1"}},  # raw changed since
+        "rebalance": {"inputs": {"clean": "c1"}, "outputs": {"bal": "b1"}},  # bal since deleted
+        "augment": {"inputs": {"raw": "r1"}, "outputs": {"aug": "a1"}},
+        "train": {"inputs": {"aug": "a1"}, "outputs": {"model": "m1"}},  # killed after saving m2
+        "evaluate": {"inputs": {"model": "m2", "aug": "a1"}, "outputs": {}},
+    }
+    stale = stale_stages(lineages, now.get)
+    assert stale == {
+        "clean": "its input raw changed since it ran",
+        "rebalance": "its output bal is missing",
+        "train": "its output model changed since it ran",
+        "evaluate": "upstream stage train is stale",
+    }
+    assert stale_stages({**lineages, "ingest": None}, now.get)["ingest"].startswith("no lineage record")
+    # Read from a stale stage: stale too, even when the file itself is the one recorded.
+    lineages["augment"]["inputs"] = {"bal": None, "clean": "c1"}
+    assert stale_stages(lineages, now.get)["augment"] == "upstream stages clean, rebalance are stale"
+    current = {stage: {"inputs": {"raw": "r1"}, "outputs": {}} for stage in PIPELINE}
+    assert stale_stages(current, now.get) == {}
+
+
+def write_lineage(root: Path, stage: str, inputs=(), outputs=()) -> None:
+    record = {
+        "inputs": {p: sha256(root / p) for p in inputs},
+        "outputs": {p: sha256(root / p) for p in outputs},
+    }
+    (root / "reports/lineage" / f"{stage}.json").write_text(json.dumps(record))
+
+
+def test_gate_marks_stale_stages_and_leaves_their_figures_out(workdir, capsys):
+    write_metrics(workdir)
+    for path in ("data/augmented/samples.parquet", "models/model.pt"):
+        (workdir / path).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / path).write_bytes(path.encode())
+    write_lineage(workdir, "augment", outputs=["data/augmented/samples.parquet"])
+    write_lineage(workdir, "train", ["data/augmented/samples.parquet"], ["models/model.pt"])
+    write_lineage(workdir, "evaluate", ["data/augmented/samples.parquet", "models/model.pt"])
+    assert gate.main([]) == 0
+    assert "stale" not in capsys.readouterr().err
+    assert "| best_val_accuracy | 0.900 |" in (workdir / "reports/index.md").read_text()
+
+    # augment re-ran (as with `curate augment`) and wrote other data; train and evaluate did not.
+    (workdir / "data/augmented/samples.parquet").write_bytes(b"other rows")
+    write_lineage(workdir, "augment", outputs=["data/augmented/samples.parquet"])
+    set_params(workdir / "params.yaml", gates={"enforce": True})
+    assert gate.main([]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[:2] == [
+        "gate failed: train is stale: its input data/augmented/samples.parquet changed since it ran",
+        "gate failed: evaluate is stale: its input data/augmented/samples.parquet changed since it ran",
+    ]
+    assert "gate failed: evaluate.accuracy (gates.min_accuracy): observed stale, required ≥ 0.95" in lines
+    result = json.loads((workdir / "reports/metrics/gate.json").read_text())
+    assert result["passed"] is False
+    assert result["gates"]["min_accuracy"] == {"observed": "stale", "passed": False, "threshold": 0.95}
+    assert result["gates"]["max_frechet_distance"]["observed"] == 0.1  # augment is current
+    card = (workdir / "reports/index.md").read_text()
+    assert "## train: stale" in card and "## evaluate: stale" in card and "## augment: pass" in card
+    assert "| best_val_accuracy |" not in card and "| accuracy_gap |" not in card  # figures left out
+    assert "| evaluate.accuracy (gates.min_accuracy) | stale | ≥ 0.95 | **FAIL** |" in card
+    gate_md = (workdir / "reports/gate.md").read_text()
+    assert "- evaluate is stale: its input data/augmented/samples.parquet changed since it ran" in gate_md
+    assert 'class="bad">stale</span>' in (workdir / "reports/index.html").read_text()
+
+    (workdir / "reports/lineage/ingest.json").unlink()
+    gate.main([])
+    assert capsys.readouterr().err.startswith("gate failed: ingest is stale: no lineage record")
+
+
+def test_dvc_yaml_keeps_lineage_out_of_the_metrics_and_gate_depends_on_it():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    data_outs = set()
+    for stage in PIPELINE:
+        outs = {next(iter(out)) if isinstance(out, dict) else out: out for out in stages[stage]["outs"]}
+        lineage = f"reports/lineage/{stage}.json"
+        assert outs[lineage] == {lineage: {"cache": False}}, stage  # git carries it next to dvc.lock
+        assert lineage not in json.dumps(stages[stage].get("metrics", [])), stage  # no dvc exp show column
+        data_outs |= {path for path in outs if path.startswith(("data/", "models/")) and "." in path}
+    gate_deps = set(stages["gate"]["deps"])
+    assert {f"reports/lineage/{stage}.json" for stage in PIPELINE} <= gate_deps
+    assert data_outs <= gate_deps  # dvc repro re-runs gate when any file it hashes changes
+
+
+def test_load_checkpoint_records_its_file(tmp_path, monkeypatch):
+    # The checkpoint loader is a reader of the data contract too (evaluate reads models/model.pt).
+    from curate.checkpoint import load_checkpoint, save_checkpoint
+    from curate.model import build_model
+
+    monkeypatch.chdir(tmp_path)
+    meta = {"name": "cnn", "n_classes": 2, "channels": 1, "size": 8}
+    save_checkpoint("models/model.pt", build_model("cnn", 2, 1, 8), meta)
+    take_lineage()
+    load_checkpoint("models/model.pt")
+    assert take_lineage()["inputs"] == {"models/model.pt": sha256("models/model.pt")}
+
+
+def curate(root: Path, stage: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(["curate", stage], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, f"curate {stage}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def stale_in(root: Path) -> dict[str, str]:
+    """Stage -> reason, from the lines of an enforcing-off ``curate gate``."""
+    lines = curate(root, "gate").stderr.splitlines()
+    prefix = "gate failed: "
+    return dict(line.removeprefix(prefix).split(" is stale: ", 1) for line in lines if " is stale: " in line)
+
+
+@pytest.mark.slow
+def test_stages_run_by_hand_leave_stale_figures_marked(tmp_path):
+    root = template_copy(tmp_path / "template")
+    set_params(root / "params.yaml", **TINY)
+    for stage in (*PIPELINE, "gate"):
+        curate(root, stage)
+    assert stale_in(root) == {}
+
+    # An upstream change, re-run by hand as far as clean: everything downstream is stale.
+    set_params(root / "params.yaml", clean={"action": "keep"})
+    curate(root, "clean")
+    stale = stale_in(root)
+    assert set(stale) == {"rebalance", "augment", "train", "evaluate"}
+    assert stale["rebalance"] == "its input data/clean/samples.parquet changed since it ran"
+    assert stale["augment"] == "upstream stage rebalance is stale"
+
+    # ... then as far as augment: the model and its figures are the old ones.
+    for stage in ("rebalance", "augment"):
+        curate(root, stage)
+    stale = stale_in(root)
+    assert set(stale) == {"train", "evaluate"}
+    assert "data/augmented/samples.parquet changed since it ran" in stale["evaluate"]
+    result = json.loads((root / "reports/metrics/gate.json").read_text())
+    assert result["gates"]["min_accuracy"] == {"observed": "stale", "passed": False, "threshold": 0.95}
+    card = (root / "reports/index.md").read_text()
+    assert "## evaluate: stale" in card and "## train: stale" in card
+    assert "| accuracy |" not in card and "| best_val_accuracy |" not in card
+    set_params(root / "params.yaml", gates={"enforce": True})
+    enforced = subprocess.run(["curate", "gate"], cwd=root, capture_output=True, text=True)
+    assert enforced.returncode == 1 and "gate failed: train is stale: " in enforced.stderr
+    set_params(root / "params.yaml", gates={"enforce": False})
+
+    for stage in ("train", "evaluate"):
+        curate(root, stage)
+    assert stale_in(root) == {}
+    card = (root / "reports/index.md").read_text()
+    assert "stale" not in card and "| accuracy |" in card
