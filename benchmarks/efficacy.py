@@ -1,10 +1,14 @@
-"""Does curating help? Four pipelines on the default demo, same model and training params, 3 seeds.
+"""Does curating help? Five pipelines on the default demo, same model and training params, 3 seeds.
 
 * default: params.yaml as it is;
 * naive: no cleaning action, no rebalancing, no offline augmentation
   (clean.action keep, rebalance.strategy none, augment.copies 0);
 * oracle: the demo without injected label noise (ingest.demo.label_noise 0);
-* unbalanced: the default with rebalance.strategy none only.
+* unbalanced: the default with rebalance.strategy none only;
+* polarity_off: the default with image.normalize_polarity off (the models see light-paper
+  digits as stored instead of inverted): does the ``auto`` default earn its place? On seeds
+  0 1 2 (2 CPU cores): default accuracy 0.9718, worst group 0.9624; polarity_off 0.9527 and
+  0.8993 (the sklearn group, dark ink on light paper, loses 6 points): auto stays the default.
 
 Each runs the stage ``main()``s (ingest ... evaluate) in its own folder. Stages whose params
 prefix (the sections they and every stage before them read) matches an earlier run are
@@ -12,11 +16,13 @@ copied from a cache instead of re-run: default, naive and unbalanced share inges
 instance. ``--cache DIR`` keeps that cache between invocations, so changing a late stage's
 params re-runs only from there (entries are keyed on the code as well). Prints accuracy,
 worst_group_accuracy and each group's accuracy per seed and per pipeline (mean over seeds),
-and the four targets of issue 6 with pass/fail. A group's mean accuracy caps what the worst
-group can reach: on the demo the large group's accuracy under "unbalanced" is the ceiling
-for any rebalancing, since rebalancing does not make that group easier.
+and the four targets of issue 6 with pass/fail (when those four pipelines ran). A group's
+mean accuracy caps what the worst group can reach: on the demo the large group's accuracy
+under "unbalanced" is the ceiling for any rebalancing, since rebalancing does not make that
+group easier.
 
-Run: ``python benchmarks/efficacy.py [--seeds 0 1 2] [--cache /tmp/efficacy] [-S train.epochs=8 ...]``.
+Run: ``python benchmarks/efficacy.py [--seeds 0 1 2] [--pipelines default polarity_off]
+[--cache /tmp/efficacy] [-S train.epochs=8 ...]``.
 """
 
 from __future__ import annotations
@@ -44,10 +50,10 @@ from tests.conftest import set_params  # noqa: E402
 # (stage, params sections it reads, the folders it writes that later stages read)
 STAGES = (
     ("ingest", ("seed", "image", "ingest"), ("data/raw",)),
-    ("clean", ("seed", "clean"), ("data/clean",)),
+    ("clean", ("seed", "image", "clean"), ("data/clean",)),
     ("rebalance", ("seed", "rebalance"), ("data/balanced",)),
     ("augment", ("seed", "image", "augment"), ("data/augmented",)),
-    ("train", ("seed", "train"), ("models", "dvclive")),
+    ("train", ("seed", "image", "train"), ("models", "dvclive")),
     ("evaluate", ("evaluate",), ("reports/metrics",)),
 )
 
@@ -72,7 +78,9 @@ PIPELINES = {
     "naive": {"clean": {"action": "keep"}, "rebalance": {"strategy": "none"}, "augment": {"copies": 0}},
     "oracle": {"ingest": {"demo": {"label_noise": 0.0}}},
     "unbalanced": {"rebalance": {"strategy": "none"}},
+    "polarity_off": {"image": {"normalize_polarity": "off"}},
 }
+ISSUE_6 = ("default", "naive", "oracle", "unbalanced")  # the pipelines issue 6's targets compare
 
 
 def parse_override(text: str) -> dict:
@@ -222,7 +230,7 @@ def main() -> None:
     print(f"{'pipeline':<12}" + "".join(f"{key:>22}" for key in columns))
     for name, values in mean.items():
         print(f"{name:<12}" + "".join(f"{values[key]:>22.4f}" for key in columns))
-    if set(mean) == set(PIPELINES):
+    if set(ISSUE_6) <= set(mean):
         print()
         for check, observed, passed in targets(mean):
             print(f"{'pass' if passed else 'FAIL'}  {check}: {observed}")

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from curate import model as models
 from curate.dataset import AUGMENTED_DIR, RAW_DIR, gather_images, read_samples
-from curate.params import TrainParams, load_params
+from curate.params import Params, load_params
 from curate.stages.train import INPUT, fit_config, split_validation
 
 TARGET_RATIO = 0.95
@@ -47,12 +47,13 @@ def bare_loop(
     batch_size: int,
     augment: bool,
     seed: int,
+    polarity: str,
 ) -> float:
     """Images per second of the plainest loop over the same data; the first epoch is warm-up."""
     torch.manual_seed(seed)
     net = models.build_model(name, int(labels.max()) + 1, images.shape[3], images.shape[1])
     net.to(memory_format=torch.channels_last).train()
-    x_all = models.to_tensor(images, "cpu")
+    x_all = models.to_tensor(images, "cpu", polarity=polarity)
     y_all = torch.as_tensor(np.array(labels), dtype=torch.long)  # a copy: pandas hands out read-only views
     optimiser = torch.optim.AdamW(net.parameters(), lr=0.01, weight_decay=models.WEIGHT_DECAY)
     generator = torch.Generator().manual_seed(seed)
@@ -79,14 +80,13 @@ def stage_loop(
     weights: np.ndarray,
     validation: tuple[np.ndarray, np.ndarray, None],
     *,
-    settings: TrainParams,
+    params: Params,
     epochs: int,
-    seed: int,
 ) -> float:
     """Images per second of ``curate.model.fit`` as the stage calls it (best epoch after the first)."""
-    torch.manual_seed(seed)
-    net = models.build_model(settings.model, int(labels.max()) + 1, images.shape[3], images.shape[1])
-    config = replace(fit_config(settings, seed, torch.device("cpu")), epochs=epochs + 1)
+    torch.manual_seed(params.seed)
+    net = models.build_model(params.train.model, int(labels.max()) + 1, images.shape[3], images.shape[1])
+    config = replace(fit_config(params, torch.device("cpu")), epochs=epochs + 1)
     history = models.fit(
         net,
         images,
@@ -137,9 +137,7 @@ def main() -> None:
         f"{len(labels):,} training images {images.shape[1:]}, batch {settings.batch_size}, "
         f"model {settings.model}, online_augment {settings.online_augment}, {args.threads} threads"
     )
-    stage = stage_loop(
-        images, labels, weights, validation, settings=settings, epochs=args.epochs, seed=params.seed
-    )
+    stage = stage_loop(images, labels, weights, validation, params=params, epochs=args.epochs)
     bare = bare_loop(
         settings.model,
         images,
@@ -148,6 +146,7 @@ def main() -> None:
         batch_size=settings.batch_size,
         augment=settings.online_augment,
         seed=params.seed,
+        polarity=params.image.normalize_polarity,
     )
     ratio = stage / bare
     verdict = "pass" if ratio >= TARGET_RATIO else "FAIL"

@@ -127,6 +127,7 @@ def main() -> None:
         lr=0.01,
         seed=0,
         device=device,
+        polarity="auto",  # the template's default image.normalize_polarity
         patience=4,
         compile=args.compile,
     )
@@ -135,7 +136,7 @@ def main() -> None:
     hook.remove()
     if not args.cpu_smoke:
         assert_on_gpu(seen, x_train, device)
-    probs, _ = models.predict(net, x_test, batch_size=1024, device=device)
+    probs, _ = models.predict(net, x_test, batch_size=1024, device=device, polarity=config.polarity)
     print_figures(history, float((probs.argmax(1) == y_test).mean()), seen, device)
     print(f"wall time {time.perf_counter() - started:.1f} s (data, training, test; imports excluded)")
 

@@ -14,6 +14,7 @@ from curate.dataset import gather_images, read_images, read_samples, write_image
 from curate.errors import CurateError
 from curate.model import build_model
 from curate.params import load_params
+from curate.report.render import read_figures
 from curate.stages import augment
 from tests.conftest import set_params
 
@@ -100,22 +101,38 @@ def outputs_bytes(root):
         ),
         (
             [{"name": "RandomErasing"}, {"name": "RandomRotation", "args": {"degree": 5}}],
-            "augment.transforms[1].args: RandomRotation(**args) fails: ",
+            "augment.transforms[1].args: RandomRotation has no argument 'degree' (arguments: ",
         ),
         (
             [{"name": "RandomAffine", "args": {"degrees": 5, "translate": [2, 0]}}],
             "augment.transforms[0].args: RandomAffine(**args) fails: translation values should be between 0",
         ),
         ([{"name": "RandomAffine", "arg": {}}], "augment.transforms[0].arg: unknown key (did you mean "),
-        ([{"name": "Compose", "args": {}}], "augment.transforms[0].args: Compose(**args) fails"),
+        (
+            [{"name": "Compose", "args": {}}],
+            "augment.transforms[0].args: Compose needs argument 'transforms'",
+        ),
     ],
 )
 def test_params_validation_names_the_transform(workdir, transforms, message):
     set_params(workdir / "params.yaml", augment={"transforms": transforms})
     with pytest.raises(CurateError) as caught:
-        load_params("params.yaml")
+        load_params("params.yaml", build_transforms=True)  # values too, as the augment stage asks
     assert str(caught.value).startswith("params.yaml: " + message)
     assert "\n" not in str(caught.value)
+
+
+def test_a_bad_transform_value_stops_the_stage_with_one_line(workdir):
+    make_inputs(workdir)
+    set_params(
+        workdir / "params.yaml",
+        augment={"transforms": [{"name": "RandomCrop", "args": {"padding": [1, 2, 3]}}]},
+    )
+    with pytest.raises(
+        CurateError, match=r"^params.yaml: augment.transforms\[0\].args: RandomCrop\(\*\*args\) fails"
+    ):
+        augment.main([])
+    assert not (workdir / OUT).exists()
 
 
 def test_defaults_are_valid_and_match_params_yaml(workdir):
@@ -130,9 +147,48 @@ def test_transform_that_changes_the_image_fails_before_any_output(workdir):
     set_params(
         workdir / "params.yaml", augment={"transforms": [*AFFINE, {"name": "Resize", "args": {"size": 20}}]}
     )
-    with pytest.raises(CurateError, match=r"augment.transforms\[1\]: Resize must keep a uint8 1x28x28 image"):
+    with pytest.raises(
+        CurateError,
+        match=r"augment.transforms\[1\]: Resize must keep a uint8 1x28x28 image"
+        r".*\(leave size out: it is image.size\)$",
+    ):
         augment.main([])
     assert not (workdir / OUT).exists() and not (workdir / "reports").exists()
+
+
+# --- sizes follow image.size ---------------------------------------------------------------------
+
+# What the recipe column held when params.yaml still said size: 28 (reports/augment.md before the
+# size was left out): the recipe says what ran, so the text is the same.
+RECIPE_AT_28 = '[{"args":{"ratio":[0.85,1.15],"scale":[0.7,1.0],"size":28},"name":"RandomResizedCrop"}]'
+
+
+@pytest.mark.parametrize("size", [28, 32, 64])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_default_transforms_follow_image_size(workdir, size, channels):
+    make_inputs(workdir, channels=channels, size=size, big=12, small=4)
+    set_params(workdir / "params.yaml", image={"size": size, "channels": channels})
+    table, new_images = run(workdir, copies=1, target="all")  # the template's transforms
+    assert new_images.shape == (16, size, size, channels)
+    recipes = table["recipe"].dropna().unique()
+    assert list(recipes) == [RECIPE_AT_28.replace('"size":28', f'"size":{size}')]
+    markdown = (workdir / "reports/augment.md").read_text()
+    assert f"&#34;size&#34;: {size}" in markdown  # the steps table shows the arguments as applied
+    if size == 28:
+        assert recipes[0] == RECIPE_AT_28
+
+
+def test_a_transform_with_its_own_size_keeps_it(workdir):
+    make_inputs(workdir, size=32, big=6, small=2)
+    set_params(workdir / "params.yaml", image={"size": 32})
+    crop = {"name": "RandomCrop", "args": {"size": 32, "padding": 2}}
+    table, new_images = run(workdir, transforms=[crop, {"name": "CenterCrop"}], copies=1, target="all")
+    assert new_images.shape[1:] == (32, 32, 1)
+    (steps,) = table["recipe"].dropna().unique()
+    assert json.loads(steps) == [
+        {"args": {"padding": 2, "size": 32}, "name": "RandomCrop"},
+        {"args": {"size": 32}, "name": "CenterCrop"},
+    ]
 
 
 # --- targeting, table, weights ------------------------------------------------------------------
@@ -188,7 +244,7 @@ def test_groups_below_share_augments_only_thin_groups(workdir):
     )
     new = table[table["store"] == "augmented"]
     assert len(new_images) == 2 * 8 and set(new["group"]) == {"small"}
-    assert json.loads((workdir / "reports/metrics/augment.json").read_text())["n_augmented"] == 16
+    assert read_figures("augment", workdir / "reports")["n_augmented"] == 16
 
 
 def test_by_weight_spends_the_all_budget_in_proportion_to_weight(workdir):
@@ -210,7 +266,7 @@ def test_zero_copies_is_a_pass_through(workdir):
     assert new_images.shape == (0, 28, 28, 1)
     assert len(table) == len(samples) and (table["store"] == "raw").all()
     pd.testing.assert_frame_equal(table[samples.columns], samples)
-    metrics = json.loads((workdir / "reports/metrics/augment.json").read_text())
+    metrics = read_figures("augment", workdir / "reports")
     assert metrics["n_augmented"] == 0 and metrics["frechet_distance"] is None
     assert "pass-through" in (workdir / "reports/augment.md").read_text()
 
@@ -304,7 +360,7 @@ def test_frechet_distance_matches_the_textbook_formula():
 def test_report_shows_previews_drift_and_warns(workdir):
     make_inputs(workdir)
     run(workdir, transforms=AFFINE, copies=2, target="all", preview=4)
-    mild = json.loads((workdir / "reports/metrics/augment.json").read_text())
+    mild = read_figures("augment", workdir / "reports")
     html = (workdir / "reports/augment.html").read_text()
     assert set(mild) == {"n_augmented", "n_parents", "frechet_distance", "diversity_gain"}
     assert html.count("data:image/png;base64,") == 4 * 3
@@ -312,7 +368,7 @@ def test_report_shows_previews_drift_and_warns(workdir):
     strong = [{"name": "RandomAffine", "args": {"degrees": 90, "translate": [0.4, 0.4], "scale": [0.3, 0.6]}}]
     set_params(workdir / "params.yaml", gates={"max_frechet_distance": mild["frechet_distance"] * 1.5})
     run(workdir, transforms=strong, copies=2, target="all")
-    metrics = json.loads((workdir / "reports/metrics/augment.json").read_text())
+    metrics = read_figures("augment", workdir / "reports")
     assert metrics["frechet_distance"] > 1.5 * mild["frechet_distance"]
     text = (workdir / "reports/augment.md").read_text()
     # The gate judges the overall figure; each group is held to the same threshold.

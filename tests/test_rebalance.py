@@ -1,5 +1,3 @@
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +7,8 @@ from hypothesis import strategies as st
 from curate import balance, cli
 from curate.dataset import read_samples, write_samples
 from curate.errors import CurateError
-from curate.params import load_params
+from curate.params import RebalanceParams, load_params
+from curate.report.render import read_figures
 from curate.stages import rebalance
 from tests.conftest import set_params
 
@@ -47,15 +46,18 @@ def clean_table(train, test=(), dropped=(), **extra_columns) -> pd.DataFrame:
 
 
 def run(workdir, table, **params) -> pd.DataFrame:
-    """Write ``table`` as the clean output, run the stage with ``rebalance`` params, return its output."""
+    """Write ``table`` as the clean output, run the stage with ``rebalance`` params, return its output.
+
+    The hand-sized tables have groups of a few rows: ``min_group_size`` is 1 unless given.
+    """
     write_samples(workdir / "data/clean/samples.parquet", table)
-    set_params(workdir / "params.yaml", rebalance=params)
+    set_params(workdir / "params.yaml", rebalance={"min_group_size": 1, **params})
     assert rebalance.main([]) == 0
     return read_samples(workdir / BALANCED).set_index("sample_id")
 
 
 def metrics_of(workdir) -> dict:
-    return json.loads((workdir / "reports/metrics/rebalance.json").read_text())
+    return read_figures("rebalance", workdir / "reports")  # the DVC metrics and the details
 
 
 def outputs_bytes(root) -> dict:
@@ -164,6 +166,86 @@ def test_same_inputs_give_same_bytes_and_the_seed_matters(workdir, tmp_path_fact
     assert not (reseeded["copies"] == first["copies"]).all()
     by_cell = ["group", "label"]
     assert reseeded.groupby(by_cell)["copies"].sum().equals(first.groupby(by_cell)["copies"].sum())
+
+
+# --- groups too small to rebalance -------------------------------------------------
+
+# a: 30 train rows, b: 24, tiny: 1 (under the default min_group_size of 20).
+WITH_TINY = clean_table(
+    [("a", i % 3) for i in range(30)] + [("b", i % 3) for i in range(24)] + [("tiny", 0)], test=[("tiny", 1)]
+)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "extra"),
+    [
+        ("group", {}),
+        ("group_label", {}),
+        # tiny's share is set aside: a and b split the rest 0.5 / 0.25 rescaled, i.e. 2 : 1.
+        ("target", {"target_shares": {"a": 0.5, "b": 0.25, "tiny": 0.25}}),
+    ],
+)
+def test_a_tiny_group_keeps_weight_one_and_leaves_the_ratio(strategy, extra):
+    settings = RebalanceParams(strategy=strategy, min_effective_size=0, **extra)
+    assert settings.min_group_size == 20
+    result = rebalance.rebalance(WITH_TINY, settings, seed=0)
+    train = result.samples[result.samples["split"] == "train"]
+    weight = train["weight"].to_numpy()
+    tiny = (train["group"] == "tiny").to_numpy()
+    assert weight[tiny].tolist() == [1.0]
+    assert weight.mean() == pytest.approx(1.0) and weight[~tiny].mean() == pytest.approx(1.0)
+    totals = train.groupby("group")["weight"].sum()
+    expected = {"group": 27.0, "group_label": None, "target": 36.0}[strategy]  # a's total of the 54
+    if expected is None:  # Kamiran-Calders keeps the group totals
+        assert totals["a"] == pytest.approx(30.0) and totals["b"] == pytest.approx(24.0)
+    else:
+        assert totals["a"] == pytest.approx(expected) and totals["b"] == pytest.approx(54 - expected)
+    figures = rebalance.metrics(result)
+    # The gated ratio is over a and b only; over all groups the tiny group drags it to 1/36.
+    assert figures["group_share_ratio_after"] == pytest.approx(
+        min(totals["a"], totals["b"]) / max(totals["a"], totals["b"])
+    )
+    assert figures["group_share_ratio_before"] == pytest.approx(24 / 30)
+    headline = dict(rebalance.report_context(settings, result)["headline"])
+    assert headline["group share ratio after, all groups"] == pytest.approx(1 / max(totals["a"], totals["b"]))
+    assert result.warnings[0] == (
+        "1 group(s) too small to rebalance (fewer than rebalance.min_group_size = 20 train rows): "
+        "tiny (1 rows); they keep weight 1 and are left out of the group share ratio"
+    )
+    assert not any("max_weight" in line for line in result.warnings)  # nothing blown up to parity
+
+
+def test_a_tiny_group_under_resampling_is_used_once():
+    result = rebalance.rebalance(WITH_TINY, RebalanceParams(method="resample"), seed=0)
+    train = result.samples[result.samples["split"] == "train"]
+    assert train.loc[train["group"] == "tiny", "copies"].tolist() == [1]
+    assert train.groupby("group")["copies"].sum().to_dict() == {"a": 27, "b": 27, "tiny": 1}
+    assert rebalance.metrics(result)["group_share_ratio_after"] == 1.0
+
+
+def test_fewer_than_two_large_groups_rebalance_nothing_and_measure_all():
+    table = clean_table([("a", i % 3) for i in range(30)] + [("tiny", 0), ("tiny", 1)])
+    result = rebalance.rebalance(table, RebalanceParams(), seed=0)
+    assert (result.samples["weight"] == 1.0).all()
+    # One group's ratio to itself would be 1 whatever the data: the ratio is over all groups.
+    assert rebalance.metrics(result)["group_share_ratio_after"] == pytest.approx(2 / 30)
+    assert result.warnings[0].endswith(
+        "tiny (2 rows); fewer than two groups are large enough, so nothing is rebalanced "
+        "and the group share ratio is over all groups"
+    )
+
+
+def test_the_report_names_the_tiny_group(workdir):
+    run(workdir, WITH_TINY, min_group_size=20)
+    markdown = (workdir / "reports/rebalance.md").read_text()
+    assert "**Verdict: WARN**" in markdown and "tiny (1 rows); they keep weight 1" in markdown
+    assert "| tiny | 1 | too small: weight 1 |" in markdown
+    assert "group share ratio after, all groups" in markdown
+    assert (
+        "Too small to rebalance (fewer than <code>min_group_size</code> = 20"
+        in (workdir / "reports/rebalance.html").read_text()
+    )
+    assert metrics_of(workdir)["group_share_ratio_after"] == 1.0
 
 
 # --- guards -------------------------------------------------------------------------

@@ -1,5 +1,3 @@
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,6 +8,7 @@ from curate.checkpoint import load_checkpoint, load_initial_weights, save_checkp
 from curate.dataset import write_images, write_samples
 from curate.errors import CurateError
 from curate.params import TrainParams, load_params
+from curate.report.render import read_figures
 from curate.stages import train
 from tests.conftest import set_params
 
@@ -101,11 +100,26 @@ def spy_on_training_batches(monkeypatch) -> list[tuple[torch.Tensor, torch.Tenso
 @pytest.mark.parametrize("size", [16, 28, 32])
 def test_models_map_any_small_image_to_class_logits(name, channels, size):
     net = models.build_model(name, 7, channels, size).eval()
-    x = models.to_tensor(np.zeros((2, size, size, channels), dtype=np.uint8), "cpu")
+    x = models.to_tensor(np.zeros((2, size, size, channels), dtype=np.uint8), "cpu", polarity="auto")
     assert x.shape == (2, channels, size, size)
     with torch.no_grad():
         assert net(x).shape == (2, 7)
         assert net.embed(x).shape == (2, net.head.in_features)
+
+
+@pytest.mark.parametrize("size", [28, 56])
+def test_online_shift_is_a_fraction_of_the_side(monkeypatch, size):
+    """At most MAX_SHIFT pixels at 28 x 28, twice that at 56 x 56: the same move relative to the image."""
+    monkeypatch.setattr(models, "MAX_ROTATE", 0.0)
+    monkeypatch.setattr(models, "MAX_SCALE", 0.0)
+    x = torch.zeros(512, 1, size, size)
+    x[:, :, size // 2 - 2 : size // 2 + 2, size // 2 - 2 : size // 2 + 2] = 1.0
+    moved = models._augment(x, torch.Generator().manual_seed(0))
+    columns = torch.arange(size, dtype=torch.float32)
+    centre_x = (moved.sum(dim=2)[:, 0] * columns).sum(1) / moved.sum(dim=(1, 2, 3))
+    largest = (centre_x - (size - 1) / 2).abs().max().item()
+    limit = models.MAX_SHIFT * size / models.SHIFT_REFERENCE_SIZE
+    assert 0.9 * limit < largest <= limit + 1e-4
 
 
 def test_weighted_epoch_order_honours_weights():
@@ -127,9 +141,11 @@ def test_sampler_weighting_learns_a_class_only_weight_shows(monkeypatch):
     weights = np.where(labels == 1, 0.0, 1.0)
     torch.manual_seed(0)
     net = models.build_model("cnn", 3, 1, 16)
-    config = models.FitConfig(epochs=3, batch_size=16, lr=0.01, seed=0, device=CPU, weighting="sampler")
+    config = models.FitConfig(
+        epochs=3, batch_size=16, lr=0.01, seed=0, device=CPU, polarity="auto", weighting="sampler"
+    )
     models.fit(net, images, labels, config, sample_weights=weights)
-    probs, _ = models.predict(net, images, batch_size=64, device=CPU)
+    probs, _ = models.predict(net, images, batch_size=64, device=CPU, polarity="auto")
     assert 1 not in set(probs.argmax(1).tolist())
     assert {0, 2} <= set(probs.argmax(1).tolist())
     seen = torch.cat([y for y, _ in trained])
@@ -152,7 +168,9 @@ def test_fit_keeps_the_best_epoch_and_stops_after_patience(monkeypatch):
     seen = []
     torch.manual_seed(0)
     net = models.build_model("cnn", 3, 1, 16)
-    config = models.FitConfig(epochs=6, batch_size=16, lr=0.01, seed=0, device=CPU, patience=2)
+    config = models.FitConfig(
+        epochs=6, batch_size=16, lr=0.01, seed=0, device=CPU, polarity="auto", patience=2
+    )
     history = models.fit(net, images, labels, config, validation=(images, labels, None), on_epoch=seen.append)
     # Best at epoch 2; epochs 3 and 4 bring no lower loss: patience 2 stops after epoch 4.
     assert [s["epoch"] for s in history] == [1, 2, 3, 4] and seen == history
@@ -169,7 +187,7 @@ def test_fit_is_a_function_of_the_seed_on_cpu():
     for _ in range(2):
         torch.manual_seed(1)
         net = models.build_model("cnn", 3, 1, 16)
-        config = models.FitConfig(epochs=1, batch_size=16, lr=0.01, seed=1, device=CPU)
+        config = models.FitConfig(epochs=1, batch_size=16, lr=0.01, seed=1, device=CPU, polarity="auto")
         models.fit(net, images, labels, config, validation=(images, labels, np.ones(40)))
         states.append(net.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
@@ -203,9 +221,10 @@ def test_train_stage_writes_a_loadable_checkpoint_and_deterministic_outputs(work
     meta = payload["meta"]
     assert meta["class_names"] == ["c0", "c1", "c2"] and (meta["size"], meta["channels"]) == (16, 1)
     assert meta["params_digest"] == train.params_digest(TrainParams(**TINY))
+    assert meta["normalize_polarity"] == "auto"  # image.normalize_polarity, for evaluate to feed it the same
     model, _ = load_checkpoint(workdir / "models/model.pt")
-    assert model(models.to_tensor(np.zeros((1, 16, 16, 1), np.uint8), "cpu")).shape == (1, 3)
-    metrics = json.loads((workdir / "reports/metrics/train.json").read_text())
+    assert model(models.to_tensor(np.zeros((1, 16, 16, 1), np.uint8), "cpu", polarity="auto")).shape == (1, 3)
+    metrics = read_figures("train", workdir / "reports")
     assert metrics["epochs_run"] == 2 and 0 <= metrics["best_val_accuracy"] <= 1
     assert metrics["images_per_second"] > 0
     assert (workdir / "dvclive/train/plots/metrics/val/loss.tsv").read_text().splitlines()[0] == "step\tloss"
@@ -240,7 +259,7 @@ def test_train_stage_sampler_weighting_and_no_online_augmentation(workdir, monke
     monkeypatch.setattr(models, "_augment", lambda x, generator: pytest.fail("online_augment is off"))
     trained = spy_on_training_batches(monkeypatch)
     run_train(workdir, weighting="sampler", online_augment=False, epochs=1)
-    assert json.loads((workdir / "reports/metrics/train.json").read_text())["epochs_run"] == 1
+    assert read_figures("train", workdir / "reports")["epochs_run"] == 1
 
     fit_rows, _ = train.split_validation(samples, TINY["val_fraction"], load_params("params.yaml").seed)
     fit_weights = fit_rows["weight"].to_numpy()

@@ -173,6 +173,14 @@ class Representation:
         return self.share[:, None] * self.label_given_group
 
 
+def share_ratio(share: np.ndarray, among: np.ndarray) -> float:
+    """Smallest share / largest over the groups where ``among`` ``(G,)`` is True: the ratio
+    :func:`measure` gives, restricted to some groups. Over all groups when fewer than two are
+    chosen: the ratio of one group to itself is 1 whatever the data, which says nothing."""
+    chosen = share[among] if among.sum() >= 2 else share
+    return float(chosen.min() / chosen.max()) if chosen.max() > 0 else float("nan")
+
+
 def measure(groups: pd.Series, labels: np.ndarray, weights: np.ndarray, n_classes: int) -> Representation:
     """Measure representation with a fairlearn MetricFrame over the group names ``groups`` ``(n,)``.
 

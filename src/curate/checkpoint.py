@@ -1,10 +1,11 @@
 """Model checkpoints: ``{"state_dict", "meta"}`` in one ``.pt`` file, loaded without pickle.
 
 ``meta`` holds plain types only (``name``, ``n_classes``, ``channels``, ``size``,
-``class_names``, ...), enough to rebuild the network with
-:func:`curate.model.build_model`, so ``torch.load(weights_only=True)`` can read the
-file: loading never runs code from the file. :func:`load_initial_weights` reads any local
-state_dict (or such a file) the same way, to start a training run from it.
+``class_names``, ``normalize_polarity``, ...), enough to rebuild the network with
+:func:`curate.model.build_model` and to feed it images as it was trained, so
+``torch.load(weights_only=True)`` can read the file: loading never runs code from the
+file. :func:`load_initial_weights` reads any local state_dict (or such a file) the same way,
+to start a training run from it.
 """
 
 from __future__ import annotations
@@ -17,10 +18,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from curate.dataset import write_bytes
+from curate.dataset import record_input, write_bytes
 from curate.errors import CurateError
+from curate.polarity import MODES
 
 REQUIRED_META = ("name", "n_classes", "channels", "size")
+# The image.normalize_polarity the model was trained with; checkpoints written before the
+# param existed lack it and were trained as "auto" does.
+POLARITY_KEY = "normalize_polarity"
+LEGACY_POLARITY = "auto"
+
+
+def polarity_of(meta: Mapping[str, Any]) -> str:
+    """The ``image.normalize_polarity`` a checkpoint's model was trained with (absent: ``auto``)."""
+    return str(meta.get(POLARITY_KEY, LEGACY_POLARITY))
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: Mapping[str, Any]) -> None:
@@ -46,11 +57,14 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise CurateError(f"{path}: not found (run the upstream stage first: dvc repro)")
+    record_input(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         meta = dict(payload["meta"])
         model = build_model(meta["name"], meta["n_classes"], meta["channels"], meta["size"])
         model.load_state_dict(payload["state_dict"])
+        if polarity_of(meta) not in MODES:
+            raise ValueError(f"meta {POLARITY_KEY} is {meta[POLARITY_KEY]!r}, expected one of {MODES}")
     except Exception as exc:  # noqa: BLE001  (unpickling, missing keys, shape mismatch: all "not a checkpoint")
         reason = " ".join(str(exc).split())[:200]
         raise CurateError(f"{path}: not a curate checkpoint ({type(exc).__name__}: {reason})") from None
@@ -66,6 +80,7 @@ def load_initial_weights(net: nn.Module, path: Path, key: str = "init_weights") 
     """
     if not path.is_file():
         raise CurateError(f"{key}: {path}: file not found")
+    record_input(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (torch raises many kinds for a bad file)

@@ -57,12 +57,13 @@ def out_of_sample_predictions(
     lr: float,
     seed: int,
     device: torch.device,
+    polarity: str,
 ) -> FoldPredictions:
     """Train one CNN per fold on the other folds and predict the held-out fold.
 
     Folds are stratified by ``strata`` (group x label), so a small group is
     spread over every fold instead of landing in one, where its model would
-    never have seen it.
+    never have seen it. ``polarity``: ``image.normalize_polarity``, for training and prediction.
     """
     import torch  # only here: the rest of this module is used without torch
 
@@ -81,16 +82,18 @@ def out_of_sample_predictions(
         fold_seed = seed * 1000 + fold
         torch.manual_seed(fold_seed)  # weight init
         net = models.build_model(model_name, n_classes, channels, size)
-        config = models.FitConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=fold_seed, device=device)
+        config = models.FitConfig(
+            epochs=epochs, batch_size=batch_size, lr=lr, seed=fold_seed, device=device, polarity=polarity
+        )
         models.fit(
             net, images[fit_rows], labels[fit_rows], config, progress=f"clean: fold {fold + 1}/{folds}"
         )
-        probs, _ = models.predict(net, images[held_out], batch_size=1024, device=device)
+        probs, _ = models.predict(net, images[held_out], batch_size=1024, device=device, polarity=polarity)
         pred_probs[held_out] = probs
         fold_of[held_out] = fold
         if embedder is None:
             embedder = net
-    _, embeddings = models.predict(embedder, images, batch_size=1024, device=device)
+    _, embeddings = models.predict(embedder, images, batch_size=1024, device=device, polarity=polarity)
     return FoldPredictions(pred_probs, fold_of, embeddings, embedder)
 
 

@@ -23,11 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from curate.errors import CurateError
+from curate.polarity import above_half, check_mode
 
 # Augmentation ranges, drawn per image per step: small enough that a digit stays the digit
 # it was, large enough that the K-fold models stop memorising pixel positions (the noisy
 # labels are what they would memorise next).
-MAX_SHIFT = 2.0  # pixels
+MAX_SHIFT = 2.0  # pixels at SHIFT_REFERENCE_SIZE, in proportion at other sizes (4.6 at 64 x 64)
+SHIFT_REFERENCE_SIZE = 28  # the demo's side, where MAX_SHIFT was tuned
 MAX_ROTATE = 10.0  # degrees
 MAX_SCALE = 0.10  # +-10 %
 WEIGHT_DECAY = 5e-4
@@ -129,19 +131,29 @@ def build_model(name: str, n_classes: int, channels: int, size: int) -> nn.Modul
     raise ValueError(f"unknown model {name!r} (expected 'cnn' or 'resnet18')")
 
 
-def _to_unit(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 N x H x W x C -> float N x C x H x W in [0, 1], single-channel ink made light.
+def light_background_tensor(batch: torch.Tensor) -> torch.Tensor:
+    """:func:`curate.polarity.light_background` on a uint8 N x H x W x C tensor: bool (N,).
 
-    Grayscale collections mix ink polarities (the demo's sklearn group is dark ink on light
-    paper, MNIST the reverse). A CNN does not transfer between the two, so a small group in
-    the other polarity is learnt from its few own samples only: in the measurements its
-    flipped labels were mostly missed. Inverting any single-channel image whose border is
-    brighter than mid-grey puts every image in one polarity. Colour images are left as is.
+    The same rule in the same integer arithmetic, so the two agree on every image.
+    """
+    n, _, _, channels = batch.shape
+    if channels != 1 or n == 0:
+        return torch.zeros(n, dtype=torch.bool, device=batch.device)
+    plane = batch[..., 0]
+    border = torch.cat([plane[:, 0], plane[:, -1], plane[:, :, 0], plane[:, :, -1]], dim=1)
+    return above_half(border.sum(dim=1, dtype=torch.int64), border.shape[1])
+
+
+def _to_unit(batch: torch.Tensor, mode: str) -> torch.Tensor:
+    """uint8 N x H x W x C -> float N x C x H x W in [0, 1]; with ``mode`` ``auto``, the
+    single-channel images on light paper inverted (see :mod:`curate.polarity`).
+
+    In the measurements on the demo, the sklearn group's flipped labels were mostly missed
+    without the inversion: its few dark-on-light digits were learnt from their own samples only.
     """
     x = batch.permute(0, 3, 1, 2).float().div_(255.0)
-    if x.shape[1] == 1:
-        border = torch.cat([x[:, 0, 0], x[:, 0, -1], x[:, 0, :, 0], x[:, 0, :, -1]], dim=1)
-        light = border.mean(dim=1) > 0.5
+    if mode == "auto" and x.shape[1] == 1:
+        light = light_background_tensor(batch)
         x = torch.where(light.view(-1, 1, 1, 1), 1.0 - x, x)
     return x
 
@@ -150,9 +162,12 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
     return x.sub(0.5).div_(0.5).contiguous(memory_format=torch.channels_last)
 
 
-def to_tensor(images: np.ndarray, device: torch.device | str) -> torch.Tensor:
-    """uint8 N x H x W x C numpy -> the float N x C x H x W tensor the models expect."""
-    return _standardise(_to_unit(_from_numpy(images, device)))
+def to_tensor(images: np.ndarray, device: torch.device | str, *, polarity: str) -> torch.Tensor:
+    """uint8 N x H x W x C numpy -> the float N x C x H x W tensor the models expect.
+
+    ``polarity``: ``image.normalize_polarity`` (``auto`` or ``off``), as the model was trained.
+    """
+    return _standardise(_to_unit(_from_numpy(images, device), polarity))
 
 
 def _from_numpy(images: np.ndarray, device: torch.device | str) -> torch.Tensor:
@@ -171,7 +186,10 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     angle = draw[:, 0] * math.radians(MAX_ROTATE)
     scale = 1 + draw[:, 1] * MAX_SCALE
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    shift_x, shift_y = draw[:, 2] * MAX_SHIFT * 2 / w, draw[:, 3] * MAX_SHIFT * 2 / h
+    # The largest shift is the same fraction of the side at any size: MAX_SHIFT pixels at 28 x 28
+    # exactly (2.0 * 28 / 28), so the demo's draws are bit for bit the ones it was tuned with.
+    max_x, max_y = MAX_SHIFT * w / SHIFT_REFERENCE_SIZE, MAX_SHIFT * h / SHIFT_REFERENCE_SIZE
+    shift_x, shift_y = draw[:, 2] * max_x * 2 / w, draw[:, 3] * max_y * 2 / h
     theta = torch.stack([torch.stack([cos, -sin, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1)
     grid = F.affine_grid(theta, [n, x.shape[1], h, w], align_corners=False)
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
@@ -245,13 +263,14 @@ def _validate(
     *,
     batch_size: int,
     device: torch.device,
+    polarity: str,
 ) -> tuple[float, float]:
     """(loss, accuracy) on held-out data, weighted by ``weights`` when given, in eval mode."""
     net.eval()
     loss_sum = torch.zeros((), device=device)
     hits = torch.zeros((), device=device)
     for start in range(0, len(targets), batch_size):
-        x = _standardise(_to_unit(pixels[start : start + batch_size].to(device, non_blocking=True)))
+        x = _standardise(_to_unit(pixels[start : start + batch_size].to(device, non_blocking=True), polarity))
         y = targets[start : start + batch_size]
         w = torch.ones_like(y, dtype=torch.float32) if weights is None else weights[start : start + len(y)]
         _, losses, logits = _batch_loss(net, x, y, None, device.type == "cuda")
@@ -280,7 +299,9 @@ class FitConfig:
     ``weighting`` says how sample weights act: ``loss`` (weighted cross-entropy) or ``sampler``
     (draws proportional to weight). ``augment``: random shift/rotate/scale per image per step.
     ``patience``: with validation, stop once that many epochs bring no lower validation loss.
-    ``compile``: run the model through ``torch.compile``.
+    ``compile``: run the model through ``torch.compile``. ``polarity``: ``image.normalize_polarity``
+    (``auto`` inverts single-channel images on light paper, ``off`` keeps them as stored);
+    :func:`predict` must then be given the same.
     """
 
     epochs: int
@@ -288,6 +309,7 @@ class FitConfig:
     lr: float
     seed: int
     device: torch.device
+    polarity: str
     weighting: str = "loss"
     augment: bool = True
     patience: int | None = None
@@ -296,6 +318,7 @@ class FitConfig:
     def __post_init__(self) -> None:
         if self.weighting not in ("loss", "sampler"):
             raise ValueError(f"unknown weighting {self.weighting!r} (expected 'loss' or 'sampler')")
+        check_mode(self.polarity)
 
 
 def _placed(model: nn.Module, config: FitConfig) -> nn.Module:
@@ -336,7 +359,7 @@ def _train_set(
     # conversion; a GPU (or a set over 2 GB as floats) keeps the compact uint8 copy.
     converted = device.type == "cpu" and images.nbytes * 4 <= 2**31
     if converted:
-        pixels = _to_unit(pixels)
+        pixels = _to_unit(pixels, config.polarity)
     targets = _as_tensor(labels, torch.long, device)
     weights = None if sample_weights is None else _as_tensor(sample_weights, torch.float32, device)
     return _TrainSet(
@@ -394,6 +417,7 @@ class _Validation:
             self.weights,
             batch_size=max(self.config.batch_size, 512),
             device=self.config.device,
+            polarity=self.config.polarity,
         )
         stats["best"] = stats["val_loss"] < self.loss
         if stats["best"]:
@@ -424,7 +448,7 @@ def _epoch(
         x = (
             data.pixels[index]
             if data.converted
-            else _to_unit(data.pixels[index].to(device, non_blocking=True))
+            else _to_unit(data.pixels[index].to(device, non_blocking=True), config.polarity)
         )
         index = index.to(device)
         if config.augment:
@@ -496,14 +520,18 @@ def fit(
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, images: np.ndarray, *, batch_size: int, device: torch.device
+    model: nn.Module, images: np.ndarray, *, batch_size: int, device: torch.device, polarity: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities (N x K) and penultimate embeddings (N x D), float32, eval mode."""
+    """Softmax probabilities (N x K) and penultimate embeddings (N x D), float32, eval mode.
+
+    ``polarity``: what the model was trained with (``FitConfig.polarity``; a checkpoint's meta).
+    """
+    check_mode(polarity)
     model.to(device).eval()
     cuda = device.type == "cuda"
     probs, embeddings = [], []
     for start in range(0, len(images), batch_size):
-        x = to_tensor(images[start : start + batch_size], device)
+        x = to_tensor(images[start : start + batch_size], device, polarity=polarity)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             features = model.embed(x)
             logits = model.head(features)

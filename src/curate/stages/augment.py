@@ -58,14 +58,15 @@ PREVIEW_COPIES = 8  # copies shown beside each previewed original
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("augment", __doc__).parse_args(argv)
-    params = load_params(args.params)
+    # build_transforms: argument values are checked too, one line naming the step if one is bad.
+    params = load_params(args.params, build_transforms=True)
     pipeline = build_pipeline(params, args.params)
     samples = read_samples(INPUT)
     for column in ("weight", "copies"):
         if column not in samples.columns:
             raise CurateError(f"{INPUT}: missing column {column!r} (written by the rebalance stage)")
     # torch loads only past the cheap input checks (the checkpoint and the model need it).
-    from curate.checkpoint import load_checkpoint
+    from curate.checkpoint import load_checkpoint, polarity_of
     from curate.model import pick_device, predict
 
     embedder, meta = load_checkpoint(EMBEDDER)
@@ -73,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = pick_device(params.augment.device, key=f"{args.params}: augment.device")
 
     def embed(images: np.ndarray) -> np.ndarray:
-        return predict(embedder, images, batch_size=512, device=device)[1]
+        # Fed as the clean stage trained it (the checkpoint says), whatever params.yaml says now.
+        return predict(embedder, images, batch_size=512, device=device, polarity=polarity_of(meta))[1]
 
     parent_images = gather_images(training_rows(samples))
     result = augment_samples(samples, parent_images, params, pipeline, embed, device)
@@ -184,7 +186,7 @@ def augment_samples(
         parent_images=parent_images,
         n_copies=n_copies,
         new_images=new_images,
-        table=augmented_table(samples, parents, n_copies, source, copy_index, recipe(settings)),
+        table=augmented_table(samples, parents, n_copies, source, copy_index, recipe(params)),
         drift=distribution_check(
             features[: len(parents)], features[len(parents) :], parents, n_copies, source
         ),
@@ -202,15 +204,28 @@ def build_pipeline(params: Params, params_file: str | Path) -> list[v2.Transform
         transform = build_transform(spec.name, spec.args, params.image.size)
         problem = check_preserves_image(transform, shape)
         if problem:
-            raise CurateError(f"{params_file}: augment.transforms[{index}]: {spec.name} {problem}")
+            hint = " (leave size out: it is image.size)" if "size" in spec.args else ""
+            raise CurateError(f"{params_file}: augment.transforms[{index}]: {spec.name} {problem}{hint}")
         pipeline.append(transform)
     return pipeline
 
 
-def recipe(settings: AugmentParams) -> str:
-    """The transform pipeline as compact, key-sorted JSON: the same text for the same params."""
-    specs = [spec.model_dump() for spec in settings.transforms]
-    return json.dumps(specs, sort_keys=True, separators=(",", ":"))
+def applied_specs(params: Params) -> list[dict[str, Any]]:
+    """``augment.transforms`` as applied: each ``{"name", "args"}`` with the arguments filled
+    from ``image`` (a left-out ``size`` is ``image.size``), so a recipe says exactly what ran."""
+    from curate.augmentation import effective_args  # torch: only when run
+
+    size = params.image.size
+    return [
+        {"name": spec.name, "args": effective_args(spec.name, spec.args, size)}
+        for spec in params.augment.transforms
+    ]
+
+
+def recipe(params: Params) -> str:
+    """The transform pipeline as applied (:func:`applied_specs`), as compact, key-sorted JSON:
+    the same text for the same params and image size."""
+    return json.dumps(applied_specs(params), sort_keys=True, separators=(",", ":"))
 
 
 def copies_per_parent(parents: pd.DataFrame, settings: AugmentParams) -> np.ndarray:
@@ -346,7 +361,8 @@ def report_context(params: Params, result: Augmented, embedder: Mapping[str, Any
         "diversity_overall": [drift.diversity_before, drift.diversity_after, drift.gain],
         "charts": _charts(group_rows, class_rows),
         "preview": _preview(result, settings.preview),
-        "steps": _steps(settings, result.batched),
+        "steps": _steps(applied_specs(params), result.batched),
+        "image_size": params.image.size,
     }
 
 
@@ -406,15 +422,15 @@ def _charts(group_rows: list[list], class_rows: list[list]) -> list[str]:
     ]
 
 
-def _steps(settings: AugmentParams, batched: list[bool]) -> list[list]:
+def _steps(specs: list[dict[str, Any]], batched: list[bool]) -> list[list]:
     return [
         [
             i,
-            spec.name,
-            json.dumps(spec.args, sort_keys=True),
+            spec["name"],
+            json.dumps(spec["args"], sort_keys=True),
             "batched, per-sample parameters" if fast else "per sample (v2 call per image)",
         ]
-        for i, (spec, fast) in enumerate(zip(settings.transforms, batched, strict=True))
+        for i, (spec, fast) in enumerate(zip(specs, batched, strict=True))
     ]
 
 

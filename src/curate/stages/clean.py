@@ -62,12 +62,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     train = samples[samples["split"] == "train"]
     label_issues.check_class_sizes(train["label"].to_numpy(), names, settings.folds)
     # torch loads only once the inputs have passed their checks: a bad input fails fast.
-    from curate.checkpoint import save_checkpoint
+    from curate.checkpoint import POLARITY_KEY, save_checkpoint
     from curate.model import pick_device
 
     started = time.perf_counter()
     device = pick_device(settings.device, key=f"{args.params}: clean.device")
-    predictions = _predict(train, images, names, settings, params.seed, device)
+    polarity = params.image.normalize_polarity
+    predictions = _predict(train, images, names, settings, params.seed, device, polarity)
     checks = label_issues.duplicates_and_outliers(predictions.embeddings, train["label"].to_numpy())
     result = clean(samples, predictions.pred_probs, predictions.folds, checks, settings, names)
     seconds = time.perf_counter() - started
@@ -84,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "channels": int(images.shape[3]),
             "size": int(images.shape[1]),
             "class_names": names,
+            POLARITY_KEY: polarity,
         },
     )
     stage_metrics = metrics(result)
@@ -104,6 +106,7 @@ def _predict(
     settings: CleanParams,
     seed: int,
     device: torch.device,
+    polarity: str,
 ) -> label_issues.FoldPredictions:
     """Out-of-sample predictions for the train rows, folds stratified by group x label."""
     return label_issues.out_of_sample_predictions(
@@ -118,6 +121,7 @@ def _predict(
         lr=settings.lr,
         seed=seed,
         device=device,
+        polarity=polarity,
     )
 
 
@@ -319,11 +323,13 @@ def _outliers(train: pd.DataFrame, images: np.ndarray, names: list[str]) -> list
 
 
 def _thumb(images: np.ndarray, row: pd.Series, names: list[str], caption: str) -> dict:
+    """A thumbnail whose hover text names the file and the command that tells its whole story."""
     return {
         "uri": thumbnail(images[row["row"]]),
         "caption": caption,
         "title": f"{row['path']}: given {names[row['given_label']]}, predicted "
-        f"{names[row['predicted_label']]}, quality {row['label_quality']:.3f}",
+        f"{names[row['predicted_label']]}, quality {row['label_quality']:.3f}; "
+        f"what happened to it: curate trace {row['sample_id']}",
     }
 
 

@@ -55,14 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise CurateError(f"{INPUT}: no rows with split 'test' to evaluate on")
     names = class_names(samples)
     # torch loads only past the cheap input checks (the checkpoint and the model need it).
-    from curate.checkpoint import load_checkpoint
+    from curate.checkpoint import load_checkpoint, polarity_of
     from curate.model import pick_device, predict
 
     model, meta = load_checkpoint(MODEL)
     images = gather_images(test)
     check_model(meta, names, images)
     device = pick_device(settings.device, key=f"{args.params}: evaluate.device")
-    probs, _ = predict(model, images, batch_size=1024, device=device)
+    probs, _ = predict(model, images, batch_size=1024, device=device, polarity=polarity_of(meta))
     result = evaluate(test, probs, names, settings.calibration_bins)
 
     write_text(CONFUSION_PLOT, confusion_records(result.y_true, result.y_pred, names))

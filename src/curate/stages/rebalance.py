@@ -6,6 +6,14 @@ are represented among the train rows in play, then rebalances them: method
 method ``resample`` a ``copies`` count per row (0 for an under-sampled row,
 which stays in the table; the train stage expands rows by it). Rows dropped by
 clean are left out; test rows pass through untouched (weight 1, copies 1).
+
+A group with fewer than ``rebalance.min_group_size`` train rows is too small to rebalance:
+brought to parity, a handful of rows would carry a whole group's weight (one image at weight
+40), which is noise, not balance. Its rows keep weight 1 (copies 1), the strategy runs over
+the other groups as if it were absent, and the group share ratio (the gated metric) is
+measured over the groups large enough to rebalance (over all groups when fewer than two are:
+the ratio of one group to itself would be 1 whatever the data); the report names the small
+groups and also shows the ratio over all groups.
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ INPUT = CLEAN_DIR / "samples.parquet"
 GROUP_SEPARATOR = " / "
 MAX_NAMED_CELLS = 10
 GROUP_HEADERS = [
-    "group", "train rows", "share before", "share after", "mean weight", "ESS before", "ESS after",
+    "group", "train rows", "min_group_size", "share before", "share after", "mean weight",
+    "ESS before", "ESS after",
     "label dependence before", "label dependence after", "KL before", "KL after",
 ]  # fmt: skip
 CELL_HEADERS = [
@@ -45,6 +54,14 @@ HOW = {
     "so the label distribution of every group becomes the overall one and group totals stay as they are.",
     "target": "strategy target: w = n share_g / n_g with share_g from rebalance.target_shares.",
 }
+TOO_SMALL_HOW = (
+    " Groups with fewer than rebalance.min_group_size = {size} train rows are too small to rebalance: "
+    "their rows keep weight 1 (their total stays their row count) and the strategy runs over the other "
+    "groups as if they were absent (strategy target: the other groups' shares rescaled to sum to 1). "
+    "The rebalanced rows' weights have mean 1 among themselves, so all train rows have mean 1 too. "
+    "The group share ratio before and after (the gated metric) is over the groups large enough to "
+    "rebalance (over all groups when fewer than two are); the ratio over all groups is shown beside it."
+)
 RESAMPLE_HOW = (
     " Method resample: each group x label cell is drawn its total weight in rows (rounded, largest "
     "remainder): every row of the cell floor(m/n) times and a seeded random m mod n of them once more. "
@@ -52,7 +69,8 @@ RESAMPLE_HOW = (
 )
 DEFINITIONS = (
     "Share: the part of the total train weight in a group (or cell), weight x copies. "
-    "Group share ratio: smallest group share / largest. "
+    "Group share ratio: smallest group share / largest, over the groups with at least "
+    "rebalance.min_group_size train rows (over all groups when fewer than two have). "
     "Label dependence: the largest |P(y|g) - P(y)| over classes, per group; over groups too in the headline "
     "(fairlearn MetricFrame.difference to overall). KL: KL(P(y|g) || P(y)) in nats. "
     "ESS: Kish effective sample size (sum w)^2 / sum w^2 per group; "
@@ -70,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = write_report("rebalance", context, stage_metrics)
     print(
         f"rebalance: {result.n_train:,} train rows in {len(result.before.groups)} group(s), "
-        f"share ratio {result.before.share_ratio:.3f} -> {result.after.share_ratio:.3f}; "
+        f"share ratio {result.share_ratio_before:.3f} -> {result.share_ratio_after:.3f}; "
         f"reports/rebalance.html {sizes['html']:,} bytes"
     )
     return 0
@@ -87,11 +105,25 @@ class Rebalanced:
     n_dropped: int  # train rows the clean stage dropped
     n_clipped: int  # rows whose weight hit max_weight
     passed_through: bool  # one group only: nothing to rebalance
+    too_small: np.ndarray  # (G,) bool: under rebalance.min_group_size train rows, kept at weight 1
     warnings: list[str] = field(default_factory=list)
 
     @property
     def n_train(self) -> int:
         return int(self.train_sizes.sum())
+
+    @property
+    def share_ratio_before(self) -> float:
+        """The group share ratio over the groups large enough to rebalance (all when none is)."""
+        return balance.share_ratio(self.before.share, ~self.too_small)
+
+    @property
+    def share_ratio_after(self) -> float:
+        return balance.share_ratio(self.after.share, ~self.too_small)
+
+    @property
+    def too_small_names(self) -> list[str]:
+        return [group for group, small in zip(self.before.groups, self.too_small, strict=True) if small]
 
     @property
     def empty_cells(self) -> list[str]:
@@ -117,12 +149,9 @@ def rebalance(samples: pd.DataFrame, settings: RebalanceParams, seed: int) -> Re
     names = [str(name) for name in names]
     classes = class_names(samples)
     labels = train["label"].to_numpy()
-    raw = strategy_weights(settings, groups, labels, names, len(classes))
-    weights = balance.clip_weights(raw, settings.max_weight)
-    copies = np.ones(len(train), dtype=np.int64)
-    if settings.method == "resample":
-        copies = balance.resample_counts(groups, labels, weights, len(classes), seed)
-        weights = np.ones(len(train))
+    sizes = np.bincount(groups, minlength=len(names))
+    too_small = sizes < settings.min_group_size
+    weights, copies, n_clipped = group_weights(settings, groups, labels, names, len(classes), too_small, seed)
     out["weight"] = 1.0
     out["copies"] = np.int64(1)
     out.loc[train.index, "weight"] = weights
@@ -132,28 +161,58 @@ def rebalance(samples: pd.DataFrame, settings: RebalanceParams, seed: int) -> Re
         classes=classes,
         before=balance.measure(keys, labels, np.ones(len(train)), len(classes)),
         after=balance.measure(keys, labels, weights * copies, len(classes)),
-        train_sizes=np.bincount(groups, minlength=len(names)),
+        train_sizes=sizes,
         cell_sizes=balance.cell_counts(groups, labels, len(names), len(classes)),
         n_dropped=int((samples["split"] == "train").sum() - len(train)),
-        n_clipped=int((raw / raw.mean() > settings.max_weight).sum()),
+        n_clipped=n_clipped,
         passed_through=len(names) == 1,
+        too_small=too_small,
     )
     result.warnings = _warnings(settings, result)
     return result
 
 
-def strategy_weights(
-    settings: RebalanceParams, groups: np.ndarray, labels: np.ndarray, names: list[str], n_classes: int
-) -> np.ndarray:
-    """The unclipped weights ``(n,)`` of ``rebalance.strategy``; all 1 for strategy none or one group."""
+def group_weights(
+    settings: RebalanceParams,
+    groups: np.ndarray,
+    labels: np.ndarray,
+    names: list[str],
+    n_classes: int,
+    too_small: np.ndarray,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(weights, copies, n_clipped)`` for the train rows ``(n,)``, per strategy and method.
+
+    The groups flagged ``too_small`` ``(G,)`` keep weight 1 and copies 1; the strategy, the
+    cap and resampling act on the other rows only, as if those groups were absent, so the
+    rebalanced weights have mean 1 among themselves (and all weights have mean 1).
+    """
     shares = target_vector(settings, names)  # checked first, so a bad share fails even with one group
-    if settings.strategy == "none" or len(names) == 1:
-        return np.ones(len(groups))
-    if settings.strategy == "group":
-        return balance.equal_group_weights(groups, len(names))
-    if settings.strategy == "group_label":
-        return balance.kamiran_calders_weights(groups, labels, len(names), n_classes)
-    return balance.target_share_weights(groups, shares)
+    weights, copies = np.ones(len(groups)), np.ones(len(groups), dtype=np.int64)
+    kept = np.flatnonzero(~too_small)
+    rows = ~too_small[groups]
+    if settings.strategy == "none" or len(kept) < 2:
+        return weights, copies, 0
+    codes = np.searchsorted(kept, groups[rows])  # dense codes over the kept groups
+    raw = strategy_weights(settings.strategy, codes, labels[rows], len(kept), n_classes, shares[kept])
+    weights[rows] = balance.clip_weights(raw, settings.max_weight)
+    n_clipped = int((raw / raw.mean() > settings.max_weight).sum())
+    if settings.method == "resample":
+        copies[rows] = balance.resample_counts(codes, labels[rows], weights[rows], n_classes, seed)
+        weights[rows] = 1.0
+    return weights, copies, n_clipped
+
+
+def strategy_weights(
+    strategy: str, groups: np.ndarray, labels: np.ndarray, n_groups: int, n_classes: int, shares: np.ndarray
+) -> np.ndarray:
+    """The unclipped weights ``(n,)`` of ``strategy`` (not none) over ``n_groups`` group codes;
+    ``shares`` ``(G,)``, the target shares (rescaled here to sum to 1), for strategy target."""
+    if strategy == "group":
+        return balance.equal_group_weights(groups, n_groups)
+    if strategy == "group_label":
+        return balance.kamiran_calders_weights(groups, labels, n_groups, n_classes)
+    return balance.target_share_weights(groups, shares / shares.sum())
 
 
 def group_names(samples: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
@@ -186,6 +245,24 @@ def target_vector(settings: RebalanceParams, names: list[str]) -> np.ndarray:
     return np.array([shares[group] for group in names])
 
 
+def _too_small_warning(settings: RebalanceParams, result: Rebalanced) -> str:
+    """The verdict line naming the groups too small to rebalance, with their train rows."""
+    small = list(zip(result.too_small_names, result.train_sizes[result.too_small], strict=True))
+    named = ", ".join(f"{group} ({size} rows)" for group, size in small[:MAX_NAMED_CELLS])
+    more = f" and {len(small) - MAX_NAMED_CELLS} more" if len(small) > MAX_NAMED_CELLS else ""
+    if (~result.too_small).sum() < 2:
+        scope = (
+            "fewer than two groups are large enough, so nothing is rebalanced "
+            "and the group share ratio is over all groups"
+        )
+    else:
+        scope = "they keep weight 1 and are left out of the group share ratio"
+    return (
+        f"{len(small)} group(s) too small to rebalance (fewer than rebalance.min_group_size = "
+        f"{settings.min_group_size} train rows): {named}{more}; {scope}"
+    )
+
+
 def _warnings(settings: RebalanceParams, result: Rebalanced) -> list[str]:
     warnings = []
     if result.passed_through:
@@ -193,8 +270,14 @@ def _warnings(settings: RebalanceParams, result: Rebalanced) -> list[str]:
             f"one group only ({result.before.groups[0]}) in rebalance.group_columns "
             f"{', '.join(settings.group_columns)}: data passed through unchanged"
         )
-    for group, size in zip(result.after.groups, result.after.effective_size, strict=True):
-        if size < settings.min_effective_size:
+    elif result.too_small.any():
+        warnings.append(_too_small_warning(settings, result))
+    # A group too small to rebalance is named above; its small size says the rest.
+    for group, size, small in zip(
+        result.after.groups, result.after.effective_size, result.too_small, strict=True
+    ):
+        # Equal weights give n_g up to rounding (29.999...): no warning for a group exactly at the bound.
+        if size < settings.min_effective_size * (1 - 1e-9) and not small:
             warnings.append(
                 f"group {group}: effective sample size {size:.1f} is below "
                 f"rebalance.min_effective_size {settings.min_effective_size:g}"
@@ -218,8 +301,8 @@ def _warnings(settings: RebalanceParams, result: Rebalanced) -> list[str]:
 
 def metrics(result: Rebalanced) -> dict[str, float]:
     return {
-        "group_share_ratio_before": result.before.share_ratio,
-        "group_share_ratio_after": result.after.share_ratio,
+        "group_share_ratio_before": result.share_ratio_before,
+        "group_share_ratio_after": result.share_ratio_after,
         "label_dependence_before": result.before.dependence,
         "label_dependence_after": result.after.dependence,
         "min_effective_size": float(result.after.effective_size.min()),
@@ -231,8 +314,9 @@ def report_context(settings: RebalanceParams, result: Rebalanced) -> dict[str, o
     train = result.samples[result.samples.index.isin(training_rows(result.samples).index)]
     used = train["weight"].to_numpy() * train["copies"].to_numpy()
     headline = [
-        ("group share ratio before", before.share_ratio),
-        ("group share ratio after", after.share_ratio),
+        ("group share ratio before", result.share_ratio_before),
+        ("group share ratio after", result.share_ratio_after),
+        ("group share ratio after, all groups", after.share_ratio),
         ("label dependence before", before.dependence),
         ("label dependence after", after.dependence),
         ("min effective size", float(after.effective_size.min())),
@@ -242,7 +326,10 @@ def report_context(settings: RebalanceParams, result: Rebalanced) -> dict[str, o
     return {
         "settings": settings,
         "group_by": GROUP_SEPARATOR.join(settings.group_columns),
-        "how": HOW[settings.strategy] + (RESAMPLE_HOW if settings.method == "resample" else ""),
+        "how": HOW[settings.strategy]
+        + (RESAMPLE_HOW if settings.method == "resample" else "")
+        + TOO_SMALL_HOW.format(size=settings.min_group_size),
+        "too_small": ", ".join(result.too_small_names),
         "definitions": DEFINITIONS,
         "group_headers": GROUP_HEADERS,
         "cell_headers": CELL_HEADERS,
@@ -268,6 +355,7 @@ def _group_rows(result: Rebalanced) -> list[list]:
         [
             group,
             int(result.train_sizes[g]),
+            "too small: weight 1" if result.too_small[g] else "ok",
             before.share[g],
             after.share[g],
             after.share[g] * result.n_train / result.train_sizes[g],

@@ -192,16 +192,18 @@ def dvclive_epochs() -> Iterator[Callable[[dict], None]]:
         yield log_epoch
 
 
-def fit_config(settings: TrainParams, seed: int, device: torch.device) -> FitConfig:
-    """``train``'s params as :func:`curate.model.fit` takes them."""
+def fit_config(params: Params, device: torch.device) -> FitConfig:
+    """``train``'s params (and ``image.normalize_polarity``) as :func:`curate.model.fit` takes them."""
     from curate.model import FitConfig
 
+    settings = params.train
     return FitConfig(
         epochs=settings.epochs,
         batch_size=settings.batch_size,
         lr=settings.lr,
-        seed=seed,
+        seed=params.seed,
         device=device,
+        polarity=params.image.normalize_polarity,
         weighting=settings.weighting,
         augment=settings.online_augment,
         patience=settings.patience,
@@ -218,6 +220,7 @@ def train(
 ) -> Trained:
     """Trains ``net`` in place on ``split`` as ``params.train`` says, the rows weighted per
     ``train.weighting``; ``on_epoch`` receives each epoch's stats as they come."""
+    from curate.checkpoint import POLARITY_KEY
     from curate.model import fit
 
     settings = params.train
@@ -225,7 +228,7 @@ def train(
         net,
         split.images,
         split.fit_rows["label"].to_numpy(),
-        fit_config(settings, params.seed, device),
+        fit_config(params, device),
         sample_weights=split.fit_rows["weight"].to_numpy(dtype=np.float64),
         validation=(split.val_images, split.val_rows["label"].to_numpy(), None),
         on_epoch=on_epoch,
@@ -237,6 +240,7 @@ def train(
         "channels": int(split.images.shape[3]),
         "size": int(split.images.shape[1]),
         "class_names": split.classes,
+        POLARITY_KEY: params.image.normalize_polarity,
         "params_digest": params_digest(settings),
     }
     return Trained(net, meta, split, history, summarise(history, device.type))

@@ -1,0 +1,78 @@
+"""A bring-your-own-data folder that looks like what users bring: RGB photos of several sizes on
+coloured, textured backgrounds, two groups of very different size, a metadata.csv, and label
+noise between confusable classes (class-conditional, not uniform).
+
+The classes are drawn shapes, so a small CNN can learn them in seconds; the noise flips labels
+only between the pairs a person would confuse (horizontal vs vertical stripes, disc vs ring).
+The truth is returned, never written into the source folder (a user's folder has none).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLASSES = ("disc", "ring", "stripes_h", "stripes_v")
+CONFUSABLE = {"disc": "ring", "ring": "disc", "stripes_h": "stripes_v", "stripes_v": "stripes_h"}
+# Group -> (share of the images, background style): the small group photographs on another paper.
+GROUPS = {"studio": (0.8, "plain"), "field": (0.2, "grain")}
+
+
+def _background(rng: np.random.Generator, side: int, style: str) -> np.ndarray:
+    base = rng.uniform(40, 215, size=3)
+    noise = rng.normal(0, 6 if style == "plain" else 28, size=(side, side, 1))
+    if style == "grain":  # a diagonal weave: texture the small group alone has
+        yy, xx = np.mgrid[0:side, 0:side]
+        noise = noise + 20 * np.sin((xx + yy) / 2.5)[..., None]
+    return base + noise
+
+
+def draw(rng: np.random.Generator, label: str, side: int, style: str) -> np.ndarray:
+    """One uint8 ``side x side x 3`` picture of ``label`` in a random colour and place."""
+    image = _background(rng, side, style)
+    ink = rng.uniform(0, 255, size=3)
+    while np.abs(ink - image.mean(axis=(0, 1))).sum() < 180:  # keep the shape visible
+        ink = rng.uniform(0, 255, size=3)
+    yy, xx = np.mgrid[0:side, 0:side] / side
+    cy, cx = rng.uniform(0.35, 0.65, size=2)
+    radius = rng.uniform(0.18, 0.3)
+    distance = np.hypot(yy - cy, xx - cx)
+    period = rng.uniform(0.12, 0.2)
+    mask = {
+        "disc": distance < radius,
+        "ring": (distance < radius) & (distance > radius * 0.6),
+        "stripes_h": (yy % period) < period / 2,
+        "stripes_v": (xx % period) < period / 2,
+    }[label]
+    image[mask] = ink
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def make_folder(
+    root: Path, per_class: int, *, seed: int = 0, noise: float = 0.2, sizes: tuple[int, ...] = (40, 48, 64)
+) -> dict[str, dict[str, str]]:
+    """Write ``root/<class>/<n>.png`` (or .jpg) and ``root/metadata.csv``; return path -> truth.
+
+    ``noise``: the share of each noisy class's images filed under its confusable partner's
+    folder (only ``disc`` and ``stripes_h`` are noisy: asymmetric flips, none elsewhere).
+    """
+    rng = np.random.default_rng(seed)
+    truth: dict[str, dict[str, str]] = {}
+    lines = ["path,group"]
+    for label in CLASSES:
+        for index in range(per_class):
+            group = "studio" if rng.random() < GROUPS["studio"][0] else "field"
+            side = int(rng.choice(sizes))
+            picture = Image.fromarray(draw(rng, label, side, GROUPS[group][1]))
+            flipped = label in ("disc", "stripes_h") and rng.random() < noise
+            folder = CONFUSABLE[label] if flipped else label
+            suffix = ".jpg" if index % 5 == 0 else ".png"
+            path = f"{folder}/{label}_{index:04d}{suffix}"
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            picture.save(root / path, quality=92) if suffix == ".jpg" else picture.save(root / path)
+            truth[path] = {"true_label": label, "given_label": folder, "group": group}
+            lines.append(f"{path},{group}")
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+    return truth
