@@ -117,7 +117,9 @@ def outputs_bytes(root):
 def test_params_validation_names_the_transform(workdir, transforms, message):
     set_params(workdir / "params.yaml", augment={"transforms": transforms})
     with pytest.raises(CurateError) as caught:
-        load_params("params.yaml", build_transforms=True)  # values too, as the augment stage asks
+        augment.build_pipeline(
+            load_params("params.yaml"), "params.yaml"
+        )  # values: when the stage builds them
     assert str(caught.value).startswith("params.yaml: " + message)
     assert "\n" not in str(caught.value)
 

@@ -141,7 +141,7 @@ class TransformSpec(Section):
     @field_validator("args")
     @classmethod
     def _fits_signature(cls, args: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        """Argument names are checked here; values when the transform is built (:func:`load_params`)."""
+        """Argument names are checked here; values when the augment stage builds the transform."""
         if "name" in info.data:  # an unknown name is reported on its own
             problem = signature_problem(info.data["name"], args)
             if problem:
@@ -225,12 +225,12 @@ class Params(Section):
     gates: GatesParams = GatesParams()
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS_FILE, *, build_transforms: bool = False) -> Params:
+def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
     """Read and validate ``path``; raise :class:`CurateError` with one line on any fault.
 
-    ``build_transforms``: also construct ``augment.transforms`` with torchvision, which checks the
-    argument values. The stages that import torch anyway ask for it, so a bad value stops the
-    first of them (clean) before its training; the light stages skip torchvision's import.
+    ``augment.transforms`` are checked by name and argument names here; their argument values
+    by :func:`curate.augmentation.check_transforms` in the augment stage, the one that imports
+    torchvision (a bad value stops it before any output; the stages before it are cached).
     """
     path = Path(path)
     raw = _read_yaml(path)
@@ -245,22 +245,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE, *, build_transforms: boo
         message = describe_error(errors[0])
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise CurateError(f"{path}: {message}{more}") from None
-    if build_transforms:
-        _build_transforms(params, path)
     return params
-
-
-def _build_transforms(params: Params, path: Path) -> None:
-    from curate.augmentation import build_transform  # torchvision: only for the stages that use torch
-
-    for index, spec in enumerate(params.augment.transforms):
-        try:
-            build_transform(spec.name, spec.args, params.image.size)
-        except Exception as exc:  # noqa: BLE001  (torchvision raises TypeError, ValueError, ...)
-            detail = " ".join(str(exc).split())
-            raise CurateError(
-                f"{path}: augment.transforms[{index}].args: {spec.name}(**args) fails: {detail}"
-            ) from None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -58,8 +58,7 @@ PREVIEW_COPIES = 8  # copies shown beside each previewed original
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("augment", __doc__).parse_args(argv)
-    # build_transforms: argument values are checked too, one line naming the step if one is bad.
-    params = load_params(args.params, build_transforms=True)
+    params = load_params(args.params)
     pipeline = build_pipeline(params, args.params)
     samples = read_samples(INPUT)
     for column in ("weight", "copies"):
@@ -201,7 +200,13 @@ def build_pipeline(params: Params, params_file: str | Path) -> list[v2.Transform
     shape = (params.image.channels, params.image.size, params.image.size)
     pipeline = []
     for index, spec in enumerate(params.augment.transforms):
-        transform = build_transform(spec.name, spec.args, params.image.size)
+        try:  # params checked the names; the values only show when torchvision builds the step
+            transform = build_transform(spec.name, spec.args, params.image.size)
+        except Exception as exc:  # noqa: BLE001  (torchvision raises TypeError, ValueError, ...)
+            detail = " ".join(str(exc).split())
+            raise CurateError(
+                f"{params_file}: augment.transforms[{index}].args: {spec.name}(**args) fails: {detail}"
+            ) from None
         problem = check_preserves_image(transform, shape)
         if problem:
             hint = " (leave size out: it is image.size)" if "size" in spec.args else ""
