@@ -3,7 +3,16 @@
 import json
 import subprocess
 
+from curate.report.render import split_figures
 from tests.conftest import set_params, template_copy
+
+GIT = ["git", "-c", "user.name=curate tests", "-c", "user.email=tests@curate.invalid"]
+
+
+def compare(root) -> str:
+    result = subprocess.run(["curate", "compare"], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 def test_fresh_clone_compares_by_figures_and_says_so(tmp_path):
@@ -11,14 +20,46 @@ def test_fresh_clone_compares_by_figures_and_says_so(tmp_path):
     set_params(root / "params.yaml", clean={"epochs": 3})
     metrics_path = root / "reports" / "metrics" / "clean.json"
     metrics = json.loads(metrics_path.read_text())
-    metrics["flagged"] += 5
+    metrics["dropped"] += 5  # a headline figure, in the metrics file
     metrics_path.write_text(json.dumps(metrics))
-    result = subprocess.run(["curate", "compare"], cwd=root, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    output = compare(root)
+    lines = output.splitlines()
     assert lines[2].startswith("Compared by figures only")
     assert "data/balanced/samples.parquet of HEAD and workspace" in lines[2]
-    assert "## Data" not in result.stdout
-    assert "| clean.epochs | 8 | 3 |" in result.stdout
-    assert f"| clean.flagged | {metrics['flagged'] - 5} | {metrics['flagged']} | +5 |" in result.stdout
-    assert "| reports/clean.md | same |" in result.stdout
+    assert "## Data" not in output
+    assert "| clean.epochs | 8 | 3 |" in output
+    assert f"| clean.dropped | {metrics['dropped'] - 5} | {metrics['dropped']} | +5 |" in output
+    assert "| reports/clean.md | same |" in output
+
+
+def test_compare_reads_details_and_a_revision_from_before_the_split(tmp_path):
+    """HEAD has every figure in reports/metrics/ (the layout before details existed); the
+    workspace splits them as write_report does: details are compared, a moved figure is no change."""
+    root = template_copy(tmp_path / "clone")
+    reports = root / "reports"
+    old = {
+        "clean": {"flagged": 100, "dropped": 100, "flagged_rate": 0.1, "outliers": 7,
+                  "detect_recall_by_group": {"a": 0.5, "b": 0.25}},
+        "gate": {"passed": True, "gates": {"max_flagged_rate": {"passed": True}}},
+    }  # fmt: skip
+    for stage, figures in old.items():
+        (reports / "metrics" / f"{stage}.json").write_text(json.dumps(figures))
+        (reports / "details" / f"{stage}.json").unlink(missing_ok=True)
+    subprocess.run([*GIT, "add", "-A"], cwd=root, check=True)
+    subprocess.run([*GIT, "commit", "-q", "-m", "metrics only"], cwd=root, check=True)
+
+    new = {
+        "clean": old["clean"] | {"flagged": 105, "detect_recall_by_group": {"a": 0.5, "b": 0.75}},
+        "gate": {"passed": False, "gates": {"max_flagged_rate": {"passed": False}}},
+    }
+    (reports / "details").mkdir(exist_ok=True)
+    for stage, figures in new.items():
+        headline, details = split_figures(stage, figures)
+        (reports / "metrics" / f"{stage}.json").write_text(json.dumps(headline))
+        (reports / "details" / f"{stage}.json").write_text(json.dumps(details))
+    output = compare(root)
+    assert "| clean.flagged | 100 | 105 | +5 |" in output
+    assert "| clean.detect_recall_by_group.b | 0.2500 | 0.7500 | +0.5000 |" in output
+    assert "clean.outliers" not in output and "clean.dropped" not in output  # moved, not changed
+    assert "| max_flagged_rate | pass | FAIL |" in output
+    assert "| all gates | pass | FAIL |" in output

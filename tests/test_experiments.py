@@ -1,15 +1,21 @@
 """The template as a versioning tool, end to end on a tiny profile: cache precision,
-experiments, and `curate compare` between them (real dvc and git, in a temp repo)."""
+experiments, a `dvc exp show` that fits a terminal, and `curate compare` between them
+(real dvc and git, in a temp repo)."""
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import time
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from curate.stages.evaluate import HEADLINE
-from tests.conftest import set_params, template_copy
+from curate.report.render import HEADLINE
+from curate.stage import flatten
+from tests.conftest import REPO, set_params, template_copy
 
 pytestmark = pytest.mark.slow
 
@@ -24,12 +30,13 @@ COLUMNS = (
     "clean.detect_f1", "clean.dropped", "rebalance.group_share_ratio_after",
     "evaluate.accuracy", "evaluate.worst_group_accuracy", "evaluate.accuracy_gap",
 )  # fmt: skip
+MAX_METRIC_COLUMNS = 20
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1"}
 GIT = ["git", "-c", "user.name=curate tests", "-c", "user.email=tests@curate.invalid"]
 
 
-def run(*args, cwd):
-    result = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
+def run(*args, cwd, env=ENV):
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
@@ -55,11 +62,18 @@ def restore(root):
     assert "up to date" in run("dvc", "status", cwd=root)
 
 
+def metric_columns(files: dict) -> set[str]:
+    """The ``dvc exp show`` columns of one revision's metrics: ``{path: {"data": {...}}}`` flattened."""
+    return {f"{path}:{key}" for path, content in files.items() for key in flatten(content.get("data") or {})}
+
+
 def test_every_report_metric_and_plot_exists(tiny):
     for stage in STAGES:
         assert (tiny / "reports" / f"{stage}.html").is_file()
         assert (tiny / "reports" / f"{stage}.md").is_file()
-        assert json.loads((tiny / "reports" / "metrics" / f"{stage}.json").read_text())
+        headline = json.loads((tiny / "reports" / "metrics" / f"{stage}.json").read_text())
+        assert headline and set(headline) <= set(HEADLINE[stage]), stage
+        assert json.loads((tiny / "reports" / "details" / f"{stage}.json").read_text()), stage
     for path in ("reports/index.html", "reports/index.md", "models/model.pt", "reports/plots/confusion.json"):
         assert (tiny / path).is_file(), path
     for split in ("train", "val"):
@@ -67,10 +81,12 @@ def test_every_report_metric_and_plot_exists(tiny):
             assert (tiny / f"dvclive/train/plots/metrics/{split}/{name}.tsv").is_file()
     shown = json.loads(run("dvc", "metrics", "show", "--json", cwd=tiny))
     data = next(iter(shown.values()))["data"]
-    evaluated = data["reports/metrics/evaluate.json"]["data"]
-    for key in HEADLINE:
-        assert key in evaluated, key
-    assert data["reports/metrics/train.json"]["data"]["epochs_run"] == 1
+    assert set(data["reports/metrics/evaluate.json"]["data"]) == set(HEADLINE["evaluate"])
+    assert len(metric_columns(data)) <= MAX_METRIC_COLUMNS
+    details = {stage: json.loads((tiny / f"reports/details/{stage}.json").read_text()) for stage in STAGES}
+    assert details["train"]["epochs_run"] == 1 and "images_per_second" in details["train"]
+    evaluated = details["evaluate"]  # the per-class and per-group figures, out of dvc exp show
+    assert len(evaluated["per_class"]) == 10 and set(evaluated["by_group"]) == {"mnist", "sklearn"}
     run("dvc", "plots", "show", cwd=tiny)
     page = (tiny / "dvc_plots" / "index.html").read_text()
     assert "Confusion matrix" in page and "Loss by epoch" in page
@@ -96,18 +112,30 @@ def test_clean_param_reruns_clean_and_downstream_not_ingest(tiny):
         restore(tiny)
 
 
-def exp_metrics(show: list, name: str) -> dict:
-    """The flattened metrics of experiment ``name`` in ``dvc exp show --json`` output."""
-    for entry in show:
-        for exp in [entry, *(entry.get("experiments") or [])]:
-            for revision in exp.get("revs", [exp]):
-                if revision.get("name") == name:
-                    metrics = {}
-                    for path, content in (revision["data"].get("metrics") or {}).items():
-                        stage = os.path.basename(path).removesuffix(".json")
-                        metrics |= {f"{stage}.{k}": v for k, v in content["data"].items()}
-                    return metrics
+def exp_revisions(show: list) -> list[dict]:
+    """Every revision in ``dvc exp show --json`` output: baselines and their experiments."""
+    return [revision for entry in show for exp in [entry, *(entry.get("experiments") or [])]
+            for revision in exp.get("revs", [exp])]  # fmt: skip
+
+
+def exp_metrics(show: list, name: str) -> tuple[str, dict]:
+    """The commit and the flattened metrics of experiment ``name`` in ``dvc exp show --json`` output."""
+    for revision in exp_revisions(show):
+        if revision.get("name") == name:
+            metrics = {}
+            for path, content in (revision["data"].get("metrics") or {}).items():
+                stage = os.path.basename(path).removesuffix(".json")
+                metrics |= {f"{stage}.{k}": v for k, v in content["data"].items()}
+            return revision["rev"], metrics
     raise AssertionError(f"experiment {name} not in dvc exp show")
+
+
+def readme_exp_show_views() -> list[str]:
+    """The ``dvc exp show`` commands the README gives for a 120-column terminal."""
+    readme = (REPO / "README.md").read_text()
+    views = re.findall(r"^(dvc exp show --only-changed --drop '.+')$", readme, flags=re.MULTILINE)
+    assert len(views) == 2, views
+    return views
 
 
 def test_experiments_show_data_quality_next_to_model_metrics(tiny):
@@ -121,15 +149,56 @@ def test_experiments_show_data_quality_next_to_model_metrics(tiny):
         assert time.monotonic() < deadline, status
         time.sleep(3)
     show = json.loads(run("dvc", "exp", "show", "--json", cwd=tiny))
-    keep, unbalanced = exp_metrics(show, "keep"), exp_metrics(show, "unbalanced")
+    (_, keep), (unbalanced_rev, unbalanced) = exp_metrics(show, "keep"), exp_metrics(show, "unbalanced")
     for metrics in (keep, unbalanced):
         for column in COLUMNS:
             assert isinstance(metrics[column], int | float), column
     assert keep["clean.dropped"] == 0
     assert unbalanced["clean.dropped"] > 0  # queued from HEAD (action drop), not from the keep run
-    assert unbalanced["rebalance.group_share_ratio_after"] == unbalanced["rebalance.group_share_ratio_before"]
+    # Not a metric any more: the before figure is a detail, in git with the experiment's commit.
+    details = json.loads(run("git", "show", f"{unbalanced_rev}:reports/details/rebalance.json", cwd=tiny))
+    assert unbalanced["rebalance.group_share_ratio_after"] == details["group_share_ratio_before"]
+    columns = set().union(*(metric_columns(rev["data"].get("metrics") or {}) for rev in exp_revisions(show)))
+    assert len(columns) <= MAX_METRIC_COLUMNS, sorted(columns)
+
+    # The README's views fit a 120-column terminal: through the pager DVC draws the table at its
+    # full width (wider would scroll), without it rich squeezes it to COLUMNS (wider would show …).
+    for view in readme_exp_show_views():
+        for pager in ([], ["--no-pager"]):
+            table = run(*shlex.split(view), *pager, cwd=tiny, env={**ENV, "COLUMNS": "120"})
+            assert "keep" in table and "unbalanced" in table and "clean.action" in table, table
+            assert max(map(len, table.splitlines())) <= 120 and "…" not in table, table
 
     review = run("curate", "compare", "HEAD", "keep", cwd=tiny)
     assert "| clean.action | drop | keep |" in review
     added = int(review.split(" added,")[0].rsplit("\n", 1)[-1].replace(",", ""))
     assert added > 0  # the rows the default run dropped are back in play
+    assert "| augment.n_parents |" in review  # a detail, compared as the headline figures are
+
+
+def test_twenty_classes_keep_the_metrics_under_twenty_columns(tmp_path):
+    """A 20-class ImageFolder with two groups: per-class figures go to the details, not to dvc exp show."""
+    root = template_copy(tmp_path / "repo")
+    source, rng, rows = root / "data" / "source", np.random.default_rng(0), ["path,group"]
+    for k in range(20):
+        (source / f"class{k:02d}").mkdir(parents=True)
+        for i in range(8):  # 2 x 4 per class and group: 1 to test, 3 to train, 2 folds
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(
+                source / f"class{k:02d}/{i}.png"
+            )
+            rows.append(f"class{k:02d}/{i}.png,{'ab'[i % 2]}")
+    (source / "metadata.csv").write_text("\n".join(rows) + "\n")
+    # Every row kept and a quarter to validation: 1 of the 3 train rows of each class x group.
+    set_params(
+        root / "params.yaml",
+        ingest={"source": "data/source"},
+        clean={"folds": 2, "epochs": 1, "action": "keep"},
+        augment={"copies": 1},
+        train={"epochs": 1, "val_fraction": 0.25},
+    )
+    run("dvc", "repro", cwd=root)
+    shown = json.loads(run("dvc", "metrics", "show", "--json", cwd=root))
+    columns = metric_columns(next(iter(shown.values()))["data"])
+    assert len(columns) <= MAX_METRIC_COLUMNS, sorted(columns)
+    details = json.loads((root / "reports/details/evaluate.json").read_text())
+    assert len(details["per_class"]) == 20 and set(details["by_group"]) == {"a", "b"}

@@ -5,8 +5,10 @@ import pytest
 import yaml
 
 from curate.compare import diff_tables
-from curate.gates import GATES, failures, gate_checks
+from curate.errors import CurateError
+from curate.gates import GATES, Gate, failures, gate_checks
 from curate.params import GatesParams
+from curate.report.render import split_figures
 from curate.stages import gate
 from tests.conftest import REPO, set_params
 
@@ -17,7 +19,7 @@ METRICS = {
     "augment": {"frechet_distance": 0.1},
     "train": {"images_per_second": 1234.5, "best_val_accuracy": 0.9},
     "evaluate": {"accuracy": 0.97, "worst_group_accuracy": 0.85, "accuracy_gap": 0.02,
-                 "by_group": {"<b>x": {"accuracy": 0.85}}},
+                 "accuracy_ratio": 0.875, "by_group": {"<b>x": {"accuracy": 0.85}}},
 }  # fmt: skip
 
 
@@ -62,18 +64,34 @@ def test_each_stage_in_dvc_yaml_reads_exactly_its_gates():
         assert listed == {f"gates.{gate}" for gate, spec in GATES.items() if spec.stage == name}, name
 
 
+def test_dvc_yaml_keeps_details_out_of_the_metrics_and_gate_reads_them():
+    # Details are plain outs in git: no dvc exp show column, and a change re-runs the gate.
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        details = f"reports/details/{name}.json"
+        assert {details: {"cache": False}} in stage["outs"], name
+        assert [{f"reports/metrics/{name}.json": {"cache": False}}] == stage["metrics"], name
+    assert {f"reports/details/{name}.json" for name in stages if name != "gate"} <= set(
+        stages["gate"]["deps"]
+    )
+
+
 def test_gate_checks_carry_their_param_key():
     defaults = GatesParams()
     checks = gate_checks(defaults, None, METRICS)
     assert {check.key for check in checks} == {name for name in GATES if getattr(defaults, name) is not None}
 
 
-def write_metrics(root, metrics=METRICS):
-    """Each stage's metrics, with a lineage that names no file: every stage is current."""
-    for folder in ("metrics", "lineage"):
+def write_metrics(root, metrics=METRICS, split=True):
+    """Each stage's figures as ``write_report`` writes them (headline metrics + details; ``split=False``:
+    all in the metrics file, as before the split), with a lineage that names no file: all current."""
+    for folder in ("metrics", "details", "lineage"):
         (root / "reports" / folder).mkdir(parents=True, exist_ok=True)
     for stage, values in metrics.items():
-        (root / "reports" / "metrics" / f"{stage}.json").write_text(json.dumps(values))
+        headline, details = split_figures(stage, values) if split else (values, None)
+        (root / "reports" / "metrics" / f"{stage}.json").write_text(json.dumps(headline))
+        if details is not None:
+            (root / "reports" / "details" / f"{stage}.json").write_text(json.dumps(details))
         (root / "reports" / "lineage" / f"{stage}.json").write_text('{"inputs": {}, "outputs": {}}')
 
 
@@ -81,13 +99,19 @@ def test_gate_stage_writes_card_and_enforces(workdir, capsys):
     write_metrics(workdir)
     set_params(workdir / "params.yaml", clean={"action": "keep"})
     assert gate.main([]) == 0  # enforce is off by default: report, go on
-    result = json.loads((workdir / "reports/metrics/gate.json").read_text())
-    assert result["passed"] is False
+    # The verdict is the one DVC metric; each gate's threshold, observation and verdict are details.
+    assert json.loads((workdir / "reports/metrics/gate.json").read_text()) == {"passed": False}
+    result = json.loads((workdir / "reports/details/gate.json").read_text())
     assert result["gates"]["max_flagged_rate"] == {"observed": 0.3, "passed": False, "threshold": 0.2}
     card = (workdir / "reports/index.md").read_text()
     assert "| clean.action | drop | keep |" in card
     assert "images_per_second" not in card  # measured, not a property of the data
     assert "&lt;b&gt;x" in card and "<b>x" not in card
+    # Headline figures first, each row saying which file it is in: the details are still on the card.
+    assert "| accuracy | 0.970 | metrics |" in card
+    assert card.index("| accuracy_gap | 0.020 | metrics |") < card.index(
+        "| by_group.&lt;b&gt;x.accuracy | 0.850 | details |"
+    )
     html = (workdir / "reports/index.html").read_text()
     assert 'href="clean.html"' in html and "<script" not in html
 
@@ -102,11 +126,39 @@ def test_gate_stage_writes_card_and_enforces(workdir, capsys):
     ]
 
 
-def test_gate_stage_needs_every_metrics_file(workdir):
-    from curate.errors import CurateError
+def test_a_gate_may_judge_a_detail(workdir, monkeypatch):
+    # evaluate.accuracy_ratio is in reports/details/evaluate.json, not in its metrics.
+    monkeypatch.setitem(GATES, "min_accuracy", Gate("evaluate", "accuracy_ratio", "min"))
+    write_metrics(workdir)
+    assert "accuracy_ratio" not in (workdir / "reports/metrics/evaluate.json").read_text()
+    gate.main([])
+    result = json.loads((workdir / "reports/details/gate.json").read_text())
+    assert result["gates"]["min_accuracy"] == {"observed": 0.875, "passed": False, "threshold": 0.95}
 
+
+def test_gate_reads_outputs_from_before_the_split(workdir):
+    # Every figure in the metrics file and no details file: the same verdicts and the same card.
+    write_metrics(workdir)
+    gate.main([])
+    split = {p: (workdir / "reports" / p).read_text() for p in ("details/gate.json", "index.md")}
+    for path in (workdir / "reports" / "details").iterdir():
+        path.unlink()
+    write_metrics(workdir, split=False)
+    gate.main([])
+    assert {p: (workdir / "reports" / p).read_text() for p in split} == split
+
+
+def test_gate_stage_needs_every_metrics_file(workdir):
     write_metrics(workdir, {k: v for k, v in METRICS.items() if k != "train"})
     with pytest.raises(CurateError, match="reports/metrics/train.json: not found"):
+        gate.main([])
+
+
+def test_a_details_file_that_is_not_json_stops_with_one_line(workdir):
+    write_metrics(workdir)
+    (workdir / "reports/details/evaluate.json").write_text("{not json")
+    with pytest.raises(CurateError, match=r"^reports/details/evaluate.json: not readable as JSON \(.*\); "
+                                          r"re-run its stage \(dvc repro\)$"):  # fmt: skip
         gate.main([])
 
 

@@ -1,3 +1,4 @@
+import json
 import re
 
 import numpy as np
@@ -7,7 +8,16 @@ from PIL import Image
 from curate.errors import CurateError
 from curate.report import Check, Verdict, bar_chart, thumbnail, write_report
 from curate.report import render as render_module
-from curate.report.render import CSP, ENV, metrics_json
+from curate.report.render import (
+    CSP,
+    ENV,
+    HEADLINE,
+    merge_figures,
+    metrics_json,
+    read_figures,
+    split_figures,
+)
+from curate.stage import PIPELINE
 from curate.stages import ingest
 from tests.conftest import set_params
 
@@ -60,6 +70,29 @@ def test_markdown_structure_characters_are_neutralised():
 def test_metrics_json_sorted_rounded_plain():
     text = metrics_json({"b": np.float32(0.1234567891), "a": np.int64(3), "c": float("nan")})
     assert text == '{\n  "a": 3,\n  "b": 0.123457,\n  "c": null\n}\n'
+
+
+def test_headline_is_a_fixed_few_columns_per_stage():
+    # The columns of dvc exp show: at most 20 in all, whatever the number of classes or groups.
+    assert set(HEADLINE) == {*PIPELINE, "gate"}
+    assert sum(map(len, HEADLINE.values())) <= 20
+    assert "images_per_second" not in HEADLINE["train"]  # measured: it differs on every run
+
+
+def test_write_report_splits_headline_metrics_from_details(workdir):
+    figures = {"accuracy": np.float64(0.5), "n_test": 4, "ece": float("nan"),
+               "by_group": {"a": {"accuracy": 0.25}}, "confusion_matrix": [[1, 0], [0, 3]]}  # fmt: skip
+    write_report("ingest", _ingest_like_context(), {"n_train": 7, "n_classes": 2})
+    metrics = json.loads((workdir / "reports/metrics/ingest.json").read_text())
+    details = json.loads((workdir / "reports/details/ingest.json").read_text())
+    assert (metrics, details) == ({"n_train": 7}, {"n_classes": 2})
+    assert read_figures("ingest") == {"n_train": 7, "n_classes": 2}
+    headline, rest = split_figures("evaluate", figures)
+    assert headline == {"accuracy": 0.5, "ece": figures["ece"]}
+    assert set(rest) == {"n_test", "by_group", "confusion_matrix"}
+    assert merge_figures(headline, rest) == figures
+    assert merge_figures(figures, {}) == figures  # a revision from before the split: metrics only
+    assert (workdir / "reports/details/ingest.json").read_text() == metrics_json({"n_classes": 2})
 
 
 def test_write_report_refuses_oversized_html(tmp_path, monkeypatch):

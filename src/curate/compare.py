@@ -2,7 +2,8 @@
 
 ``dvc diff`` stops at file hashes; this reads both versions' sample tables and matches
 them on ``sample_id``: samples added, removed, relabelled and reweighted, per class and
-per group, next to the params changed, the metrics with deltas and the gate verdicts.
+per group, next to the params changed, the figures with deltas (headline metrics and
+details alike) and the gate verdicts.
 A revision is any git revision or experiment name (read through DVC, so data comes
 from the DVC cache); without one, ``HEAD`` is compared with the workspace. Markdown goes
 to stdout (a pull-request comment); ``--html FILE`` also writes an HTML page with
@@ -27,7 +28,7 @@ import yaml
 from curate.dataset import BALANCED_DIR, RAW_DIR, write_text
 from curate.errors import CurateError
 from curate.report import Verdict, thumbnail
-from curate.report.render import render, render_markdown
+from curate.report.render import DETAILS_DIR, METRICS_DIR, REPORTS_DIR, merge_figures, render, render_markdown
 from curate.stage import PIPELINE, flatten, guarded
 
 WORKSPACE = "workspace"
@@ -68,6 +69,13 @@ class Revision:
     def json(self, path: str) -> dict:
         data = self.read(path)
         return json.loads(data) if data else {}
+
+    def figures(self, stage: str) -> dict:
+        """The stage's metrics and details merged; a revision from before the split has only metrics."""
+        return merge_figures(
+            self.json(f"{REPORTS_DIR}/{METRICS_DIR}/{stage}.json"),
+            self.json(f"{REPORTS_DIR}/{DETAILS_DIR}/{stage}.json"),
+        )
 
     def params(self) -> dict:
         data = self.read("params.yaml")
@@ -133,8 +141,7 @@ def _effective_weight(table: pd.DataFrame) -> pd.Series:
 def metric_rows(a: Revision, b: Revision) -> list[list]:
     rows = []
     for stage in PIPELINE:  # gate verdicts have their own table
-        before = flatten(a.json(f"reports/metrics/{stage}.json"))
-        after = flatten(b.json(f"reports/metrics/{stage}.json"))
+        before, after = flatten(a.figures(stage)), flatten(b.figures(stage))
         for key in sorted(set(before) | set(after)):
             old, new = before.get(key), after.get(key)
             if isinstance(old, list) or isinstance(new, list):  # e.g. a confusion matrix: see the reports
@@ -164,7 +171,7 @@ def param_rows(a: Revision, b: Revision) -> list[list]:
 
 def gate_rows(a: Revision, b: Revision) -> list[list]:
     """Each gate's verdict in both versions (``n/a``: not configured there)."""
-    before, after = a.json("reports/metrics/gate.json"), b.json("reports/metrics/gate.json")
+    before, after = a.figures("gate"), b.figures("gate")
 
     def verdict(passed: Any) -> str:
         return "n/a" if passed is None else "pass" if passed else "FAIL"

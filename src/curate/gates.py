@@ -1,6 +1,7 @@
-"""Quality gates: thresholds on stage metrics, checked in each stage's verdict and by ``gate``.
+"""Quality gates: thresholds on stage figures, checked in each stage's verdict and by ``gate``.
 
-A gate is a ``gates.<name>`` param (null: not checked) on one metric of one stage.
+A gate is a ``gates.<name>`` param (null: not checked) on one figure of one stage: a
+headline metric or a detail (``gate`` reads both files: :func:`curate.report.render.read_figures`).
 The stage that produces the metric shows the gate in its report's verdict; the final
 ``gate`` stage checks them all and, with ``gates.enforce: true``, fails ``dvc repro``.
 

@@ -1,4 +1,11 @@
-"""Render stage reports: ``reports/<stage>.html``, ``reports/<stage>.md``, ``reports/metrics/<stage>.json``.
+"""Render stage reports: ``reports/<stage>.{html,md}`` and the stage's figures as JSON.
+
+A stage's figures go to two files, split by :data:`HEADLINE`: ``reports/metrics/<stage>.json``
+(the DVC metrics, the columns of ``dvc exp show`` and ``dvc metrics diff``: a fixed few per
+stage, whatever the number of classes or groups) and ``reports/details/<stage>.json``
+(everything else: per-class and per-group figures, counts, the measured throughput; a plain
+out in git). The gate, the data card and ``curate compare`` read both (:func:`read_figures`,
+:func:`merge_figures`).
 
 Reports are versioned next to the data they describe, so they must be:
 
@@ -44,6 +51,25 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 MAX_REPORT_BYTES = 2_000_000
 REPORTS_DIR = Path("reports")
 LINEAGE_DIR = "lineage"  # under the reports folder
+METRICS_DIR = "metrics"  # under the reports folder: the DVC metrics
+DETAILS_DIR = "details"  # under the reports folder: every other figure, not a DVC metric
+
+# Each stage's headline figures: what ``dvc exp show`` puts side by side (17 columns, or 14
+# without a true_label column for clean's detect_* scores). A fixed list, so the column count
+# does not grow with classes or groups; every other figure goes to reports/details/<stage>.json.
+# train.images_per_second is a detail: measured, it differs on every run, so as a metric it
+# would show every experiment as changed. ingest keeps n_train, the size of what every later
+# figure is computed on; the other counts (classes, groups, files skipped) are in its report.
+HEADLINE: dict[str, tuple[str, ...]] = {
+    "ingest": ("n_train",),
+    "clean": ("flagged_rate", "dropped", "detect_f1", "detect_precision", "detect_recall"),
+    "rebalance": ("group_share_ratio_after",),
+    "augment": ("frechet_distance",),
+    "train": ("best_val_accuracy",),
+    "evaluate": ("accuracy", "macro_f1", "worst_group_accuracy", "accuracy_gap", "ece",
+                 "dp_diff_ovr_max", "eo_diff_ovr_max"),
+    "gate": ("passed",),
+}  # fmt: skip
 
 # Characters that would change a Markdown digest's structure (table cells,
 # links, code spans, emphasis), written as numeric entities: they render as
@@ -139,11 +165,14 @@ def render_markdown(template: str, **context: Any) -> str:
 def write_report(
     stage: str,
     context: Mapping[str, Any],
-    metrics: Mapping[str, Any],
+    figures: Mapping[str, Any],
     reports_dir: str | Path = REPORTS_DIR,
     lineage: bool = True,
 ) -> dict[str, int]:
-    """Render ``<stage>.html`` and ``<stage>.md``, write them, the metrics and the lineage; return byte sizes.
+    """Render ``<stage>.html`` and ``<stage>.md``, write them, the figures and the lineage; return byte sizes.
+
+    ``figures`` is all the stage computed: its :data:`HEADLINE` keys go to the metrics file,
+    the rest to the details file (see :func:`split_figures`).
 
     The lineage goes last: a stage killed after writing data but before its lineage leaves the
     previous record, whose output digests no longer match, so its half-new figures read as
@@ -160,7 +189,9 @@ def write_report(
         )
     write_text(reports_dir / f"{stage}.html", html)
     write_text(reports_dir / f"{stage}.md", markdown)
-    write_text(reports_dir / "metrics" / f"{stage}.json", metrics_json(metrics))
+    headline, details = split_figures(stage, figures)
+    write_text(reports_dir / METRICS_DIR / f"{stage}.json", metrics_json(headline))
+    write_text(reports_dir / DETAILS_DIR / f"{stage}.json", metrics_json(details))
     files = take_lineage(exclude=reports_dir)
     if lineage:
         write_text(
@@ -169,8 +200,57 @@ def write_report(
     return {"html": len(html.encode()), "md": len(markdown.encode())}
 
 
+def split_figures(stage: str, figures: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(headline, details)``: the stage's :data:`HEADLINE` keys it has, and everything else.
+
+    A headline key the stage did not compute (clean's detect_* without a true_label) is simply
+    absent, as it was before the split. A stage missing from :data:`HEADLINE` is a bug, not a
+    reason to put all its figures in ``dvc exp show``.
+    """
+    keys = HEADLINE[stage]
+    return (
+        {key: value for key, value in figures.items() if key in keys},
+        {key: value for key, value in figures.items() if key not in keys},
+    )
+
+
+def merge_figures(metrics: Mapping[str, Any], details: Mapping[str, Any]) -> dict[str, Any]:
+    """A stage's figures from its two files, as the stage computed them.
+
+    An older revision, from before the split, has every figure in its metrics file and no
+    details file (``{}``): the merge reads both layouts alike.
+    """
+    return {**details, **metrics}
+
+
+def read_figures(stage: str, reports_dir: str | Path = REPORTS_DIR) -> dict[str, Any]:
+    """All of ``stage``'s figures, as it computed them: its metrics file merged with its details.
+
+    A missing or unreadable metrics file stops with one line; a missing details file reads as
+    none (outputs from before the split), so a gate on a figure in neither is "not measured".
+    """
+    reports_dir = Path(reports_dir)
+    metrics_path = reports_dir / METRICS_DIR / f"{stage}.json"
+    if not metrics_path.exists():
+        raise CurateError(f"{metrics_path}: not found (run the upstream stage first: dvc repro)")
+    details_path = reports_dir / DETAILS_DIR / f"{stage}.json"
+    details = _read_figure_file(details_path) if details_path.exists() else {}
+    return merge_figures(_read_figure_file(metrics_path), details)
+
+
+def _read_figure_file(path: Path) -> dict[str, Any]:
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CurateError(f"{path}: not readable as JSON ({exc}); re-run its stage (dvc repro)") from None
+    if not isinstance(values, dict):
+        raise CurateError(f"{path}: not a JSON object of figures; re-run its stage (dvc repro)")
+    return values
+
+
 def metrics_json(metrics: Mapping[str, Any]) -> str:
-    """DVC metrics: sorted keys, plain types, floats rounded so noise-free diffs stay quiet."""
+    """Figures as JSON (metrics and details alike): sorted keys, plain types, floats rounded so
+    noise-free diffs stay quiet."""
     return json.dumps(_plain(metrics), indent=2, sort_keys=True) + "\n"
 
 

@@ -1,11 +1,12 @@
-"""gate: check the quality gates on every stage's metrics; write the data card.
+"""gate: check the quality gates on every stage's figures; write the data card.
 
-Reads ``reports/metrics/<stage>.json`` of every stage and ``params.yaml``; writes
-``reports/gate.{html,md}``, ``reports/metrics/gate.json`` (``passed`` and, per
-gate, threshold, observed value and verdict) and ``reports/index.{html,md}``: the
-data card of this version of the data set (the DAG, each stage's numbers and
-gates, links to every report, the params that differ from the template's
-defaults). With ``gates.enforce: true`` a failed gate fails ``dvc repro``, one
+Reads every stage's figures (``reports/metrics/<stage>.json``, the headline, and
+``reports/details/<stage>.json``, the rest: a gate may judge either) and ``params.yaml``;
+writes ``reports/gate.{html,md}``, ``reports/metrics/gate.json`` (``passed``),
+``reports/details/gate.json`` (per gate: threshold, observed value and verdict) and
+``reports/index.{html,md}``: the data card of this version of the data set (the DAG,
+each stage's numbers and gates, links to every report, the params that differ from the
+template's defaults). With ``gates.enforce: true`` a failed gate fails ``dvc repro``, one
 line per failed gate.
 
 Before any threshold, it checks that each stage's figures are those of the current
@@ -27,11 +28,19 @@ from typing import Any
 import yaml
 
 from curate.dataset import file_digest, write_text
-from curate.errors import CurateError
 from curate.gates import GATES, failures, gate_checks, stale_stages
 from curate.params import Params, load_params
 from curate.report import Check, Verdict, write_report
-from curate.report.render import LINEAGE_DIR, REPORTS_DIR, render, render_markdown
+from curate.report.render import (
+    DETAILS_DIR,
+    HEADLINE,
+    LINEAGE_DIR,
+    METRICS_DIR,
+    REPORTS_DIR,
+    read_figures,
+    render,
+    render_markdown,
+)
 from curate.stage import PIPELINE, flatten, guarded, stage_parser
 
 # Measured on the machine, so different on every run: left out of the data card,
@@ -43,21 +52,21 @@ DVC_FILE = Path("dvc.yaml")
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("gate", __doc__).parse_args(argv)
     params = load_params(args.params)
-    metrics = {stage: read_metrics(stage) for stage in PIPELINE}
+    figures = {stage: read_figures(stage) for stage in PIPELINE}
     # Each file once, though several stages name it (data/raw/images.npy: five of them).
     stale = stale_stages({stage: read_lineage(stage) for stage in PIPELINE}, functools.cache(file_digest))
-    checks = gate_checks(params.gates, None, metrics, stale)
+    checks = gate_checks(params.gates, None, figures, stale)
     verdict = Verdict(checks=[*map(stale_check, stale), *checks])
     verdict.warnings += [f"{stage} is stale: {reason}" for stage, reason in stale.items()]
     if not checks:
         verdict.warnings.append("no gate is configured (every gates.* param is null)")
-    gate_metrics = {
+    gate_figures = {
         "passed": all(check.passed for check in verdict.checks),
-        "gates": gate_results(checks, params, metrics, stale),
+        "gates": gate_results(checks, params, figures, stale),
     }
     context = {"verdict": verdict, "enforce": params.gates.enforce, "gates": checks, "stale": stale}
-    write_report("gate", context, gate_metrics, lineage=False)
-    write_index(params, metrics, verdict, stale)
+    write_report("gate", context, gate_figures, lineage=False)
+    write_index(params, figures, verdict, stale)
     failed = [f"gate failed: {stage} is stale: {why}" for stage, why in stale.items()] + failures(checks)
     for line in failed:
         print(line, file=sys.stderr)
@@ -69,13 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def gate_results(
-    checks: Sequence[Check], params: Params, metrics: Mapping[str, Mapping], stale: Mapping[str, str]
+    checks: Sequence[Check], params: Params, figures: Mapping[str, Mapping], stale: Mapping[str, str]
 ) -> dict[str, dict[str, Any]]:
     """Each gate in ``gate.json``: threshold, observed figure (``stale``: none to trust), verdict."""
     results = {}
     for check in checks:
         gate = GATES[check.key]
-        observed = "stale" if gate.stage in stale else metrics[gate.stage].get(gate.metric)
+        observed = "stale" if gate.stage in stale else figures[gate.stage].get(gate.metric)
         results[check.key] = {"threshold": getattr(params.gates, check.key), "observed": observed,
                               "passed": check.passed}  # fmt: skip
     return results
@@ -86,13 +95,6 @@ def stale_check(stage: str) -> Check:
     return Check(
         name=f"{stage} figures are of the current data", observed="stale", threshold="current", passed=False
     )
-
-
-def read_metrics(stage: str) -> dict[str, Any]:
-    path = REPORTS_DIR / "metrics" / f"{stage}.json"
-    if not path.exists():
-        raise CurateError(f"{path}: not found (run the upstream stage first: dvc repro)")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def read_lineage(stage: str) -> dict[str, dict[str, str]] | None:
@@ -110,21 +112,19 @@ def read_lineage(stage: str) -> dict[str, dict[str, str]] | None:
 
 
 def write_index(
-    params: Params, metrics: Mapping[str, Mapping], verdict: Verdict, stale: Mapping[str, str]
+    params: Params, figures: Mapping[str, Mapping], verdict: Verdict, stale: Mapping[str, str]
 ) -> None:
     """The data card, ``reports/index.{html,md}``: a stale stage's figures are left out."""
     stages = []
     for stage in PIPELINE:
-        checks = gate_checks(params.gates, stage, metrics, stale)
+        checks = gate_checks(params.gates, stage, figures, stale)
         status = "stale" if stage in stale else "fail" if any(not c.passed for c in checks) else "pass"
         stages.append({
             "name": stage,
             "status": status,
             "stale": stale.get(stage, ""),
             "checks": checks,
-            "numbers": [] if stage in stale else
-                       [(key, value) for key, value in flatten(metrics[stage]).items()
-                        if (stage, key) not in MEASURED and not isinstance(value, list)],
+            "numbers": [] if stage in stale else card_numbers(stage, figures[stage]),
         })  # fmt: skip
     context = {
         "verdict": verdict,
@@ -134,6 +134,17 @@ def write_index(
     }
     write_text(REPORTS_DIR / "index.html", render("index.html", stage="index", **context))
     write_text(REPORTS_DIR / "index.md", render_markdown("index.md", stage="index", **context))
+
+
+def card_numbers(stage: str, figures: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+    """The data card's rows ``(figure, value, file)``: the headline metrics first, then the details.
+
+    Lists (a confusion matrix) are for the stage report; measured figures are left out.
+    """
+    rows = [(key, value, METRICS_DIR if key in HEADLINE[stage] else DETAILS_DIR)
+            for key, value in flatten(figures).items()
+            if (stage, key) not in MEASURED and not isinstance(value, list)]  # fmt: skip
+    return sorted(rows, key=lambda row: row[2] != METRICS_DIR)  # stable: each file's own order
 
 
 def dag_rows() -> list[list[str]]:
