@@ -45,6 +45,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the tests' params helper: one merge rule for tests and benchmarks
+from curate.report.render import read_figures  # noqa: E402
 from tests.conftest import set_params  # noqa: E402
 
 # (stage, params sections it reads, the folders it writes that later stages read)
@@ -54,7 +55,7 @@ STAGES = (
     ("rebalance", ("seed", "rebalance"), ("data/balanced",)),
     ("augment", ("seed", "image", "augment"), ("data/augmented",)),
     ("train", ("seed", "image", "train"), ("models", "dvclive")),
-    ("evaluate", ("evaluate",), ("reports/metrics",)),
+    ("evaluate", ("evaluate",), ("reports/metrics", "reports/details")),
 )
 
 
@@ -121,7 +122,7 @@ def run_pipeline(folder: Path, cache: Path, overrides: list[dict], quiet: bool) 
                 if (stored / output).exists():
                     shutil.rmtree(folder / output, ignore_errors=True)
                     shutil.copytree(stored / output, folder / output)
-    return json.loads((folder / "reports/metrics/evaluate.json").read_text())
+    return read_figures("evaluate", folder / "reports")
 
 
 def _run_stage(stage: str, folder: Path, quiet: bool) -> None:

@@ -6,7 +6,7 @@ split, expanded by ``copies``) with the same batch size and, when ``train.online
 is on, the same per-batch augmentation call. The bare loop has nothing else: images
 converted to float once up front, a shuffled index, forward, loss, backward, AdamW; no
 weights, LR schedule, validation, early stopping, logging or progress bar. The stage's figure
-is what it reports in ``reports/metrics/train.json``: images per second over the training
+is what it reports in ``reports/details/train.json``: images per second over the training
 passes. Then the whole stage (``curate train``, imports and report included) runs in a temp
 copy of the data, timed against the 60 s target.
 

@@ -25,6 +25,7 @@ OUTPUTS = [
     "reports/augment.html",
     "reports/augment.md",
     "reports/metrics/augment.json",
+    "reports/details/augment.json",
 ]
 AFFINE = [{"name": "RandomAffine", "args": {"degrees": 15, "translate": [0.1, 0.1]}}]
 

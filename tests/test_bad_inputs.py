@@ -18,6 +18,7 @@ from PIL import Image
 
 from curate import cli
 from curate.dataset import read_images, read_samples
+from curate.report.render import read_figures
 from tests.conftest import set_params
 
 SIZE = 12  # the source images' own size: no resizing, so pixel values can be checked exactly
@@ -27,6 +28,7 @@ OUTPUTS = (
     "reports/ingest.html",
     "reports/ingest.md",
     "reports/metrics/ingest.json",
+    "reports/details/ingest.json",
 )
 
 
@@ -73,7 +75,7 @@ def ingest(capsys, *argv: str) -> tuple[int, list[str]]:
 
 
 def metrics(root: Path) -> dict:
-    return json.loads((root / "reports/metrics/ingest.json").read_text())
+    return read_figures("ingest", root / "reports")
 
 
 def markdown(root: Path) -> str:

@@ -11,6 +11,7 @@ from curate.dataset import read_samples
 from curate.errors import CurateError
 from curate.params import CleanParams
 from curate.stages import clean, ingest
+from curate.report.render import read_figures
 from tests.conftest import set_params
 
 CLEAN_OUTPUTS = [
@@ -20,6 +21,7 @@ CLEAN_OUTPUTS = [
     "reports/clean.html",
     "reports/clean.md",
     "reports/metrics/clean.json",
+    "reports/details/clean.json",
 ]
 
 
@@ -49,7 +51,7 @@ def cleaned(tmp_path_factory):
 
 
 def test_detects_known_flips(cleaned):
-    metrics = json.loads((cleaned / "reports/metrics/clean.json").read_text())
+    metrics = read_figures("clean", cleaned / "reports")
     assert metrics["detect_precision"] >= 0.8
     assert metrics["detect_recall"] >= 0.8
     assert metrics["detect_f1"] >= 0.8

@@ -12,6 +12,7 @@ from curate.dataset import write_samples
 from curate.errors import CurateError
 from curate.model import build_model
 from curate.stages import evaluate
+from curate.report.render import read_figures
 from tests.conftest import set_params
 from tests.test_train import make_inputs
 
@@ -19,6 +20,7 @@ OUTPUTS = [
     "reports/evaluate.html",
     "reports/evaluate.md",
     "reports/metrics/evaluate.json",
+    "reports/details/evaluate.json",
     "reports/plots/confusion.json",
 ]
 
@@ -99,7 +101,7 @@ def test_evaluate_stage_outputs_are_complete_and_deterministic(workdir):
     make_model(workdir)  # untrained, so there are wrong answers to show
     assert evaluate.main([]) == 0
     first = {path: (workdir / path).read_bytes() for path in OUTPUTS}
-    metrics = json.loads(first["reports/metrics/evaluate.json"])
+    metrics = read_figures("evaluate", workdir / "reports")
     for key in (*evaluate.HEADLINE, "per_class", "by_group", "confusion_matrix"):
         assert key in metrics, key
     assert set(metrics["by_group"]) == {"big"}  # the test rows are all of group big

@@ -5,6 +5,7 @@ from PIL import Image
 from curate.dataset import read_images, read_samples
 from curate.errors import CurateError
 from curate.stages import ingest
+from curate.report.render import read_figures
 from tests.conftest import set_params
 
 RAW = "data/raw"
@@ -14,6 +15,7 @@ OUTPUTS = [
     "reports/ingest.html",
     "reports/ingest.md",
     "reports/metrics/ingest.json",
+    "reports/details/ingest.json",
 ]
 
 
@@ -73,7 +75,7 @@ def test_demo_groups_look_different(demo_run):
 def test_demo_metrics_and_reports(demo_run):
     import json
 
-    metrics = json.loads((demo_run / "reports/metrics/ingest.json").read_text())
+    metrics = read_figures("ingest", demo_run / "reports")
     samples = read_samples(demo_run / RAW / "samples.parquet")
     assert metrics == {
         "n_train": int((samples["split"] == "train").sum()),
@@ -179,7 +181,7 @@ def test_image_folder_with_metadata_and_corrupt_file(workdir):
 
     import json
 
-    metrics = json.loads((workdir / "reports/metrics/ingest.json").read_text())
+    metrics = read_figures("ingest", workdir / "reports")
     assert metrics["n_bad_images"] == 1 and metrics["n_skipped"] == 2 and metrics["n_unlisted"] == 14
     html = (workdir / "reports/ingest.html").read_text()
     assert "cat/broken.png" in html and "50 x 40" in html

@@ -23,6 +23,7 @@ from curate.gates import stale_stages
 from curate.report import Verdict, write_report
 from curate.stage import PIPELINE
 from curate.stages import gate
+from curate.report.render import read_figures
 from tests.conftest import REPO, set_params, template_copy
 from tests.test_dataset import table
 from tests.test_experiments import TINY
@@ -138,7 +139,7 @@ def test_gate_marks_stale_stages_and_leaves_their_figures_out(workdir, capsys):
         "gate failed: evaluate is stale: its input data/augmented/samples.parquet changed since it ran",
     ]
     assert "gate failed: evaluate.accuracy (gates.min_accuracy): observed stale, required ≥ 0.95" in lines
-    result = json.loads((workdir / "reports/metrics/gate.json").read_text())
+    result = read_figures("gate", workdir / "reports")
     assert result["passed"] is False
     assert result["gates"]["min_accuracy"] == {"observed": "stale", "passed": False, "threshold": 0.95}
     assert result["gates"]["max_frechet_distance"]["observed"] == 0.1  # augment is current
@@ -217,7 +218,7 @@ def test_stages_run_by_hand_leave_stale_figures_marked(tmp_path):
     stale = stale_in(root)
     assert set(stale) == {"train", "evaluate"}
     assert "data/augmented/samples.parquet changed since it ran" in stale["evaluate"]
-    result = json.loads((root / "reports/metrics/gate.json").read_text())
+    result = read_figures("gate", root / "reports")
     assert result["gates"]["min_accuracy"] == {"observed": "stale", "passed": False, "threshold": 0.95}
     card = (root / "reports/index.md").read_text()
     assert "## evaluate: stale" in card and "## train: stale" in card

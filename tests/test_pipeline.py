@@ -7,6 +7,7 @@ import subprocess
 import pytest
 import yaml
 
+from curate.report.render import read_figures
 from tests.conftest import template_copy
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,7 @@ def reproduced(tmp_path_factory):
 
 # The train stage measures its throughput (images_per_second): the one figure that
 # differs between two runs on the same inputs, in these files alone.
-MEASURED = {"reports/metrics/train.json", "reports/train.html", "reports/train.md"}
+MEASURED = {"reports/details/train.json", "reports/train.html", "reports/train.md"}
 # Ingest trains nothing: its data and report are the same bytes on any machine.
 MACHINE_INDEPENDENT = {
     "data/raw/images.npy",
@@ -112,7 +113,8 @@ def test_outputs_metrics_and_git_ignores(reproduced):
         assert (reproduced / path).is_file()
     shown = json.loads(dvc("metrics", "show", "--json", cwd=reproduced).stdout)
     metrics = next(iter(shown.values()))["data"]["reports/metrics/ingest.json"]["data"]
-    assert metrics["n_classes"] == 10 and metrics["n_train"] > 3000
+    assert metrics == {"n_train": metrics["n_train"]} and metrics["n_train"] > 3000
+    assert read_figures("ingest", reproduced / "reports")["n_classes"] == 10
     ignored = subprocess.run(
         ["git", "check-ignore", "data/raw/images.npy", "data/raw/samples.parquet"],
         cwd=reproduced,

@@ -21,6 +21,7 @@ OUTPUTS = [
     "reports/train.html",
     "reports/train.md",
     "reports/metrics/train.json",
+    "reports/details/train.json",
 ]
 TINY = {"epochs": 2, "batch_size": 32, "val_fraction": 0.2, "device": "cpu"}
 CPU = torch.device("cpu")
@@ -231,7 +232,7 @@ def test_train_stage_writes_a_loadable_checkpoint_and_deterministic_outputs(work
     assert "<script" not in (workdir / "reports/train.html").read_text()
 
     run_train(workdir)
-    measured = {"reports/metrics/train.json", "reports/train.html", "reports/train.md"}
+    measured = {"reports/details/train.json", "reports/train.html", "reports/train.md"}
     for path in OUTPUTS:
         if path not in measured:  # throughput is measured; everything else repeats byte for byte
             assert (workdir / path).read_bytes() == first[path], path
