@@ -18,16 +18,18 @@ import time
 
 COMMANDS = {
     "ingest": "curate.stages.ingest",
+    "folds": "curate.stages.folds",
     "clean": "curate.stages.clean",
     "rebalance": "curate.stages.rebalance",
     "augment": "curate.stages.augment",
+    "fit": "curate.stages.fit",
     "train": "curate.stages.train",
     "evaluate": "curate.stages.evaluate",
     "gate": "curate.stages.gate",
     "compare": "curate.compare",
     "trace": "curate.trace",
 }
-LIGHT = {"ingest", "rebalance", "gate", "compare", "trace"}
+LIGHT = {"ingest", "clean", "rebalance", "train", "gate", "compare", "trace"}
 TARGET_SECONDS = 1.5
 HEAVY_MODULES = ("torch", "torchvision", "cleanlab")
 PROBE = (

@@ -4,7 +4,6 @@ leaving the outputs of the previous good run byte for byte as they were."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

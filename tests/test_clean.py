@@ -1,5 +1,3 @@
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,14 +8,16 @@ from curate.checkpoint import load_checkpoint
 from curate.dataset import read_samples
 from curate.errors import CurateError
 from curate.params import CleanParams
-from curate.stages import clean, ingest
 from curate.report.render import read_figures
+from curate.stages import clean, folds, ingest
 from tests.conftest import set_params
 
 CLEAN_OUTPUTS = [
     "data/clean/samples.parquet",
     "data/clean/pred_probs.npy",
+    "data/clean/folds.npy",
     "data/clean/embeddings.npy",
+    "data/clean/environment.json",
     "reports/clean.html",
     "reports/clean.md",
     "reports/metrics/clean.json",
@@ -44,6 +44,7 @@ def cleaned(tmp_path_factory):
     os.chdir(root)
     try:
         assert ingest.main([]) == 0
+        assert folds.main([]) == 0
         assert clean.main([]) == 0
     finally:
         os.chdir(cwd)
@@ -95,6 +96,7 @@ def test_same_seed_same_bytes(cleaned, workdir):
 
     shutil.copy(cleaned / "params.yaml", workdir / "params.yaml")
     shutil.copytree(cleaned / "data/raw", workdir / "data/raw")
+    assert folds.main([]) == 0
     assert clean.main([]) == 0
     for name in CLEAN_OUTPUTS:
         assert (workdir / name).read_bytes() == (cleaned / name).read_bytes(), name
@@ -105,6 +107,9 @@ def test_relabel_mode_and_cap(cleaned, workdir):
 
     shutil.copy(cleaned / "params.yaml", workdir / "params.yaml")
     shutil.copytree(cleaned / "data/raw", workdir / "data/raw")
+    # The folds' predictions are reused: acting on them otherwise trains nothing.
+    shutil.copytree(cleaned / "data/clean", workdir / "data/clean")
+    (workdir / "data/clean/samples.parquet").unlink()
     set_params(
         workdir / "params.yaml",
         clean={"action": "relabel", "relabel_min_confidence": 0.6, "max_drop_fraction": 0.01},
@@ -132,7 +137,7 @@ def test_class_smaller_than_folds_is_named(workdir):
     set_params(workdir / "params.yaml", ingest={"source": "src", "test_fraction": 0.01}, clean={"folds": 3})
     assert ingest.main([]) == 0
     with pytest.raises(CurateError, match="clean.folds: class 'rare' has 2 train sample"):
-        clean.main([])
+        folds.main([])
     assert not (workdir / "data/clean").exists()
 
 
@@ -145,7 +150,7 @@ def test_missing_device_is_named(cleaned, workdir):
     shutil.copytree(cleaned / "data/raw", workdir / "data/raw")
     set_params(workdir / "params.yaml", clean={"device": "cuda"})
     with pytest.raises(CurateError, match=r"params.yaml: clean.device = 'cuda', but .* no cuda"):
-        clean.main([])
+        folds.main([])
     assert not (workdir / "data/clean").exists()
 
 

@@ -11,8 +11,8 @@ from curate.checkpoint import save_checkpoint
 from curate.dataset import write_samples
 from curate.errors import CurateError
 from curate.model import build_model
-from curate.stages import evaluate
 from curate.report.render import read_figures
+from curate.stages import evaluate
 from tests.conftest import set_params
 from tests.test_train import make_inputs
 

@@ -9,6 +9,7 @@ from curate.errors import CurateError
 from curate.gates import GATES, Gate, failures, gate_checks
 from curate.params import GatesParams
 from curate.report.render import split_figures
+from curate.stage import DAG, PIPELINE
 from curate.stages import gate
 from tests.conftest import REPO, set_params
 
@@ -67,13 +68,19 @@ def test_each_stage_in_dvc_yaml_reads_exactly_its_gates():
 def test_dvc_yaml_keeps_details_out_of_the_metrics_and_gate_reads_them():
     # Details are plain outs in git: no dvc exp show column, and a change re-runs the gate.
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    for name, stage in stages.items():
+    reporting = {name: stage for name, stage in stages.items() if name not in ("folds", "fit")}
+    assert set(reporting) == {*PIPELINE, "gate"}
+    for name, stage in reporting.items():
         details = f"reports/details/{name}.json"
         assert {details: {"cache": False}} in stage["outs"], name
         assert [{f"reports/metrics/{name}.json": {"cache": False}}] == stage["metrics"], name
-    assert {f"reports/details/{name}.json" for name in stages if name != "gate"} <= set(
-        stages["gate"]["deps"]
-    )
+    for name in ("folds", "fit"):  # they train: no report, no figures, only their lineage
+        assert (
+            "metrics" not in stages[name]
+            and {f"reports/lineage/{name}.json": {"cache": False}} in stages[name]["outs"]
+        )
+    assert {f"reports/details/{name}.json" for name in PIPELINE} <= set(stages["gate"]["deps"])
+    assert {f"reports/lineage/{name}.json" for name in DAG} <= set(stages["gate"]["deps"])
 
 
 def test_gate_checks_carry_their_param_key():
@@ -92,6 +99,7 @@ def write_metrics(root, metrics=METRICS, split=True):
         (root / "reports" / "metrics" / f"{stage}.json").write_text(json.dumps(headline))
         if details is not None:
             (root / "reports" / "details" / f"{stage}.json").write_text(json.dumps(details))
+    for stage in DAG:  # the training stages (folds, fit) record a lineage and no figures
         (root / "reports" / "lineage" / f"{stage}.json").write_text('{"inputs": {}, "outputs": {}}')
 
 

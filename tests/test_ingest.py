@@ -4,8 +4,8 @@ from PIL import Image
 
 from curate.dataset import read_images, read_samples
 from curate.errors import CurateError
-from curate.stages import ingest
 from curate.report.render import read_figures
+from curate.stages import ingest
 from tests.conftest import set_params
 
 RAW = "data/raw"
@@ -73,7 +73,6 @@ def test_demo_groups_look_different(demo_run):
 
 
 def test_demo_metrics_and_reports(demo_run):
-    import json
 
     metrics = read_figures("ingest", demo_run / "reports")
     samples = read_samples(demo_run / RAW / "samples.parquet")
@@ -178,8 +177,6 @@ def test_image_folder_with_metadata_and_corrupt_file(workdir):
     assert samples.loc["dog/copy.png", "sample_id"].startswith(samples.loc["cat/0.png", "sample_id"])
     assert samples.loc["dog/copy.png", "label_name"] == "dog"
     assert (images[samples.loc["dog/nested/alpha.png", "row"]] == 255).all()  # alpha on white
-
-    import json
 
     metrics = read_figures("ingest", workdir / "reports")
     assert metrics["n_bad_images"] == 1 and metrics["n_skipped"] == 2 and metrics["n_unlisted"] == 14

@@ -21,9 +21,9 @@ from curate.dataset import (
 )
 from curate.gates import stale_stages
 from curate.report import Verdict, write_report
+from curate.report.render import read_figures
 from curate.stage import PIPELINE
 from curate.stages import gate
-from curate.report.render import read_figures
 from tests.conftest import REPO, set_params, template_copy
 from tests.test_dataset import table
 from tests.test_experiments import TINY

@@ -13,7 +13,13 @@ from curate.stages import rebalance
 from tests.conftest import set_params
 
 BALANCED = "data/balanced/samples.parquet"
-OUTPUTS = [BALANCED, "reports/rebalance.html", "reports/rebalance.md", "reports/metrics/rebalance.json", "reports/details/rebalance.json"]
+OUTPUTS = [
+    BALANCED,
+    "reports/rebalance.html",
+    "reports/rebalance.md",
+    "reports/metrics/rebalance.json",
+    "reports/details/rebalance.json",
+]
 
 
 def clean_table(train, test=(), dropped=(), **extra_columns) -> pd.DataFrame:

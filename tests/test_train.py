@@ -9,7 +9,7 @@ from curate.dataset import write_images, write_samples
 from curate.errors import CurateError
 from curate.params import TrainParams, load_params
 from curate.report.render import read_figures
-from curate.stages import train
+from curate.stages import fit, train
 from tests.conftest import set_params
 
 OUTPUTS = [
@@ -76,6 +76,7 @@ def make_inputs(root, big=60, small=12, n_test=30, copies_per_small=2, seed=0, s
 
 def run_train(workdir, **train_params):
     set_params(workdir / "params.yaml", train={**TINY, **train_params})
+    assert fit.main([]) == 0
     assert train.main([]) == 0
 
 
@@ -200,7 +201,7 @@ def test_fit_is_a_function_of_the_seed_on_cpu():
 def test_validation_split_keeps_copies_of_validation_images_out_of_training(workdir):
     samples = make_inputs(workdir)
     samples.loc[samples["sample_id"] == f"{3:016x}", "copies"] = 3  # resampled row: used 3 times
-    fit_rows, val_rows = train.split_validation(samples, 0.25, seed=0)
+    fit_rows, val_rows = fit.split_validation(samples, 0.25, seed=0)
     assert (val_rows["store"] == "raw").all() and (val_rows["split"] == "train").all()
     assert "drop" not in set(fit_rows["action"]) | set(val_rows["action"])
     assert not set(val_rows["sample_id"]) & set(fit_rows["sample_id"])
@@ -221,7 +222,7 @@ def test_train_stage_writes_a_loadable_checkpoint_and_deterministic_outputs(work
     payload = torch.load(workdir / "models/model.pt", map_location="cpu", weights_only=True)
     meta = payload["meta"]
     assert meta["class_names"] == ["c0", "c1", "c2"] and (meta["size"], meta["channels"]) == (16, 1)
-    assert meta["params_digest"] == train.params_digest(TrainParams(**TINY))
+    assert meta["params_digest"] == fit.params_digest(TrainParams(**TINY))
     assert meta["normalize_polarity"] == "auto"  # image.normalize_polarity, for evaluate to feed it the same
     model, _ = load_checkpoint(workdir / "models/model.pt")
     assert model(models.to_tensor(np.zeros((1, 16, 16, 1), np.uint8), "cpu", polarity="auto")).shape == (1, 3)
@@ -262,7 +263,7 @@ def test_train_stage_sampler_weighting_and_no_online_augmentation(workdir, monke
     run_train(workdir, weighting="sampler", online_augment=False, epochs=1)
     assert read_figures("train", workdir / "reports")["epochs_run"] == 1
 
-    fit_rows, _ = train.split_validation(samples, TINY["val_fraction"], load_params("params.yaml").seed)
+    fit_rows, _ = fit.split_validation(samples, TINY["val_fraction"], load_params("params.yaml").seed)
     fit_weights = fit_rows["weight"].to_numpy()
     ((weights, order),) = draws  # one epoch: one draw of the whole order
     np.testing.assert_array_equal(weights.numpy(), fit_weights.astype(np.float32))  # the rows' own weights
@@ -297,7 +298,7 @@ def test_bad_train_input_is_one_line_naming_the_key(workdir, train_params, fragm
     make_inputs(workdir)
     set_params(workdir / "params.yaml", train={**TINY, **train_params})
     with pytest.raises(CurateError, match=fragment.replace(".", r"\.")):
-        train.main([])
+        fit.main([])
     assert not (workdir / "models/model.pt").exists()
 
 
@@ -305,7 +306,7 @@ def test_missing_input_column_names_the_file(workdir):
     samples = make_inputs(workdir).drop(columns="parent_id")
     write_samples(workdir / "data/augmented/samples.parquet", samples)
     with pytest.raises(CurateError, match="samples.parquet: missing column 'parent_id'"):
-        train.main([])
+        fit.main([])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
@@ -313,4 +314,4 @@ def test_asking_for_an_absent_device_fails_clearly(workdir):
     make_inputs(workdir)
     set_params(workdir / "params.yaml", train={**TINY, "device": "cuda"})
     with pytest.raises(CurateError, match="train.device = 'cuda', but this machine has no cuda"):
-        train.main([])
+        fit.main([])

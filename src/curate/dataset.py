@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import json
 import os
 import tempfile
 from collections import Counter
@@ -48,6 +49,7 @@ CLEAN_DIR = Path("data/clean")
 BALANCED_DIR = Path("data/balanced")
 AUGMENTED_DIR = Path("data/augmented")
 MODELS_DIR = Path("models")
+LINEAGE_DIR = "lineage"  # under the reports folder: reports/lineage/<stage>.json
 # Which images.npy a row's ``row`` points into: the ``store`` column names it;
 # tables without the column point into the raw store.
 IMAGE_STORES = {"raw": RAW_DIR / "images.npy", "augmented": AUGMENTED_DIR / "images.npy"}
@@ -81,6 +83,16 @@ def take_lineage(exclude: str | Path | None = None) -> dict[str, dict[str, str]]
         lineage[kind] = {name: digest for name, digest in digests.items() if digest is not None}
         paths.clear()
     return lineage
+
+
+def write_lineage(stage: str, reports_dir: str | Path = Path("reports")) -> None:
+    """Write ``<reports_dir>/lineage/<stage>.json``: the digests of what the stage read and wrote.
+
+    Written last by a stage: one killed before it keeps its previous record, whose digests no
+    longer match its half-new outputs, so its figures read as stale, never as current.
+    """
+    files = json.dumps(take_lineage(exclude=reports_dir), indent=2, sort_keys=True) + "\n"
+    write_text(Path(reports_dir) / LINEAGE_DIR / f"{stage}.json", files)
 
 
 def file_digest(path: str | Path) -> str | None:
@@ -170,6 +182,15 @@ def write_array(target: str | Path, array: np.ndarray) -> None:
     """Store any numeric array as ``.npy`` (predicted probabilities, embeddings)."""
     with atomic_path(target) as tmp, open(tmp, "wb") as handle:
         np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def read_array(source: str | Path) -> np.ndarray:
+    """Load a numeric ``.npy`` written by :func:`write_array` (whole, not memory-mapped)."""
+    source = Path(source)
+    if not source.exists():
+        raise CurateError(f"{source}: not found (run the upstream stage first: dvc repro)")
+    record_input(source)
+    return np.load(source, allow_pickle=False)
 
 
 def read_images(source: str | Path) -> np.ndarray:

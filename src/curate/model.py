@@ -58,6 +58,18 @@ def pick_device(preference: str = "auto", key: str = "device") -> torch.device:
     return torch.device(preference)
 
 
+def environment(device: torch.device) -> dict[str, object]:
+    """What computed a stage's floats, for its report: CPU training is bit for bit on one machine,
+    not across CPUs (PyTorch picks other kernels on an AVX-512 CPU than on an AVX2 one)."""
+    described: dict[str, object] = {"torch": torch.__version__, "device": device.type}
+    if device.type == "cuda":
+        described["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        described["cpu_kernels"] = torch.backends.cpu.get_cpu_capability()
+        described["threads"] = torch.get_num_threads()
+    return described
+
+
 def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
     # BatchNorm makes the one-cycle schedule's high peak LR safe; no conv bias (BN has one).
     return nn.Sequential(

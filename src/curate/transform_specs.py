@@ -115,10 +115,16 @@ def _from_arguments(args: ast.arguments) -> Signature:
 
 
 def _from_import() -> dict[str, Signature]:
-    from curate.augmentation import transform_classes  # imports torchvision: the slow fallback
+    from torchvision.transforms import v2  # the slow fallback (imports torch)
 
+    classes = {
+        name: obj
+        for name, obj in vars(v2).items()
+        if not name.startswith("_") and inspect.isclass(obj) and issubclass(obj, v2.Transform)
+        and obj is not v2.Transform
+    }  # fmt: skip
     signatures = {}
-    for name, cls in transform_classes().items():
+    for name, cls in classes.items():
         params = list(inspect.signature(cls).parameters.values())
         named = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
         signatures[name] = Signature(

@@ -40,7 +40,7 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from curate.dataset import take_lineage, write_text
+from curate.dataset import take_lineage, write_lineage, write_text
 from curate.errors import CurateError
 from curate.imaging import to_pil
 
@@ -50,7 +50,6 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 MAX_REPORT_BYTES = 2_000_000
 REPORTS_DIR = Path("reports")
-LINEAGE_DIR = "lineage"  # under the reports folder
 METRICS_DIR = "metrics"  # under the reports folder: the DVC metrics
 DETAILS_DIR = "details"  # under the reports folder: every other figure, not a DVC metric
 
@@ -192,11 +191,10 @@ def write_report(
     headline, details = split_figures(stage, figures)
     write_text(reports_dir / METRICS_DIR / f"{stage}.json", metrics_json(headline))
     write_text(reports_dir / DETAILS_DIR / f"{stage}.json", metrics_json(details))
-    files = take_lineage(exclude=reports_dir)
     if lineage:
-        write_text(
-            reports_dir / LINEAGE_DIR / f"{stage}.json", json.dumps(files, indent=2, sort_keys=True) + "\n"
-        )
+        write_lineage(stage, reports_dir)
+    else:
+        take_lineage(exclude=reports_dir)  # forget what was recorded
     return {"html": len(html.encode()), "md": len(markdown.encode())}
 
 

@@ -1,20 +1,18 @@
-"""clean: flag label issues with cleanlab on out-of-sample K-fold CNN predictions, then act.
+"""clean: flag label issues with cleanlab on the out-of-sample predictions of ``folds``, then act.
 
-Reads ``data/raw``; writes ``data/clean/samples.parquet`` (every raw row: train rows
-with ``label_quality``, ``is_label_issue``, ``predicted_label``, ``action``,
-``fold``, ...; test rows untouched), ``data/clean/pred_probs.npy`` (train rows x
-classes, sorted class order; a row's ``pred_row`` indexes it),
-``data/clean/embeddings.npy`` and ``data/clean/embedder.pt`` (the shared
-model whose embeddings drive the duplicate and outlier checks), and the report.
+Reads ``data/raw`` and what the ``folds`` stage wrote into ``data/clean/`` (``pred_probs.npy``,
+``folds.npy``, ``embeddings.npy``, ``environment.json``); writes ``data/clean/samples.parquet``
+(every raw row: train rows with ``label_quality``, ``is_label_issue``, ``predicted_label``,
+``action``, ``fold``, ...; a row's ``pred_row`` indexes ``pred_probs.npy``; test rows untouched)
+and the report. No training here: changing how the predictions are read re-runs only this stage.
 """
 
 from __future__ import annotations
 
+import json
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,25 +23,25 @@ from curate.dataset import (
     CLEAN_DIR,
     RAW_DIR,
     class_names,
+    read_array,
     read_images,
     read_samples,
-    write_array,
+    record_input,
     write_samples,
 )
+from curate.errors import CurateError
 from curate.gates import show_gates
 from curate.params import CleanParams, load_params
 from curate.report import Verdict, bar_chart, thumbnail, write_report
 from curate.stage import guarded, stage_parser
-
-if TYPE_CHECKING:
-    import torch
 
 INPUT = RAW_DIR / "samples.parquet"
 IMAGES = RAW_DIR / "images.npy"
 OUTPUT = CLEAN_DIR / "samples.parquet"
 PRED_PROBS = CLEAN_DIR / "pred_probs.npy"
 EMBEDDINGS = CLEAN_DIR / "embeddings.npy"
-EMBEDDER = CLEAN_DIR / "embedder.pt"
+FOLDS = CLEAN_DIR / "folds.npy"
+ENVIRONMENT = CLEAN_DIR / "environment.json"
 SUSPICIOUS_SHOWN = 40
 DUPLICATE_SETS_SHOWN = 10
 MEMBERS_SHOWN = 12
@@ -60,69 +58,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = read_images(IMAGES)
     names = class_names(samples)
     train = samples[samples["split"] == "train"]
-    label_issues.check_class_sizes(train["label"].to_numpy(), names, settings.folds)
-    # torch loads only once the inputs have passed their checks: a bad input fails fast.
-    from curate.checkpoint import POLARITY_KEY, save_checkpoint
-    from curate.model import pick_device
-
-    started = time.perf_counter()
-    device = pick_device(settings.device, key=f"{args.params}: clean.device")
-    polarity = params.image.normalize_polarity
-    predictions = _predict(train, images, names, settings, params.seed, device, polarity)
-    checks = label_issues.duplicates_and_outliers(predictions.embeddings, train["label"].to_numpy())
-    result = clean(samples, predictions.pred_probs, predictions.folds, checks, settings, names)
-    seconds = time.perf_counter() - started
-
+    pred_probs, folds, embeddings = read_predictions(len(train), len(names))
+    checks = label_issues.duplicates_and_outliers(embeddings, train["label"].to_numpy())
+    result = clean(samples, pred_probs, folds, checks, settings, names)
     write_samples(OUTPUT, result.samples)
-    write_array(PRED_PROBS, predictions.pred_probs)
-    write_array(EMBEDDINGS, predictions.embeddings)
-    save_checkpoint(
-        EMBEDDER,
-        predictions.embedder,
-        {
-            "name": settings.model,
-            "n_classes": len(names),
-            "channels": int(images.shape[3]),
-            "size": int(images.shape[1]),
-            "class_names": names,
-            POLARITY_KEY: polarity,
-        },
-    )
     stage_metrics = metrics(result)
     context = report_context(settings, result, images, stage_metrics)
+    context["environment"] = read_environment()
     sizes = write_report("clean", show_gates(context, params.gates, "clean", stage_metrics), stage_metrics)
     print(
         f"clean: {stage_metrics['flagged']:,} flagged, {stage_metrics['dropped']:,} dropped, "
-        f"{stage_metrics['relabelled']:,} relabelled of {len(train):,} train samples "
-        f"in {seconds:.1f} s on {device}; reports/clean.html {sizes['html']:,} bytes"
+        f"{stage_metrics['relabelled']:,} relabelled of {len(train):,} train samples; "
+        f"reports/clean.html {sizes['html']:,} bytes"
     )
     return 0
 
 
-def _predict(
-    train: pd.DataFrame,
-    images: np.ndarray,
-    names: list[str],
-    settings: CleanParams,
-    seed: int,
-    device: torch.device,
-    polarity: str,
-) -> label_issues.FoldPredictions:
-    """Out-of-sample predictions for the train rows, folds stratified by group x label."""
-    return label_issues.out_of_sample_predictions(
-        np.asarray(images[train["row"].to_numpy()]),
-        train["label"].to_numpy(),
-        (train["group"] + ":" + train["label_name"]).to_numpy(),
-        n_classes=len(names),
-        folds=settings.folds,
-        model_name=settings.model,
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        lr=settings.lr,
-        seed=seed,
-        device=device,
-        polarity=polarity,
-    )
+def read_environment() -> list[tuple[str, object]]:
+    """What computed the predictions (torch, CPU kernels, threads): their floats depend on it."""
+    if not ENVIRONMENT.exists():
+        raise CurateError(f"{ENVIRONMENT}: not found (run the folds stage first: dvc repro)")
+    record_input(ENVIRONMENT)
+    return sorted(json.loads(ENVIRONMENT.read_text(encoding="utf-8")).items())
+
+
+def read_predictions(n_train: int, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``folds``' outputs, checked to belong to these train rows: (pred_probs, folds, embeddings)."""
+    pred_probs, folds, embeddings = (read_array(path) for path in (PRED_PROBS, FOLDS, EMBEDDINGS))
+    if pred_probs.shape != (n_train, n_classes) or len(folds) != n_train or len(embeddings) != n_train:
+        raise CurateError(
+            f"{PRED_PROBS}: {pred_probs.shape[0]} rows x {pred_probs.shape[1]} classes, but {INPUT} has "
+            f"{n_train} train rows x {n_classes} classes (re-run the folds stage: dvc repro)"
+        )
+    return pred_probs, folds, embeddings
 
 
 @dataclass

@@ -27,21 +27,20 @@ from typing import Any
 
 import yaml
 
-from curate.dataset import file_digest, write_text
+from curate.dataset import LINEAGE_DIR, file_digest, write_text
 from curate.gates import GATES, failures, gate_checks, stale_stages
 from curate.params import Params, load_params
 from curate.report import Check, Verdict, write_report
 from curate.report.render import (
     DETAILS_DIR,
     HEADLINE,
-    LINEAGE_DIR,
     METRICS_DIR,
     REPORTS_DIR,
     read_figures,
     render,
     render_markdown,
 )
-from curate.stage import PIPELINE, flatten, guarded, stage_parser
+from curate.stage import DAG, PIPELINE, flatten, guarded, stage_parser
 
 # Measured on the machine, so different on every run: left out of the data card,
 # which must only change when the data or params do.
@@ -54,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = load_params(args.params)
     figures = {stage: read_figures(stage) for stage in PIPELINE}
     # Each file once, though several stages name it (data/raw/images.npy: five of them).
-    stale = stale_stages({stage: read_lineage(stage) for stage in PIPELINE}, functools.cache(file_digest))
+    stale = stale_stages({stage: read_lineage(stage) for stage in DAG}, functools.cache(file_digest))
     checks = gate_checks(params.gates, None, figures, stale)
     verdict = Verdict(checks=[*map(stale_check, stale), *checks])
     verdict.warnings += [f"{stage} is stale: {reason}" for stage, reason in stale.items()]
