@@ -22,7 +22,7 @@ from curate.dataset import (
 from curate.gates import stale_stages
 from curate.report import Verdict, write_report
 from curate.report.render import read_figures
-from curate.stage import PIPELINE
+from curate.stage import DAG, PIPELINE
 from curate.stages import gate
 from tests.conftest import REPO, set_params, template_copy
 from tests.test_dataset import table
@@ -200,7 +200,7 @@ def stale_in(root: Path) -> dict[str, str]:
 def test_stages_run_by_hand_leave_stale_figures_marked(tmp_path):
     root = template_copy(tmp_path / "template")
     set_params(root / "params.yaml", **TINY)
-    for stage in (*PIPELINE, "gate"):
+    for stage in (*DAG, "gate"):
         curate(root, stage)
     assert stale_in(root) == {}
 
@@ -208,7 +208,7 @@ def test_stages_run_by_hand_leave_stale_figures_marked(tmp_path):
     set_params(root / "params.yaml", clean={"action": "keep"})
     curate(root, "clean")
     stale = stale_in(root)
-    assert set(stale) == {"rebalance", "augment", "train", "evaluate"}
+    assert set(stale) == {"rebalance", "augment", "fit", "train", "evaluate"}
     assert stale["rebalance"] == "its input data/clean/samples.parquet changed since it ran"
     assert stale["augment"] == "upstream stage rebalance is stale"
 
@@ -216,7 +216,7 @@ def test_stages_run_by_hand_leave_stale_figures_marked(tmp_path):
     for stage in ("rebalance", "augment"):
         curate(root, stage)
     stale = stale_in(root)
-    assert set(stale) == {"train", "evaluate"}
+    assert set(stale) == {"fit", "train", "evaluate"}
     assert "data/augmented/samples.parquet changed since it ran" in stale["evaluate"]
     result = read_figures("gate", root / "reports")
     assert result["gates"]["min_accuracy"] == {"observed": "stale", "passed": False, "threshold": 0.95}
@@ -228,7 +228,7 @@ def test_stages_run_by_hand_leave_stale_figures_marked(tmp_path):
     assert enforced.returncode == 1 and "gate failed: train is stale: " in enforced.stderr
     set_params(root / "params.yaml", gates={"enforce": False})
 
-    for stage in ("train", "evaluate"):
+    for stage in ("fit", "train", "evaluate"):
         curate(root, stage)
     assert stale_in(root) == {}
     card = (root / "reports/index.md").read_text()

@@ -32,9 +32,16 @@ def reproduced(tmp_path_factory):
     return root
 
 
-# The train stage measures its throughput (images_per_second): the one figure that
-# differs between two runs on the same inputs, in these files alone.
-MEASURED = {"reports/details/train.json", "reports/train.html", "reports/train.md"}
+# The fit stage measures its throughput (seconds, images per second): the figures that
+# differ between two runs on the same inputs, in these files alone.
+MEASURED = {
+    "reports/details/train.json",
+    "reports/train.html",
+    "reports/train.md",
+    "models/fit.json",  # the fit stage's run record, which the train report shows
+    "reports/lineage/fit.json",  # the lineages that hash it
+    "reports/lineage/train.json",
+}
 # Ingest trains nothing: its data and report are the same bytes on any machine.
 MACHINE_INDEPENDENT = {
     "data/raw/images.npy",

@@ -211,7 +211,7 @@ def tiny(tmp_path_factory):
     """The template on the tiny profile, reproduced once and committed (so --rev HEAD has its data)."""
     root = template_copy(tmp_path_factory.mktemp("trace"))
     # The tiny sklearn group has about 10 train rows: let rebalance weigh it (default: 20 at least).
-    set_params(root / "params.yaml", **TINY, rebalance={"min_group_size": 2})
+    set_params(root / "params.yaml", **TINY)  # TINY rebalances its 7-row sklearn group too
     run("dvc", "repro", cwd=root)
     run(*GIT, "add", "-A", cwd=root)
     run(*GIT, "commit", "-q", "-m", "tiny profile", cwd=root)
