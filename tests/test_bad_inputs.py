@@ -19,16 +19,9 @@ from curate import cli
 from curate.dataset import read_images, read_samples
 from curate.report.render import read_figures
 from tests.conftest import set_params
+from tests.test_ingest import OUTPUTS
 
 SIZE = 12  # the source images' own size: no resizing, so pixel values can be checked exactly
-OUTPUTS = (
-    "data/raw/images.npy",
-    "data/raw/samples.parquet",
-    "reports/ingest.html",
-    "reports/ingest.md",
-    "reports/metrics/ingest.json",
-    "reports/details/ingest.json",
-)
 
 
 def save(path: Path, image: Image.Image, **options) -> Path:

@@ -49,6 +49,14 @@ CLEAN_DIR = Path("data/clean")
 BALANCED_DIR = Path("data/balanced")
 AUGMENTED_DIR = Path("data/augmented")
 MODELS_DIR = Path("models")
+# What the folds stage leaves beside clean's table for clean, augment and trace: the out-of-sample
+# predictions (train rows in table order), each row's fold, the shared embedder and its embeddings,
+# and what computed them.
+PRED_PROBS = CLEAN_DIR / "pred_probs.npy"
+FOLD_OF_ROW = CLEAN_DIR / "folds.npy"
+EMBEDDINGS = CLEAN_DIR / "embeddings.npy"
+EMBEDDER = CLEAN_DIR / "embedder.pt"
+ENVIRONMENT = CLEAN_DIR / "environment.json"
 LINEAGE_DIR = "lineage"  # under the reports folder: reports/lineage/<stage>.json
 # Which images.npy a row's ``row`` points into: the ``store`` column names it;
 # tables without the column point into the raw store.

@@ -37,6 +37,7 @@ from curate.dataset import (
     CLEAN_DIR,
     CORE_COLUMNS,
     IMAGE_STORES,
+    PRED_PROBS,
     RAW_DIR,
     class_names,
     write_text,
@@ -53,7 +54,6 @@ TABLES = {
     "rebalance": BALANCED_DIR / "samples.parquet",
     "augment": AUGMENTED_DIR / "samples.parquet",
 }
-PRED_PROBS = CLEAN_DIR / "pred_probs.npy"
 # The evaluate stage's output, named here rather than imported: trace imports no stage
 # (a stage module pulls in its libraries; trace must start without torch).
 CONFUSION = Path("reports/plots/confusion.json")

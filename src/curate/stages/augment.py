@@ -31,7 +31,7 @@ from tqdm import tqdm
 from curate.dataset import (
     AUGMENTED_DIR,
     BALANCED_DIR,
-    CLEAN_DIR,
+    EMBEDDER,
     class_names,
     gather_images,
     read_samples,
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
     from torchvision.transforms import v2
 
 INPUT = BALANCED_DIR / "samples.parquet"
-EMBEDDER = CLEAN_DIR / "embedder.pt"
 OUTPUT = AUGMENTED_DIR / "samples.parquet"
 OUTPUT_IMAGES = AUGMENTED_DIR / "images.npy"
 PREVIEW_COPIES = 8  # copies shown beside each previewed original

@@ -21,6 +21,10 @@ from markupsafe import Markup
 from curate import label_issues
 from curate.dataset import (
     CLEAN_DIR,
+    EMBEDDINGS,
+    ENVIRONMENT,
+    FOLD_OF_ROW,
+    PRED_PROBS,
     RAW_DIR,
     class_names,
     read_array,
@@ -38,10 +42,6 @@ from curate.stage import guarded, stage_parser
 INPUT = RAW_DIR / "samples.parquet"
 IMAGES = RAW_DIR / "images.npy"
 OUTPUT = CLEAN_DIR / "samples.parquet"
-PRED_PROBS = CLEAN_DIR / "pred_probs.npy"
-EMBEDDINGS = CLEAN_DIR / "embeddings.npy"
-FOLDS = CLEAN_DIR / "folds.npy"
-ENVIRONMENT = CLEAN_DIR / "environment.json"
 SUSPICIOUS_SHOWN = 40
 DUPLICATE_SETS_SHOWN = 10
 MEMBERS_SHOWN = 12
@@ -84,7 +84,7 @@ def read_environment() -> list[tuple[str, object]]:
 
 def read_predictions(n_train: int, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``folds``' outputs, checked to belong to these train rows: (pred_probs, folds, embeddings)."""
-    pred_probs, folds, embeddings = (read_array(path) for path in (PRED_PROBS, FOLDS, EMBEDDINGS))
+    pred_probs, folds, embeddings = (read_array(path) for path in (PRED_PROBS, FOLD_OF_ROW, EMBEDDINGS))
     if pred_probs.shape != (n_train, n_classes) or len(folds) != n_train or len(embeddings) != n_train:
         raise CurateError(
             f"{PRED_PROBS}: {pred_probs.shape[0]} rows x {pred_probs.shape[1]} classes, but {INPUT} has "

@@ -22,7 +22,11 @@ import numpy as np
 
 from curate import label_issues
 from curate.dataset import (
-    CLEAN_DIR,
+    EMBEDDER,
+    EMBEDDINGS,
+    ENVIRONMENT,
+    FOLD_OF_ROW,
+    PRED_PROBS,
     RAW_DIR,
     class_names,
     read_images,
@@ -36,11 +40,6 @@ from curate.stage import guarded, stage_parser
 
 INPUT = RAW_DIR / "samples.parquet"
 IMAGES = RAW_DIR / "images.npy"
-PRED_PROBS = CLEAN_DIR / "pred_probs.npy"
-FOLDS = CLEAN_DIR / "folds.npy"
-EMBEDDINGS = CLEAN_DIR / "embeddings.npy"
-EMBEDDER = CLEAN_DIR / "embedder.pt"
-ENVIRONMENT = CLEAN_DIR / "environment.json"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     seconds = time.perf_counter() - started
     write_array(PRED_PROBS, predictions.pred_probs)
-    write_array(FOLDS, predictions.folds)
+    write_array(FOLD_OF_ROW, predictions.folds)
     write_array(EMBEDDINGS, predictions.embeddings)
     meta = {"name": settings.model, "n_classes": len(names), "class_names": names, POLARITY_KEY: polarity}
     meta |= {"channels": int(images.shape[3]), "size": int(images.shape[1])}
