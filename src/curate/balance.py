@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from fairlearn.metrics import MetricFrame
 
 
 def cell_counts(groups: np.ndarray, labels: np.ndarray, n_groups: int, n_classes: int) -> np.ndarray:
@@ -192,6 +191,9 @@ def measure(groups: pd.Series, labels: np.ndarray, weights: np.ndarray, n_classe
     """
     weights = np.asarray(weights, dtype=np.float64)
     metrics = {"total": _total_weight, **{_class_key(k): _label_share(k) for k in range(n_classes)}}
+    # fairlearn imports scikit-learn's metrics (0.7 s): paid when measuring, not at every start.
+    from fairlearn.metrics import MetricFrame
+
     frame = MetricFrame(
         metrics=metrics,
         y_true=np.asarray(labels),
