@@ -3,6 +3,7 @@
 import json
 import subprocess
 
+from curate.compare import added_decisions
 from curate.report.render import split_figures
 from tests.conftest import set_params, template_copy
 
@@ -63,3 +64,40 @@ def test_compare_reads_details_and_a_revision_from_before_the_split(tmp_path):
     assert "clean.outliers" not in output and "clean.dropped" not in output  # moved, not changed
     assert "| max_flagged_rate | pass | FAIL |" in output
     assert "| all gates | pass | FAIL |" in output
+
+
+LEDGER_HEADER = "sample_id,path,decision,label,reviewer,note\n"
+
+
+def test_added_decisions_are_the_ledger_rows_new_in_b():
+    a = LEDGER_HEADER + "e1,,drop,,ann,\nd2,,keep,,ann,\n"
+    # Columns reordered, one row changed (d2: keep -> relabel), one new, one unchanged.
+    b = (
+        "decision,sample_id,path,label,reviewer,note\n"
+        "drop,e1,,,ann,\nrelabel,d2,,cat,bob,\nkeep,,x/1.png,,bob,a|b\n"
+    )
+    assert added_decisions(a.encode(), b.encode()) == [
+        ["d2", "", "relabel", "cat", "bob", ""],
+        ["", "x/1.png", "keep", "", "bob", "a|b"],
+    ]
+    assert added_decisions(None, a.encode()) == [
+        ["e1", "", "drop", "", "ann", ""],
+        ["d2", "", "keep", "", "ann", ""],
+    ]
+    assert added_decisions(a.encode(), None) == []
+
+
+def test_compare_lists_decisions_added_since_a_revision(tmp_path):
+    root = template_copy(tmp_path / "clone")
+    ledger = root / "data" / "review" / "decisions.csv"
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    ledger.write_text(LEDGER_HEADER + "e1,,drop,,ann,\n")
+    subprocess.run([*GIT, "add", "-A"], cwd=root, check=True)
+    subprocess.run([*GIT, "commit", "-q", "-m", "a first decision"], cwd=root, check=True)
+    ledger.write_text(LEDGER_HEADER + "e1,,drop,,ann,\ne2,,relabel,<b>x</b>,bob,\n")
+    output = compare(root)
+    assert (
+        "## Review decisions added\n\nRows of the review ledger in workspace that HEAD lacks: 1\n" in output
+    )
+    assert "| e2 |  | relabel | &lt;b&gt;x&lt;/b&gt; | bob |  |" in output
+    assert "| e1 |" not in output

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from curate import cli
-from curate.dataset import write_array, write_images, write_samples
+from curate.dataset import read_samples, write_array, write_images, write_samples
 from tests.conftest import set_params, template_copy
 from tests.test_experiments import ENV, GIT, TINY, run
 from tests.test_report import assert_safe_html
@@ -268,3 +268,14 @@ def test_test_sample_on_tiny(tiny):
         assert (
             f"**test sample: predicted {record['predicted']}, actual {record['actual']}: {verdict}**" in out
         )
+
+
+def test_a_reviewers_decision_is_named_as_such(made, capsys):
+    clean = read_samples("data/clean/samples.parquet")
+    row = clean.index[clean["path"] == "x/0.png"][0]
+    clean["action_source"] = "auto"
+    clean["auto_action"] = clean["action"]
+    clean.loc[row, ["action", "action_source", "auto_action"]] = ["keep", "review", "relabel"]
+    write_samples("data/clean/samples.parquet", clean)
+    out = trace(capsys, "x/0.png")[1]
+    assert "decided by a reviewer (keep, clean.decisions); the automatic action was relabel" in out

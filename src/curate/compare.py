@@ -2,8 +2,8 @@
 
 ``dvc diff`` stops at file hashes; this reads both versions' sample tables and matches
 them on ``sample_id``: samples added, removed, relabelled and reweighted, per class and
-per group, next to the params changed, the figures with deltas (headline metrics and
-details alike) and the gate verdicts.
+per group, next to the review decisions added to the ledger, the params changed, the
+figures with deltas (headline metrics and details alike) and the gate verdicts.
 A revision is any git revision or experiment name (read through DVC, so data comes
 from the DVC cache); without one, ``HEAD`` is compared with the workspace. Markdown goes
 to stdout (a pull-request comment); ``--html FILE`` also writes an HTML page with
@@ -16,6 +16,7 @@ import argparse
 import io
 import json
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ import yaml
 
 from curate.dataset import BALANCED_DIR, RAW_DIR, write_text
 from curate.errors import CurateError
+from curate.ledger import COLUMNS as LEDGER_COLUMNS
+from curate.params import CleanParams
 from curate.report import Verdict, thumbnail
 from curate.report.render import DETAILS_DIR, METRICS_DIR, REPORTS_DIR, merge_figures, render, render_markdown
 from curate.stage import PIPELINE, flatten, guarded
@@ -184,6 +187,43 @@ def gate_rows(a: Revision, b: Revision) -> list[list]:
     ]  # fmt: skip
 
 
+def added_decisions(
+    before: bytes | None, after: bytes | None, names: tuple[str, str] = ("before", "after")
+) -> list[list[str]]:
+    """The ledger rows of ``after`` that ``before`` lacks (a changed row counts as added), in
+    ``after``'s order; a missing ledger has no rows. Rows compare on the ledger's columns, so
+    reordering the columns or the rows adds nothing. ``names`` name the two in messages. The
+    clean stage checks each line (``curate.ledger``); compare only lists what changed."""
+    old = Counter(_ledger_rows(before, names[0]))
+    added = []
+    for row in _ledger_rows(after, names[1]):
+        if old[row]:
+            old[row] -= 1
+        else:
+            added.append(list(row))
+    return added
+
+
+def _ledger_rows(data: bytes | None, name: str) -> list[tuple[str, ...]]:
+    if not data:
+        return []
+    try:
+        table = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (ValueError, UnicodeDecodeError) as exc:  # pandas' parser errors are ValueErrors
+        raise CurateError(f"{name}: not a readable CSV ({exc})".splitlines()[0]) from None
+    table = table.reindex(columns=list(LEDGER_COLUMNS), fill_value="").map(str.strip)
+    return [tuple(row) for row in table.itertuples(index=False) if any(row)]
+
+
+def decision_rows(a: Revision, b: Revision) -> list[list[str]]:
+    """Review decisions added between the two versions, each ledger read where its params put it."""
+
+    paths = [rev.params().get("clean.decisions") or CleanParams().decisions for rev in (a, b)]
+    return added_decisions(
+        a.read(paths[0]), b.read(paths[1]), (f"{paths[0]} ({a.name})", f"{paths[1]} ({b.name})")
+    )
+
+
 def compare(rev_a: str | None, rev_b: str | None, html_path: str | None) -> str:
     a, b = Revision(rev_a), Revision(rev_b)
     table_a, table_b = a.table(TABLE), b.table(TABLE)
@@ -197,6 +237,8 @@ def compare(rev_a: str | None, rev_b: str | None, html_path: str | None) -> str:
         "metrics": [row for row in metric_rows(a, b) if row[1] != row[2]],
         "gates": (gates := gate_rows(a, b)),
         "digests": digest_rows(a, b),
+        "decisions": decision_rows(a, b),
+        "ledger_columns": LEDGER_COLUMNS,
         "verdict": Verdict(warnings=[f"gate {name} fails in {b.name}" for name, _, now in gates[1:]
                                      if now == "FAIL"]),
         "diff": data,

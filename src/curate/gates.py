@@ -30,6 +30,7 @@ class Gate:
 GATES = {
     "max_flagged_rate": Gate("clean", "flagged_rate", "max"),
     "min_detect_f1": Gate("clean", "detect_f1", "min"),
+    "min_review_precision": Gate("clean", "review_precision", "min"),
     "min_group_share_ratio": Gate("rebalance", "group_share_ratio_after", "min"),
     "max_frechet_distance": Gate("augment", "frechet_distance", "max"),
     "min_accuracy": Gate("evaluate", "accuracy", "min"),

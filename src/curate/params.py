@@ -93,6 +93,8 @@ class CleanParams(Section):
     relabel_min_confidence: float = Field(0.9, ge=0, le=1)
     max_drop_fraction: float = Field(0.3, ge=0, le=1)
     drop_near_duplicates: bool = False
+    # The review ledger (curate.ledger): people's keep / drop / relabel decisions, applied last.
+    decisions: str = "data/review/decisions.csv"
 
 
 class RebalanceParams(Section):
@@ -204,6 +206,7 @@ class GatesParams(Section):
     enforce: bool = False
     max_flagged_rate: float | None = Field(0.2, ge=0, le=1)
     min_detect_f1: float | None = Field(None, ge=0, le=1)
+    min_review_precision: float | None = Field(None, ge=0, le=1)
     min_group_share_ratio: float | None = Field(0.2, ge=0, le=1)
     # In units of the originals' feature spread; mild pipelines measure < 0.1 on the demo.
     # The augment report also warns for each group over it.

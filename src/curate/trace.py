@@ -312,6 +312,12 @@ def _given_probability(tables: Tables, row: pd.Series, given_name: str) -> str:
 def _why(tables: Tables, row: pd.Series, names: list[str]) -> str:
     """Why clean took its action, from the row and clean's params at that revision."""
     action, flagged = row["action"], bool(row["is_label_issue"])
+    if row.get("action_source") == "review":  # a person's decision in the ledger wins
+        label = f" to {row['label_name']}" if action == "relabel" else ""
+        automatic = row.get("auto_action", "n/a")
+        return (
+            f"decided by a reviewer ({action}{label}, clean.decisions); the automatic action was {automatic}"
+        )
     setting = _param(tables, CleanParams, "clean.action")
     confidence = row["predicted_confidence"]
     floor = float(_param(tables, CleanParams, "clean.relabel_min_confidence"))

@@ -61,7 +61,8 @@ DETAILS_DIR = "details"  # under the reports folder: every other figure, not a D
 # figure is computed on; the other counts (classes, groups, files skipped) are in its report.
 HEADLINE: dict[str, tuple[str, ...]] = {
     "ingest": ("n_train",),
-    "clean": ("flagged_rate", "dropped", "detect_f1", "detect_precision", "detect_recall"),
+    "clean": ("flagged_rate", "dropped", "detect_f1", "detect_precision", "detect_recall",
+              "review_precision"),
     "rebalance": ("group_share_ratio_after",),
     "augment": ("frechet_distance",),
     "train": ("best_val_accuracy",),

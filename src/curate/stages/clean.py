@@ -5,6 +5,11 @@ Reads ``data/raw`` and what the ``folds`` stage wrote into ``data/clean/`` (``pr
 (every raw row: train rows with ``label_quality``, ``is_label_issue``, ``predicted_label``,
 ``action``, ``fold``, ...; a row's ``pred_row`` indexes ``pred_probs.npy``; test rows untouched)
 and the report. No training here: changing how the predictions are read re-runs only this stage.
+
+People have the last word: the review ledger (``clean.decisions``, :mod:`curate.ledger`) is
+applied after cleanlab's actions and the cap. ``action_source`` says who decided a train row
+(``auto`` | ``review``), ``auto_action`` what cleanlab would have done; test rows, never
+cleaned nor reviewed, have ``none`` in both.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
-from curate import label_issues
+from curate import label_issues, ledger
 from curate.dataset import (
     CLEAN_DIR,
     EMBEDDINGS,
@@ -47,6 +53,15 @@ DUPLICATE_SETS_SHOWN = 10
 MEMBERS_SHOWN = 12
 OUTLIERS_SHOWN = 24
 HEADLINE = ("flagged", "dropped", "relabelled", "flagged_rate", "near_duplicates", "outliers")
+REVIEW_HEADLINE = (
+    "reviewed",
+    "confirmed",
+    "overturned",
+    "relabels_by_people",
+    "orphaned",
+    "review_precision",
+)
+ORPHANS_SHOWN = 50
 DETECTION_HEADLINE = ("detect_precision", "detect_recall", "detect_f1")
 
 
@@ -60,7 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     train = samples[samples["split"] == "train"]
     pred_probs, folds, embeddings = read_predictions(len(train), len(names))
     checks = label_issues.duplicates_and_outliers(embeddings, train["label"].to_numpy())
-    result = clean(samples, pred_probs, folds, checks, settings, names)
+    decisions = ledger.read_ledger(Path(settings.decisions))
+    if Path(settings.decisions).exists():
+        record_input(settings.decisions)
+    result = clean(samples, pred_probs, folds, checks, settings, names, decisions)
     write_samples(OUTPUT, result.samples)
     stage_metrics = metrics(result)
     context = report_context(settings, result, images, stage_metrics)
@@ -98,6 +116,7 @@ class Cleaned:
     samples: pd.DataFrame  # every input row, input order; test rows get neutral clean columns
     classes: list[str]  # (K,) class names by label
     cap_notes: list[str]  # where max_drop_fraction held removals back
+    orphans: pd.DataFrame  # ledger decisions whose sample is not in the data (ledger.ORPHAN_COLUMNS)
 
     @property
     def train(self) -> pd.DataFrame:
@@ -112,13 +131,18 @@ def clean(
     checks: pd.DataFrame,
     settings: CleanParams,
     names: list[str],
+    decisions: pd.DataFrame | None = None,
 ) -> Cleaned:
     """Flag, then act on, the train rows of ``samples``; no training, no I/O.
 
     ``pred_probs`` (train rows x K) and ``folds`` (train rows) are out-of-sample
     K-fold predictions and ``checks`` the near-duplicate and outlier columns of
     :func:`label_issues.duplicates_and_outliers`, all in the order of the train rows.
+    ``decisions``: the review ledger as :func:`ledger.read_ledger` reads it (None: none),
+    checked against ``samples`` and applied last, over the automatic actions.
     """
+    decisions = ledger.no_decisions() if decisions is None else decisions
+    review = ledger.resolve(decisions, samples, names, settings.decisions)
     train = samples[samples["split"] == "train"].copy()
     labels = train["label"].to_numpy()
     is_issue, quality = label_issues.find_issues(
@@ -148,14 +172,14 @@ def clean(
     )
     relabel = train["action"] == "relabel"
     train.loc[relabel, "label"] = train.loc[relabel, "predicted_label"]
-    train["label_name"] = [names[label] for label in train["label"]]
-    return Cleaned(_merge_back(samples, train.drop(columns="drop_candidate")), names, cap_notes)
+    train = ledger.apply(train.drop(columns="drop_candidate"), review, names)
+    return Cleaned(_merge_back(samples, train), names, cap_notes, review.orphans)
 
 
 def _merge_back(samples: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
     """All raw rows in raw order: cleaned train rows, test rows with neutral clean columns."""
     test = samples[samples["split"] != "train"].copy()
-    test["action"] = "none"
+    test["action"] = test["auto_action"] = test["action_source"] = "none"
     test["given_label"] = test["label"]
     merged = pd.concat([train, test]).loc[samples.index]
     for column in ("is_label_issue", "is_near_duplicate", "is_outlier"):
@@ -175,6 +199,8 @@ def metrics(result: Cleaned) -> dict:
         "flagged_rate": float(flagged.mean()) if len(train) else 0.0,
         "near_duplicates": int(train["is_near_duplicate"].sum()),
         "outliers": int(train["is_outlier"].sum()),
+        **ledger.figures(train),
+        "orphaned": len(result.orphans),
     }
     if "true_label" in train.columns:
         noisy = (train["given_label"] != train["true_label"]).to_numpy()
@@ -210,6 +236,26 @@ def report_context(settings: CleanParams, result: Cleaned, images: np.ndarray, s
         "duplicate_sets": _duplicate_sets(train, images, names),
         "n_duplicate_sets": int(train.loc[train["duplicate_set"] >= 0, "duplicate_set"].nunique()),
         "outliers": _outliers(train, images, names),
+        **_review_context(result, stage_metrics),
+    }
+
+
+def _review_context(result: Cleaned, stage_metrics: dict) -> dict:
+    """The People's decisions section: the figures, automatic action x decision, the orphans."""
+    reviewed = result.train[result.train["action_source"] == "review"]
+    matrix = pd.crosstab(reviewed["auto_action"], reviewed["action"]).reindex(
+        index=["none", "keep", "drop", "relabel"], columns=list(ledger.DECISIONS), fill_value=0
+    )
+    orphans = result.orphans.head(ORPHANS_SHOWN)
+    return {
+        "review_headline": [(key, stage_metrics[key]) for key in REVIEW_HEADLINE],
+        "review_headers": ["automatic \\ people", *ledger.DECISIONS],
+        "review_rows": [
+            [auto, *matrix.loc[auto].tolist()] for auto in matrix.index if matrix.loc[auto].sum()
+        ],
+        "orphan_headers": list(ledger.ORPHAN_COLUMNS),
+        "orphan_rows": orphans.to_numpy().tolist(),
+        "orphans_hidden": len(result.orphans) - len(orphans),
     }
 
 
