@@ -141,3 +141,16 @@ def test_a_killed_writer_leaves_a_temp_file_that_the_next_write_removes(tmp_path
     write_images(target, np.zeros((1, 2, 2, 1), dtype=np.uint8))
     assert not leftover.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*others, "images.npy"])
+
+
+def test_read_json_names_the_stage_to_rerun(tmp_path):
+    from curate.dataset import read_json
+
+    path = tmp_path / "fit.json"
+    with pytest.raises(CurateError, match=r"fit.json: not found \(run the fit stage first: dvc repro\)"):
+        read_json(path, "fit")
+    path.write_text("{truncated")
+    with pytest.raises(CurateError, match=r"fit.json: not readable as JSON \(.*\); re-run the fit stage"):
+        read_json(path, "fit")
+    path.write_text('{"a": 1}')
+    assert read_json(path, "fit") == {"a": 1}

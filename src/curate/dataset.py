@@ -35,6 +35,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -199,6 +200,20 @@ def read_array(source: str | Path) -> np.ndarray:
         raise CurateError(f"{source}: not found (run the upstream stage first: dvc repro)")
     record_input(source)
     return np.load(source, allow_pickle=False)
+
+
+def read_json(source: str | Path, producer: str) -> Any:
+    """A JSON file the ``producer`` stage wrote (a run record, an environment), recorded as an input."""
+    source = Path(source)
+    if not source.exists():
+        raise CurateError(f"{source}: not found (run the {producer} stage first: dvc repro)")
+    record_input(source)
+    try:
+        return json.loads(source.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CurateError(
+            f"{source}: not readable as JSON ({exc}); re-run the {producer} stage (dvc repro)"
+        ) from None
 
 
 def read_images(source: str | Path) -> np.ndarray:

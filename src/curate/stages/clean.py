@@ -14,7 +14,6 @@ cleaned nor reviewed, have ``none`` in both.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,8 +34,8 @@ from curate.dataset import (
     class_names,
     read_array,
     read_images,
+    read_json,
     read_samples,
-    record_input,
     write_samples,
 )
 from curate.errors import CurateError
@@ -76,8 +75,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     pred_probs, folds, embeddings = read_predictions(len(train), len(names))
     checks = label_issues.duplicates_and_outliers(embeddings, train["label"].to_numpy())
     decisions = ledger.read_ledger(Path(settings.decisions))
-    if Path(settings.decisions).exists():
-        record_input(settings.decisions)
     result = clean(samples, pred_probs, folds, checks, settings, names, decisions)
     write_samples(OUTPUT, result.samples)
     stage_metrics = metrics(result)
@@ -94,10 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def read_environment() -> list[tuple[str, object]]:
     """What computed the predictions (torch, CPU kernels, threads): their floats depend on it."""
-    if not ENVIRONMENT.exists():
-        raise CurateError(f"{ENVIRONMENT}: not found (run the folds stage first: dvc repro)")
-    record_input(ENVIRONMENT)
-    return sorted(json.loads(ENVIRONMENT.read_text(encoding="utf-8")).items())
+    return sorted(read_json(ENVIRONMENT, "folds").items())
 
 
 def read_predictions(n_train: int, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from curate.dataset import MODELS_DIR, record_input
+from curate.dataset import MODELS_DIR, read_json
 from curate.errors import CurateError
 from curate.params import Params, TrainParams, load_params
 from curate.report import Verdict, line_chart, write_report
@@ -36,15 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def read_run() -> dict[str, Any]:
-    if not INPUT.exists():
-        raise CurateError(f"{INPUT}: not found (run the fit stage first: dvc repro)")
-    record_input(INPUT)
-    try:
-        run = json.loads(INPUT.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CurateError(
-            f"{INPUT}: not readable as JSON ({exc}); re-run the fit stage (dvc repro)"
-        ) from None
+    run = read_json(INPUT, "fit")
     missing = [key for key in ("history", "summary", "group_rows", "n_fit", "n_val") if key not in run]
     if missing:
         raise CurateError(f"{INPUT}: no {missing[0]!r} (written by an older fit stage: dvc repro)")
