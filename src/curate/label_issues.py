@@ -44,56 +44,92 @@ def check_class_sizes(labels: np.ndarray, names: list[str], folds: int) -> None:
         )
 
 
-def out_of_sample_predictions(
+@dataclass(frozen=True)
+class FoldTraining:
+    """How each fold model is trained (the ``clean`` params as the fold loop needs them)."""
+
+    n_classes: int
+    model_name: str
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    polarity: str
+
+
+def fold_splits(strata: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(fit_rows, held_out)`` per fold, stratified by ``strata`` (group x label), so a small group
+    is spread over every fold instead of landing in one, where its model would never have seen it."""
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # Small group x label strata trigger "least populated class" warnings; classes were checked.
+        warnings.simplefilter("ignore", UserWarning)
+        return list(splitter.split(np.zeros(len(strata)), strata))
+
+
+def fold_model(
     images: np.ndarray,
     labels: np.ndarray,
-    strata: np.ndarray,
-    *,
-    n_classes: int,
-    folds: int,
-    model_name: str,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
+    fit_rows: np.ndarray,
+    held_out: np.ndarray,
+    fold: int,
+    training: FoldTraining,
     device: torch.device,
-    polarity: str,
-) -> FoldPredictions:
-    """Train one CNN per fold on the other folds and predict the held-out fold.
+    progress: str | None = None,
+) -> tuple[torch.nn.Module, np.ndarray]:
+    """Fold ``fold``'s model, trained on ``fit_rows``, and its probabilities for ``held_out``.
 
-    Folds are stratified by ``strata`` (group x label), so a small group is
-    spread over every fold instead of landing in one, where its model would
-    never have seen it. ``polarity``: ``image.normalize_polarity``, for training and prediction.
+    Seeded by the fold alone, so a fold gives the same model whichever process trains it.
     """
     import torch  # only here: the rest of this module is used without torch
 
     from curate import model as models
 
     channels, size = images.shape[3], images.shape[1]
-    pred_probs = np.zeros((len(labels), n_classes), dtype=np.float32)
+    fold_seed = training.seed * 1000 + fold
+    torch.manual_seed(fold_seed)  # weight init
+    net = models.build_model(training.model_name, training.n_classes, channels, size)
+    config = models.FitConfig(
+        epochs=training.epochs,
+        batch_size=training.batch_size,
+        lr=training.lr,
+        seed=fold_seed,
+        device=device,
+        polarity=training.polarity,
+    )
+    models.fit(net, images[fit_rows], labels[fit_rows], config, progress=progress)
+    probs, _ = models.predict(
+        net, images[held_out], batch_size=1024, device=device, polarity=training.polarity
+    )
+    return net, probs
+
+
+def out_of_sample_predictions(
+    images: np.ndarray,
+    labels: np.ndarray,
+    strata: np.ndarray,
+    *,
+    folds: int,
+    training: FoldTraining,
+    device: torch.device,
+) -> FoldPredictions:
+    """Train one CNN per fold on the other folds and predict the held-out fold (:func:`fold_model`);
+    fold 0's model embeds every row. ``strata``: see :func:`fold_splits`."""
+    from curate import model as models
+
+    pred_probs = np.zeros((len(labels), training.n_classes), dtype=np.float32)
     fold_of = np.full(len(labels), -1, dtype=np.int64)
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     embedder = None
-    with warnings.catch_warnings():
-        # Small group x label strata trigger "least populated class" warnings; classes were checked.
-        warnings.simplefilter("ignore", UserWarning)
-        splits = list(splitter.split(np.zeros(len(strata)), strata))
-    for fold, (fit_rows, held_out) in enumerate(splits):
-        fold_seed = seed * 1000 + fold
-        torch.manual_seed(fold_seed)  # weight init
-        net = models.build_model(model_name, n_classes, channels, size)
-        config = models.FitConfig(
-            epochs=epochs, batch_size=batch_size, lr=lr, seed=fold_seed, device=device, polarity=polarity
-        )
-        models.fit(
-            net, images[fit_rows], labels[fit_rows], config, progress=f"clean: fold {fold + 1}/{folds}"
-        )
-        probs, _ = models.predict(net, images[held_out], batch_size=1024, device=device, polarity=polarity)
+    for fold, (fit_rows, held_out) in enumerate(fold_splits(strata, folds, training.seed)):
+        progress = f"clean: fold {fold + 1}/{folds}"
+        net, probs = fold_model(images, labels, fit_rows, held_out, fold, training, device, progress)
         pred_probs[held_out] = probs
         fold_of[held_out] = fold
         if embedder is None:
             embedder = net
-    _, embeddings = models.predict(embedder, images, batch_size=1024, device=device, polarity=polarity)
+    _, embeddings = models.predict(
+        embedder, images, batch_size=1024, device=device, polarity=training.polarity
+    )
     return FoldPredictions(pred_probs, fold_of, embeddings, embedder)
 
 

@@ -62,15 +62,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         np.asarray(images[train["row"].to_numpy()]),
         train["label"].to_numpy(),
         (train["group"] + ":" + train["label_name"]).to_numpy(),
-        n_classes=len(names),
         folds=settings.folds,
-        model_name=settings.model,
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        lr=settings.lr,
-        seed=params.seed,
+        training=label_issues.FoldTraining(
+            n_classes=len(names),
+            model_name=settings.model,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            seed=params.seed,
+            polarity=polarity,
+        ),
         device=device,
-        polarity=polarity,
     )
     seconds = time.perf_counter() - started
     write_array(PRED_PROBS, predictions.pred_probs)
