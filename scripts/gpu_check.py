@@ -6,7 +6,10 @@ pydantic). Data: the demo's raw images and labels when ``data/raw`` is there (pa
 pyarrow read the table), else scikit-learn's digits upscaled to 28 x 28 and tiled to the
 demo's size (about 10,500 training and 1,700 test images), so the figures are comparable.
 Trains the default model with the default train params, asserts that the model ran on CUDA
-with bf16 activations and the data set sat on the GPU, and prints images/s and wall time.
+with bf16 activations and the data set sat on the GPU (or, with ``--data-on-device never``, was
+streamed in pinned batches), and prints images/s and wall time. Under torchrun (the shell script
+starts it with one process per GPU where there are several) it trains with DDP over NCCL, each
+rank on ``cuda:LOCAL_RANK``, and rank 0 prints.
 
 Run: ``scripts/gpu_check.sh [--epochs 10] [--compile]`` (exit 0: all asserted; under 3 minutes).
 """
@@ -14,6 +17,7 @@ Run: ``scripts/gpu_check.sh [--epochs 10] [--compile]`` (exit 0: all asserted; u
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -64,6 +68,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--compile", action="store_true", help="also torch.compile the model")
     parser.add_argument("--cpu-smoke", action="store_true", help="run on the CPU to test the script itself")
+    parser.add_argument("--data-on-device", default="auto", choices=("auto", "always", "never"))
     return parser.parse_args()
 
 
@@ -74,6 +79,21 @@ def check_device(cpu_smoke: bool) -> torch.device:
     device = models.pick_device("auto")
     assert device.type == "cuda", f"pick_device('auto') chose {device}, not cuda"
     return device
+
+
+def join_ranks(device: torch.device) -> tuple[torch.device, int, int]:
+    """Under torchrun: join the process group (NCCL on CUDA), take this rank's GPU; (device, rank, world)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return device, 0, 1
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if device.type == "cuda":
+        assert world <= torch.cuda.device_count(), f"{world} ranks for {torch.cuda.device_count()} GPUs"
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    return device, rank, world
 
 
 def watch_first_conv(net: torch.nn.Module) -> tuple[dict[str, object], torch.utils.hooks.RemovableHandle]:
@@ -88,12 +108,28 @@ def watch_first_conv(net: torch.nn.Module) -> tuple[dict[str, object], torch.uti
     return seen, conv.register_forward_hook(record)
 
 
-def assert_on_gpu(seen: dict[str, object], x_train: np.ndarray, device: torch.device) -> None:
+def assert_on_gpu(seen: dict[str, object], x_train: np.ndarray, config: models.FitConfig) -> None:
     assert seen["device"].type == "cuda", f"conv ran on {seen['device']}"
     assert seen["dtype"] == torch.bfloat16, f"conv output was {seen['dtype']}, not bf16 (autocast off?)"
     assert seen["channels_last"], "conv input was not channels_last"
+    if config.data_on_device == "never":
+        assert seen["streamed"], "data_on_device never, but no batch was read by the background reader"
+        return
     # The placement rule fit applies: the uint8 data set on the GPU when it fits in half the free memory.
-    assert models._place(x_train, device).device.type == "cuda", "the data set would not be kept on the GPU"
+    assert models.keeps_in_memory(x_train, config), "the data set would not be kept on the GPU"
+    assert models._place(x_train, config.device).device.type == "cuda", "the data set would not be on the GPU"
+
+
+def watch_reader(seen: dict[str, object]) -> None:
+    """Note in ``seen["streamed"]`` whether fit read batches through the background reader (pinned)."""
+    seen["streamed"] = False
+    prefetched = models._prefetched
+
+    def spy(images: np.ndarray, batches: list, pin: bool) -> object:
+        seen["streamed"] = seen["streamed"] or (pin and len(batches) > 0)
+        return prefetched(images, batches, pin)
+
+    models._prefetched = spy
 
 
 def print_figures(
@@ -114,13 +150,17 @@ def print_figures(
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
-    device = check_device(args.cpu_smoke)
+    device, rank, world = join_ranks(check_device(args.cpu_smoke))
     x_train, y_train, x_test, y_test, source = demo_arrays()
-    print(f"data: {source}, {len(x_train):,} train / {len(x_test):,} test images of {x_train.shape[1:]}")
+    if rank == 0:
+        print(f"data: {source}, {len(x_train):,} train / {len(x_test):,} test images of {x_train.shape[1:]}")
+        if world > 1:
+            print(f"processes: {world} (DDP over {'NCCL' if device.type == 'cuda' else 'gloo'})")
 
     torch.manual_seed(0)
     net = models.build_model("cnn", 10, x_train.shape[3], x_train.shape[1])
     seen, hook = watch_first_conv(net)
+    watch_reader(seen)
     config = models.FitConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -130,15 +170,20 @@ def main() -> None:
         polarity="auto",  # the template's default image.normalize_polarity
         patience=4,
         compile=args.compile,
+        data_on_device=args.data_on_device,
+        distributed=world > 1,
     )
     validation = (x_test[:500], y_test[:500], None)
     history = models.fit(net, x_train, y_train, config, validation=validation, progress="gpu check")
     hook.remove()
     if not args.cpu_smoke:
-        assert_on_gpu(seen, x_train, device)
-    probs, _ = models.predict(net, x_test, batch_size=1024, device=device, polarity=config.polarity)
-    print_figures(history, float((probs.argmax(1) == y_test).mean()), seen, device)
-    print(f"wall time {time.perf_counter() - started:.1f} s (data, training, test; imports excluded)")
+        assert_on_gpu(seen, x_train, config)
+    if rank == 0:
+        probs, _ = models.predict(net, x_test, batch_size=1024, device=device, polarity=config.polarity)
+        print_figures(history, float((probs.argmax(1) == y_test).mean()), seen, device)
+        print(f"wall time {time.perf_counter() - started:.1f} s (data, training, test; imports excluded)")
+    if world > 1:
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -4,12 +4,18 @@ import pytest
 
 from curate.errors import CurateError
 from curate.label_issues import (
+    FoldTraining,
     check_class_sizes,
     decide_actions,
     detection_scores,
     duplicate_extras,
     duplicates_and_outliers,
+    evidence,
     find_issues,
+    fit_temperature,
+    fold_model,
+    knn_probs,
+    temperature_scaled,
 )
 
 
@@ -117,3 +123,94 @@ def test_duplicates_sets_and_extras():
     quality = np.linspace(0, 1, 200)
     extras = duplicate_extras(sets, quality)
     assert np.flatnonzero(extras).tolist() == [0, 1, 40]
+
+
+def overconfident(seed=0, n=600, k=3):
+    """Probabilities from a model right 70% of the time but always 99% sure: three folds."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    predicted = np.where(rng.random(n) < 0.7, labels, (labels + rng.integers(1, k, n)) % k)
+    probs = np.full((n, k), 0.01 / (k - 1))
+    probs[np.arange(n), predicted] = 0.99
+    return probs.astype(np.float32), labels, np.arange(n) % 3
+
+
+def nll(probs, labels):
+    return -np.log(probs[np.arange(len(labels)), labels]).mean()
+
+
+def test_temperature_scaling_lowers_nll_of_an_overconfident_model():
+    probs, labels, folds = overconfident()
+    scaled = temperature_scaled(probs, labels, folds)
+    assert nll(scaled, labels) < 0.7 * nll(probs, labels)
+    assert np.allclose(scaled.sum(axis=1), 1, atol=1e-5)
+    assert (scaled.argmax(axis=1) == probs.argmax(axis=1)).all()  # a temperature keeps the ranking
+    assert fit_temperature(np.log(probs.astype(np.float64)), labels) > 1  # softened, not sharpened
+
+
+def test_knn_evidence_points_to_the_neighbours_class():
+    rng = np.random.default_rng(0)
+    centres = np.array([[5.0, 0, 0], [0, 5.0, 0]])
+    embeddings = np.concatenate(
+        [centres[0] + rng.normal(size=(30, 3)), centres[1] + rng.normal(size=(30, 3))]
+    )
+    labels = np.repeat([0, 1], 30)
+    labels[3] = 1  # a class-0 image filed as 1
+    neighbours = knn_probs(embeddings, labels, n_classes=2, k=10)
+    assert neighbours[3].argmax() == 0 and neighbours[3, 0] > 0.8
+    assert np.allclose(neighbours.sum(axis=1), 1)
+    pred_probs = np.full((60, 2), 0.5, dtype=np.float32)
+    folds = np.arange(60) % 2
+    same = evidence(pred_probs, labels, folds, embeddings, calibrate="none", knn_weight=0.0, knn_k=10)
+    assert np.array_equal(same, pred_probs)
+    mixed = evidence(pred_probs, labels, folds, embeddings, calibrate="none", knn_weight=0.5, knn_k=10)
+    assert np.allclose(mixed, 0.5 * pred_probs + 0.5 * neighbours)
+
+
+def tiny_training(**overrides):
+    fields = dict(n_classes=2, model_name="cnn", epochs=1, batch_size=16, lr=0.01, seed=3, polarity="off")
+    return FoldTraining(**(fields | overrides))
+
+
+def test_an_ensemble_averages_models_seeded_apart():
+    import torch
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (48, 8, 8, 1), dtype=np.uint8)
+    labels = np.arange(48) % 2
+    fit_rows, held_out = np.arange(32), np.arange(32, 48)
+    cpu = torch.device("cpu")
+    args = (images, labels, fit_rows, held_out, 1)
+    first_net, pair = fold_model(*args, tiny_training(ensemble=2), cpu)
+    _, first = fold_model(*args, tiny_training(), cpu)
+    _, second = fold_model(*args, tiny_training(seed=103), cpu)  # member 1's seed: 100_000 further
+    assert np.allclose(pair, (first + second) / 2, atol=1e-6)
+    assert not np.allclose(first, second)
+    assert first_net is not None
+
+
+def test_per_group_thresholds_judge_each_large_group_alone():
+    from cleanlab.filter import find_label_issues
+
+    rng = np.random.default_rng(1)
+    n, k = 260, 3
+    labels = rng.integers(0, k, n)
+    # The big group's model is sure of itself, the other group's much less.
+    sure = np.where(np.arange(n) < 200, 0.9, 0.5)
+    probs = np.full((n, k), 0.0)
+    guess = np.where(rng.random(n) < 0.85, labels, (labels + 1) % k)
+    probs[np.arange(n), guess] = sure
+    probs += ((1 - sure) / k)[:, None]
+    probs /= probs.sum(axis=1, keepdims=True)
+    groups = np.array(["big"] * 200 + ["small"] * 40 + ["tiny"] * 20)
+    groups[200:260:2] = "small"  # small: 50 rows, tiny: 10
+    options = dict(
+        filter_by="prune_by_noise_rate", frac_noise=1.0, min_examples_per_class=1, rank_by="self_confidence"
+    )
+    pooled, _ = find_issues(labels, probs, **options)
+    split, _ = find_issues(labels, probs, **options, groups=groups)
+    small = groups == "small"
+    assert np.array_equal(
+        split[small], find_label_issues(labels[small], probs[small], filter_by="prune_by_noise_rate")
+    )
+    assert np.array_equal(split[groups == "tiny"], pooled[groups == "tiny"])  # under 50 rows: pooled

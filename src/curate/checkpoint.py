@@ -61,7 +61,10 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         meta = dict(payload["meta"])
-        model = build_model(meta["name"], meta["n_classes"], meta["channels"], meta["size"])
+        # input_size: the side a torchvision backbone is fed at (curate.backbones); absent: none.
+        model = build_model(
+            meta["name"], meta["n_classes"], meta["channels"], meta["size"], input_size=meta.get("input_size")
+        )
         model.load_state_dict(payload["state_dict"])
         if polarity_of(meta) not in MODES:
             raise ValueError(f"meta {POLARITY_KEY} is {meta[POLARITY_KEY]!r}, expected one of {MODES}")
@@ -71,11 +74,12 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), meta
 
 
-def load_initial_weights(net: nn.Module, path: Path, key: str = "init_weights") -> None:
+def load_initial_weights(net: nn.Module, path: Path, key: str = "init_weights") -> int:
     """Start ``net`` from a local state_dict (or a curate checkpoint): tensors whose name and shape match.
 
     A head for another number of classes is left at its random init, so weights trained
-    elsewhere can seed a new label set. Nothing is downloaded; loading never runs code.
+    elsewhere can seed a new label set (so can a torchvision backbone's body alone). Nothing is
+    downloaded; loading never runs code. Returns the number of tensors loaded.
     ``key`` names the param in the errors (``train.init_weights: x.pt: file not found``).
     """
     if not path.is_file():
@@ -86,6 +90,10 @@ def load_initial_weights(net: nn.Module, path: Path, key: str = "init_weights") 
     except Exception as exc:  # noqa: BLE001  (torch raises many kinds for a bad file)
         raise CurateError(f"{key}: {path}: not a state_dict ({type(exc).__name__})") from None
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    # A torchvision backbone also takes a plain torchvision file (its keys mapped onto body/head).
+    adapt = getattr(net, "adapt_state_dict", None)
+    if state and adapt is not None:
+        state = adapt(state)
     own = net.state_dict()
     matched = {
         name: value
@@ -95,3 +103,4 @@ def load_initial_weights(net: nn.Module, path: Path, key: str = "init_weights") 
     if not matched:
         raise CurateError(f"{key}: {path}: no tensor matches the {type(net).__name__} model")
     net.load_state_dict(matched, strict=False)
+    return len(matched)

@@ -309,3 +309,67 @@ def gather_images(samples: pd.DataFrame, stores: dict[str, Path] | None = None) 
         # Sorted fancy indexing reads a memory-map sequentially.
         out[mask] = images[np.sort(rows[mask])][np.argsort(np.argsort(rows[mask]))]
     return out if out is not None else np.empty((0, 0, 0, 0), dtype=np.uint8)
+
+
+class ImageRows:
+    """The images of a sample table, read on demand from the stores its rows point into.
+
+    What the training stages hand to :func:`curate.model.fit` and :func:`curate.model.predict`
+    instead of a gathered copy: ``len``, ``shape`` and ``nbytes`` as an array would have them;
+    an int index reads one image; a slice or an index array gives another :class:`ImageRows`
+    over those rows (nothing read yet); :meth:`read` and ``np.asarray`` read rows in order,
+    each store's rows in sorted order (a memory-map then reads its pages in sequence).
+    """
+
+    def __init__(self, stores: dict[str, np.ndarray], store_of: np.ndarray, rows: np.ndarray) -> None:
+        self.stores = stores  # store name -> memory-mapped images.npy
+        self.names = sorted(stores)
+        self.store_of = store_of  # (N,) index into names
+        self.rows = rows  # (N,) row in that store
+        shapes = {stores[name].shape[1:] for name in self.names}
+        if len(shapes) > 1:
+            names = ", ".join(self.names)
+            raise CurateError(f"image stores {names} hold images of different shapes {sorted(shapes)}")
+        self.shape = (len(rows), *shapes.pop())
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = 4
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __getitem__(self, key: int | slice | np.ndarray) -> Any:
+        if isinstance(key, int | np.integer):
+            return self.read(np.array([key]))[0]
+        return ImageRows(self.stores, self.store_of[key], self.rows[key])
+
+    def read(self, index: np.ndarray | None = None) -> np.ndarray:
+        """The images at positions ``index`` (all when None), in that order, as a new uint8 array."""
+        store_of = self.store_of if index is None else self.store_of[index]
+        rows = self.rows if index is None else self.rows[index]
+        out = np.empty((len(rows), *self.shape[1:]), dtype=np.uint8)
+        for code, name in enumerate(self.names):
+            at = np.flatnonzero(store_of == code)
+            order = np.argsort(rows[at], kind="stable")
+            out[at[order]] = self.stores[name][rows[at][order]]
+        return out
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        images = self.read()
+        return images if dtype is None else images.astype(dtype, copy=False)
+
+
+def image_rows(samples: pd.DataFrame, stores: dict[str, Path] | None = None) -> ImageRows:
+    """:class:`ImageRows` of ``samples`` in table order: the lazy counterpart of :func:`gather_images`.
+
+    Opens (memory-maps) only the stores the rows point into, the raw one when there are none.
+    """
+    stores = IMAGE_STORES if stores is None else stores
+    store_of_row = samples["store"] if "store" in samples.columns else pd.Series("raw", index=samples.index)
+    used = sorted(store_of_row.unique()) or ["raw"]
+    codes = store_of_row.map({name: code for code, name in enumerate(used)}).to_numpy(dtype=np.int64)
+    opened = {name: read_images(stores[name]) for name in used}
+    return ImageRows(opened, codes, samples["row"].to_numpy(dtype=np.int64))

@@ -6,11 +6,15 @@
   centred in 28 x 28 as MNIST is, and rendered as dark ink on light paper: a
   second collection channel with a different look.
 
-Two knobs act on the train split only and are recorded so they can be scored:
+Knobs act on the train split only and are recorded so they can be scored:
 ``minority_keep`` keeps that fraction of the ``sklearn`` train samples
 (a representation gap), ``label_noise`` flips that fraction of train
 labels uniformly to another class (the original stays in ``true_label``), and
 ``subsample`` keeps a stratified fraction of the whole demo (quick trials, tests).
+``noise`` picks the noise model: ``uniform`` (above) or ``class_conditional``, what real
+annotators do: asymmetric flips between digits a person confuses, at a rate per class
+(:data:`CONFUSIONS`), none elsewhere; there ``label_noise`` only switches the flips off at 0
+(the oracle).
 Each knob draws from its own seeded stream, so changing one never changes
 which samples the other picks: the oracle run (``label_noise: 0``) holds
 exactly the default run's samples.
@@ -27,6 +31,19 @@ from curate.imaging import conform
 
 CLASS_NAMES = [str(digit) for digit in range(10)]
 MINORITY_GROUP = "sklearn"
+# The class-conditional noise model: true class -> (the class it is filed under, the share of
+# that class's train labels flipped). Asymmetric pairs of look-alike digits, 10-25% of those
+# seven classes and none of 0, 6 and 8: about 11.5% of all train labels, near uniform's 10%.
+CONFUSIONS = {
+    4: (9, 0.25),
+    9: (4, 0.20),
+    3: (5, 0.20),
+    5: (3, 0.15),
+    7: (1, 0.15),
+    1: (7, 0.10),
+    2: (7, 0.10),
+}
+NOISE_MODELS = ("uniform", "class_conditional")
 
 
 def _mnist() -> tuple[list[np.ndarray], np.ndarray]:
@@ -58,6 +75,7 @@ def build_demo(
     size: int,
     channels: int,
     subsample: float = 1.0,
+    noise: str = "uniform",
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Return ``(images, samples)`` following the data contract, plus ``true_label``."""
     sources = {"mnist": _mnist(), MINORITY_GROUP: _sklearn_digits()}
@@ -85,7 +103,10 @@ def build_demo(
     kept_pictures = [picture for picture, kept in zip(pictures, keep, strict=True) if kept]
 
     samples["true_label"] = samples["label"]
-    samples["label"] = _flip_labels(samples, label_noise, np.random.default_rng([seed, 2]))
+    if noise not in NOISE_MODELS:
+        raise ValueError(f"unknown noise model {noise!r} (expected one of {NOISE_MODELS})")
+    flip = _flip_labels if noise == "uniform" else _confuse_labels
+    samples["label"] = flip(samples, label_noise, np.random.default_rng([seed, 2]))
     samples["label_name"] = [CLASS_NAMES[label] for label in samples["label"]]
     samples["row"] = np.arange(len(samples))
 
@@ -112,4 +133,18 @@ def _flip_labels(samples: pd.DataFrame, rate: float, rng: np.random.Generator) -
     flipped = rng.choice(train_rows, size=round(rate * len(train_rows)), replace=False)
     n_classes = len(CLASS_NAMES)
     labels[flipped] = (labels[flipped] + rng.integers(1, n_classes, size=len(flipped))) % n_classes
+    return labels
+
+
+def _confuse_labels(samples: pd.DataFrame, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Flip exactly ``round(share * n)`` of the ``n`` train labels of each class of
+    :data:`CONFUSIONS` to its look-alike; ``rate`` 0 flips nothing (the oracle's switch)."""
+    labels = samples["label"].to_numpy().copy()
+    if rate == 0:
+        return labels
+    is_train = samples["split"].to_numpy() == "train"
+    for source, (target, share) in sorted(CONFUSIONS.items()):
+        rows = np.flatnonzero(is_train & (samples["label"].to_numpy() == source))
+        flipped = rng.choice(rows, size=round(share * len(rows)), replace=False)
+        labels[flipped] = target
     return labels

@@ -31,6 +31,12 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+# clean.model / train.model: the compact CNN or a torchvision backbone (curate.backbones.MODELS);
+# weights: how a backbone starts (imagenet: torchvision's cache, $TORCH_HOME/hub/checkpoints).
+ModelName = Literal["cnn", "resnet18", "resnet50", "efficientnet_b0", "convnext_tiny"]
+WeightsName = Literal["none", "imagenet"]
+
+
 class ImageParams(Section):
     size: int = Field(28, ge=8, le=256, description="side of the square images, in pixels")
     channels: Literal[1, 3] = 1
@@ -43,6 +49,9 @@ class DemoParams(Section):
     label_noise: float = Field(0.10, ge=0, le=0.5)
     minority_keep: float = Field(0.10, gt=0, le=1)
     subsample: float = Field(1.0, gt=0, le=1)
+    # uniform: label_noise of the train labels to any other class; class_conditional: look-alike
+    # digits filed under each other at 10-25% per class (curate.demo.CONFUSIONS), none elsewhere.
+    noise: Literal["uniform", "class_conditional"] = "uniform"
 
 
 class IngestParams(Section):
@@ -72,11 +81,25 @@ class CleanParams(Section):
     """Label-issue detection: out-of-sample K-fold CNN predictions, then cleanlab."""
 
     folds: int = Field(5, ge=2, le=20)
-    model: Literal["cnn", "resnet18"] = "cnn"
+    # folds: K CNNs trained out of fold; embeddings: the frozen model's features, out-of-fold
+    # logistic regression (cleanlab's cheap path for pretrained backbones).
+    method: Literal["folds", "embeddings"] = "folds"
+    model: ModelName = "cnn"
+    weights: WeightsName = "none"
+    input_size: int | None = Field(None, ge=16, le=1024)  # a backbone's input side; null: its weights'
+    init_weights: str | None = None  # a local state_dict to start from (nothing is downloaded)
     epochs: int = Field(8, ge=1, le=500)
     batch_size: int = Field(128, ge=8, le=8192)
     lr: float = Field(0.01, gt=0, le=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    nproc: int = Field(1, ge=1, le=1024)  # > 1: the fold models spread over that many processes (torchrun)
+    augment: bool = True  # online shift/rotate/scale while the fold models train
+    ensemble: int = Field(1, ge=1, le=8)  # models per fold, their probabilities averaged
+    calibrate: Literal["none", "temperature"] = "none"  # per-fold temperature scaling of pred_probs
+    knn_weight: float = Field(0.5, ge=0, le=1)  # share of kNN label evidence (embeddings) mixed in
+    knn_k: int = Field(20, ge=1, le=200)
+    # per_group: cleanlab's thresholds estimated within each group (>= 50 rows), not pooled.
+    thresholds: Literal["pooled", "per_group"] = "pooled"
     filter_by: Literal[
         "prune_by_noise_rate",
         "prune_by_class",
@@ -178,7 +201,9 @@ class AugmentParams(Section):
 class TrainParams(Section):
     """The classifier trained on the balanced, augmented train rows (the train stage)."""
 
-    model: Literal["cnn", "resnet18"] = "cnn"
+    model: ModelName = "cnn"
+    weights: WeightsName = "none"
+    input_size: int | None = Field(None, ge=16, le=1024)  # a backbone's input side; null: its weights'
     epochs: int = Field(20, ge=1, le=500)
     batch_size: int = Field(256, ge=8, le=8192)
     lr: float = Field(0.01, gt=0, le=1)
@@ -190,6 +215,10 @@ class TrainParams(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     compile: bool = False
     init_weights: str | None = None  # a local state_dict (or curate checkpoint); nothing is downloaded
+    # always: the whole set copied onto the device; never: read batch by batch from the image
+    # stores (memory-mapped); auto: always when it fits (curate.model.keeps_in_memory). Same results.
+    data_on_device: Literal["auto", "always", "never"] = "auto"
+    nproc: int = Field(1, ge=1, le=1024)  # > 1: DDP over that many processes (torchrun), one per GPU
 
 
 class EvaluateParams(Section):

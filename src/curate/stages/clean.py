@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pred_probs, folds, embeddings = read_predictions(len(train), len(names))
     checks = label_issues.duplicates_and_outliers(embeddings, train["label"].to_numpy())
     decisions = ledger.read_ledger(Path(settings.decisions))
-    result = clean(samples, pred_probs, folds, checks, settings, names, decisions)
+    result = clean(samples, pred_probs, folds, checks, settings, names, decisions, embeddings)
     write_samples(OUTPUT, result.samples)
     stage_metrics = metrics(result)
     context = report_context(settings, result, images, stage_metrics)
@@ -126,6 +126,7 @@ def clean(
     settings: CleanParams,
     names: list[str],
     decisions: pd.DataFrame | None = None,
+    embeddings: np.ndarray | None = None,
 ) -> Cleaned:
     """Flag, then act on, the train rows of ``samples``; no training, no I/O.
 
@@ -134,18 +135,31 @@ def clean(
     :func:`label_issues.duplicates_and_outliers`, all in the order of the train rows.
     ``decisions``: the review ledger as :func:`ledger.read_ledger` reads it (None: none),
     checked against ``samples`` and applied last, over the automatic actions.
+    ``embeddings`` (train rows x D, the shared model's): the kNN evidence cleanlab reads beside
+    ``pred_probs`` (``clean.knn_weight``; None: none). ``predicted_label`` stays the fold model's.
     """
     decisions = ledger.no_decisions() if decisions is None else decisions
     review = ledger.resolve(decisions, samples, names, settings.decisions)
     train = samples[samples["split"] == "train"].copy()
     labels = train["label"].to_numpy()
+    # What cleanlab reads: the fold models' probabilities, calibrated and mixed with kNN evidence.
+    evidence = label_issues.evidence(
+        pred_probs,
+        labels,
+        folds,
+        embeddings,
+        calibrate=settings.calibrate,
+        knn_weight=settings.knn_weight,
+        knn_k=settings.knn_k,
+    )
     is_issue, quality = label_issues.find_issues(
         labels,
-        pred_probs,
+        evidence,
         filter_by=settings.filter_by,
         frac_noise=settings.frac_noise,
         min_examples_per_class=settings.min_examples_per_class,
         rank_by=settings.rank_by,
+        groups=train["group"].to_numpy() if settings.thresholds == "per_group" else None,
     )
     train["given_label"] = labels
     train["label_quality"] = quality

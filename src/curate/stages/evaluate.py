@@ -22,7 +22,15 @@ import numpy as np
 import pandas as pd
 
 from curate import evaluation
-from curate.dataset import AUGMENTED_DIR, MODELS_DIR, class_names, gather_images, read_samples, write_text
+from curate.dataset import (
+    AUGMENTED_DIR,
+    MODELS_DIR,
+    ImageRows,
+    class_names,
+    image_rows,
+    read_samples,
+    write_text,
+)
 from curate.errors import CurateError
 from curate.gates import show_gates
 from curate.params import EvaluateParams, load_params
@@ -59,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from curate.model import pick_device, predict
 
     model, meta = load_checkpoint(MODEL)
-    images = gather_images(test)
+    images = image_rows(test)  # read batch by batch by predict, never copied whole
     check_model(meta, names, images)
     device = pick_device(settings.device, key=f"{args.params}: evaluate.device")
     probs, _ = predict(model, images, batch_size=1024, device=device, polarity=polarity_of(meta))
@@ -79,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def check_model(meta: Mapping[str, Any], names: list[str], images: np.ndarray) -> None:
+def check_model(meta: Mapping[str, Any], names: list[str], images: ImageRows | np.ndarray) -> None:
     """The model must be trained for these classes and take these images."""
     if list(meta.get("class_names", [])) != names:
         raise CurateError(
@@ -154,7 +162,7 @@ def confusion_records(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) 
 
 
 def report_context(
-    settings: EvaluateParams, result: Evaluated, images: np.ndarray, model: Mapping[str, Any]
+    settings: EvaluateParams, result: Evaluated, images: ImageRows, model: Mapping[str, Any]
 ) -> dict[str, Any]:
     """What the evaluate templates show; ``images`` are the test images, ``model`` the checkpoint meta."""
     names = result.names
@@ -206,7 +214,7 @@ def _class_rows(result: Evaluated) -> list[list]:
     return [[name, *(result.per_class[name][key] for key in CLASS_COLUMNS)] for name in result.names]
 
 
-def _confidently_wrong(result: Evaluated, images: np.ndarray, count: int) -> list[dict[str, str]]:
+def _confidently_wrong(result: Evaluated, images: ImageRows, count: int) -> list[dict[str, str]]:
     """Thumbnails of the ``count`` most confidently wrong test samples, most confident first."""
     y_true, y_pred, probs, names, test = result.y_true, result.y_pred, result.probs, result.names, result.test
     return [

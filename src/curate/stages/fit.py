@@ -15,6 +15,11 @@ run record the ``train`` stage turns into its report: per-epoch stats, the summa
 group, the environment). A stage of its own so that a report's edit re-runs no training: this
 module does not import the report kit. Everything is a function of the inputs, the params and
 the seed on the CPU except the throughput figures (seconds, images per second), which are measured.
+
+The images are never gathered into one copy here: ``fit`` reads the rows from the raw and the
+augmented stores (:class:`curate.dataset.ImageRows`), whole onto the device or batch by batch
+(``train.data_on_device``). With ``train.nproc`` above 1 the stage relaunches itself under
+torchrun and trains with DistributedDataParallel (:mod:`curate.distributed`); rank 0 writes.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,11 +36,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from curate import distributed
 from curate.dataset import (
     AUGMENTED_DIR,
     MODELS_DIR,
+    ImageRows,
     class_names,
-    gather_images,
+    image_rows,
     read_samples,
     stratified_test_mask,
     training_rows,
@@ -69,11 +76,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from curate.model import environment, pick_device
 
     device = pick_device(params.train.device, key=f"{args.params}: train.device")
-    net = initial_model(params, split)
-    with dvclive_epochs() as log_epoch:
-        result = train(net, split, params, device, on_epoch=log_epoch)
+    nproc = params.train.nproc
+    if nproc > 1 and not distributed.launched():
+        check_gpus(device, nproc, f"{args.params}: train.nproc")
+        return distributed.relaunch("curate.stages.fit", nproc, argv)
+    with distributed.process_group(device.type) as ranks:
+        device = distributed.rank_device(device, ranks, f"{args.params}: train.nproc")
+        net = initial_model(params, split)
+        with dvclive_epochs() if ranks.main else nullcontext(None) as log_epoch:
+            result = train(net, split, params, device, on_epoch=log_epoch, processes=ranks.world)
+    if not ranks.main:
+        return 0  # rank 0 writes the outputs
+    described = environment(device) | ({"processes": ranks.world} if ranks.world > 1 else {})
     save_checkpoint(MODEL, result.net, result.meta)
-    write_text(RUN, json.dumps(run_record(result, environment(device)), indent=2, sort_keys=True) + "\n")
+    write_text(RUN, json.dumps(run_record(result, described), indent=2, sort_keys=True) + "\n")
     write_lineage("fit")
     summary = result.summary
     print(
@@ -84,6 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def check_gpus(device: torch.device, nproc: int, key: str) -> None:
+    """On CUDA, one GPU per process: stop before launching when there are fewer."""
+    import torch
+
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise CurateError(f"{key} = {nproc}, but this machine has {torch.cuda.device_count()} GPU(s)")
+
+
 @dataclass
 class Split:
     """The stage's checked inputs: the rows to fit and to validate on, with their images."""
@@ -91,8 +115,8 @@ class Split:
     classes: list[str]  # (K,) class names by label
     fit_rows: pd.DataFrame  # train rows in play, expanded by copies
     val_rows: pd.DataFrame  # held-out original train rows
-    images: np.ndarray  # fit_rows' images, uint8 N x H x W x C
-    val_images: np.ndarray  # val_rows' images
+    images: ImageRows  # fit_rows' images, uint8 N x H x W x C, read from the stores on demand
+    val_images: ImageRows  # val_rows' images
 
 
 @dataclass
@@ -132,7 +156,7 @@ def load_split(samples: pd.DataFrame, params: Params, params_file: str) -> Split
             f"{params_file}: train.val_fraction = {fraction:g} leaves {len(fit_rows)} train and "
             f"{len(val_rows)} validation rows; both need at least one (more data or another fraction)"
         )
-    return Split(names, fit_rows, val_rows, gather_images(fit_rows), gather_images(val_rows))
+    return Split(names, fit_rows, val_rows, image_rows(fit_rows), image_rows(val_rows))
 
 
 def split_validation(
@@ -164,18 +188,17 @@ def split_validation(
 
 
 def initial_model(params: Params, split: Split) -> nn.Module:
-    """The untrained network: seeded init, then ``train.init_weights`` when given."""
+    """The untrained network: seeded init, then ``train.init_weights`` when given, else the
+    ImageNet weights with ``train.weights: imagenet`` (:class:`curate.backbones.Backbone`)."""
     import torch
 
-    from curate.checkpoint import load_initial_weights
-    from curate.model import build_model
+    from curate.backbones import Backbone
 
-    settings, images = params.train, split.images
+    images = split.images
     torch.manual_seed(params.seed)  # weight init
-    net = build_model(settings.model, len(split.classes), images.shape[3], images.shape[1])
-    if settings.init_weights:
-        load_initial_weights(net, Path(settings.init_weights), key="train.init_weights")
-    return net
+    return Backbone.from_params(params.train, "train").initial_model(
+        len(split.classes), images.shape[3], images.shape[1]
+    )
 
 
 @contextmanager
@@ -195,8 +218,9 @@ def dvclive_epochs() -> Iterator[Callable[[dict], None]]:
         yield log_epoch
 
 
-def fit_config(params: Params, device: torch.device) -> FitConfig:
-    """``train``'s params (and ``image.normalize_polarity``) as :func:`curate.model.fit` takes them."""
+def fit_config(params: Params, device: torch.device, processes: int = 1) -> FitConfig:
+    """``train``'s params (and ``image.normalize_polarity``) as :func:`curate.model.fit` takes them;
+    ``processes``: the ranks training together (DDP when more than 1)."""
     from curate.model import FitConfig
 
     settings = params.train
@@ -211,6 +235,8 @@ def fit_config(params: Params, device: torch.device) -> FitConfig:
         augment=settings.online_augment,
         patience=settings.patience,
         compile=settings.compile,
+        data_on_device=settings.data_on_device,
+        distributed=processes > 1,
     )
 
 
@@ -220,9 +246,12 @@ def train(
     params: Params,
     device: torch.device,
     on_epoch: Callable[[dict], None] | None = None,
+    processes: int = 1,
 ) -> Trained:
     """Trains ``net`` in place on ``split`` as ``params.train`` says, the rows weighted per
-    ``train.weighting``; ``on_epoch`` receives each epoch's stats as they come."""
+    ``train.weighting``; ``on_epoch`` receives each epoch's stats as they come. ``processes``
+    above 1: this is one rank of a torch.distributed group training ``net`` together."""
+    from curate.backbones import Backbone
     from curate.checkpoint import POLARITY_KEY
     from curate.model import fit
 
@@ -231,14 +260,13 @@ def train(
         net,
         split.images,
         split.fit_rows["label"].to_numpy(),
-        fit_config(params, device),
+        fit_config(params, device, processes),
         sample_weights=split.fit_rows["weight"].to_numpy(dtype=np.float64),
         validation=(split.val_images, split.val_rows["label"].to_numpy(), None),
         on_epoch=on_epoch,
         progress="train",
     )
-    meta = {
-        "name": settings.model,
+    meta = Backbone.from_params(settings, "train").meta() | {
         "n_classes": len(split.classes),
         "channels": int(split.images.shape[3]),
         "size": int(split.images.shape[1]),

@@ -17,10 +17,11 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from curate import label_issues
+from curate import distributed, label_issues
 from curate.dataset import (
     EMBEDDER,
     EMBEDDINGS,
@@ -29,14 +30,20 @@ from curate.dataset import (
     PRED_PROBS,
     RAW_DIR,
     class_names,
+    image_rows,
     read_images,
     read_samples,
     write_array,
     write_lineage,
     write_text,
 )
-from curate.params import load_params
+from curate.params import Params, load_params
 from curate.stage import guarded, stage_parser
+
+if TYPE_CHECKING:
+    import torch
+
+    from curate.backbones import Backbone
 
 INPUT = RAW_DIR / "samples.parquet"
 IMAGES = RAW_DIR / "images.npy"
@@ -52,42 +59,98 @@ def main(argv: Sequence[str] | None = None) -> int:
     train = samples[samples["split"] == "train"]
     label_issues.check_class_sizes(train["label"].to_numpy(), names, settings.folds)
     # torch loads only once the inputs have passed their checks: a bad input fails fast.
+    from curate.backbones import Backbone
     from curate.checkpoint import POLARITY_KEY, save_checkpoint
     from curate.model import environment, pick_device
 
+    backbone = Backbone.from_params(settings, "clean")
+    backbone.resolved_input_size()  # a model choice that does not go together stops here
     started = time.perf_counter()
     device = pick_device(settings.device, key=f"{args.params}: clean.device")
     polarity = params.image.normalize_polarity
-    predictions = label_issues.out_of_sample_predictions(
-        np.asarray(images[train["row"].to_numpy()]),
-        train["label"].to_numpy(),
-        (train["group"] + ":" + train["label_name"]).to_numpy(),
-        folds=settings.folds,
-        training=label_issues.FoldTraining(
-            n_classes=len(names),
-            model_name=settings.model,
-            epochs=settings.epochs,
-            batch_size=settings.batch_size,
-            lr=settings.lr,
-            seed=params.seed,
-            polarity=polarity,
-        ),
-        device=device,
-    )
+    if settings.nproc > 1 and settings.method == "folds" and not distributed.launched():
+        # The folds spread over clean.nproc processes: this one waits for torchrun's.
+        return distributed.relaunch("curate.stages.folds", settings.nproc, argv)
+    # The train rows, read from the memory-mapped store fold by fold and batch by batch.
+    rows, labels = image_rows(train, {"raw": IMAGES}), train["label"].to_numpy()
+    strata = (train["group"] + ":" + train["label_name"]).to_numpy()
+    if settings.method == "embeddings":
+        predictions = frozen_embeddings(rows, labels, strata, params, backbone, len(names), device)
+    else:
+        predictions = label_issues.out_of_sample_predictions(
+            rows,
+            labels,
+            strata,
+            folds=settings.folds,
+            training=label_issues.FoldTraining(
+                n_classes=len(names),
+                model_name=settings.model,
+                epochs=settings.epochs,
+                batch_size=settings.batch_size,
+                lr=settings.lr,
+                seed=params.seed,
+                polarity=polarity,
+                augment=settings.augment,
+                ensemble=settings.ensemble,
+                weights=settings.weights,
+                input_size=settings.input_size,
+                init_weights=settings.init_weights,
+            ),
+            device=device,
+        )
+    if predictions is None:
+        return 0  # another rank of clean.nproc: rank 0 writes the outputs
     seconds = time.perf_counter() - started
     write_array(PRED_PROBS, predictions.pred_probs)
     write_array(FOLD_OF_ROW, predictions.folds)
     write_array(EMBEDDINGS, predictions.embeddings)
-    meta = {"name": settings.model, "n_classes": len(names), "class_names": names, POLARITY_KEY: polarity}
+    meta = backbone.meta() | {"n_classes": len(names), "class_names": names, POLARITY_KEY: polarity}
     meta |= {"channels": int(images.shape[3]), "size": int(images.shape[1])}
     save_checkpoint(EMBEDDER, predictions.embedder, meta)
     write_text(ENVIRONMENT, json.dumps(environment(device), indent=2, sort_keys=True) + "\n")
     write_lineage("folds")
+    embedded = settings.method == "embeddings"
+    how = f"{settings.model} embeddings + logistic regression" if embedded else "models"
     print(
-        f"folds: {settings.folds} models, out-of-sample predictions for {len(train):,} train samples "
+        f"folds: {settings.folds} {how}, out-of-sample predictions for {len(train):,} train samples "
         f"in {seconds:.1f} s on {device}"
     )
     return 0
+
+
+def frozen_embeddings(
+    rows: np.ndarray,
+    labels: np.ndarray,
+    strata: np.ndarray,
+    params: Params,
+    backbone: Backbone,
+    n_classes: int,
+    device: torch.device,
+) -> label_issues.FoldPredictions:
+    """``clean.method: embeddings``: the backbone as ``clean.weights`` / ``init_weights`` start it,
+    frozen, and an out-of-fold logistic regression on its features
+    (:func:`curate.label_issues.embedding_predictions`)."""
+    import torch
+
+    settings = params.clean
+    if settings.weights == "none" and not settings.init_weights:
+        print(
+            "folds: clean.method embeddings with clean.weights none: the features are a random "
+            "network's, expect weak detection (clean.weights: imagenet, or clean.init_weights)"
+        )
+    torch.manual_seed(params.seed)  # the head's init, and the body's when no weights are loaded
+    net = backbone.initial_model(n_classes, int(rows.shape[3]), int(rows.shape[1]))
+    return label_issues.embedding_predictions(
+        rows,
+        labels,
+        strata,
+        net=net,
+        folds=settings.folds,
+        seed=params.seed,
+        polarity=params.image.normalize_polarity,
+        device=device,
+        batch_size=settings.batch_size,
+    )
 
 
 if __name__ == "__main__":

@@ -64,6 +64,7 @@ def load_source(params: Params) -> FolderData:
             label_noise=settings.demo.label_noise,
             minority_keep=settings.demo.minority_keep,
             subsample=settings.demo.subsample,
+            noise=settings.demo.noise,
             size=params.image.size,
             channels=params.image.channels,
         )

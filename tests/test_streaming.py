@@ -1,0 +1,128 @@
+"""Streaming: fit, predict and the stages read batches from the memory-mapped image stores instead
+of a gathered copy (train.data_on_device), with the same results as the in-memory fast path."""
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from curate import dataset
+from curate import model as models
+from curate.dataset import ImageRows, gather_images, image_rows, write_images
+from curate.stages import evaluate, fit
+from tests.conftest import set_params
+from tests.test_train import TINY, digit_like, make_inputs
+
+CPU = torch.device("cpu")
+
+
+def two_stores(tmp_path):
+    """Two stores and a table that points into both, out of order, with repeated rows."""
+    rng = np.random.default_rng(0)
+    stores = {"raw": tmp_path / "raw.npy", "augmented": tmp_path / "aug.npy"}
+    write_images(stores["raw"], rng.integers(0, 256, (20, 6, 6, 1), dtype=np.uint8))
+    write_images(stores["augmented"], rng.integers(0, 256, (9, 6, 6, 1), dtype=np.uint8))
+    samples = pd.DataFrame(
+        {"store": ["raw", "augmented", "raw", "raw", "augmented", "raw"], "row": [7, 3, 0, 7, 8, 19]}
+    )
+    return samples, stores
+
+
+def test_image_rows_read_what_gather_images_copies(tmp_path):
+    samples, stores = two_stores(tmp_path)
+    lazy, gathered = image_rows(samples, stores), gather_images(samples, stores)
+    assert lazy.shape == gathered.shape and len(lazy) == 6 and lazy.nbytes == gathered.nbytes
+    np.testing.assert_array_equal(np.asarray(lazy), gathered)
+    np.testing.assert_array_equal(lazy.read(np.array([5, 0, 0, 1])), gathered[[5, 0, 0, 1]])
+    np.testing.assert_array_equal(lazy[4], gathered[4])  # an int reads one image
+    subset = lazy[np.array([1, 3])]  # an index array or a slice: still lazy
+    assert isinstance(subset, ImageRows) and isinstance(lazy[2:5], ImageRows)
+    np.testing.assert_array_equal(np.asarray(subset), gathered[[1, 3]])
+    np.testing.assert_array_equal(np.asarray(lazy[2:5]), gathered[2:5])
+    # A table without a store column points into the raw store, the only one opened.
+    raw_only = image_rows(samples.drop(columns="store"), stores)
+    assert raw_only.names == ["raw"]
+    np.testing.assert_array_equal(np.asarray(raw_only), gather_images(samples.drop(columns="store"), stores))
+
+
+def train_once(images, labels, weights, validation, data_on_device, weighting):
+    torch.manual_seed(0)
+    net = models.build_model("cnn", 3, 1, 16)
+    config = models.FitConfig(
+        epochs=2,
+        batch_size=16,
+        lr=0.01,
+        seed=0,
+        device=CPU,
+        polarity="auto",
+        weighting=weighting,
+        data_on_device=data_on_device,
+    )
+    history = models.fit(net, images, labels, config, sample_weights=weights, validation=validation)
+    return net.state_dict(), [{k: v for k, v in s.items() if k != "seconds"} for s in history]
+
+
+@pytest.mark.parametrize("weighting", ["loss", "sampler"])
+def test_streaming_trains_the_same_model_as_the_in_memory_path(tmp_path, monkeypatch, weighting):
+    """Same epoch order, augmentation draws and rows: on a CPU the same weights bit for bit (the
+    uint8 -> float conversion is per pixel, so a batch holds the same floats either way)."""
+    rng = np.random.default_rng(1)
+    labels = np.arange(100) % 3
+    write_images(tmp_path / "images.npy", digit_like(labels, rng))
+    images = dataset.read_images(tmp_path / "images.npy")  # a memory-map
+    weights = rng.uniform(0.2, 3.0, len(labels))
+    validation = (images[80:], labels[80:], None)
+    read = []
+    prefetched = models._prefetched
+
+    def spy(source, batches, pin):
+        read.append(len(batches))
+        return prefetched(source, batches, pin)
+
+    monkeypatch.setattr(models, "_prefetched", spy)
+    kept = train_once(images, labels, weights, validation, "always", weighting)
+    assert read == []  # the fast path reads no batches
+    streamed = train_once(images, labels, weights, validation, "never", weighting)
+    assert read == [7, 1, 7, 1]  # per epoch: 7 training batches of 16 of 100, 1 validation batch
+    assert kept[1] == streamed[1]  # history: losses and accuracies
+    assert all(torch.equal(kept[0][key], streamed[0][key]) for key in kept[0])
+
+
+def test_auto_streams_a_set_over_the_budget(monkeypatch):
+    images = np.zeros((10, 8, 8, 1), np.uint8)
+    config = models.FitConfig(epochs=1, batch_size=8, lr=0.01, seed=0, device=CPU, polarity="auto")
+    assert models.keeps_in_memory(images, config)
+    monkeypatch.setattr(models, "CPU_FLOAT_BUDGET", images.nbytes * 4 - 1)
+    assert not models.keeps_in_memory(images, config)
+    always = models.FitConfig(**{**config.__dict__, "data_on_device": "always"})
+    assert models.keeps_in_memory(images, always)
+    with pytest.raises(ValueError, match="data_on_device"):
+        models.FitConfig(**{**config.__dict__, "data_on_device": "sometimes"})
+
+
+def test_predict_reads_a_lazy_source_as_it_reads_an_array(tmp_path):
+    samples, stores = two_stores(tmp_path)
+    lazy = image_rows(samples, stores)
+    torch.manual_seed(0)
+    net = models.build_model("cnn", 4, 1, 6)
+    from_source = models.predict(net, lazy, batch_size=4, device=CPU, polarity="auto")
+    from_array = models.predict(net, np.asarray(lazy), batch_size=4, device=CPU, polarity="auto")
+    for a, b in zip(from_source, from_array, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_stage_streams_without_a_gathered_copy(workdir, monkeypatch):
+    make_inputs(workdir)
+    set_params(workdir / "params.yaml", train=TINY)
+    assert fit.main([]) == 0
+    kept = (workdir / "models/model.pt").read_bytes()
+    monkeypatch.setattr(dataset, "gather_images", lambda *a, **k: pytest.fail("fit gathered the images"))
+    set_params(workdir / "params.yaml", train={**TINY, "data_on_device": "never"})
+    assert fit.main([]) == 0
+    # The same weights; the meta differs in its params digest only (data_on_device is a train param).
+    streamed = torch.load(workdir / "models/model.pt", weights_only=True)
+    reference = torch.load(io.BytesIO(kept), weights_only=True)
+    assert all(torch.equal(reference["state_dict"][k], v) for k, v in streamed["state_dict"].items())
+    assert evaluate.main([]) == 0  # evaluate reads the test rows from the store batch by batch
