@@ -30,6 +30,7 @@ import contextlib
 import glob
 import hashlib
 import json
+import mmap
 import os
 import tempfile
 from collections import Counter
@@ -355,11 +356,21 @@ class ImageRows:
             at = np.flatnonzero(store_of == code)
             order = np.argsort(rows[at], kind="stable")
             out[at[order]] = self.stores[name][rows[at][order]]
+            _release_pages(self.stores[name])
         return out
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         images = self.read()
         return images if dtype is None else images.astype(dtype, copy=False)
+
+
+def _release_pages(images: np.ndarray) -> None:
+    """Unmap the pages of a memory-mapped store that a read touched. They stay in the page cache
+    (reading them again costs no disk I/O) but stop counting as this process's memory: without
+    this, streaming a 0.5 GB store in random batches held all of it resident (514 MiB; 17 with)."""
+    mapping = getattr(images, "_mmap", None)
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def image_rows(samples: pd.DataFrame, stores: dict[str, Path] | None = None) -> ImageRows:

@@ -95,6 +95,7 @@ class CleanParams(Section):
     nproc: int = Field(1, ge=1, le=1024)  # > 1: the fold models spread over that many processes (torchrun)
     augment: bool = True  # online shift/rotate/scale while the fold models train
     ensemble: int = Field(1, ge=1, le=8)  # models per fold, their probabilities averaged
+    min_steps: int = Field(0, ge=0, le=100_000)  # optimiser steps per fold model at least
     calibrate: Literal["none", "temperature"] = "none"  # per-fold temperature scaling of pred_probs
     knn_weight: float = Field(0.5, ge=0, le=1)  # share of kNN label evidence (embeddings) mixed in
     knn_k: int = Field(20, ge=1, le=200)

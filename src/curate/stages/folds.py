@@ -92,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 polarity=polarity,
                 augment=settings.augment,
                 ensemble=settings.ensemble,
+                min_steps=settings.min_steps,
                 weights=settings.weights,
                 input_size=settings.input_size,
                 init_weights=settings.init_weights,
