@@ -88,16 +88,16 @@ class CleanParams(Section):
     weights: WeightsName = "none"
     input_size: int | None = Field(None, ge=16, le=1024)  # a backbone's input side; null: its weights'
     init_weights: str | None = None  # a local state_dict to start from (nothing is downloaded)
-    epochs: int = Field(8, ge=1, le=500)
+    epochs: int = Field(12, ge=1, le=500)
     batch_size: int = Field(128, ge=8, le=8192)
     lr: float = Field(0.01, gt=0, le=1)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     nproc: int = Field(1, ge=1, le=1024)  # > 1: the fold models spread over that many processes (torchrun)
     augment: bool = True  # online shift/rotate/scale while the fold models train
     ensemble: int = Field(1, ge=1, le=8)  # models per fold, their probabilities averaged
-    min_steps: int = Field(0, ge=0, le=100_000)  # optimiser steps per fold model at least
+    min_steps: int = Field(200, ge=0, le=100_000)  # optimiser steps per fold model at least
     calibrate: Literal["none", "temperature"] = "none"  # per-fold temperature scaling of pred_probs
-    knn_weight: float = Field(0.5, ge=0, le=1)  # share of kNN label evidence (embeddings) mixed in
+    knn_weight: float = Field(0.0, ge=0, le=1)  # share of kNN label evidence (embeddings) mixed in
     knn_k: int = Field(20, ge=1, le=200)
     # per_group: cleanlab's thresholds estimated within each group (>= 50 rows), not pooled.
     thresholds: Literal["pooled", "per_group"] = "pooled"
