@@ -129,6 +129,7 @@ def run_pipeline(folder: Path, cache: Path, overrides: list[dict], quiet: bool) 
             _run_stage(stage, folder, quiet)
             staging = cache / f".{stage}-{key}.tmp"
             shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)  # a stage with no outputs kept (train) still gets its entry
             for output in outputs:
                 if (folder / output).exists():
                     shutil.copytree(folder / output, staging / output)

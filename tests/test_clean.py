@@ -38,7 +38,7 @@ def cleaned(tmp_path_factory):
     set_params(
         root / "params.yaml",
         ingest={"demo": {"subsample": 0.3}},
-        clean={"folds": 3, "epochs": 12, "batch_size": 64},
+        clean={"folds": 3, "epochs": 12, "batch_size": 64, "min_steps": 0},
     )
     cwd = os.getcwd()
     os.chdir(root)

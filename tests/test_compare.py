@@ -28,7 +28,7 @@ def test_fresh_clone_compares_by_figures_and_says_so(tmp_path):
     assert lines[2].startswith("Compared by figures only")
     assert "data/balanced/samples.parquet of HEAD and workspace" in lines[2]
     assert "## Data" not in output
-    assert "| clean.epochs | 8 | 3 |" in output
+    assert "| clean.epochs | 12 | 3 |" in output
     assert f"| clean.dropped | {metrics['dropped'] - 5} | {metrics['dropped']} | +5 |" in output
     assert "| reports/clean.md | same |" in output
 
