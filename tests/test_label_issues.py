@@ -214,3 +214,23 @@ def test_per_group_thresholds_judge_each_large_group_alone():
         split[small], find_label_issues(labels[small], probs[small], filter_by="prune_by_noise_rate")
     )
     assert np.array_equal(split[groups == "tiny"], pooled[groups == "tiny"])  # under 50 rows: pooled
+
+
+def test_fold_epochs_raise_small_data_to_min_steps_and_leave_large_data_alone():
+    from curate.label_issues import FoldTraining, fold_epochs
+
+    training = FoldTraining(
+        n_classes=4,
+        model_name="cnn",
+        epochs=12,
+        batch_size=128,
+        lr=0.01,
+        seed=0,
+        polarity="auto",
+        min_steps=200,
+    )
+    assert fold_epochs(3109, training) == 12  # the demo's folds: 25 steps an epoch, 300 steps already
+    assert fold_epochs(960, training) == 25  # 8 steps an epoch: 25 epochs make the 200 steps
+    assert fold_epochs(5, training) == 200  # one step an epoch
+    unfloored = FoldTraining(**{**training.__dict__, "min_steps": 0})
+    assert fold_epochs(960, unfloored) == 12

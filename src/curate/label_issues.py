@@ -126,8 +126,8 @@ def fold_model(
 
 def fold_epochs(n_rows: int, training: FoldTraining) -> int:
     """``training.epochs``, raised so that a fold model of ``n_rows`` makes ``training.min_steps``
-    optimiser steps: the demo's folds (3,109 rows, 25 steps an epoch) keep their 8 epochs, a
-    folder of 960 rows (8 steps an epoch) gets 25."""
+    optimiser steps: the demo's folds (3,109 rows, 25 steps an epoch) keep their 12 epochs (300
+    steps), a folder of 960 photos (8 steps an epoch) gets 25 with ``min_steps`` 200."""
     steps_per_epoch = math.ceil(n_rows / training.batch_size)
     return max(training.epochs, math.ceil(training.min_steps / max(steps_per_epoch, 1)))
 
