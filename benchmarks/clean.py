@@ -48,7 +48,7 @@ from curate import label_issues  # noqa: E402
 from curate.dataset import read_images  # noqa: E402
 from curate.params import load_params  # noqa: E402
 from curate.stages import clean, folds, ingest  # noqa: E402
-from tests.conftest import set_params  # noqa: E402
+from tests.conftest import parse_override, set_params  # noqa: E402
 from tests.synthetic import make_folder  # noqa: E402
 
 NOISE_MODELS = ("uniform", "class_conditional", "rgb")
@@ -59,20 +59,6 @@ FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning"
 CALIBRATIONS = ("none", "temperature")
 KNN_WEIGHTS = (0.0, 0.5)
 THRESHOLDS = ("pooled", "per_group")
-
-
-def parse_override(text: str) -> dict:
-    """``clean.epochs=12`` -> ``{"clean": {"epochs": 12}}`` (the value parsed as YAML)."""
-    import yaml
-
-    key, _, value = text.partition("=")
-    nested: dict = {}
-    cursor = nested
-    parts = key.split(".")
-    for part in parts[:-1]:
-        cursor = cursor.setdefault(part, {})
-    cursor[parts[-1]] = yaml.safe_load(value)
-    return nested
 
 
 def prepare(noise: str, folder: Path, overrides: list[dict], per_class: int) -> dict[str, str]:

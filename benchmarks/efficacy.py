@@ -51,7 +51,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the tests' params helper: one merge rule for tests and benchmarks
 from curate.report.render import read_figures  # noqa: E402
-from tests.conftest import set_params  # noqa: E402
+from tests.conftest import parse_override, set_params  # noqa: E402
 
 # (stage, params sections it reads, the folders it writes that later stages read). A section
 # "clean-" is the clean section less CLEAN_ONLY: what the folds stage can read.
@@ -98,18 +98,6 @@ PIPELINES = {
 }
 ISSUE_6 = ("default", "naive", "oracle", "unbalanced")  # the pipelines issue 6's targets compare
 ISSUE_14 = ("default", "naive", "unbalanced")  # the pipelines issue 14's targets compare
-
-
-def parse_override(text: str) -> dict:
-    """``train.epochs=8`` -> ``{"train": {"epochs": 8}}`` (the value parsed as YAML)."""
-    key, _, value = text.partition("=")
-    nested: dict = {}
-    cursor = nested
-    parts = key.split(".")
-    for part in parts[:-1]:
-        cursor = cursor.setdefault(part, {})
-    cursor[parts[-1]] = yaml.safe_load(value)
-    return nested
 
 
 def run_pipeline(folder: Path, cache: Path, overrides: list[dict], quiet: bool) -> dict:

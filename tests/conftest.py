@@ -30,6 +30,19 @@ def set_params(path: Path, **sections) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def parse_override(text: str) -> dict:
+    """``train.epochs=8`` -> ``{"train": {"epochs": 8}}`` (the value parsed as YAML): a benchmark's
+    ``-S`` override, in the form :func:`set_params` merges."""
+    key, _, value = text.partition("=")
+    nested: dict = {}
+    cursor = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = yaml.safe_load(value)
+    return nested
+
+
 def _merge(base: dict, update: dict) -> dict:
     merged = dict(base)
     for key, value in update.items():

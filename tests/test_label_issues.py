@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from curate.backbones import Backbone
 from curate.errors import CurateError
 from curate.label_issues import (
     FoldTraining,
@@ -168,7 +169,15 @@ def test_knn_evidence_points_to_the_neighbours_class():
 
 
 def tiny_training(**overrides):
-    fields = dict(n_classes=2, model_name="cnn", epochs=1, batch_size=16, lr=0.01, seed=3, polarity="off")
+    fields = dict(
+        n_classes=2,
+        backbone=Backbone("cnn", section="clean"),
+        epochs=1,
+        batch_size=16,
+        lr=0.01,
+        seed=3,
+        polarity="off",
+    )
     return FoldTraining(**(fields | overrides))
 
 
@@ -221,7 +230,7 @@ def test_fold_epochs_raise_small_data_to_min_steps_and_leave_large_data_alone():
 
     training = FoldTraining(
         n_classes=4,
-        model_name="cnn",
+        backbone=Backbone("cnn", section="clean"),
         epochs=12,
         batch_size=128,
         lr=0.01,

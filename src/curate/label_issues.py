@@ -26,6 +26,8 @@ from curate.errors import CurateError
 if TYPE_CHECKING:
     import torch
 
+    from curate.backbones import Backbone
+
 
 @dataclass
 class FoldPredictions:
@@ -50,7 +52,7 @@ class FoldTraining:
     """How each fold model is trained (the ``clean`` params as the fold loop needs them)."""
 
     n_classes: int
-    model_name: str
+    backbone: Backbone  # the network each fold model is, and how it starts (clean.model, weights, ...)
     epochs: int
     batch_size: int
     lr: float
@@ -61,10 +63,6 @@ class FoldTraining:
     # At least this many optimiser steps per fold model: on a few hundred photos ``epochs`` passes
     # are a few dozen steps, too few to learn the classes (see fold_epochs).
     min_steps: int = 0
-    # How each model starts (curate.backbones.Backbone): clean.weights, input_size, init_weights.
-    weights: str = "none"
-    input_size: int | None = None
-    init_weights: str | None = None
 
 
 def fold_splits(strata: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -94,7 +92,6 @@ def fold_model(
     import torch  # only here: the rest of this module is used without torch
 
     from curate import model as models
-    from curate.backbones import Backbone
 
     channels, size = images.shape[3], images.shape[1]
     nets, probs = [], []
@@ -102,9 +99,7 @@ def fold_model(
         # Member 0 keeps the seed a single model has always had; the others are seeded apart.
         member_seed = training.seed * 1000 + fold + 100_000 * member
         torch.manual_seed(member_seed)  # weight init
-        net = Backbone(
-            training.model_name, training.weights, training.input_size, training.init_weights, "clean"
-        ).initial_model(training.n_classes, channels, size)
+        net = training.backbone.initial_model(training.n_classes, channels, size)
         config = models.FitConfig(
             epochs=fold_epochs(len(fit_rows), training),
             batch_size=training.batch_size,

@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             folds=settings.folds,
             training=label_issues.FoldTraining(
                 n_classes=len(names),
-                model_name=settings.model,
+                backbone=backbone,
                 epochs=settings.epochs,
                 batch_size=settings.batch_size,
                 lr=settings.lr,
@@ -93,9 +93,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 augment=settings.augment,
                 ensemble=settings.ensemble,
                 min_steps=settings.min_steps,
-                weights=settings.weights,
-                input_size=settings.input_size,
-                init_weights=settings.init_weights,
             ),
             device=device,
         )
