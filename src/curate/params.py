@@ -262,8 +262,9 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
     """Read and validate ``path``; raise :class:`CurateError` with one line on any fault.
 
     ``augment.transforms`` are checked by name and argument names here; their argument values
-    by :func:`curate.augmentation.check_transforms` in the augment stage, the one that imports
-    torchvision (a bad value stops it before any output; the stages before it are cached).
+    where torchvision builds them (:func:`curate.augmentation.build_transform`), in the augment
+    stage, the one that imports torchvision (a bad value stops it before any output; the stages
+    before it are cached).
     """
     path = Path(path)
     raw = _read_yaml(path)
