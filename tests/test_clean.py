@@ -112,7 +112,12 @@ def test_relabel_mode_and_cap(cleaned, workdir):
     (workdir / "data/clean/samples.parquet").unlink()
     set_params(
         workdir / "params.yaml",
-        clean={"action": "relabel", "relabel_min_confidence": 0.6, "max_drop_fraction": 0.01},
+        clean={
+            "action": "relabel",
+            "relabel_min_confidence": 0.6,
+            "max_drop_fraction": 0.01,
+            "cap": "absolute",
+        },
     )
     assert clean.main([]) == 0
     samples = read_samples(workdir / "data/clean/samples.parquet")
@@ -255,7 +260,7 @@ def test_clean_relabels_only_confident_predictions():
 
 
 def test_clean_caps_removals_by_class_and_group():
-    result = _clean_by_hand(max_drop_fraction=0.05)
+    result = _clean_by_hand(max_drop_fraction=0.05, cap="absolute")
     train = result.train
     dropped = train[train["action"] == "drop"]
     for column in ("label", "group"):
@@ -281,9 +286,11 @@ def test_clean_drops_all_but_the_best_near_duplicate():
 
 
 def test_report_context_without_training():
-    result = _clean_by_hand(max_drop_fraction=0.05, duplicate_set={8: 8, 10: 8})
+    result = _clean_by_hand(max_drop_fraction=0.05, cap="absolute", duplicate_set={8: 8, 10: 8})
     images = np.zeros((len(result.samples), 8, 8, 1), dtype=np.uint8)
-    context = clean.report_context(CleanParams(max_drop_fraction=0.05), result, images, clean.metrics(result))
+    context = clean.report_context(
+        CleanParams(max_drop_fraction=0.05, cap="absolute"), result, images, clean.metrics(result)
+    )
     assert len(context["suspicious"]) == 6 and context["n_duplicate_sets"] == 1
     assert [row[0] for row in context["matrix_rows"]] == NAMES
     assert sum(sum(row[1:]) for row in context["matrix_rows"]) == 6

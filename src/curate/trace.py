@@ -44,6 +44,7 @@ from curate.dataset import (
 )
 from curate.errors import CurateError
 from curate.params import CleanParams, RebalanceParams
+from curate.removal_cap import asked_rate, removal_budgets
 from curate.report import Verdict, thumbnail
 from curate.report.render import render, render_markdown
 from curate.stage import guarded
@@ -334,26 +335,31 @@ def _why(tables: Tables, row: pd.Series, names: list[str]) -> str:
         return "flagged by cleanlab, kept: clean.action is keep (flag only)"
     if action == "keep":
         asked = "flagged by cleanlab" if flagged else "an extra near-duplicate"
-        return f"{asked}, held back by the max_drop_fraction cap: {_cap(tables, row)}"
+        return f"{asked}, held back by the removal cap: {_cap(tables, row)}"
     return "not flagged"
 
 
 def _cap(tables: Tables, row: pd.Series) -> str:
-    """Which removal budget, floor(max_drop_fraction x train rows) per class and per group, was spent."""
+    """Which removal budget (:func:`curate.removal_cap.removal_budgets`) per class and per group was spent."""
     train = tables.frames["clean"]
-    train = train[train["split"] == "train"]
+    train = train[train["split"] == "train"].assign(label=lambda t: t["given_label"])
     fraction = float(_param(tables, CleanParams, "clean.max_drop_fraction"))
+    cap = str(_param(tables, CleanParams, "clean.cap"))
+    asked = asked_rate(train, str(_param(tables, CleanParams, "clean.action")))
+    budgets = removal_budgets(
+        train, asked, max_drop_fraction=fraction, cap=cap,
+        min_rows=int(_param(tables, CleanParams, "clean.min_examples_per_class")),
+    )  # fmt: skip
     given = int(row["given_label"])
     spent = []
-    for kind, column, key, name in (
-        ("class", "given_label", given, tables.names[given]),
-        ("group", "group", row["group"], row["group"]),
-    ):
+    for kind, key, name in (("class", given, tables.names[given]), ("group", row["group"], row["group"])):
+        column = "label" if kind == "class" else "group"
         members = int((train[column] == key).sum())
-        dropped = int(((train[column] == key) & (train["action"] == "drop")).sum())
-        if dropped >= np.floor(fraction * members):
+        dropped = int(((train[column] == key) & (train["auto_action"] == "drop")).sum())
+        if dropped >= budgets[(column, key)]:
             spent.append(f"{kind} {name} already lost {dropped} of its {members} train rows")
-    return "; ".join(spent) + f" (clean.max_drop_fraction {fraction:g})"
+    basis = f"{asked:.1%} of train rows asked to go + " if cap == "relative" else ""
+    return "; ".join(spent) + f" (clean.cap {cap}: {basis}clean.max_drop_fraction {fraction:g})"
 
 
 def _param(tables: Tables, section: type[BaseModel], key: str) -> object:

@@ -177,6 +177,8 @@ def clean(
         action=settings.action,
         relabel_min_confidence=settings.relabel_min_confidence,
         max_drop_fraction=settings.max_drop_fraction,
+        cap=settings.cap,
+        min_rows=settings.min_examples_per_class,
     )
     relabel = train["action"] == "relabel"
     train.loc[relabel, "label"] = train.loc[relabel, "predicted_label"]
