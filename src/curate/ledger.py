@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from curate.dataset import record_input
 from curate.errors import CurateError
 
 COLUMNS = ("sample_id", "path", "decision", "label", "reviewer", "note")
@@ -40,7 +39,6 @@ def read_ledger(path: Path) -> pd.DataFrame:
     """The ledger as stripped strings, indexed by line number (line 1 is the header); empty if absent."""
     if not path.exists():
         return no_decisions()
-    record_input(path)  # the stage that reads it depends on it: it goes into the lineage
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False, header=None, skip_blank_lines=False)
     except pd.errors.EmptyDataError:

@@ -32,17 +32,21 @@ from curate.dataset import (
     AUGMENTED_DIR,
     BALANCED_DIR,
     EMBEDDER,
+    check_image_shape,
     class_names,
     gather_images,
     read_samples,
+    require_columns,
+    store_files,
     training_rows,
     write_images,
     write_samples,
 )
 from curate.errors import CurateError
-from curate.gates import show_gates
-from curate.params import AugmentParams, ImageParams, Params, load_params
-from curate.report import Verdict, bar_chart, thumbnail, write_report
+from curate.lineage import Lineage
+from curate.params import AugmentParams, Params, load_params
+from curate.report import Verdict, bar_chart, thumbnail
+from curate.report.writer import write_stage
 from curate.stage import guarded, stage_parser
 
 if TYPE_CHECKING:
@@ -58,30 +62,29 @@ PREVIEW_COPIES = 8  # copies shown beside each previewed original
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("augment", __doc__).parse_args(argv)
     params = load_params(args.params)
+    lineage = Lineage()
     pipeline = build_pipeline(params, args.params)
-    samples = read_samples(INPUT)
-    for column in ("weight", "copies"):
-        if column not in samples.columns:
-            raise CurateError(f"{INPUT}: missing column {column!r} (written by the rebalance stage)")
+    samples = read_samples(lineage.input(INPUT))
+    require_columns(samples, INPUT, ("weight", "copies"), "rebalance")
     # torch loads only past the cheap input checks (the checkpoint and the model need it).
     from curate.checkpoint import load_checkpoint, polarity_of
     from curate.model import pick_device, predict
 
-    embedder, meta = load_checkpoint(EMBEDDER)
-    check_embedder(meta, params.image)
+    embedder, meta = load_checkpoint(lineage.input(EMBEDDER))
+    size, channels = params.image.size, params.image.channels
+    check_image_shape(EMBEDDER, meta, (size, size, channels), "params image is", "clean")
     device = pick_device(params.augment.device, key=f"{args.params}: augment.device")
 
     def embed(images: np.ndarray) -> np.ndarray:
-        # Fed as the clean stage trained it (the checkpoint says), whatever params.yaml says now.
+        # Fed as the folds stage trained it (the checkpoint says), whatever params.yaml says now.
         return predict(embedder, images, batch_size=512, device=device, polarity=polarity_of(meta))[1]
 
-    parent_images = gather_images(training_rows(samples))
-    result = augment_samples(samples, parent_images, params, pipeline, embed, device)
-    write_images(OUTPUT_IMAGES, result.new_images)
-    write_samples(OUTPUT, result.table)
-    stage_metrics = metrics(result)
-    context = show_gates(report_context(params, result, meta), params.gates, "augment", stage_metrics)
-    sizes = write_report("augment", context, stage_metrics)
+    parents = training_rows(samples)
+    lineage.input_files(store_files(parents))
+    result = compute(samples, gather_images(parents), params, pipeline, embed, device, meta)
+    write_images(lineage.output(OUTPUT_IMAGES), result.new_images)
+    write_samples(lineage.output(OUTPUT), result.table)
+    sizes = write_stage("augment", params, metrics(result), report_context(params, result), lineage)
     print(
         f"augment: {result.n_new:,} new images from {result.n_augmented_parents:,} samples; "
         f"reports/augment.html {sizes['html']:,} bytes"
@@ -134,6 +137,7 @@ class Augmented:
     table: pd.DataFrame  # every input row (train weights split) then one row per new image
     drift: DriftCheck
     batched: list[bool]  # per transform step: one batched kernel, or a v2 call per image
+    embedder: Mapping[str, Any]  # the fixed network's checkpoint meta
 
     @property
     def n_new(self) -> int:
@@ -144,27 +148,20 @@ class Augmented:
         return int((self.n_copies > 0).sum())
 
 
-def check_embedder(meta: Mapping[str, Any], image: ImageParams) -> None:
-    """The fixed network must take the images of ``params.image``."""
-    if (meta["channels"], meta["size"]) != (image.channels, image.size):
-        raise CurateError(
-            f"{EMBEDDER}: built for {meta['size']} px x {meta['channels']} channels, but params image is "
-            f"{image.size} px x {image.channels} channels (re-run the clean stage: dvc repro)"
-        )
-
-
-def augment_samples(
+def compute(
     samples: pd.DataFrame,
     parent_images: np.ndarray,
     params: Params,
     pipeline: list[v2.Transform],
     embed: Callable[[np.ndarray], np.ndarray],
     device: torch.device | str,
+    embedder: Mapping[str, Any],
 ) -> Augmented:
     """New images for the train rows in play of ``samples``, their table, and the drift check.
 
     ``parent_images``: the images of ``training_rows(samples)``, in table order. ``embed``:
-    uint8 ``N x H x W x C`` images -> ``N x D`` features from a fixed network.
+    uint8 ``N x H x W x C`` images -> ``N x D`` features from a fixed network, whose checkpoint
+    meta is ``embedder``.
     """
     from curate.augmentation import augment, batched_kernel, sample_keys  # torch: only when run
 
@@ -189,6 +186,7 @@ def augment_samples(
             features[: len(parents)], features[len(parents) :], parents, n_copies, source
         ),
         batched=[batched_kernel(t) is not None for t in pipeline],
+        embedder=embedder,
     )
 
 
@@ -341,9 +339,9 @@ def metrics(result: Augmented) -> dict[str, float]:
     }
 
 
-def report_context(params: Params, result: Augmented, embedder: Mapping[str, Any]) -> dict[str, Any]:
-    """What the augment templates show; ``embedder`` is the fixed network's checkpoint meta."""
-    settings, drift = params.augment, result.drift
+def report_context(params: Params, result: Augmented) -> dict[str, Any]:
+    """What the augment templates show."""
+    settings, drift, embedder = params.augment, result.drift, result.embedder
     after = training_rows(result.table)
     group_rows = _group_rows(result, after)
     class_rows = _class_rows(result, after)
