@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from curate.errors import CurateError
+from curate.rows import read_rows
 
 CORE_COLUMNS = ("sample_id", "path", "row", "label", "label_name", "group", "split")
 
@@ -277,15 +278,14 @@ def gather_images(samples: pd.DataFrame, stores: dict[str, Path] | None = None) 
         mask = (store_of_row == store).to_numpy()
         if out is None:
             out = np.empty((len(samples), *images.shape[1:]), dtype=np.uint8)
-        # Sorted fancy indexing reads a memory-map sequentially.
-        out[mask] = images[np.sort(rows[mask])][np.argsort(np.argsort(rows[mask]))]
+        out[mask] = read_rows(images, rows[mask])
     return out if out is not None else np.empty((0, 0, 0, 0), dtype=np.uint8)
 
 
 class ImageRows:
     """The images of a sample table, read on demand from the stores its rows point into.
 
-    What the training stages hand to :func:`curate.model.fit` and :func:`curate.model.predict`
+    What the training stages hand to :func:`curate.training.fit` and :func:`curate.inference.predict`
     instead of a gathered copy: ``len``, ``shape`` and ``nbytes`` as an array would have them;
     an int index reads one image; a slice or an index array gives another :class:`ImageRows`
     over those rows (nothing read yet); :meth:`read` and ``np.asarray`` read rows in order,
@@ -324,8 +324,7 @@ class ImageRows:
         out = np.empty((len(rows), *self.shape[1:]), dtype=np.uint8)
         for code, name in enumerate(self.names):
             at = np.flatnonzero(store_of == code)
-            order = np.argsort(rows[at], kind="stable")
-            out[at[order]] = self.stores[name][rows[at][order]]
+            out[at] = read_rows(self.stores[name], rows[at])
             _release_pages(self.stores[name])
         return out
 

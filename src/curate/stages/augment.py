@@ -68,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     require_columns(samples, INPUT, ("weight", "copies"), "rebalance")
     # torch loads only past the cheap input checks (the checkpoint and the model need it).
     from curate.checkpoint import load_checkpoint, polarity_of
-    from curate.model import pick_device, predict
+    from curate.devices import pick_device
+    from curate.inference import predict
 
     embedder, meta = load_checkpoint(lineage.input(EMBEDDER))
     size, channels = params.image.size, params.image.channels

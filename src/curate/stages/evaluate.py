@@ -67,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = class_names(samples)
     # torch loads only past the cheap input checks (the checkpoint and the model need it).
     from curate.checkpoint import load_checkpoint, polarity_of
-    from curate.model import pick_device, predict
+    from curate.devices import pick_device
+    from curate.inference import predict
 
     model, meta = load_checkpoint(lineage.input(MODEL))
     lineage.input_files(store_files(test))

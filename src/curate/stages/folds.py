@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from curate import distributed, label_issues
+from curate import distributed, fold_training
 from curate.dataset import (
     EMBEDDER,
     EMBEDDINGS,
@@ -43,14 +43,14 @@ from curate.stage import guarded, stage_parser
 if TYPE_CHECKING:
     import torch
 
-    from curate.backbones import Backbone
+    from curate.model_choice import Backbone
 
 
 @dataclass
 class Folded:
     """The out-of-sample predictions and what computed them."""
 
-    predictions: label_issues.FoldPredictions  # pred_probs, folds, embeddings (train rows), embedder
+    predictions: fold_training.FoldPredictions  # pred_probs, folds, embeddings (train rows), embedder
     meta: dict[str, Any]  # the embedder's checkpoint meta
     environment: dict[str, Any]  # torch build, CPU kernels, threads: the floats depend on them
     seconds: float  # measured: the K-fold training and prediction
@@ -62,11 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings, lineage = params.clean, Lineage()
     inputs = read_raw()
     lineage.input_files(inputs.files)
-    label_issues.check_class_sizes(inputs.train["label"].to_numpy(), inputs.names, settings.folds)
+    fold_training.check_class_sizes(inputs.train["label"].to_numpy(), inputs.names, settings.folds)
     # torch loads only once the inputs have passed their checks: a bad input fails fast.
-    from curate.backbones import Backbone
     from curate.checkpoint import save_checkpoint
-    from curate.model import pick_device
+    from curate.devices import pick_device
+    from curate.model_choice import Backbone
 
     backbone = Backbone.from_params(settings, "clean")
     backbone.resolved_input_size()  # a model choice that does not go together stops here
@@ -106,26 +106,25 @@ def compute(params: Params, inputs: RawInputs, backbone: Backbone, device: torch
     if settings.method == "embeddings":
         predictions = frozen_embeddings(rows, labels, strata, params, backbone, len(names), device)
     else:
-        predictions = label_issues.out_of_sample_predictions(
-            rows, labels, strata, folds=settings.folds, training=fold_training(params, backbone, len(names)),
+        predictions = fold_training.out_of_sample_predictions(
+            rows, labels, strata, folds=settings.folds, training=fold_settings(params, backbone, len(names)),
             device=device,
         )  # fmt: skip
     if predictions is None:
         return None
     seconds = time.perf_counter() - started
-    from curate.checkpoint import POLARITY_KEY
-    from curate.model import environment
+    from curate.checkpoint import EMBEDDER_META, checkpoint_meta
+    from curate.devices import environment
 
     polarity = params.image.normalize_polarity
-    meta = backbone.meta() | {"n_classes": len(names), "class_names": names, POLARITY_KEY: polarity}
-    meta |= {"channels": int(inputs.images.shape[3]), "size": int(inputs.images.shape[1])}
+    meta = checkpoint_meta(backbone.meta(), names, inputs.images.shape, polarity, EMBEDDER_META)
     return Folded(predictions, meta, environment(device), seconds)
 
 
-def fold_training(params: Params, backbone: Backbone, n_classes: int) -> label_issues.FoldTraining:
+def fold_settings(params: Params, backbone: Backbone, n_classes: int) -> fold_training.FoldTraining:
     """``clean``'s params as each fold's training takes them."""
     settings = params.clean
-    return label_issues.FoldTraining(
+    return fold_training.FoldTraining(
         n_classes=n_classes,
         backbone=backbone,
         epochs=settings.epochs,
@@ -158,10 +157,10 @@ def frozen_embeddings(
     backbone: Backbone,
     n_classes: int,
     device: torch.device,
-) -> label_issues.FoldPredictions:
+) -> fold_training.FoldPredictions:
     """``clean.method: embeddings``: the backbone as ``clean.weights`` / ``init_weights`` start it,
     frozen, and an out-of-fold logistic regression on its features
-    (:func:`curate.label_issues.embedding_predictions`)."""
+    (:func:`curate.fold_training.embedding_predictions`)."""
     import torch
 
     settings = params.clean
@@ -172,7 +171,7 @@ def frozen_embeddings(
         )
     torch.manual_seed(params.seed)  # the head's init, and the body's when no weights are loaded
     net = backbone.initial_model(n_classes, int(rows.shape[3]), int(rows.shape[1]))
-    return label_issues.embedding_predictions(
+    return fold_training.embedding_predictions(
         rows,
         labels,
         strata,
