@@ -31,11 +31,13 @@ DEMO_TRAIN, DEMO_TEST = 10_455, 1_700  # rows the default train stage sees on th
 
 def demo_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     raw = Path("data/raw")
-    if (raw / "images.npy").exists() and (raw / "samples.parquet").exists():
+    if (raw / "images").exists() and (raw / "samples.parquet").exists():
         import pandas as pd
 
         samples = pd.read_parquet(raw / "samples.parquet")
-        images = np.load(raw / "images.npy")
+        from curate.store import Store
+
+        images = np.asarray(Store(raw / "images", "ingest"))
         train, test = samples[samples["split"] == "train"], samples[samples["split"] == "test"]
         # Tile the train rows to the size the stage trains on (originals plus augmented copies).
         rows = np.resize(train["row"].to_numpy(), DEMO_TRAIN)

@@ -41,7 +41,7 @@ def test_every_image_is_ingested_as_rgb_at_32_px(byo):
     raw = pd.read_parquet(root / "data/raw/samples.parquet")
     assert len(raw) == len(truth)
     assert sorted(raw["group"].unique()) == ["field", "studio"]
-    assert np.load(root / "data/raw/images.npy", mmap_mode="r").shape[1:] == (32, 32, 3)
+    assert np.load(root / "data/raw/images", mmap_mode="r").shape[1:] == (32, 32, 3)
     assert metrics(root, "ingest")["n_classes"] == 4
 
 
