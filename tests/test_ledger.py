@@ -27,6 +27,7 @@ from tests.test_experiments import GIT, STAGES, TINY, ran, run
 
 LEDGER = "data/review/decisions.csv"
 HEADER = ",".join(ledger.COLUMNS)
+ONE = "(one decision per sample: append an undo line to change it)"
 
 
 @pytest.fixture
@@ -140,17 +141,44 @@ def test_orphans_are_listed_not_applied_and_paths_match_after_nfc(ledger_dir):
     assert "<h3>People's decisions</h3>" in (ledger_dir / "reports/clean.html").read_text()
 
 
+def test_an_undo_line_takes_back_a_decision_and_the_sample_may_be_decided_again(ledger_dir):
+    result = _clean("s003,,keep,,ann,\ns010,,drop,,ann,\ns003,,undo,,bo,\ns003,,relabel,b,bo,\n")
+    train = result.train
+    assert train.loc[[3, 10], "action"].tolist() == ["relabel", "drop"]
+    assert train.loc[3, "label_name"] == "b"
+    standing = ledger.standing(ledger.read_ledger(Path(LEDGER)), NAMES, LEDGER)
+    assert standing.index.tolist() == [3, 5]  # s010's drop, then s003's relabel; the undone keep is gone
+    assert standing["decision"].tolist() == ["drop", "relabel"]
+
+
+def test_formula_cells_round_trip_neutralised(ledger_dir):
+    from curate import csvfile
+
+    rows = [["s003", "=HYPERLINK(1)", "keep", "", "@ann", "-1 is odd"], ["s010", "+x", "drop", "", "", "\tx"]]
+    text = csvfile.csv_text(ledger.COLUMNS, rows)
+    assert text.splitlines()[1:] == ["s003,'=HYPERLINK(1),keep,,'@ann,'-1 is odd", "s010,'+x,drop,,,'\tx"]
+    Path(LEDGER).write_text(text)
+    table = ledger.read_ledger(Path(LEDGER))
+    assert table.loc[2].tolist() == rows[0] and table.loc[3].tolist() == [*rows[1][:5], "x"]
+    assert csvfile.restore("'plain") == "'plain" and csvfile.neutralise("a=b") == "a=b"
+
+
 BAD = [
-    ("s003,,dorp,,,\n", "line 2: decision 'dorp' is not one of keep, drop, relabel (did you mean 'drop'?)"),
+    (
+        "s003,,dorp,,,\n",
+        "line 2: decision 'dorp' is not one of keep, drop, relabel, undo (did you mean 'drop'?)",
+    ),
     ("s003,,relabel,,,\n", "line 2: decision relabel without a label (one of the classes: a, b, c)"),
     ("s003,,relabel,bb,,\n", "line 2: label 'bb' is not a class (did you mean 'b'?)"),
     ("s003,,relabel,zebra,,\n", "line 2: label 'zebra' is not a class (classes: a, b, c)"),
     ("s003,,keep,b,,\n", "line 2: label 'b' given with decision keep (only relabel takes one)"),
     (
         "s003,,keep,,,\n\n,img/3,drop,,,\n",
-        "line 4: path 'img/3' already decided on line 2 (one line per sample)",
+        f"line 4: path 'img/3' already decided on line 2 {ONE}",
     ),
-    ("gone,,keep,,,\ngone,,drop,,,\n", "line 3: sample gone already decided on line 2 (one line per sample)"),
+    ("gone,,keep,,,\ngone,,drop,,,\n", f"line 3: sample gone already decided on line 2 {ONE}"),
+    ("s003,,undo,,,\n", "line 2: undo of sample s003, which has no decision standing"),
+    ("s003,,keep,,,\ns3,,undo,b,,\n", "line 3: label 'b' given with decision undo (only relabel takes one)"),
     (",,keep,,ann,\n", "line 2: neither sample_id nor path given (one of them names the sample)"),
     (
         "s061,,relabel,b,,\n",
@@ -215,7 +243,7 @@ def test_a_relabel_reaches_rebalance_and_augment_and_reruns_no_training_of_folds
     assert failed.returncode == 2 and failed.stdout == ""
     assert failed.stderr == (
         f"curate: error: {LEDGER} line 3: sample {sample['sample_id']} already decided on line 2 "
-        "(one line per sample)\n"
+        "(one decision per sample: append an undo line to change it)\n"
     )
     assert {path: (root / path).read_bytes() for path in before} == before
 

@@ -39,6 +39,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from curate.csvfile import read_table
 from curate.dataset import CORE_COLUMNS, store_writer, stratified_test_mask, unique_ids
 from curate.decoding import decode_in_order, worker_count
 from curate.errors import CurateError
@@ -277,20 +278,8 @@ def _read_images(
 
 def _read_metadata(path: Path, extra_columns: list[str]) -> pd.DataFrame:
     """metadata.csv as strings, columns checked; the index is the line number in an editor."""
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, header=None)
-    except pd.errors.EmptyDataError:
-        raise CurateError(f"{path}: empty file (expected a header line such as path,group,split)") from None
-    except OSError as exc:  # a folder named metadata.csv, no permission
-        raise CurateError(f"{path}: not readable ({exc.strerror})") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise CurateError(f"{path}: not a readable CSV ({exc})".splitlines()[0]) from None
-    header = [_nfc(str(name)).strip() for name in table.iloc[0]]
-    table = table.iloc[1:].set_axis(header, axis=1)
-    table.index = table.index + 1  # line 1 is the header
-    twice = sorted({name for name in header if header.count(name) > 1})
-    if twice:
-        raise CurateError(f"{path}: column {twice[0]!r} appears twice")
+    table = read_table(path, "a header line such as path,group,split")
+    header = list(table.columns)
     for name in header:
         if name not in METADATA_COLUMNS and name not in extra_columns:
             close = difflib.get_close_matches(name, METADATA_COLUMNS, n=1, cutoff=0.6)

@@ -3,9 +3,12 @@
 ``clean.decisions`` (``data/review/decisions.csv``) holds one decision per line, with the
 columns :data:`COLUMNS`: ``sample_id`` or ``path`` names the sample (``sample_id`` wins when
 both are given: it names the content, so a renamed file keeps its decision and a file
-replaced by other pictures loses it); ``decision`` is ``keep`` | ``drop`` | ``relabel``;
-``label`` is the class to relabel to (relabel only); ``reviewer`` and ``note`` are for people.
-No file: no decisions.
+replaced by other pictures loses it); ``decision`` is ``keep`` | ``drop`` | ``relabel``, or
+``undo``, which takes back the decision standing on that sample (tools only ever append:
+a changed mind is an undo line and a new decision, and the history stays); ``label`` is the
+class to relabel to (relabel only); ``reviewer`` and ``note`` are for people. A second
+decision on a sample whose first still stands is refused (two reviewers never silently
+overwrite each other). No file: no decisions.
 
 It is checked like the params: a fault stops the stage with one line naming the file and the
 line (as an editor numbers it). A decision whose sample is not in the current data (its
@@ -22,11 +25,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from curate.csvfile import read_table, restore
 from curate.dataset import record_input
 from curate.errors import CurateError
 
 COLUMNS = ("sample_id", "path", "decision", "label", "reviewer", "note")
 DECISIONS = ("keep", "drop", "relabel")
+UNDO = "undo"  # takes back the decision standing on its sample: the ledger is only appended to
+VERBS = (*DECISIONS, UNDO)
 ORPHAN_COLUMNS = ("line", "sample_id", "path", "decision", "label", "reviewer")
 
 
@@ -37,25 +43,18 @@ class Review:
 
 
 def read_ledger(path: Path) -> pd.DataFrame:
-    """The ledger as stripped strings, indexed by line number (line 1 is the header); empty if absent."""
+    """The ledger as stripped strings, indexed by line number (line 1 is the header); empty if absent.
+
+    A cell the writer neutralised against spreadsheet formulas (``'=...``) reads as written
+    before (:func:`curate.csvfile.restore`).
+    """
     if not path.exists():
         return no_decisions()
     record_input(path)  # the stage that reads it depends on it: it goes into the lineage
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, header=None, skip_blank_lines=False)
-    except pd.errors.EmptyDataError:
-        raise CurateError(f"{path}: empty file (expected the header line {','.join(COLUMNS)})") from None
-    except OSError as exc:  # a folder of that name, no permission
-        raise CurateError(f"{path}: not readable ({exc.strerror})") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CurateError(f"{path}: not a readable CSV ({reason})") from None
-    table = table.fillna("").map(lambda cell: cell.strip())  # short rows are padded with NaN
-    header = [_nfc(name) for name in table.iloc[0]]
-    _check_header(header, path)
-    table = table.iloc[1:].set_axis(header, axis=1)[list(COLUMNS)]
-    table.index = table.index + 1
-    return table[(table != "").any(axis=1)]  # blank lines
+    table = read_table(path, f"the header line {','.join(COLUMNS)}")
+    _check_header(list(table.columns), path)
+    table = table[list(COLUMNS)].map(lambda cell: restore(cell).strip())
+    return table[(table != "").any(axis=1)]
 
 
 def no_decisions() -> pd.DataFrame:
@@ -64,9 +63,6 @@ def no_decisions() -> pd.DataFrame:
 
 
 def _check_header(header: list[str], path: Path) -> None:
-    twice = sorted({name for name in header if header.count(name) > 1})
-    if twice:
-        raise CurateError(f"{path}: column {twice[0]!r} appears twice")
     for name in header:
         if name not in COLUMNS:
             raise CurateError(f"{path}: unknown column {name!r}{_hint(name, COLUMNS, 'columns')}")
@@ -77,50 +73,85 @@ def _check_header(header: list[str], path: Path) -> None:
         )
 
 
+def sample_key(entry: pd.Series | dict) -> str:
+    """What names a line's sample without the data at hand: its sample_id, else its NFC path."""
+    return entry["sample_id"] or _nfc(entry["path"])
+
+
+def standing(ledger: pd.DataFrame, names: list[str], source: str) -> pd.DataFrame:
+    """The lines that stand, one per sample (keyed by :func:`sample_key`), in file order.
+
+    An ``undo`` line takes back the decision standing on its sample; each line is checked as
+    :func:`resolve` checks it (without the data, so test samples and orphans are not told).
+    """
+    kept = _fold(ledger, names, source, sample_key)
+    return ledger.loc[[line for line, _ in kept.values()]]
+
+
+def _fold(ledger: pd.DataFrame, names: list[str], source: str, key_of) -> dict:
+    """key -> (line, class index) of the decisions that stand after the undo lines, file order.
+
+    ``key_of(entry)`` names a line's sample. Raises on the first bad line, a second
+    decision on a sample whose first still stands, or an undo with nothing to take back.
+    """
+    kept: dict = {}
+    for line, entry in ledger.iterrows():
+        where = f"{source} line {line}"
+        label = check_entry(entry, names, where)
+        if not (entry["sample_id"] or entry["path"]):
+            raise CurateError(f"{where}: neither sample_id nor path given (one of them names the sample)")
+        key = key_of(entry)
+        if entry["decision"] == UNDO:
+            if kept.pop(key, None) is None:
+                raise CurateError(f"{where}: undo of {_named(entry)}, which has no decision standing")
+        elif key in kept:
+            raise CurateError(
+                f"{where}: {_named(entry)} already decided on line {kept[key][0]} "
+                "(one decision per sample: append an undo line to change it)"
+            )
+        else:
+            kept[key] = (line, label)
+    return kept
+
+
 def resolve(ledger: pd.DataFrame, samples: pd.DataFrame, names: list[str], source: str) -> Review:
-    """Check each decision of ``ledger`` and match it to a row of ``samples``.
+    """Check each decision of ``ledger`` and match the standing ones to rows of ``samples``.
 
     ``source`` names the ledger in messages. Raises :class:`CurateError` on the first bad
     line: unknown decision, a label that is not one of ``names``, a relabel without a label
-    or a label on keep/drop, a sample decided twice, a test sample.
+    or a label on keep/drop/undo, a sample decided twice (without an undo between), an undo
+    of nothing, a test sample.
     """
     by_id = pd.Series(samples.index, index=samples["sample_id"])
     by_path = pd.Series(samples.index, index=samples["path"].map(_nfc))
-    decided, orphans, seen = [], [], {}
-    for line, entry in ledger.iterrows():
-        where = f"{source} line {line}"
-        label = _checked_label(entry, names, where)
-        if entry["sample_id"]:
-            index, key = by_id.get(entry["sample_id"]), entry["sample_id"]
-        elif entry["path"]:
-            index, key = by_path.get(_nfc(entry["path"])), _nfc(entry["path"])
-        else:
-            raise CurateError(f"{where}: neither sample_id nor path given (one of them names the sample)")
-        key = key if index is None else index
-        if key in seen:
-            raise CurateError(
-                f"{where}: {_named(entry)} already decided on line {seen[key]} (one line per sample)"
-            )
-        seen[key] = line
-        if index is None:
+
+    def key_of(entry: pd.Series):
+        index = by_id.get(entry["sample_id"]) if entry["sample_id"] else by_path.get(_nfc(entry["path"]))
+        return sample_key(entry) if index is None else index
+
+    decided, orphans = [], []
+    for key, (line, label) in _fold(ledger, names, source, key_of).items():
+        entry = ledger.loc[line]
+        if isinstance(key, str):
             orphans.append([line, *(entry[column] for column in ORPHAN_COLUMNS[1:])])
-        elif samples.at[index, "split"] != "train":
+        elif samples.at[key, "split"] != "train":
             raise CurateError(
-                f"{where}: {_named(entry)} is a test sample; clean never changes the test split "
-                "(reviewing test labels is out of scope for clean): remove the line"
+                f"{source} line {line}: {_named(entry)} is a test sample; clean never changes the test "
+                "split (reviewing test labels is out of scope for clean): remove the line"
             )
         else:
-            decided.append((index, line, entry["decision"], label))
+            decided.append((key, line, entry["decision"], label))
     decisions = pd.DataFrame(decided, columns=["index", "line", "decision", "label"]).set_index("index")
     return Review(decisions, pd.DataFrame(orphans, columns=list(ORPHAN_COLUMNS)))
 
 
-def _checked_label(entry: pd.Series, names: list[str], where: str) -> int:
-    """The class index a relabel asks for; -1 for keep and drop."""
+def check_entry(entry: pd.Series | dict, names: list[str], where: str) -> int:
+    """The class index a relabel asks for; -1 for keep, drop and undo. ``where`` starts the
+    message of the :class:`CurateError` a bad decision or label raises."""
     decision, label = entry["decision"], entry["label"]
-    if decision not in DECISIONS:
+    if decision not in VERBS:
         raise CurateError(
-            f"{where}: decision {decision!r} is not one of {', '.join(DECISIONS)}{_hint(decision, DECISIONS)}"
+            f"{where}: decision {decision!r} is not one of {', '.join(VERBS)}{_hint(decision, VERBS)}"
         )
     if decision != "relabel":
         if label:

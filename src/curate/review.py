@@ -1,4 +1,6 @@
-"""``curate review [--limit N] [--class NAME] [--group NAME] [--html FILE]``: the review sheet.
+"""``curate review [--limit N] [--class NAME] [--group NAME] [--html FILE]``: the review sheet;
+``curate review --serve [--port N] [--host H] [--reviewer NAME] [--open]``: the review app
+(:mod:`curate.review_app.server`).
 
 cleanlab finds candidates; people decide. This lists the train samples clean flagged as
 label issues that the review ledger (``clean.decisions``, ``data/review/decisions.csv``)
@@ -13,20 +15,20 @@ to the ledger. Markdown goes to stdout. ``--class`` and ``--group`` split the wo
 from __future__ import annotations
 
 import argparse
-import csv
 import difflib
-import io
 import sys
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from curate import ledger as review_ledger
-from curate.dataset import CLEAN_DIR, IMAGE_STORES, read_samples, write_text
+from curate.csvfile import csv_text
+from curate.dataset import IMAGE_STORES, write_text
 from curate.errors import CurateError
+from curate.flags import CLEAN_TABLE, class_names, decided_mask, flag_table, load_clean
 from curate.params import load_params
 from curate.report import Verdict, thumbnail
 from curate.report.render import render, render_markdown
@@ -35,8 +37,6 @@ from curate.store import Store
 
 TODO = Path("data/review/todo.csv")
 HTML = Path("reports/review.html")
-CLEAN_TABLE = CLEAN_DIR / "samples.parquet"
-NEEDED = ("given_label", "label_quality", "is_label_issue", "predicted_label", "action")
 # Clean's automatic action as the reviewer's starting point ("none" on a flagged row: kept).
 SUGGESTED = {"drop": "drop", "relabel": "relabel", "keep": "keep", "none": "keep"}
 DEFAULT_LIMIT = 100
@@ -90,21 +90,6 @@ class Sheet:
         ]
 
 
-def _nfc(path: str) -> str:
-    return unicodedata.normalize("NFC", path)  # macOS writes file names decomposed
-
-
-def load_clean(path: Path = CLEAN_TABLE) -> pd.DataFrame:
-    """Clean's table; one line naming the file or column when it is missing or stale."""
-    if not path.exists():
-        raise CurateError(f"{path}: not found (run the pipeline first: dvc repro)")
-    clean = read_samples(path)
-    missing = [column for column in NEEDED if column not in clean.columns]
-    if missing:
-        raise CurateError(f"{path}: missing column {missing[0]} (stale: dvc repro)")
-    return clean
-
-
 def _check_choice(option: str, value: str | None, choices: list[str]) -> None:
     if value is None or value in choices:
         return
@@ -126,35 +111,33 @@ def build_sheet(
     class_name: str | None = None,
     group: str | None = None,
 ) -> Sheet:
-    """The flagged train rows of ``clean`` the ledger (``curate.ledger.read_ledger``) does not
-    decide, filtered by given class and group, lowest label quality first (ties by sample_id);
-    pure. A ledger line names its sample as clean reads it: by sample_id when given, else by
-    NFC path."""
-    names = dict(zip(clean["label"].astype(int), clean["label_name"].astype(str), strict=True))
-    given = clean["given_label"].astype(int).map(lambda label: names.get(label, str(label)))
-    _check_choice("--class", class_name, sorted(set(given)))
+    """The label issues of ``clean`` (:func:`curate.flags.flag_table`) without a standing decision
+    in the ledger (``curate.ledger.standing``), filtered by given class and group, most
+    suspicious first; pure. A ledger line names its sample as clean reads it: by sample_id
+    when given, else by NFC path."""
+    flags = flag_table(clean)
+    flags = flags[flags["is_label"].to_numpy()]
+    _check_choice("--class", class_name, sorted(set(class_names(clean).values())))
     _check_choice("--group", group, sorted(set(clean["group"].astype(str))))
-    chosen = (clean["split"] == "train") & clean["is_label_issue"].astype(bool)
+    chosen = np.ones(len(flags), dtype=bool)
     if class_name is not None:
-        chosen &= given == class_name
+        chosen &= (flags["given_name"] == class_name).to_numpy()
     if group is not None:
-        chosen &= clean["group"].astype(str) == group
-    flagged = clean[chosen.to_numpy()].assign(given_name=given[chosen.to_numpy()])
-    by_id = ledger["sample_id"] != ""
-    ids, paths = set(ledger.loc[by_id, "sample_id"]), set(ledger.loc[~by_id, "path"].map(_nfc))
-    decided = flagged["sample_id"].isin(ids) | flagged["path"].astype(str).map(_nfc).isin(paths)
-    todo = flagged[~decided.to_numpy()].sort_values(["label_quality", "sample_id"], kind="stable")
+        chosen &= (flags["group"].astype(str) == group).to_numpy()
+    flagged = flags[chosen]
+    decided = decided_mask(flagged, ledger)
+    todo = flagged[~decided]
     split = [f"{option} {value}" for option, value in (("class", class_name), ("group", group)) if value]
     return Sheet(
-        candidates=[_candidate(row, names) for _, row in todo.head(limit).iterrows()],
+        candidates=[_candidate(row) for _, row in todo.head(limit).iterrows()],
         flagged=len(flagged),
         decided=int(decided.sum()),
         filters=", ".join(split) or "none",
     )
 
 
-def _candidate(row: pd.Series, names: dict[int, str]) -> Candidate:
-    predicted = names.get(int(row["predicted_label"]), str(int(row["predicted_label"])))
+def _candidate(row: pd.Series) -> Candidate:
+    predicted = str(row["suggested_name"])
     decision = SUGGESTED.get(str(row["action"]), "keep")
     return Candidate(
         sample_id=str(row["sample_id"]),
@@ -170,13 +153,10 @@ def _candidate(row: pd.Series, names: dict[int, str]) -> Candidate:
 
 
 def todo_csv(sheet: Sheet) -> str:
-    """The ledger's columns, one row per candidate; reviewer and note left for the reviewer."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(review_ledger.COLUMNS)
-    for item in sheet.candidates:
-        writer.writerow([item.sample_id, item.path, item.decision, item.label, "", ""])
-    return buffer.getvalue()
+    """The ledger's columns, one row per candidate; reviewer and note left for the reviewer.
+    Cells a spreadsheet would run as formulas are neutralised (:func:`curate.csvfile.csv_text`)."""
+    rows = ([item.sample_id, item.path, item.decision, item.label, "", ""] for item in sheet.candidates)
+    return csv_text(review_ledger.COLUMNS, rows)
 
 
 def thumbnails(candidates: list[Candidate], store: Path = IMAGE_STORES["raw"]) -> dict[str, str]:
@@ -193,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--class", dest="class_name", metavar="NAME", help="only samples given this class")
     parser.add_argument("--group", metavar="NAME", help="only samples of this group")
     parser.add_argument("--html", metavar="FILE", default=str(HTML), help=f"the page (default {HTML})")
+    app = parser.add_argument_group("the review app (--serve)")
+    app.add_argument("--serve", action="store_true", help="serve the keyboard review app, not the sheet")
+    app.add_argument("--port", type=int, default=8642, help="port to listen on (8642; 0: any free one)")
+    app.add_argument("--host", default="127.0.0.1", help="address (127.0.0.1: this machine only)")
+    app.add_argument("--reviewer", metavar="NAME", default="", help="who signs the decisions (git user.name)")
+    app.add_argument("--open", action="store_true", help="open the URL in a browser")
     return parser
 
 
@@ -206,8 +192,14 @@ def _positive(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     source = Path(load_params().clean.decisions)
-    ledger = review_ledger.read_ledger(source)
-    sheet = build_sheet(load_clean(), ledger, args.limit, args.class_name, args.group)
+    if args.serve:
+        from curate.review_app.server import Settings, serve  # the web stack only when asked for
+
+        return serve(Settings(source, args.host, args.port, args.reviewer, args.open))
+    clean = load_clean()
+    names = [name for _, name in sorted(class_names(clean).items())]
+    ledger = review_ledger.standing(review_ledger.read_ledger(source), names, str(source))
+    sheet = build_sheet(clean, ledger, args.limit, args.class_name, args.group)
     waiting = [f"{sheet.undecided} flagged samples wait for a decision"] if sheet.undecided else []
     context = {
         "sheet": sheet,
