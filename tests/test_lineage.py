@@ -175,7 +175,7 @@ def test_dvc_yaml_keeps_lineage_out_of_the_metrics_and_gate_depends_on_it():
 def test_load_checkpoint_records_its_file(tmp_path, monkeypatch):
     # The checkpoint loader is a reader of the data contract too (evaluate reads models/model.pt).
     from curate.checkpoint import load_checkpoint, save_checkpoint
-    from curate.model import build_model
+    from curate.networks import build_model
 
     monkeypatch.chdir(tmp_path)
     meta = {"name": "cnn", "n_classes": 2, "channels": 1, "size": 8}

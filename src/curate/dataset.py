@@ -358,7 +358,7 @@ def gather_images(samples: pd.DataFrame, stores: dict[str, Path] | None = None) 
 class ImageRows:
     """The images of a sample table, read on demand from the stores its rows point into.
 
-    What the training stages hand to :func:`curate.model.fit` and :func:`curate.model.predict`
+    What the training stages hand to :func:`curate.training.fit` and :func:`curate.inference.predict`
     instead of a gathered copy: ``len``, ``shape`` and ``nbytes`` as an array would have them;
     an int index reads one image; a slice or an index array gives another :class:`ImageRows`
     over those rows (nothing read yet); :meth:`read` and ``np.asarray`` read rows in order,

@@ -230,7 +230,7 @@ class TrainParams(Section):
     compile: bool = False
     init_weights: str | None = None  # a local state_dict (or curate checkpoint); nothing is downloaded
     # always: the whole set copied onto the device; never: read batch by batch from the image
-    # stores (memory-mapped); auto: always when it fits (curate.model.keeps_in_memory). Same results.
+    # stores (memory-mapped); auto: always when it fits (curate.training.keeps_in_memory). Same results.
     data_on_device: Literal["auto", "always", "never"] = "auto"
     nproc: int = Field(1, ge=1, le=1024)  # > 1: DDP over that many processes (torchrun), one per GPU
 

@@ -298,8 +298,12 @@ class Store:
                 release_pages(images)
         return out
 
+    def read(self, index: np.ndarray | None = None) -> np.ndarray:
+        """The images at ``index`` (all when None), as :class:`curate.dataset.ImageRows` reads."""
+        return self.take(np.arange(len(self)) if index is None else index)
+
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        images = self.take(np.arange(len(self)))
+        images = self.read()
         return images if dtype is None else images.astype(dtype, copy=False)
 
 

@@ -66,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise CurateError(f"{INPUT}: missing column {column!r} (written by the rebalance stage)")
     # torch loads only past the cheap input checks (the checkpoint and the model need it).
     from curate.checkpoint import load_checkpoint, polarity_of
-    from curate.model import pick_device, predict
+    from curate.devices import pick_device
+    from curate.inference import predict
 
     embedder, meta = load_checkpoint(EMBEDDER)
     check_embedder(meta, params.image)

@@ -64,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = class_names(samples)
     # torch loads only past the cheap input checks (the checkpoint and the model need it).
     from curate.checkpoint import load_checkpoint, polarity_of
-    from curate.model import pick_device, predict
+    from curate.devices import pick_device
+    from curate.inference import predict
 
     model, meta = load_checkpoint(MODEL)
     images = image_rows(test)  # read batch by batch by predict, never copied whole

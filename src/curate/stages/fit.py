@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from curate.model import FitConfig
+    from curate.training import FitConfig
 
 INPUT = AUGMENTED_DIR / "samples.parquet"
 MODEL = MODELS_DIR / "model.pt"
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # torch and the models load only past the input checks.
     from curate.checkpoint import save_checkpoint
-    from curate.model import environment, pick_device
+    from curate.devices import environment, pick_device
 
     device = pick_device(params.train.device, key=f"{args.params}: train.device")
     nproc = params.train.nproc
@@ -139,7 +139,7 @@ class Trained:
     net: nn.Module  # the model, at the weights of its best epoch
     meta: dict[str, Any]  # the checkpoint meta (see curate.checkpoint)
     split: Split
-    history: list[dict]  # per-epoch stats from curate.model.fit
+    history: list[dict]  # per-epoch stats from curate.training.fit
     summary: Summary
 
 
@@ -189,10 +189,10 @@ def split_validation(
 
 def initial_model(params: Params, split: Split) -> nn.Module:
     """The untrained network: seeded init, then ``train.init_weights`` when given, else the
-    ImageNet weights with ``train.weights: imagenet`` (:class:`curate.backbones.Backbone`)."""
+    ImageNet weights with ``train.weights: imagenet`` (:class:`curate.model_choice.Backbone`)."""
     import torch
 
-    from curate.backbones import Backbone
+    from curate.model_choice import Backbone
 
     images = split.images
     torch.manual_seed(params.seed)  # weight init
@@ -219,9 +219,9 @@ def dvclive_epochs() -> Iterator[Callable[[dict], None]]:
 
 
 def fit_config(params: Params, device: torch.device, processes: int = 1) -> FitConfig:
-    """``train``'s params (and ``image.normalize_polarity``) as :func:`curate.model.fit` takes them;
+    """``train``'s params (and ``image.normalize_polarity``) as :func:`curate.training.fit` takes them;
     ``processes``: the ranks training together (DDP when more than 1)."""
-    from curate.model import FitConfig
+    from curate.training import FitConfig
 
     settings = params.train
     return FitConfig(
@@ -251,9 +251,9 @@ def train(
     """Trains ``net`` in place on ``split`` as ``params.train`` says, the rows weighted per
     ``train.weighting``; ``on_epoch`` receives each epoch's stats as they come. ``processes``
     above 1: this is one rank of a torch.distributed group training ``net`` together."""
-    from curate.backbones import Backbone
-    from curate.checkpoint import POLARITY_KEY
-    from curate.model import fit
+    from curate.checkpoint import MODEL_META, checkpoint_meta
+    from curate.model_choice import Backbone
+    from curate.training import fit
 
     settings = params.train
     history = fit(
@@ -266,14 +266,11 @@ def train(
         on_epoch=on_epoch,
         progress="train",
     )
-    meta = Backbone.from_params(settings, "train").meta() | {
-        "n_classes": len(split.classes),
-        "channels": int(split.images.shape[3]),
-        "size": int(split.images.shape[1]),
-        "class_names": split.classes,
-        POLARITY_KEY: params.image.normalize_polarity,
-        "params_digest": params_digest(settings),
-    }
+    network = Backbone.from_params(settings, "train").meta()
+    polarity, digest = params.image.normalize_polarity, params_digest(settings)
+    meta = checkpoint_meta(
+        network, split.classes, split.images.shape, polarity, MODEL_META, params_digest=digest
+    )
     return Trained(net, meta, split, history, summarise(history, device.type))
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from curate import distributed, label_issues
+from curate import distributed, fold_training
 from curate.dataset import (
     EMBEDDER,
     EMBEDDINGS,
@@ -44,7 +44,7 @@ from curate.stage import guarded, stage_parser
 if TYPE_CHECKING:
     import torch
 
-    from curate.backbones import Backbone
+    from curate.model_choice import Backbone
 
 INPUT = RAW_DIR / "samples.parquet"
 IMAGES = IMAGE_STORES["raw"]
@@ -58,11 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = read_images(IMAGES)
     names = class_names(samples)
     train = samples[samples["split"] == "train"]
-    label_issues.check_class_sizes(train["label"].to_numpy(), names, settings.folds)
+    fold_training.check_class_sizes(train["label"].to_numpy(), names, settings.folds)
     # torch loads only once the inputs have passed their checks: a bad input fails fast.
-    from curate.backbones import Backbone
-    from curate.checkpoint import POLARITY_KEY, save_checkpoint
-    from curate.model import environment, pick_device
+    from curate.checkpoint import EMBEDDER_META, checkpoint_meta, save_checkpoint
+    from curate.devices import environment, pick_device
+    from curate.model_choice import Backbone
 
     backbone = Backbone.from_params(settings, "clean")
     backbone.resolved_input_size()  # a model choice that does not go together stops here
@@ -78,12 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.method == "embeddings":
         predictions = frozen_embeddings(rows, labels, strata, params, backbone, len(names), device)
     else:
-        predictions = label_issues.out_of_sample_predictions(
+        predictions = fold_training.out_of_sample_predictions(
             rows,
             labels,
             strata,
             folds=settings.folds,
-            training=label_issues.FoldTraining(
+            training=fold_training.FoldTraining(
                 n_classes=len(names),
                 backbone=backbone,
                 epochs=settings.epochs,
@@ -103,8 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_array(PRED_PROBS, predictions.pred_probs)
     write_array(FOLD_OF_ROW, predictions.folds)
     write_array(EMBEDDINGS, predictions.embeddings)
-    meta = backbone.meta() | {"n_classes": len(names), "class_names": names, POLARITY_KEY: polarity}
-    meta |= {"channels": int(images.shape[3]), "size": int(images.shape[1])}
+    meta = checkpoint_meta(backbone.meta(), names, images.shape, polarity, EMBEDDER_META)
     save_checkpoint(EMBEDDER, predictions.embedder, meta)
     write_text(ENVIRONMENT, json.dumps(environment(device), indent=2, sort_keys=True) + "\n")
     write_lineage("folds")
@@ -125,10 +124,10 @@ def frozen_embeddings(
     backbone: Backbone,
     n_classes: int,
     device: torch.device,
-) -> label_issues.FoldPredictions:
+) -> fold_training.FoldPredictions:
     """``clean.method: embeddings``: the backbone as ``clean.weights`` / ``init_weights`` start it,
     frozen, and an out-of-fold logistic regression on its features
-    (:func:`curate.label_issues.embedding_predictions`)."""
+    (:func:`curate.fold_training.embedding_predictions`)."""
     import torch
 
     settings = params.clean
@@ -139,7 +138,7 @@ def frozen_embeddings(
         )
     torch.manual_seed(params.seed)  # the head's init, and the body's when no weights are loaded
     net = backbone.initial_model(n_classes, int(rows.shape[3]), int(rows.shape[1]))
-    return label_issues.embedding_predictions(
+    return fold_training.embedding_predictions(
         rows,
         labels,
         strata,
