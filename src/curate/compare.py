@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import yaml
 
-from curate.dataset import BALANCED_DIR, RAW_DIR, write_text
+from curate.dataset import BALANCED_DIR, IMAGE_STORES, write_text
 from curate.errors import CurateError
 from curate.ledger import COLUMNS as LEDGER_COLUMNS
 from curate.ledger import parse_ledger
@@ -34,6 +33,7 @@ from curate.params import CleanParams
 from curate.report import Verdict, thumbnail
 from curate.report.render import DETAILS_DIR, METRICS_DIR, REPORTS_DIR, merge_figures, render, render_markdown
 from curate.stage import PIPELINE, flatten, guarded
+from curate.store import RevisionRows
 
 WORKSPACE = "workspace"
 TABLE = BALANCED_DIR / "samples.parquet"  # the train rows in play, with weights, plus test
@@ -89,9 +89,9 @@ class Revision:
         data = self.read(path)
         return pd.read_parquet(io.BytesIO(data)) if data else None
 
-    def images(self) -> np.ndarray | None:
-        data = self.read(RAW_DIR / "images.npy")
-        return np.load(io.BytesIO(data), allow_pickle=False) if data else None
+    def images(self) -> RevisionRows | None:
+        """The raw store as this revision has it (segments read as rows are asked for)."""
+        return RevisionRows.open(self.read, IMAGE_STORES["raw"])
 
 
 @dataclass
