@@ -16,11 +16,11 @@ from curate.networks import build_model
 from curate.params import load_params
 from curate.report.render import read_figures
 from curate.stages import augment
-from tests.conftest import set_params
+from tests.conftest import file_or_tree_bytes, set_params
 
 OUT = "data/augmented"
 OUTPUTS = [
-    "data/augmented/images.npy",
+    "data/augmented/images",
     "data/augmented/samples.parquet",
     "reports/augment.html",
     "reports/augment.md",
@@ -61,7 +61,7 @@ def make_inputs(root, channels=1, size=28, big=40, small=8, seed=0):
     )
     weight = np.where(samples["group"] == "big", 0.9, (big + small - 0.9 * big) / small)
     samples["weight"] = np.where(samples["split"] == "train", weight, 1.0)
-    write_images(root / "data/raw/images.npy", images)
+    write_images(root / "data/raw/images", images)
     write_samples(root / "data/balanced/samples.parquet", samples)
     torch.manual_seed(0)
     model = build_model("cnn", 3, channels, size)
@@ -79,11 +79,11 @@ def make_inputs(root, channels=1, size=28, big=40, small=8, seed=0):
 def run(workdir, **augment_params):
     set_params(workdir / "params.yaml", augment=augment_params)
     assert augment.main([]) == 0
-    return read_samples(workdir / OUT / "samples.parquet"), read_images(workdir / OUT / "images.npy")
+    return read_samples(workdir / OUT / "samples.parquet"), np.asarray(read_images(workdir / OUT / "images"))
 
 
 def outputs_bytes(root):
-    return {name: (root / name).read_bytes() for name in OUTPUTS}
+    return {name: file_or_tree_bytes(root / name) for name in OUTPUTS}
 
 
 # --- params -----------------------------------------------------------------------------
@@ -298,7 +298,7 @@ def test_deterministic_per_sample_and_seeded(workdir, channels, tmp_path_factory
     assert (aug.augment(parents[5:], keys[5:], pipeline, batch_size=7) == new_images[5:]).all()
     set_params(workdir / "params.yaml", seed=1)
     assert augment.main([]) == 0
-    assert not (read_images(workdir / OUT / "images.npy") == new_images).all()
+    assert not (np.asarray(read_images(workdir / OUT / "images")) == new_images).all()
 
 
 def test_per_sample_fallback_is_seeded_per_image():

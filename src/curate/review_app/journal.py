@@ -28,7 +28,7 @@ class Conflict(Exception):
 
     def __init__(self, message: str, first: dict | None) -> None:
         super().__init__(message)
-        self.first = first  # the decision that stands, as :meth:`Journal.decision` gives it
+        self.first = first  # the decision that stands, as :meth:`Journal.decide` returns it
 
 
 @dataclass

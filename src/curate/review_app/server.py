@@ -9,9 +9,9 @@ and uvicorn is its standard server. Routes:
   class, group, issue kind and status, each with its standing decision, and the progress;
 - ``GET /api/image/{sample_id}``: a PNG from the pixel store, found by sample id in clean's
   table (never a path from the request);
-- ``POST /api/decide`` and ``POST /api/undo``: one ledger line each (:mod:`.journal`).
+- ``POST /api/decide`` and ``POST /api/undo``: one ledger line each (:mod:`curate.review_app.journal`).
 
-Everything passes :mod:`.guard` first. The queue is built once at start; 100,000 flags page
+Everything passes :mod:`curate.review_app.guard` first. The queue is built once at start; 100,000 flags page
 by offset, so the page never holds more than it shows.
 """
 
@@ -52,7 +52,7 @@ DEFAULT_PORT = 8642
 PAGE_LIMIT = 200  # flags per queue request, at most
 MEMBERS_SHOWN = 6  # other members of a near-duplicate set shown beside a card
 STATUSES = ("all", "undecided", "decided")
-RERUN = [stage for stage in (*DAG[DAG.index("clean") :], "gate") if stage != "fit"]
+RERUN = [*DAG[DAG.index("clean") :], "gate"]  # what dvc repro re-runs after a ledger change
 
 
 class Queue:

@@ -32,6 +32,7 @@ from curate.dataset import (
     AUGMENTED_DIR,
     BALANCED_DIR,
     EMBEDDER,
+    IMAGE_STORES,
     class_names,
     gather_images,
     read_samples,
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 
 INPUT = BALANCED_DIR / "samples.parquet"
 OUTPUT = AUGMENTED_DIR / "samples.parquet"
-OUTPUT_IMAGES = AUGMENTED_DIR / "images.npy"
+OUTPUT_IMAGES = IMAGE_STORES["augmented"]
 PREVIEW_COPIES = 8  # copies shown beside each previewed original
 
 

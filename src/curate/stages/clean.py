@@ -29,6 +29,7 @@ from curate.dataset import (
     EMBEDDINGS,
     ENVIRONMENT,
     FOLD_OF_ROW,
+    IMAGE_STORES,
     PRED_PROBS,
     RAW_DIR,
     class_names,
@@ -45,7 +46,7 @@ from curate.report import Verdict, bar_chart, thumbnail, write_report
 from curate.stage import guarded, stage_parser
 
 INPUT = RAW_DIR / "samples.parquet"
-IMAGES = RAW_DIR / "images.npy"
+IMAGES = IMAGE_STORES["raw"]
 OUTPUT = CLEAN_DIR / "samples.parquet"
 SUSPICIOUS_SHOWN = 40
 DUPLICATE_SETS_SHOWN = 10

@@ -27,6 +27,7 @@ from curate.dataset import (
     EMBEDDINGS,
     ENVIRONMENT,
     FOLD_OF_ROW,
+    IMAGE_STORES,
     PRED_PROBS,
     RAW_DIR,
     class_names,
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from curate.model_choice import Backbone
 
 INPUT = RAW_DIR / "samples.parquet"
-IMAGES = RAW_DIR / "images.npy"
+IMAGES = IMAGE_STORES["raw"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("gate", __doc__).parse_args(argv)
     params = load_params(args.params)
     figures = {stage: read_figures(stage) for stage in PIPELINE}
-    # Each file once, though several stages name it (data/raw/images.npy: five of them).
+    # Each file once, though several stages name it (data/raw/images: five of them).
     stale = stale_stages({stage: read_lineage(stage) for stage in DAG}, functools.cache(file_digest))
     checks = gate_checks(params.gates, None, figures, stale)
     verdict = Verdict(checks=[*map(stale_check, stale), *checks])

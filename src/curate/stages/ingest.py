@@ -1,6 +1,8 @@
-"""ingest: source images -> ``data/raw/images.npy`` + ``data/raw/samples.parquet`` + report.
+"""ingest: source images -> ``data/raw/images/`` (a pixel store) + ``data/raw/samples.parquet`` + report.
 
-The source is the embedded demo (``ingest.source: data/demo``) or an ImageFolder.
+The source is the embedded demo (``ingest.source: data/demo``) or an ImageFolder, whose files
+are decoded over ``ingest.workers`` processes and streamed into the store segment by segment
+(:mod:`curate.store`): memory does not grow with the number of files.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from curate import demo
-from curate.dataset import RAW_DIR, class_names, write_images, write_samples
+from curate.dataset import IMAGE_STORES, class_names, write_images, write_samples
 from curate.folder import (
     NOT_AN_IMAGE,
     OUTSIDE_CLASSES,
@@ -27,8 +29,11 @@ from curate.params import DEMO_SOURCE, Params, load_params
 from curate.polarity import light_background
 from curate.report import Verdict, bar_chart, thumbnail, write_report
 from curate.stage import guarded, stage_parser
+from curate.store import Store
 
+RAW_SAMPLES = IMAGE_STORES["raw"].parent / "samples.parquet"
 THUMBS_PER_CELL = 8
+POLARITY_CHUNK = 4096  # rows read at a time when counting light backgrounds
 MIN_TRAIN_PER_CLASS = 10
 MAX_LISTED = 200  # skipped files listed one by one in the report; the counts cover them all
 SKIP_WARNINGS = {
@@ -48,15 +53,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("ingest", __doc__).parse_args(argv)
     params = load_params(args.params)
     data = load_source(params)
-    write_images(RAW_DIR / "images.npy", data.images)
-    write_samples(RAW_DIR / "samples.parquet", data.samples)
+    write_samples(RAW_SAMPLES, data.samples)
     sizes = write_report("ingest", report_context(params, data), metrics(data))
     print(f"ingest: {len(data.samples):,} samples; reports/ingest.html {sizes['html']:,} bytes")
     return 0
 
 
 def load_source(params: Params) -> FolderData:
-    settings = params.ingest
+    """The source's table, its pixels written to the raw store (opened for the report)."""
+    settings, target = params.ingest, IMAGE_STORES["raw"]
     if settings.source == DEMO_SOURCE:
         images, samples = demo.build_demo(
             seed=params.seed,
@@ -68,8 +73,9 @@ def load_source(params: Params) -> FolderData:
             size=params.image.size,
             channels=params.image.channels,
         )
-        return FolderData(images=images, samples=samples)
-    return read_image_folder(Path(settings.source), params.image, settings, params.seed)
+        write_images(target, images, segment_mb=settings.segment_mb)  # keys: table order, row = position
+        return FolderData(images=Store(target, "ingest"), samples=samples)
+    return read_image_folder(Path(settings.source), params.image, settings, params.seed, target)
 
 
 def metrics(data: FolderData) -> dict[str, int]:
@@ -175,15 +181,21 @@ def _polarity(params: Params, data: FolderData) -> dict[str, object]:
         return {"summary": "n/a (off)", "rows": []}
     if params.image.channels != 1:
         return {"summary": "n/a (RGB images are never inverted)", "rows": []}
-    light = pd.Series(light_background(data.images), index=data.samples.index)
+    images = data.images
+    in_store = np.concatenate(
+        [
+            light_background(images[start : start + POLARITY_CHUNK])
+            for start in range(0, len(images), POLARITY_CHUNK)
+        ]
+        or [np.zeros(0, dtype=bool)]
+    )
+    light = pd.Series(in_store[data.samples["row"].to_numpy()], index=data.samples.index)
     by_group = light.groupby(data.samples["group"])
     rows = [[group, len(flags), int(flags.sum())] for group, flags in by_group]
     return {"summary": f"{int(light.sum()):,} of {len(light):,} (light background)", "rows": rows}
 
 
-def _thumbnail_rows(
-    images: np.ndarray, train: pd.DataFrame, names: list[str], groups: list[str]
-) -> list[dict]:
+def _thumbnail_rows(images: Store, train: pd.DataFrame, names: list[str], groups: list[str]) -> list[dict]:
     """The first few train samples of each class x group, as captioned thumbnails."""
     rows = []
     for name in names:

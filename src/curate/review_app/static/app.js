@@ -56,6 +56,7 @@
     $("quality").textContent = item.quality === null ? "n/a" : item.quality.toPrecision(3);
     $("group").textContent = item.group;
     for (const kind of item.kinds) $("kinds").append(tag("span", "kind", kind === "duplicate" ? "near-duplicate" : kind));
+    if (item.duplicates.length) $("members").append(tag("p", "", "the other members of its near-duplicate set:"));
     for (const sid of item.duplicates) {
       const img = document.createElement("img");
       img.src = "/api/image/" + encodeURIComponent(sid);
@@ -122,19 +123,24 @@
     }
   }
 
+  // u: take back the decision on this card; on an undecided card, your last decision (and go there).
   async function undo() {
-    const last = state.mine.pop();
-    if (!last) return say("nothing of yours to undo");
+    const item = await current();
+    let target = item && item.decision ? { index: state.index, item } : null;
+    while (!target && state.mine.length) {
+      const last = state.mine.pop();
+      if (last.item.decision) target = last;
+    }
+    if (!target) return say("nothing to undo here");
     try {
-      const data = await post("/api/undo", { sample_id: last.item.sample_id });
+      const data = await post("/api/undo", { sample_id: target.item.sample_id });
       showProgress(data.progress);
       if (data.status === 409) return say(data.error);
-      last.item.decision = null;
-      state.index = last.index;
+      target.item.decision = null;
+      state.index = target.index;
       say("undone: an undo line appended", true);
       await show();
     } catch (error) {
-      state.mine.push(last);
       say(error.message);
     }
   }
@@ -215,5 +221,9 @@
     pending = pending.then(action).catch((error) => say(error.message));
   });
 
-  show().catch((error) => say(error.message));
+  // "first-card": when the first card is on screen, its image decoded (what the benchmark reads).
+  show()
+    .then(() => $("image").decode())
+    .then(() => performance.mark("first-card"))
+    .catch((error) => say(error.message));
 })();
