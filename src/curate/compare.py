@@ -28,6 +28,7 @@ import yaml
 from curate.dataset import BALANCED_DIR, IMAGE_STORES, write_text
 from curate.errors import CurateError
 from curate.ledger import COLUMNS as LEDGER_COLUMNS
+from curate.ledger import parse_ledger
 from curate.params import CleanParams
 from curate.report import Verdict, thumbnail
 from curate.report.render import DETAILS_DIR, METRICS_DIR, REPORTS_DIR, merge_figures, render, render_markdown
@@ -207,12 +208,8 @@ def added_decisions(
 def _ledger_rows(data: bytes | None, name: str) -> list[tuple[str, ...]]:
     if not data:
         return []
-    try:
-        table = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (ValueError, UnicodeDecodeError) as exc:  # pandas' parser errors are ValueErrors
-        raise CurateError(f"{name}: not a readable CSV ({exc})".splitlines()[0]) from None
-    table = table.reindex(columns=list(LEDGER_COLUMNS), fill_value="").map(str.strip)
-    return [tuple(row) for row in table.itertuples(index=False) if any(row)]
+    table = parse_ledger(io.BytesIO(data), name)  # the one strict reader clean uses
+    return [tuple(row) for row in table.itertuples(index=False)]
 
 
 def decision_rows(a: Revision, b: Revision) -> list[list[str]]:
