@@ -103,9 +103,9 @@ def whole_stage(params_file: Path) -> tuple[float, str]:
     """Wall time of ``curate fit`` in a temp folder holding the stage's inputs, and its last line."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for path in (params_file, RAW_DIR / "images.npy", AUGMENTED_DIR / "images.npy", INPUT):
+        for path in (params_file, RAW_DIR / "images", AUGMENTED_DIR / "images", INPUT):
             (root / path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, root / path)
+            (shutil.copytree if path.is_dir() else shutil.copy)(path, root / path)
         start = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "curate.stages.fit", "--params", str(params_file)],

@@ -35,11 +35,13 @@ SMOKE_TRAIN, SMOKE_TEST, SMOKE_EPOCHS = 256, 128, 2  # --smoke: 8 steps of 64
 def demo_arrays(n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     """``n_train`` train and ``n_test`` test images with their labels, and where they came from."""
     raw = Path("data/raw")
-    if (raw / "images.npy").exists() and (raw / "samples.parquet").exists():
+    if (raw / "images").exists() and (raw / "samples.parquet").exists():
         import pandas as pd
 
         samples = pd.read_parquet(raw / "samples.parquet")
-        images = np.load(raw / "images.npy")
+        from curate.store import Store
+
+        images = np.asarray(Store(raw / "images", "ingest"))
         train, test = samples[samples["split"] == "train"], samples[samples["split"] == "test"]
         # Tile the train rows to the size the stage trains on (originals plus augmented copies).
         rows = np.resize(train["row"].to_numpy(), n_train)

@@ -153,6 +153,11 @@ def test_formula_cells_round_trip_neutralised(ledger_dir):
     assert csvfile.restore("'plain") == "'plain" and csvfile.neutralise("a=b") == "a=b"
 
 
+def test_a_spreadsheets_byte_order_mark_is_no_column_name(ledger_dir):
+    Path(LEDGER).write_bytes(f"\ufeff{HEADER}\ns003,,keep,,ann,\n".encode())
+    assert ledger.read_ledger(Path(LEDGER)).loc[2].tolist() == ["s003", "", "keep", "", "ann", ""]
+
+
 BAD = [
     (
         "s003,,dorp,,,\n",

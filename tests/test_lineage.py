@@ -29,7 +29,9 @@ CONTEXT = {"verdict": Verdict(), "enforce": False, "gates": [], "stale": {}}
 
 
 def sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """A file's SHA-256; a pixel store's is its index's (its segments are named by content)."""
+    path = Path(path) / "index.json" if Path(path).is_dir() else Path(path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def lineage_of(root: Path, stage: str = "gate") -> dict:
@@ -44,10 +46,10 @@ def test_a_stage_records_the_data_it_read_and_wrote(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     lineage = Lineage()
     images = np.zeros((4, 3, 3, 1), dtype=np.uint8)
-    write_images(lineage.output("data/raw/images.npy"), images)
+    write_images(lineage.output("data/raw/images"), images)
     write_samples(lineage.output("data/raw/samples.parquet"), table())
     write_gate_report({"n": 1}, lineage)
-    raw = {path: sha256(path) for path in ("data/raw/images.npy", "data/raw/samples.parquet")}
+    raw = {path: sha256(path) for path in ("data/raw/images", "data/raw/samples.parquet")}
     assert lineage_of(tmp_path) == {"inputs": {}, "outputs": raw}
 
     # The next stage: an absolute path is recorded relative to the workspace; the reports
@@ -56,7 +58,7 @@ def test_a_stage_records_the_data_it_read_and_wrote(tmp_path, monkeypatch):
     for _ in range(2):
         lineage = Lineage()
         read_samples(lineage.input(tmp_path / "data/raw/samples.parquet"))
-        read_images(lineage.input("data/raw/images.npy"))
+        read_images(lineage.input("data/raw/images"))
         write_samples(lineage.output("data/clean/samples.parquet"), table())
         write_gate_report({"n": 1}, lineage)
         runs.append((tmp_path / "reports/lineage/gate.json").read_bytes())

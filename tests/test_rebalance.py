@@ -10,7 +10,7 @@ from curate.errors import CurateError
 from curate.params import Params, RebalanceParams, load_params
 from curate.report.render import read_figures
 from curate.stages import rebalance
-from tests.conftest import set_params
+from tests.conftest import file_or_tree_bytes, set_params
 
 BALANCED = "data/balanced/samples.parquet"
 OUTPUTS = [
@@ -67,7 +67,7 @@ def metrics_of(workdir) -> dict:
 
 
 def outputs_bytes(root) -> dict:
-    return {name: (root / name).read_bytes() for name in OUTPUTS}
+    return {name: file_or_tree_bytes(root / name) for name in OUTPUTS}
 
 
 # The tiny table: group a has labels 0, 0, 0, 1 and group b has 0, 1 (n = 6);

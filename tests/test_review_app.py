@@ -28,7 +28,8 @@ from curate.dataset import write_images, write_samples
 from curate.review_app.guard import Guard
 from curate.review_app.journal import Journal
 from curate.review_app.server import Queue, build_app
-from tests.conftest import REPO
+from tests.conftest import REPO, set_params, template_copy
+from tests.test_experiments import GIT, STAGES, TINY, ran, run
 from tests.test_trace import NASTY, clean_table, raw_table
 
 LEDGER = Path("data/review/decisions.csv")
@@ -49,7 +50,7 @@ def project(workdir):
     clean.loc[clean["sample_id"] == "e2", "path"] = PAYLOAD_PATH
     clean.loc[clean["sample_id"].isin(["d00d", "d00d-1"]), ["is_near_duplicate", "duplicate_set"]] = [True, 0]
     write_samples("data/clean/samples.parquet", clean)
-    write_images("data/raw/images.npy", np.arange(6 * 64, dtype=np.uint8).reshape(6, 8, 8, 1))
+    write_images("data/raw/images", np.arange(6 * 64, dtype=np.uint8).reshape(6, 8, 8, 1))
     return workdir
 
 
@@ -225,7 +226,7 @@ def test_a_hundred_thousand_flags_page_without_loading_at_once(tmp_path, monkeyp
             "action": "drop",
         }
     )
-    write_images("data/raw/images.npy", np.zeros((n, 8, 8, 1), dtype=np.uint8))
+    write_images("data/raw/images", np.zeros((n, 8, 8, 1), dtype=np.uint8))
     started = time.perf_counter()
     journal = Journal(LEDGER, [f"c{i}" for i in range(10)], "ann")
     app = build_app(Queue(clean, journal), Guard("127.0.0.1", 1), str(LEDGER))
@@ -343,3 +344,23 @@ def test_five_keyboard_decisions_reach_the_ledger_and_survive_a_restart(serve, b
     page.keyboard.press("u")  # after a restart, u takes back the decision on the card shown
     expect(page.locator("#decision")).to_have_text("undecided")
     assert rows()[5:] == [["d00d-1", "cat/1.png", "undo", "", "ann", ""]]
+
+
+@pytest.mark.slow
+def test_dvc_repro_applies_the_apps_decisions_without_refitting_the_folds(tmp_path):
+    root = template_copy(tmp_path / "project")
+    set_params(root / "params.yaml", **TINY)
+    assert ran(run("dvc", "repro", cwd=root)) == set(STAGES)
+    run(*GIT, "add", "-A", cwd=root)
+    run(*GIT, "commit", "-q", "-m", "tiny", cwd=root)
+    server = Server(root, "ann")
+    first, second = server.client.get("/api/queue").json()["items"][:2]
+    assert server.post("/api/decide", sample_id=first["sample_id"], decision="keep").status_code == 200
+    target = next(name for name in ("0", "1", "2") if name not in (second["given"], second["suggested"]))
+    relabel = {"sample_id": second["sample_id"], "decision": "relabel", "label": target}
+    assert server.post("/api/decide", **relabel).status_code == 200
+    server.stop()
+    assert ran(run("dvc", "repro", cwd=root)) == set(STAGES) - {"ingest", "folds"}
+    cleaned = pd.read_parquet(root / "data/clean/samples.parquet").set_index("sample_id")
+    assert cleaned.loc[first["sample_id"], ["action", "action_source"]].tolist() == ["keep", "review"]
+    assert cleaned.loc[second["sample_id"], ["action", "label_name"]].tolist() == ["relabel", target]

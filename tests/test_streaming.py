@@ -20,8 +20,8 @@ CPU = torch.device("cpu")
 def two_stores(tmp_path):
     """Two stores and a table that points into both, out of order, with repeated rows."""
     rng = np.random.default_rng(0)
-    stores = {"raw": tmp_path / "raw.npy", "augmented": tmp_path / "aug.npy"}
-    write_images(stores["raw"], rng.integers(0, 256, (20, 6, 6, 1), dtype=np.uint8))
+    stores = {"raw": tmp_path / "raw", "augmented": tmp_path / "aug"}
+    write_images(stores["raw"], rng.integers(0, 256, (20, 6, 6, 1), dtype=np.uint8), segment_mb=0.0002)
     write_images(stores["augmented"], rng.integers(0, 256, (9, 6, 6, 1), dtype=np.uint8))
     samples = pd.DataFrame(
         {"store": ["raw", "augmented", "raw", "raw", "augmented", "raw"], "row": [7, 3, 0, 7, 8, 19]}
@@ -69,8 +69,8 @@ def test_streaming_trains_the_same_model_as_the_in_memory_path(tmp_path, monkeyp
     uint8 -> float conversion is per pixel, so a batch holds the same floats either way)."""
     rng = np.random.default_rng(1)
     labels = np.arange(100) % 3
-    write_images(tmp_path / "images.npy", digit_like(labels, rng))
-    images = dataset.read_images(tmp_path / "images.npy")  # a memory-map
+    write_images(tmp_path / "images", digit_like(labels, rng), segment_mb=0.01)
+    images = dataset.read_images(tmp_path / "images")  # memory-mapped segments
     weights = rng.uniform(0.2, 3.0, len(labels))
     validation = (images[80:], labels[80:], None)
     read = []

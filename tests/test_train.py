@@ -68,8 +68,8 @@ def make_inputs(root, big=60, small=12, n_test=30, copies_per_small=2, seed=0, s
     new["row"] = np.arange(len(new))
     samples = pd.concat([raw, new], ignore_index=True)
     raw_images = digit_like(label, rng, size)
-    write_images(root / "data/raw/images.npy", raw_images)
-    write_images(root / "data/augmented/images.npy", digit_like(new["label"].to_numpy(), rng, size))
+    write_images(root / "data/raw/images", raw_images)
+    write_images(root / "data/augmented/images", digit_like(new["label"].to_numpy(), rng, size))
     write_samples(root / "data/augmented/samples.parquet", samples)
     return samples
 

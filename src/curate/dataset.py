@@ -1,13 +1,14 @@
 """The on-disk data contract shared by every stage.
 
-* ``images.npy``: uint8 array ``N x H x W x C``, written once, memory-mapped on read.
+* ``images/``: a pixel store (:mod:`curate.store`): uint8 ``N x H x W x C`` rows in immutable,
+  content-named segments plus ``index.json``, written once, memory-mapped on read.
 * ``samples.parquet``: one row per sample. Core columns (see :data:`CORE_COLUMNS`):
 
   - ``sample_id``: a content hash of the source bytes, so a file moved to
     another class folder keeps its id (and shows up as relabelled); identical
     bytes in two files get ``-1``, ``-2`` suffixes in path order, so ids stay unique;
   - ``path``: the source file relative to the source folder (``mnist/00042`` for the demo);
-  - ``row``: the sample's row in its ``images.npy``;
+  - ``row``: the sample's global row in its store (segments in index order);
   - ``label`` (int, index into the sorted class names), ``label_name``, ``group``,
     ``split`` (``train`` | ``test``).
 
@@ -28,7 +29,6 @@ import contextlib
 import glob
 import hashlib
 import json
-import mmap
 import os
 import tempfile
 from collections import Counter
@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from curate.errors import CurateError
-from curate.rows import read_rows
+from curate.store import Store, StoreWriter, target_rows, write_store
 
 CORE_COLUMNS = ("sample_id", "path", "row", "label", "label_name", "group", "split")
 
@@ -51,7 +51,7 @@ BALANCED_DIR = Path("data/balanced")
 AUGMENTED_DIR = Path("data/augmented")
 MODELS_DIR = Path("models")
 RAW_SAMPLES = RAW_DIR / "samples.parquet"
-RAW_IMAGES = RAW_DIR / "images.npy"
+RAW_IMAGES = RAW_DIR / "images"
 REPORTS_DIR = Path("reports")
 # What the folds stage leaves beside clean's table for clean, augment and trace: the out-of-sample
 # predictions (train rows in table order), each row's fold, the shared embedder and its embeddings,
@@ -61,9 +61,11 @@ FOLD_OF_ROW = CLEAN_DIR / "folds.npy"
 EMBEDDINGS = CLEAN_DIR / "embeddings.npy"
 EMBEDDER = CLEAN_DIR / "embedder.pt"
 ENVIRONMENT = CLEAN_DIR / "environment.json"
-# Which images.npy a row's ``row`` points into: the ``store`` column names it;
+# Which store a row's ``row`` points into: the ``store`` column names it;
 # tables without the column point into the raw store.
-IMAGE_STORES = {"raw": RAW_IMAGES, "augmented": AUGMENTED_DIR / "images.npy"}
+IMAGE_STORES = {"raw": RAW_IMAGES, "augmented": AUGMENTED_DIR / "images"}
+# The stage that writes each data folder: what a broken file's message says to re-run.
+PRODUCERS = {RAW_DIR: "ingest", CLEAN_DIR: "clean", BALANCED_DIR: "rebalance", AUGMENTED_DIR: "augment"}
 
 
 def _remove_stale_temps(target: Path) -> None:
@@ -108,11 +110,32 @@ def write_text(target: str | Path, text: str) -> None:
     write_bytes(target, text.encode("utf-8"))
 
 
-def write_images(target: str | Path, images: np.ndarray) -> None:
-    """Store an ``N x H x W x C`` uint8 array as ``.npy``."""
+def write_images(
+    target: str | Path,
+    images: np.ndarray,
+    cut_keys: Sequence[str] | None = None,
+    order: np.ndarray | None = None,
+    segment_mb: float = 64,
+) -> np.ndarray:
+    """Store an ``N x H x W x C`` uint8 array as a pixel store (:mod:`curate.store`), rows in
+    ``order`` (default: the array's), segments cut by ``cut_keys`` (default: the positions);
+    each image's global row in the store."""
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"images must be uint8 N x H x W x C, got {images.dtype} {images.shape}")
-    write_array(target, images)
+    cut_keys = [str(i) for i in range(len(images))] if cut_keys is None else list(cut_keys)
+    order = np.arange(len(images)) if order is None else order
+    return write_store(target, images, order, cut_keys, target_rows(segment_mb, images.shape[1:]))
+
+
+@contextlib.contextmanager
+def store_writer(target: str | Path, row_shape: tuple[int, ...], segment_mb: float) -> Iterator[StoreWriter]:
+    """A :class:`curate.store.StoreWriter` for streaming rows in key order; published on success."""
+    writer = StoreWriter(target, row_shape, target_rows(segment_mb, row_shape))
+    try:
+        yield writer
+        writer.close()
+    finally:
+        writer.abort()
 
 
 def write_array(target: str | Path, array: np.ndarray) -> None:
@@ -142,14 +165,18 @@ def read_json(source: str | Path, producer: str) -> Any:
         ) from None
 
 
-def read_images(source: str | Path) -> np.ndarray:
-    """Memory-map an ``images.npy`` (read-only): stages touch only the rows they need."""
-    source = Path(source)
-    if not source.exists():
-        raise CurateError(f"{source}: not found (run the upstream stage first: dvc repro)")
-    images = np.load(source, mmap_mode="r", allow_pickle=False)
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise CurateError(f"{source}: expected uint8 N x H x W x C, got {images.dtype} {images.shape}")
+def producer_of(path: str | Path) -> str:
+    """The stage that writes ``path`` (a data file or store, by its folder), for error messages."""
+    parent = Path(path).parent.as_posix()
+    for folder, stage in PRODUCERS.items():
+        if parent == folder.as_posix() or parent.endswith(f"/{folder.as_posix()}"):
+            return stage
+    return "upstream"
+
+
+def read_images(source: str | Path) -> Store:
+    """Open a pixel store (memory-mapped, read-only): stages touch only the rows they need."""
+    images = Store(source, producer_of(source))
     return images
 
 
@@ -165,11 +192,18 @@ def write_samples(target: str | Path, samples: pd.DataFrame) -> None:
 
 
 def read_samples(source: str | Path) -> pd.DataFrame:
-    source = Path(source)
+    """A sample table; a missing, truncated or garbled file stops with one line naming it."""
+    source, producer = Path(source), producer_of(source)
     if not source.exists():
-        raise CurateError(f"{source}: not found (run the upstream stage first: dvc repro)")
-    samples = pd.read_parquet(source)
-    require_columns(samples, source, CORE_COLUMNS, "upstream")
+        raise CurateError(f"{source}: not found (run the {producer} stage first: dvc repro)")
+    try:
+        samples = pd.read_parquet(source)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CurateError(
+            f"{source}: not a readable sample table ({reason}); re-run the {producer} stage"
+        ) from None
+    require_columns(samples, source, CORE_COLUMNS, producer)
     return samples
 
 
@@ -208,7 +242,7 @@ class RawInputs:
     """What ingest wrote, as the stages that read the raw data whole (folds, clean) take it."""
 
     samples: pd.DataFrame  # the raw table, every row
-    images: np.ndarray  # the raw store, memory-mapped
+    images: Store  # the raw store, memory-mapped
     names: list[str]  # (K,) class names by label
     files: tuple[Path, ...]  # what was read: the stage notes them in its lineage
 
@@ -229,10 +263,14 @@ def content_ids(payloads: Sequence[bytes]) -> list[str]:
     Callers pass payloads in a stable order (sorted paths), so the k-th copy of
     identical bytes always gets the same suffix.
     """
+    return unique_ids([hashlib.sha256(payload).hexdigest()[:16] for payload in payloads])
+
+
+def unique_ids(digests: Sequence[str]) -> list[str]:
+    """Digests made unique in order: the k-th repeat of a digest gets ``-k``."""
     seen: Counter[str] = Counter()
     ids = []
-    for payload in payloads:
-        digest = hashlib.sha256(payload).hexdigest()[:16]
+    for digest in digests:
         ids.append(f"{digest}-{seen[digest]}" if seen[digest] else digest)
         seen[digest] += 1
     return ids
@@ -278,7 +316,7 @@ def gather_images(samples: pd.DataFrame, stores: dict[str, Path] | None = None) 
         mask = (store_of_row == store).to_numpy()
         if out is None:
             out = np.empty((len(samples), *images.shape[1:]), dtype=np.uint8)
-        out[mask] = read_rows(images, rows[mask])
+        out[mask] = images.take(rows[mask])  # each segment read in sorted row order
     return out if out is not None else np.empty((0, 0, 0, 0), dtype=np.uint8)
 
 
@@ -292,8 +330,8 @@ class ImageRows:
     each store's rows in sorted order (a memory-map then reads its pages in sequence).
     """
 
-    def __init__(self, stores: dict[str, np.ndarray], store_of: np.ndarray, rows: np.ndarray) -> None:
-        self.stores = stores  # store name -> memory-mapped images.npy
+    def __init__(self, stores: dict[str, Store], store_of: np.ndarray, rows: np.ndarray) -> None:
+        self.stores = stores  # store name -> opened store
         self.names = sorted(stores)
         self.store_of = store_of  # (N,) index into names
         self.rows = rows  # (N,) row in that store
@@ -324,22 +362,12 @@ class ImageRows:
         out = np.empty((len(rows), *self.shape[1:]), dtype=np.uint8)
         for code, name in enumerate(self.names):
             at = np.flatnonzero(store_of == code)
-            out[at] = read_rows(self.stores[name], rows[at])
-            _release_pages(self.stores[name])
+            out[at] = self.stores[name].take(rows[at])
         return out
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         images = self.read()
         return images if dtype is None else images.astype(dtype, copy=False)
-
-
-def _release_pages(images: np.ndarray) -> None:
-    """Unmap the pages of a memory-mapped store that a read touched. They stay in the page cache
-    (reading them again costs no disk I/O) but stop counting as this process's memory: without
-    this, streaming a 0.5 GB store in random batches held all of it resident (514 MiB; 17 with)."""
-    mapping = getattr(images, "_mmap", None)
-    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
-        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def image_rows(samples: pd.DataFrame, stores: dict[str, Path] | None = None) -> ImageRows:

@@ -160,7 +160,7 @@ def prefetched(images: Images, batches: Sequence[np.ndarray | slice], pin: bool)
 
 def batches(pixels: torch.Tensor | Images, n: int, batch_size: int, pin: bool) -> Iterator[torch.Tensor]:
     """Consecutive uint8 batches of ``n`` images: slices of a placed tensor, or read from a source
-    (through :func:`prefetched`, looked up when called so a test can watch it)."""
+    by :func:`prefetched`."""
     starts = range(0, n, batch_size)
     if isinstance(pixels, torch.Tensor):
         return (pixels[start : start + batch_size] for start in starts)

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from curate.dataset import REPORTS_DIR, write_text
+from curate.store import is_store, store_digest
 
 LINEAGE_DIR = "lineage"  # under the reports folder: reports/lineage/<stage>.json
 DIGEST_CHUNK = 1 << 20
@@ -74,8 +75,12 @@ class Lineage:
 def file_digest(path: str | Path) -> str | None:
     """SHA-256 (hex) of a file's bytes, read in 1 MiB chunks; None when there is no such file.
 
-    Its cost on large stores is in benchmarks/README.md (lineage digests).
+    A pixel store is not read: its digest is its index's (:func:`curate.store.store_digest`),
+    whose segments are named by their content, so lineage costs a stat per segment instead of
+    reading every pixel (benchmarks/README.md: lineage digests).
     """
+    if is_store(path):
+        return store_digest(path)
     if not Path(path).is_file():
         return None
     digest = hashlib.sha256()

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 
 from curate.errors import CurateError
@@ -67,6 +75,11 @@ class IngestParams(Section):
     unlisted: Literal["error", "default_group"] = "error"
     default_group: str = Field("unlisted", min_length=1)
     extra_columns: list[str] = Field(default_factory=list)  # metadata.csv columns kept for later stages
+    # Decoded MiB per store segment on average (curate.store): a data change rewrites about one
+    # segment; smaller segments cost less per version but mean more files for DVC to track.
+    segment_mb: float = Field(64.0, gt=0, le=4096)
+    # Processes that decode source images: auto (one per CPU core) or a count; same bytes either way.
+    workers: Literal["auto"] | PositiveInt = "auto"
     demo: DemoParams = DemoParams()
 
     @field_validator("source")

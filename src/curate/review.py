@@ -33,6 +33,7 @@ from curate.params import load_params
 from curate.report import Verdict, thumbnail
 from curate.report.render import render, render_markdown
 from curate.stage import guarded
+from curate.store import Store
 
 TODO = Path("data/review/todo.csv")
 HTML = Path("reports/review.html")
@@ -48,7 +49,7 @@ class Candidate:
 
     sample_id: str
     path: str
-    row: int  # into data/raw/images.npy
+    row: int  # into data/raw/images
     group: str
     given: str
     predicted: str
@@ -162,10 +163,7 @@ def thumbnails(candidates: list[Candidate], store: Path = IMAGE_STORES["raw"]) -
     """sample_id -> PNG data URI; empty when the image store is missing (the page says so)."""
     if not store.exists():
         return {}
-    try:
-        images = np.load(store, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise CurateError(f"{store}: unreadable ({exc})") from None
+    images = Store(store, "ingest")
     return {item.sample_id: thumbnail(images[item.row]) for item in candidates if 0 <= item.row < len(images)}
 
 

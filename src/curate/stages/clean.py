@@ -42,6 +42,7 @@ from curate.params import CleanParams, Params, load_params
 from curate.report import Verdict, bar_chart, thumbnail
 from curate.report.writer import write_stage
 from curate.stage import guarded, stage_parser
+from curate.store import Store
 
 OUTPUT = CLEAN_DIR / "samples.parquet"
 SUSPICIOUS_SHOWN = 40
@@ -113,7 +114,7 @@ class Cleaned:
     classes: list[str]  # (K,) class names by label
     cap_notes: list[str]  # where max_drop_fraction held removals back
     orphans: pd.DataFrame  # ledger decisions whose sample is not in the data (ledger.ORPHAN_COLUMNS)
-    images: np.ndarray  # the raw store (the report's thumbnails)
+    images: Store | np.ndarray  # the raw store (the report's thumbnails)
     environment: list[tuple[str, object]]  # what computed the predictions
 
     @property

@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("gate", __doc__).parse_args(argv)
     params = load_params(args.params)
     figures = {stage: read_figures(stage) for stage in PIPELINE}
-    # Each file once, though several stages name it (data/raw/images.npy: five of them).
+    # Each file once, though several stages name it (data/raw/images: five of them).
     lineages = {stage: read_lineage(stage) for stage in DAG}
     result = compute(params, figures, lineages, functools.cache(file_digest))
     context = report_context(params, result)

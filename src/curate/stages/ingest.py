@@ -1,6 +1,8 @@
-"""ingest: source images -> ``data/raw/images.npy`` + ``data/raw/samples.parquet`` + report.
+"""ingest: source images -> ``data/raw/images/`` (a pixel store) + ``data/raw/samples.parquet`` + report.
 
-The source is the embedded demo (``ingest.source: data/demo``) or an ImageFolder.
+The source is the embedded demo (``ingest.source: data/demo``) or an ImageFolder, whose files
+are decoded over ``ingest.workers`` processes and streamed into the store segment by segment
+(:mod:`curate.store`): memory does not grow with the number of files.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from curate import demo
-from curate.dataset import RAW_DIR, class_names, write_images, write_samples
+from curate.dataset import RAW_IMAGES, RAW_SAMPLES, class_names, write_images, write_samples
 from curate.folder import (
     NOT_AN_IMAGE,
     OUTSIDE_CLASSES,
@@ -29,8 +31,10 @@ from curate.polarity import light_background
 from curate.report import Verdict, bar_chart, thumbnail
 from curate.report.writer import write_stage
 from curate.stage import guarded, stage_parser
+from curate.store import Store
 
 THUMBS_PER_CELL = 8
+POLARITY_CHUNK = 4096  # rows read at a time when counting light backgrounds
 MIN_TRAIN_PER_CLASS = 10
 MAX_LISTED = 200  # skipped files listed one by one in the report; the counts cover them all
 SKIP_WARNINGS = {
@@ -50,19 +54,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("ingest", __doc__).parse_args(argv)
     params = load_params(args.params)
     lineage = Lineage()
-    result = compute(params)
-    write_images(lineage.output(RAW_DIR / "images.npy"), result.images)
-    write_samples(lineage.output(RAW_DIR / "samples.parquet"), result.samples)
+    result = compute(params, lineage.output(RAW_IMAGES))
+    write_samples(lineage.output(RAW_SAMPLES), result.samples)
     sizes = write_stage("ingest", params, metrics(result), report_context(params, result), lineage)
     print(f"ingest: {len(result.samples):,} samples; reports/ingest.html {sizes['html']:,} bytes")
     return 0
 
 
-def compute(params: Params) -> FolderData:
-    """The demo or the source folder, decoded, with the sample table and what was skipped and why.
-
-    Not pure: it reads the source (files one at a time, in bounded batches).
-    """
+def compute(params: Params, target: Path) -> FolderData:
+    """The source's table and what was skipped and why, its pixels streamed into the raw store at
+    ``target`` (opened for the report). Not pure: it reads the source and writes the store a
+    bounded batch at a time, so memory does not grow with the number of files."""
     settings = params.ingest
     if settings.source == DEMO_SOURCE:
         images, samples = demo.build_demo(
@@ -75,8 +77,9 @@ def compute(params: Params) -> FolderData:
             size=params.image.size,
             channels=params.image.channels,
         )
-        return FolderData(images=images, samples=samples)
-    return read_image_folder(Path(settings.source), params.image, settings, params.seed)
+        write_images(target, images, segment_mb=settings.segment_mb)  # keys: table order, row = position
+        return FolderData(images=Store(target, "ingest"), samples=samples)
+    return read_image_folder(Path(settings.source), params.image, settings, params.seed, target)
 
 
 def metrics(result: FolderData) -> dict[str, int]:
@@ -182,15 +185,21 @@ def _polarity(params: Params, data: FolderData) -> dict[str, object]:
         return {"summary": "n/a (off)", "rows": []}
     if params.image.channels != 1:
         return {"summary": "n/a (RGB images are never inverted)", "rows": []}
-    light = pd.Series(light_background(data.images), index=data.samples.index)
+    images = data.images
+    in_store = np.concatenate(
+        [
+            light_background(images[start : start + POLARITY_CHUNK])
+            for start in range(0, len(images), POLARITY_CHUNK)
+        ]
+        or [np.zeros(0, dtype=bool)]
+    )
+    light = pd.Series(in_store[data.samples["row"].to_numpy()], index=data.samples.index)
     by_group = light.groupby(data.samples["group"])
     rows = [[group, len(flags), int(flags.sum())] for group, flags in by_group]
     return {"summary": f"{int(light.sum()):,} of {len(light):,} (light background)", "rows": rows}
 
 
-def _thumbnail_rows(
-    images: np.ndarray, train: pd.DataFrame, names: list[str], groups: list[str]
-) -> list[dict]:
+def _thumbnail_rows(images: Store, train: pd.DataFrame, names: list[str], groups: list[str]) -> list[dict]:
     """The first few train samples of each class x group, as captioned thumbnails."""
     rows = []
     for name in names:
