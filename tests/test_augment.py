@@ -217,10 +217,13 @@ def test_counts_for_target_all_and_the_table_contract(workdir):
     for column in ("path", "label", "label_name", "group"):
         assert (new[column].to_numpy() == parent[column].to_numpy()).all()
     assert (new["split"] == "train").all() and (new["copies"] == 1).all()
-    assert (new["row"] == np.arange(len(new))).all()
+    # The store holds the copies by parent row, then copy index: a parent's copies stay together.
+    assert sorted(new["row"]) == list(range(len(new)))
+    by_row = new.sort_values("row")
+    assert originals.set_index("sample_id").loc[by_row["parent_id"], "row"].is_monotonic_increasing
     assert new["recipe"].nunique() == 1 and json.loads(new["recipe"].iloc[0])[0]["name"] == "RandomAffine"
     # The copies are new images of their parents: gather_images reads both stores.
-    assert (gather_images(new) == new_images).all()
+    assert (gather_images(new) == new_images[new["row"].to_numpy()]).all()
     assert (gather_images(originals) == images).all()
 
 
@@ -282,7 +285,8 @@ def test_deterministic_per_sample_and_seeded(workdir, channels, tmp_path_factory
     make_inputs(workdir, channels=channels)
     set_params(workdir / "params.yaml", image={"channels": channels})
     transforms = [*AFFINE, {"name": "RandomErasing", "args": {"p": 1.0, "value": 255}}]
-    table, new_images = run(workdir, transforms=transforms, copies=2, target="all")
+    table, stored = run(workdir, transforms=transforms, copies=2, target="all")
+    new_images = stored[table.loc[table["store"] == "augmented", "row"].to_numpy()]  # table order
     first = outputs_bytes(workdir)
     assert new_images.shape[1:] == (28, 28, channels)
     assert augment.main([]) == 0
@@ -298,7 +302,7 @@ def test_deterministic_per_sample_and_seeded(workdir, channels, tmp_path_factory
     assert (aug.augment(parents[5:], keys[5:], pipeline, batch_size=7) == new_images[5:]).all()
     set_params(workdir / "params.yaml", seed=1)
     assert augment.main([]) == 0
-    assert not (np.asarray(read_images(workdir / OUT / "images")) == new_images).all()
+    assert not (np.asarray(read_images(workdir / OUT / "images")) == stored).all()
 
 
 def test_per_sample_fallback_is_seeded_per_image():

@@ -33,11 +33,12 @@ from curate.dataset import (
     BALANCED_DIR,
     EMBEDDER,
     IMAGE_STORES,
+    ImageRows,
     class_names,
-    gather_images,
+    read_images,
     read_samples,
+    store_writer,
     training_rows,
-    write_images,
     write_samples,
 )
 from curate.errors import CurateError
@@ -45,6 +46,7 @@ from curate.gates import show_gates
 from curate.params import AugmentParams, ImageParams, Params, load_params
 from curate.report import Verdict, bar_chart, thumbnail, write_report
 from curate.stage import guarded, stage_parser
+from curate.store import Store
 
 if TYPE_CHECKING:
     import torch
@@ -54,6 +56,7 @@ INPUT = BALANCED_DIR / "samples.parquet"
 OUTPUT = AUGMENTED_DIR / "samples.parquet"
 OUTPUT_IMAGES = IMAGE_STORES["augmented"]
 PREVIEW_COPIES = 8  # copies shown beside each previewed original
+AUGMENT_CHUNK = 1024  # copies made and written at a time: memory holds a chunk, not the set
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,9 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Fed as the clean stage trained it (the checkpoint says), whatever params.yaml says now.
         return predict(embedder, images, batch_size=512, device=device, polarity=polarity_of(meta))[1]
 
-    parent_images = gather_images(training_rows(samples))
-    result = augment_samples(samples, parent_images, params, pipeline, embed, device)
-    write_images(OUTPUT_IMAGES, result.new_images)
+    raw = read_images(IMAGE_STORES["raw"])
+    result = augment_samples(samples, raw, params, pipeline, embed, device, OUTPUT_IMAGES)
     write_samples(OUTPUT, result.table)
     stage_metrics = metrics(result)
     context = show_gates(report_context(params, result, meta), params.gates, "augment", stage_metrics)
@@ -130,9 +132,9 @@ class DriftCheck:
 @dataclass
 class Augmented:
     parents: pd.DataFrame  # the train rows in play, table order: the candidates for copies
-    parent_images: np.ndarray  # (P, H, W, C) uint8, the parents' images
+    parent_images: ImageRows  # (P, H, W, C) uint8, the parents' images, read on demand
     n_copies: np.ndarray  # (P,) new images per parent
-    new_images: np.ndarray  # (N, H, W, C) uint8, N = n_copies.sum(), a parent's copies together
+    new_images: ImageRows  # (N, H, W, C) uint8, N = n_copies.sum(), a parent's copies together
     table: pd.DataFrame  # every input row (train weights split) then one row per new image
     drift: DriftCheck
     batched: list[bool]  # per transform step: one batched kernel, or a v2 call per image
@@ -157,36 +159,57 @@ def check_embedder(meta: Mapping[str, Any], image: ImageParams) -> None:
 
 def augment_samples(
     samples: pd.DataFrame,
-    parent_images: np.ndarray,
+    raw: Store,
     params: Params,
     pipeline: list[v2.Transform],
-    embed: Callable[[np.ndarray], np.ndarray],
+    embed: Callable[[ImageRows], np.ndarray],
     device: torch.device | str,
+    target: Path,
 ) -> Augmented:
-    """New images for the train rows in play of ``samples``, their table, and the drift check.
+    """New images for the train rows in play of ``samples``, streamed into the store ``target``;
+    their table, and the drift check.
 
-    ``parent_images``: the images of ``training_rows(samples)``, in table order. ``embed``:
-    uint8 ``N x H x W x C`` images -> ``N x D`` features from a fixed network.
+    ``raw``: the store the parents' rows point into. The copies are stored ordered by their
+    parent's row, then copy index, and cut on their ids: a copy is a function of (seed, parent,
+    copy index), so an unchanged parent's copies are the same segment bytes in the next version.
+    ``embed``: ``N x H x W x C`` uint8 images (read on demand) -> ``N x D`` features from a fixed network.
     """
     from curate.augmentation import augment, batched_kernel, sample_keys  # torch: only when run
 
-    settings, image = params.augment, params.image
     parents = training_rows(samples)
-    n_copies = copies_per_parent(parents, settings)
+    n_copies = copies_per_parent(parents, params.augment)
     source = np.repeat(np.arange(len(parents)), n_copies)
     copy_index = _copy_index(n_copies)
-    keys = sample_keys(params.seed, parents["sample_id"].to_numpy()[source], copy_index)
-    with tqdm(total=len(source), desc="augment", unit="img", disable=None) as bar:
-        new_images = augment(parent_images[source], keys, pipeline, device=device, progress=bar.update)
-    new_images = new_images.reshape(len(source), image.size, image.size, image.channels)
-    # Features from the fixed network: originals (all train rows in play) and the new images.
-    features = embed(np.concatenate([parent_images, new_images]))
+    parent_ids, parent_rows = parents["sample_id"].to_numpy()[source], parents["row"].to_numpy()[source]
+    keys = sample_keys(params.seed, parent_ids, copy_index)
+    cut_keys = [f"{pid}~a{k}" for pid, k in zip(parent_ids, copy_index, strict=True)]
+    order = np.lexsort((copy_index, parent_rows))
+    writing = store_writer(target, raw.row_shape, params.ingest.segment_mb)
+    with writing as writer, tqdm(total=len(source), desc="augment", unit="img", disable=None) as bar:
+        for start in range(0, len(order), AUGMENT_CHUNK):
+            chunk = order[start : start + AUGMENT_CHUNK]
+            made = augment(
+                raw.take(parent_rows[chunk]), keys[chunk], pipeline, device=device, progress=bar.update
+            )
+            writer.append(made.reshape(len(chunk), *raw.row_shape), [cut_keys[i] for i in chunk])
+    store_rows = np.empty(len(order), dtype=np.int64)
+    store_rows[order] = np.arange(len(order))
+    stores = {"augmented": Store(target, "augment"), "raw": raw}  # codes 0, 1 (sorted names)
+    parent_images = ImageRows(stores, np.ones(len(parents), dtype=np.int64), parents["row"].to_numpy())
+    new_images = ImageRows(stores, np.zeros(len(source), dtype=np.int64), store_rows)
+    # Features from the fixed network: originals (all train rows in play), then the new images.
+    both = ImageRows(
+        stores,
+        np.concatenate([parent_images.store_of, new_images.store_of]),
+        np.concatenate([parent_images.rows, store_rows]),
+    )
+    features = embed(both)
     return Augmented(
         parents=parents,
         parent_images=parent_images,
         n_copies=n_copies,
         new_images=new_images,
-        table=augmented_table(samples, parents, n_copies, source, copy_index, recipe(params)),
+        table=augmented_table(samples, parents, n_copies, source, copy_index, recipe(params), store_rows),
         drift=distribution_check(
             features[: len(parents)], features[len(parents) :], parents, n_copies, source
         ),
@@ -268,8 +291,10 @@ def augmented_table(
     source: np.ndarray,
     copy_index: np.ndarray,
     recipe_text: str,
+    store_rows: np.ndarray,
 ) -> pd.DataFrame:
-    """Every input row (``store='raw'`` unless set) with split weights, then one row per new image."""
+    """Every input row (``store='raw'`` unless set) with split weights, then one row per new image
+    (its row in the augmented store: ``store_rows``)."""
     passed = samples.copy()
     if "store" not in passed.columns:
         passed["store"] = "raw"
@@ -282,7 +307,7 @@ def augmented_table(
     new["parent_id"] = new["sample_id"].astype("string")
     new["sample_id"] = [f"{pid}~a{k}" for pid, k in zip(new["parent_id"], copy_index, strict=True)]
     new["store"] = "augmented"
-    new["row"] = np.arange(len(new), dtype=passed["row"].dtype)
+    new["row"] = store_rows.astype(passed["row"].dtype)
     new["split"] = "train"
     new["copies"] = 1
     new["weight"] = parents["weight"].to_numpy()[source] / (1 + n_copies[source])
