@@ -2,8 +2,8 @@
 
     python benchmarks/review_app.py PROJECT [--shots DIR] [--decisions N]
 
-PROJECT holds a pipeline's clean outputs (``data/clean/samples.parquet``, ``data/raw/images.npy``,
-``params.yaml``), for example the demo after ``dvc repro``; they are copied to a temp folder,
+PROJECT holds a pipeline's clean outputs (``data/clean/samples.parquet``, the ``data/raw/images``
+store, ``params.yaml``), for example the demo after ``dvc repro``; they are copied to a temp folder,
 so its ledger is not touched. Prints: server start, first screen (page load to the first
 card's image decoded; median and worst of 5 loads), keyboard decisions per minute (keep and
 drop alternately, each waited for until the ledger line is acknowledged in the page), and the
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from curate.dataset import write_images, write_samples  # noqa: E402
 from tests.test_review_app import CHROMIUM, CHROMIUM_ARGS, Server  # noqa: E402
 
-FILES = ("params.yaml", "data/clean/samples.parquet", "data/raw/images.npy")
+FILES = ("params.yaml", "data/clean/samples.parquet", "data/raw/images")
 LOADS = 5
 
 
@@ -118,7 +118,7 @@ def hundred_thousand(folder: Path) -> None:
         }
     )
     write_samples(folder / "data/clean/samples.parquet", clean)
-    write_images(folder / "data/raw/images.npy", rng.integers(0, 255, (n, 8, 8, 1), dtype=np.uint8))
+    write_images(folder / "data/raw/images", rng.integers(0, 255, (n, 8, 8, 1), dtype=np.uint8))
 
 
 def _report(name: str, loads: list[tuple[float, float]]) -> None:
@@ -144,7 +144,8 @@ def main() -> None:
         demo, big = Path(temp) / "demo", Path(temp) / "big"
         for name in FILES:
             (demo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(args.project / name, demo / name)
+            copy = shutil.copytree if (args.project / name).is_dir() else shutil.copy
+            copy(args.project / name, demo / name)
         started = time.perf_counter()
         server = Server(demo, "bench")
         print(f"server start (to first answer): {time.perf_counter() - started:.2f} s")

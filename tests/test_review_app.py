@@ -50,7 +50,7 @@ def project(workdir):
     clean.loc[clean["sample_id"] == "e2", "path"] = PAYLOAD_PATH
     clean.loc[clean["sample_id"].isin(["d00d", "d00d-1"]), ["is_near_duplicate", "duplicate_set"]] = [True, 0]
     write_samples("data/clean/samples.parquet", clean)
-    write_images("data/raw/images.npy", np.arange(6 * 64, dtype=np.uint8).reshape(6, 8, 8, 1))
+    write_images("data/raw/images", np.arange(6 * 64, dtype=np.uint8).reshape(6, 8, 8, 1))
     return workdir
 
 
@@ -226,7 +226,7 @@ def test_a_hundred_thousand_flags_page_without_loading_at_once(tmp_path, monkeyp
             "action": "drop",
         }
     )
-    write_images("data/raw/images.npy", np.zeros((n, 8, 8, 1), dtype=np.uint8))
+    write_images("data/raw/images", np.zeros((n, 8, 8, 1), dtype=np.uint8))
     started = time.perf_counter()
     journal = Journal(LEDGER, [f"c{i}" for i in range(10)], "ann")
     app = build_app(Queue(clean, journal), Guard("127.0.0.1", 1), str(LEDGER))
