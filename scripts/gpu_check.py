@@ -29,7 +29,7 @@ import torch
 from curate import devices, feeding, inference, networks, training
 
 DEMO_TRAIN, DEMO_TEST = 10_455, 1_700  # rows the default train stage sees on the demo
-SMOKE_TRAIN, SMOKE_TEST, SMOKE_EPOCHS = 256, 128, 2  # --smoke: 8 steps of 64
+SMOKE_TRAIN, SMOKE_TEST, SMOKE_EPOCHS, SMOKE_BATCH = 256, 128, 2, 64  # --smoke: 8 steps
 
 
 def demo_arrays(n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
@@ -184,7 +184,7 @@ def main() -> None:
     watch_reader(seen)
     config = training.FitConfig(
         epochs=SMOKE_EPOCHS if args.smoke else args.epochs,
-        batch_size=64 if args.smoke else args.batch_size,
+        batch_size=SMOKE_BATCH if args.smoke else args.batch_size,
         lr=0.01,
         seed=0,
         device=device,

@@ -175,6 +175,12 @@ def test_two_servers_on_one_ledger_keep_both_decisions(serve):
     items = ann.client.get("/api/queue").json()["items"]  # ann's page sees bo's decision
     assert [item["decision"]["reviewer"] for item in items if item["decision"]] == ["ann", "bo"]
     assert rows() == [["e1", "x/0.png", "keep", "", "ann", ""], ["e2", PAYLOAD_PATH, "drop", "", "bo", ""]]
+    with open(LEDGER, "a") as handle:  # a hand edit that clean would refuse
+        handle.write("e2,,dorp,,eve,\n")
+    broken = ann.client.get("/api/queue")
+    assert broken.status_code == 500 and "line 4: decision 'dorp' is not one of" in broken.json()["error"]
+    assert ann.post("/api/decide", sample_id="d00d", decision="keep").status_code == 400  # nothing written
+    assert LEDGER.read_text().count("\n") == 4
 
 
 def test_sigkill_mid_review_leaves_a_ledger_that_parses_with_every_acknowledged_decision(serve):

@@ -156,7 +156,10 @@ def build_app(queue: Queue, guard: Guard, ledger_name: str) -> Starlette:
     async def queue_page(request: Request) -> Response:
         query = dict(request.query_params)
         offset, limit = _bounded(query.get("offset"), 0, 0), _bounded(query.get("limit"), 50, 1, PAGE_LIMIT)
-        queue.journal.refresh()  # decisions other servers appended since
+        try:
+            queue.journal.refresh()  # decisions other servers appended since
+        except CurateError as error:  # someone broke the ledger by hand: say where, as clean would
+            return JSONResponse({"error": str(error)}, 500)
         chosen = queue.select(query)
         rows = queue.flags.iloc[chosen[offset : offset + limit]]
         items = [queue.item(row) | {"index": offset + i} for i, (_, row) in enumerate(rows.iterrows())]
