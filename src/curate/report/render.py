@@ -54,9 +54,10 @@ MAX_REPORT_BYTES = 2_000_000
 METRICS_DIR = "metrics"  # under the reports folder: the DVC metrics
 DETAILS_DIR = "details"  # under the reports folder: every other figure, not a DVC metric
 
-# Each stage's headline figures: what ``dvc exp show`` puts side by side (17 columns, or 14
-# without a true_label column for clean's detect_* scores). A fixed list, so the column count
-# does not grow with classes or groups; every other figure goes to reports/details/<stage>.json.
+# Each stage's headline figures: what ``dvc exp show`` puts side by side, one column per key
+# below (fewer without a true_label column, which clean's detect_* scores need). A fixed list,
+# so the column count does not grow with classes or groups; every other figure goes to
+# reports/details/<stage>.json.
 # train.images_per_second is a detail: measured, it differs on every run, so as a metric it
 # would show every experiment as changed. ingest keeps n_train, the size of what every later
 # figure is computed on; the other counts (classes, groups, files skipped) are in its report.

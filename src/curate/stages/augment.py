@@ -2,7 +2,7 @@
 
 Makes ``augment.copies`` new images per chosen train sample with the torchvision v2
 pipeline ``augment.transforms``, one random draw per image, and checks with a fixed
-network (the clean stage's ``data/clean/embedder.pt``) how far the copies drift from
+network (the folds stage's ``data/clean/embedder.pt``) how far the copies drift from
 the originals. Which samples get copies (``augment.target``):
 
 * ``all``: every train row still in play;

@@ -1,9 +1,10 @@
 """evaluate: ``models/model.pt`` on the test split -> metrics, fairness by group, report.
 
 The test rows are the ones no stage changed (clean, rebalance and augment touch train
-rows only), read from the raw image store. Writes ``reports/metrics/evaluate.json``
-(accuracy, macro_f1, ece, the fairlearn group summaries and one-vs-rest parity figures,
-per class and per group), ``reports/plots/confusion.json`` (one ``{actual, predicted}``
+rows only), read from the raw image store. Writes ``reports/metrics/evaluate.json`` (the
+headline: accuracy, macro_f1, ece, the fairlearn group summaries and the largest one-vs-rest
+parity gaps), ``reports/details/evaluate.json`` (the rest: per class, per group, the confusion
+matrix), ``reports/plots/confusion.json`` (one ``{actual, predicted}``
 record per test sample, for ``dvc plots`` template ``confusion``) and
 ``reports/evaluate.{html,md}``. The verdict shows the gates on these metrics
 (``gates.min_accuracy``, ``gates.min_worst_group_accuracy``, ``gates.max_accuracy_gap``);
@@ -152,7 +153,8 @@ def compute(
 
 
 def metrics(result: Evaluated) -> dict[str, Any]:
-    """The DVC metrics: headline figures at the top level (the columns of ``dvc exp show``)."""
+    """Every figure of the stage: the writer puts the headline ones in the DVC metrics (the columns
+    of ``dvc exp show``), the per-class and per-group ones in the details."""
     return result.headline | {
         "n_test": len(result.y_pred),
         "per_class": result.per_class,

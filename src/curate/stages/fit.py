@@ -175,9 +175,8 @@ def split_validation(
     copies 3 appears three times; 0 leaves it out).
 
     Validation is unweighted: the natural mix of the data. Weighted by the rebalance weights,
-    a small group's few held-out rows (about 10 on the demo) carried a third of the validation
-    loss, and the best epoch picked on that was noise (on one demo seed of three a
-    mid-training epoch, 2 points of test accuracy below the last).
+    a small group's few held-out rows carry a large part of the validation loss, and the best
+    epoch picked on that is noise (measured on the demo: benchmarks/README.md).
     """
     train = training_rows(samples)
     originals = train[train["store"] == "raw"]
