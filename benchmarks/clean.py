@@ -94,7 +94,7 @@ def scores(flagged: np.ndarray, noisy: np.ndarray, groups: np.ndarray) -> dict:
 
 def baseline(train: pd.DataFrame, labels: np.ndarray, filter_by: str, n_folds: int, seed: int) -> np.ndarray:
     """cleanlab on logistic-regression out-of-fold pred_probs from the raw pixels."""
-    pixels = np.asarray(read_images("data/raw/images.npy")[train["row"].to_numpy()], dtype=np.float32)
+    pixels = np.asarray(read_images("data/raw/images")[train["row"].to_numpy()], dtype=np.float32)
     pixels = pixels.reshape(len(train), -1) / 255.0
     strata = (train["group"] + ":" + train["label_name"]).to_numpy()
     splits = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(pixels, strata)

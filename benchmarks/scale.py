@@ -24,7 +24,7 @@ start, hashing the source folder and the outs, caching them, writing ``dvc.lock`
 the data set's images over the stage's wall; the cost exponent between two sizes is
 ``log(t_big / t_small) / log(n_big / n_small)`` (1: linear).
 
-**Streaming.** An ``images.npy`` of ``--stream-gb`` GiB of 64 px RGB images (about 350,000 at
+**Streaming.** A raw store of ``--stream-gb`` GiB of 64 px RGB images (about 350,000 at
 4 GiB), written chunk by chunk through a memory-map (never whole in memory), and its sample
 table, trained for one epoch by the fit stage (``python -m curate.stages.fit``) with
 ``train.data_on_device: never``. Peak RSS is reported with its anonymous and file-backed
@@ -228,26 +228,28 @@ def run_size(workdir: Path, n: int, pool, seed: int) -> SizeRun:
 
 
 def write_stream_set(root: Path, gib: float, seed: int) -> int:
-    """An ``images.npy`` of ``gib`` GiB of 64 px RGB images, written chunk by chunk through a
-    memory-map, and the augment stage's table over it (every row train, weight 1, one copy)."""
+    """A raw store of ``gib`` GiB of 64 px RGB images, streamed chunk by chunk into its segments,
+    and the augment stage's table over it (every row train, weight 1, one copy)."""
     import numpy as np
     import pandas as pd
+
+    from curate.dataset import write_images
+    from curate.store import StoreWriter, target_rows
 
     n = int(gib * 2**30 / (STREAM_SIDE**2 * STREAM_CHANNELS))
     (root / "data/raw").mkdir(parents=True)
     (root / "data/augmented").mkdir(parents=True)
     shape = (n, STREAM_SIDE, STREAM_SIDE, STREAM_CHANNELS)
-    images = np.lib.format.open_memmap(root / "data/raw/images.npy", "w+", np.uint8, shape)
+    writer = StoreWriter(root / "data/raw/images", shape[1:], target_rows(64, shape[1:]))
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, STREAM_CLASSES, n)
     colours = rng.integers(0, 128, (STREAM_CLASSES, STREAM_CHANNELS), dtype=np.uint8)
     for first in range(0, n, CHUNK_IMAGES):  # noise over a colour per class: learnable, incompressible
         chunk = rng.integers(0, 128, (min(CHUNK_IMAGES, n - first), *shape[1:]), dtype=np.uint8)
-        images[first : first + len(chunk)] = chunk + colours[labels[first : first + len(chunk)], None, None]
-    images.flush()
-    del images
-    empty = np.lib.format.open_memmap(root / "data/augmented/images.npy", "w+", np.uint8, (0, *shape[1:]))
-    del empty
+        chunk += colours[labels[first : first + len(chunk)], None, None]
+        writer.append(chunk, [str(i) for i in range(first, first + len(chunk))])
+    writer.close()
+    write_images(root / "data/augmented/images", np.zeros((0, *shape[1:]), dtype=np.uint8))
     ids = [f"{i:016x}" for i in range(n)]
     table = pd.DataFrame({
         "sample_id": ids, "path": [f"c{label}/{i}" for i, label in enumerate(labels)],

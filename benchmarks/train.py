@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from curate import model as models
+from curate import feeding, networks, training
 from curate.dataset import AUGMENTED_DIR, RAW_DIR, gather_images, read_samples
 from curate.params import Params, load_params
 from curate.stages.fit import INPUT, fit_config, split_validation
@@ -51,11 +51,11 @@ def bare_loop(
 ) -> float:
     """Images per second of the plainest loop over the same data; the first epoch is warm-up."""
     torch.manual_seed(seed)
-    net = models.build_model(name, int(labels.max()) + 1, images.shape[3], images.shape[1])
+    net = networks.build_model(name, int(labels.max()) + 1, images.shape[3], images.shape[1])
     net.to(memory_format=torch.channels_last).train()
-    x_all = models.to_tensor(images, "cpu", polarity=polarity)
+    x_all = feeding.to_tensor(images, "cpu", polarity=polarity)
     y_all = torch.as_tensor(np.array(labels), dtype=torch.long)  # a copy: pandas hands out read-only views
-    optimiser = torch.optim.AdamW(net.parameters(), lr=0.01, weight_decay=models.WEIGHT_DECAY)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=0.01, weight_decay=training.WEIGHT_DECAY)
     generator = torch.Generator().manual_seed(seed)
     seconds = []
     for _ in range(epochs + 1):
@@ -65,7 +65,7 @@ def bare_loop(
             index = order[first : first + batch_size]
             x = x_all[index]
             if augment:
-                x = models._augment(x, generator)
+                x = feeding.augment(x, generator)
             loss = F.cross_entropy(net(x), y_all[index])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -83,11 +83,11 @@ def stage_loop(
     params: Params,
     epochs: int,
 ) -> float:
-    """Images per second of ``curate.model.fit`` as the stage calls it (best epoch after the first)."""
+    """Images per second of ``curate.training.fit`` as the stage calls it (best epoch after the first)."""
     torch.manual_seed(params.seed)
-    net = models.build_model(params.train.model, int(labels.max()) + 1, images.shape[3], images.shape[1])
+    net = networks.build_model(params.train.model, int(labels.max()) + 1, images.shape[3], images.shape[1])
     config = replace(fit_config(params, torch.device("cpu")), epochs=epochs + 1)
-    history = models.fit(
+    history = training.fit(
         net,
         images,
         labels,
@@ -103,9 +103,9 @@ def whole_stage(params_file: Path) -> tuple[float, str]:
     """Wall time of ``curate fit`` in a temp folder holding the stage's inputs, and its last line."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for path in (params_file, RAW_DIR / "images.npy", AUGMENTED_DIR / "images.npy", INPUT):
+        for path in (params_file, RAW_DIR / "images", AUGMENTED_DIR / "images", INPUT):
             (root / path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, root / path)
+            (shutil.copytree if path.is_dir() else shutil.copy)(path, root / path)
         start = time.perf_counter()
         done = subprocess.run(
             [sys.executable, "-m", "curate.stages.fit", "--params", str(params_file)],

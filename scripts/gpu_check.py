@@ -1,7 +1,7 @@
 """GPU check for the train stage's training loop: CUDA, bf16 autocast, data on the device.
 
-Imports only what training needs (torch, numpy, and curate.model, which needs nothing else),
-because a GPU machine may lack the pipeline's other dependencies (dvc, cleanlab, fairlearn,
+Imports only what training needs (torch, numpy, and curate's training modules, which need
+nothing else), because a GPU machine may lack the pipeline's other dependencies (dvc, cleanlab, fairlearn,
 pydantic). Data: the demo's raw images and labels when ``data/raw`` is there (pandas and
 pyarrow read the table), else scikit-learn's digits upscaled to 28 x 28 and tiled to the
 demo's size (about 10,500 training and 1,700 test images), so the figures are comparable.
@@ -12,6 +12,8 @@ starts it with one process per GPU where there are several) it trains with DDP o
 rank on ``cuda:LOCAL_RANK``, and rank 0 prints.
 
 Run: ``scripts/gpu_check.sh [--epochs 10] [--compile]`` (exit 0: all asserted; under 3 minutes).
+``--smoke``: a few steps on the CPU over a few hundred images, the CUDA assertions skipped: the test
+suite runs it, so a change to the modules it calls breaks a test here, not the check on a lent GPU.
 """
 
 from __future__ import annotations
@@ -24,22 +26,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from curate import model as models
+from curate import devices, feeding, inference, networks, training
 
 DEMO_TRAIN, DEMO_TEST = 10_455, 1_700  # rows the default train stage sees on the demo
+SMOKE_TRAIN, SMOKE_TEST, SMOKE_EPOCHS, SMOKE_BATCH = 256, 128, 2, 64  # --smoke: 8 steps
 
 
-def demo_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+def demo_arrays(n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """``n_train`` train and ``n_test`` test images with their labels, and where they came from."""
     raw = Path("data/raw")
-    if (raw / "images.npy").exists() and (raw / "samples.parquet").exists():
+    if (raw / "images").exists() and (raw / "samples.parquet").exists():
         import pandas as pd
 
         samples = pd.read_parquet(raw / "samples.parquet")
-        images = np.load(raw / "images.npy")
+        from curate.store import Store
+
+        images = np.asarray(Store(raw / "images", "ingest"))
         train, test = samples[samples["split"] == "train"], samples[samples["split"] == "test"]
         # Tile the train rows to the size the stage trains on (originals plus augmented copies).
-        rows = np.resize(train["row"].to_numpy(), DEMO_TRAIN)
-        labels = np.resize(train["label"].to_numpy(), DEMO_TRAIN)
+        rows = np.resize(train["row"].to_numpy(), n_train)
+        labels = np.resize(train["label"].to_numpy(), n_train)
+        test = test[:n_test]
         return images[rows], labels, images[test["row"].to_numpy()], test["label"].to_numpy(), "data/raw"
     from sklearn.datasets import load_digits
 
@@ -50,7 +57,7 @@ def demo_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     rng = np.random.default_rng(0)
     order = rng.permutation(len(images))
     test, train = order[:400], order[400:]
-    train_rows, test_rows = np.resize(train, DEMO_TRAIN), np.resize(test, DEMO_TEST)
+    train_rows, test_rows = np.resize(train, n_train), np.resize(test, n_test)
     return (
         images[train_rows],
         digits.target[train_rows],
@@ -67,16 +74,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--compile", action="store_true", help="also torch.compile the model")
-    parser.add_argument("--cpu-smoke", action="store_true", help="run on the CPU to test the script itself")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few steps on the CPU, to test the script itself (no GPU asserted)",
+    )
     parser.add_argument("--data-on-device", default="auto", choices=("auto", "always", "never"))
     return parser.parse_args()
 
 
-def check_device(cpu_smoke: bool) -> torch.device:
-    if cpu_smoke:  # exercises this script where there is no GPU; asserts nothing about one
+def check_device(smoke: bool) -> torch.device:
+    if smoke:  # exercises this script where there is no GPU; asserts nothing about one
         return torch.device("cpu")
     assert torch.cuda.is_available(), "no CUDA device visible to torch"
-    device = models.pick_device("auto")
+    device = devices.pick_device("auto")
     assert device.type == "cuda", f"pick_device('auto') chose {device}, not cuda"
     return device
 
@@ -108,28 +119,37 @@ def watch_first_conv(net: torch.nn.Module) -> tuple[dict[str, object], torch.uti
     return seen, conv.register_forward_hook(record)
 
 
-def assert_on_gpu(seen: dict[str, object], x_train: np.ndarray, config: models.FitConfig) -> None:
-    assert seen["device"].type == "cuda", f"conv ran on {seen['device']}"
-    assert seen["dtype"] == torch.bfloat16, f"conv output was {seen['dtype']}, not bf16 (autocast off?)"
+def assert_on_device(
+    seen: dict[str, object], x_train: np.ndarray, config: training.FitConfig, smoke: bool
+) -> None:
+    """The model ran where asked, channels_last; on CUDA (not with ``smoke``) in bf16, the data set
+    on the GPU (or streamed in pinned batches)."""
+    device = config.device.type
+    assert seen["device"].type == device, f"conv ran on {seen['device']}, not {device}"
     assert seen["channels_last"], "conv input was not channels_last"
+    if not smoke:
+        assert seen["dtype"] == torch.bfloat16, f"conv output was {seen['dtype']}, not bf16 (autocast off?)"
     if config.data_on_device == "never":
-        assert seen["streamed"], "data_on_device never, but no batch was read by the background reader"
+        assert smoke or seen["streamed"], (
+            "data_on_device never, but no batch was read by the background reader"
+        )
         return
     # The placement rule fit applies: the uint8 data set on the GPU when it fits in half the free memory.
-    assert models.keeps_in_memory(x_train, config), "the data set would not be kept on the GPU"
-    assert models._place(x_train, config.device).device.type == "cuda", "the data set would not be on the GPU"
+    assert training.keeps_in_memory(x_train, config), f"the data set would not be kept on the {device}"
+    placed = feeding.place(x_train, config.device).device.type
+    assert placed == device, f"the data set would be on the {placed}, not the {device}"
 
 
 def watch_reader(seen: dict[str, object]) -> None:
     """Note in ``seen["streamed"]`` whether fit read batches through the background reader (pinned)."""
     seen["streamed"] = False
-    prefetched = models._prefetched
+    prefetched = feeding.prefetched
 
     def spy(images: np.ndarray, batches: list, pin: bool) -> object:
         seen["streamed"] = seen["streamed"] or (pin and len(batches) > 0)
         return prefetched(images, batches, pin)
 
-    models._prefetched = spy
+    feeding.prefetched = spy
 
 
 def print_figures(
@@ -150,20 +170,21 @@ def print_figures(
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
-    device, rank, world = join_ranks(check_device(args.cpu_smoke))
-    x_train, y_train, x_test, y_test, source = demo_arrays()
+    device, rank, world = join_ranks(check_device(args.smoke))
+    sizes = (SMOKE_TRAIN, SMOKE_TEST) if args.smoke else (DEMO_TRAIN, DEMO_TEST)
+    x_train, y_train, x_test, y_test, source = demo_arrays(*sizes)
     if rank == 0:
         print(f"data: {source}, {len(x_train):,} train / {len(x_test):,} test images of {x_train.shape[1:]}")
         if world > 1:
             print(f"processes: {world} (DDP over {'NCCL' if device.type == 'cuda' else 'gloo'})")
 
     torch.manual_seed(0)
-    net = models.build_model("cnn", 10, x_train.shape[3], x_train.shape[1])
+    net = networks.build_model("cnn", 10, x_train.shape[3], x_train.shape[1])
     seen, hook = watch_first_conv(net)
     watch_reader(seen)
-    config = models.FitConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
+    config = training.FitConfig(
+        epochs=SMOKE_EPOCHS if args.smoke else args.epochs,
+        batch_size=SMOKE_BATCH if args.smoke else args.batch_size,
         lr=0.01,
         seed=0,
         device=device,
@@ -174,12 +195,11 @@ def main() -> None:
         distributed=world > 1,
     )
     validation = (x_test[:500], y_test[:500], None)
-    history = models.fit(net, x_train, y_train, config, validation=validation, progress="gpu check")
+    history = training.fit(net, x_train, y_train, config, validation=validation, progress="gpu check")
     hook.remove()
-    if not args.cpu_smoke:
-        assert_on_gpu(seen, x_train, config)
+    assert_on_device(seen, x_train, config, args.smoke)
     if rank == 0:
-        probs, _ = models.predict(net, x_test, batch_size=1024, device=device, polarity=config.polarity)
+        probs, _ = inference.predict(net, x_test, batch_size=1024, device=device, polarity=config.polarity)
         print_figures(history, float((probs.argmax(1) == y_test).mean()), seen, device)
         print(f"wall time {time.perf_counter() - started:.1f} s (data, training, test; imports excluded)")
     if world > 1:

@@ -75,3 +75,11 @@ def template_copy(destination: Path) -> Path:
     subprocess.run([*git, "add", "-A"], cwd=destination, check=True)
     subprocess.run([*git, "commit", "-q", "-m", "template"], cwd=destination, check=True)
     return destination
+
+
+def file_or_tree_bytes(path: Path) -> bytes:
+    """A file's bytes; for a folder (a pixel store), every file's name and bytes in name order."""
+    if not path.is_dir():
+        return path.read_bytes()
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return b"".join(str(p.relative_to(path)).encode() + b"\0" + p.read_bytes() for p in files)

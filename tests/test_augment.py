@@ -12,15 +12,15 @@ from curate import augmentation as aug
 from curate.checkpoint import load_checkpoint, save_checkpoint
 from curate.dataset import gather_images, read_images, read_samples, write_images, write_samples
 from curate.errors import CurateError
-from curate.model import build_model
+from curate.networks import build_model
 from curate.params import load_params
 from curate.report.render import read_figures
 from curate.stages import augment
-from tests.conftest import set_params
+from tests.conftest import file_or_tree_bytes, set_params
 
 OUT = "data/augmented"
 OUTPUTS = [
-    "data/augmented/images.npy",
+    "data/augmented/images",
     "data/augmented/samples.parquet",
     "reports/augment.html",
     "reports/augment.md",
@@ -61,7 +61,7 @@ def make_inputs(root, channels=1, size=28, big=40, small=8, seed=0):
     )
     weight = np.where(samples["group"] == "big", 0.9, (big + small - 0.9 * big) / small)
     samples["weight"] = np.where(samples["split"] == "train", weight, 1.0)
-    write_images(root / "data/raw/images.npy", images)
+    write_images(root / "data/raw/images", images)
     write_samples(root / "data/balanced/samples.parquet", samples)
     torch.manual_seed(0)
     model = build_model("cnn", 3, channels, size)
@@ -79,11 +79,11 @@ def make_inputs(root, channels=1, size=28, big=40, small=8, seed=0):
 def run(workdir, **augment_params):
     set_params(workdir / "params.yaml", augment=augment_params)
     assert augment.main([]) == 0
-    return read_samples(workdir / OUT / "samples.parquet"), read_images(workdir / OUT / "images.npy")
+    return read_samples(workdir / OUT / "samples.parquet"), np.asarray(read_images(workdir / OUT / "images"))
 
 
 def outputs_bytes(root):
-    return {name: (root / name).read_bytes() for name in OUTPUTS}
+    return {name: file_or_tree_bytes(root / name) for name in OUTPUTS}
 
 
 # --- params -----------------------------------------------------------------------------
@@ -217,10 +217,13 @@ def test_counts_for_target_all_and_the_table_contract(workdir):
     for column in ("path", "label", "label_name", "group"):
         assert (new[column].to_numpy() == parent[column].to_numpy()).all()
     assert (new["split"] == "train").all() and (new["copies"] == 1).all()
-    assert (new["row"] == np.arange(len(new))).all()
+    # The store holds the copies by parent row, then copy index: a parent's copies stay together.
+    assert sorted(new["row"]) == list(range(len(new)))
+    by_row = new.sort_values("row")
+    assert originals.set_index("sample_id").loc[by_row["parent_id"], "row"].is_monotonic_increasing
     assert new["recipe"].nunique() == 1 and json.loads(new["recipe"].iloc[0])[0]["name"] == "RandomAffine"
     # The copies are new images of their parents: gather_images reads both stores.
-    assert (gather_images(new) == new_images).all()
+    assert (gather_images(new) == new_images[new["row"].to_numpy()]).all()
     assert (gather_images(originals) == images).all()
 
 
@@ -282,7 +285,8 @@ def test_deterministic_per_sample_and_seeded(workdir, channels, tmp_path_factory
     make_inputs(workdir, channels=channels)
     set_params(workdir / "params.yaml", image={"channels": channels})
     transforms = [*AFFINE, {"name": "RandomErasing", "args": {"p": 1.0, "value": 255}}]
-    table, new_images = run(workdir, transforms=transforms, copies=2, target="all")
+    table, stored = run(workdir, transforms=transforms, copies=2, target="all")
+    new_images = stored[table.loc[table["store"] == "augmented", "row"].to_numpy()]  # table order
     first = outputs_bytes(workdir)
     assert new_images.shape[1:] == (28, 28, channels)
     assert augment.main([]) == 0
@@ -298,7 +302,7 @@ def test_deterministic_per_sample_and_seeded(workdir, channels, tmp_path_factory
     assert (aug.augment(parents[5:], keys[5:], pipeline, batch_size=7) == new_images[5:]).all()
     set_params(workdir / "params.yaml", seed=1)
     assert augment.main([]) == 0
-    assert not (read_images(workdir / OUT / "images.npy") == new_images).all()
+    assert not (np.asarray(read_images(workdir / OUT / "images")) == stored).all()
 
 
 def test_per_sample_fallback_is_seeded_per_image():

@@ -13,11 +13,14 @@ import pytest
 import torch
 import torchvision
 
-from curate import backbones, label_issues
-from curate.backbones import ARCHITECTURES, Backbone
+from curate import backbones, fold_training
+from curate.backbones import ARCHITECTURES
 from curate.checkpoint import load_checkpoint, save_checkpoint
 from curate.errors import CurateError
-from curate.model import SmallInputResNet18, build_model, predict, to_tensor
+from curate.feeding import to_tensor
+from curate.inference import predict
+from curate.model_choice import Backbone
+from curate.networks import SmallInputResNet18, build_model
 from curate.params import ModelName, WeightsName
 from tests.conftest import set_params
 
@@ -189,7 +192,7 @@ def test_embedding_predictions_are_out_of_fold_and_deterministic():
     def run():
         torch.manual_seed(0)
         net = build_model("efficientnet_b0", 3, 3, 16, input_size=SIDE)
-        return label_issues.embedding_predictions(
+        return fold_training.embedding_predictions(
             batch, labels, strata, net=net, folds=4, seed=0, polarity="off", device=CPU, batch_size=16
         )
 
@@ -199,13 +202,13 @@ def test_embedding_predictions_are_out_of_fold_and_deterministic():
     assert first.embeddings.shape == (40, 1280)
     assert sorted(set(first.folds)) == [0, 1, 2, 3]
     expected_folds = np.zeros(40, dtype=np.int64)
-    for fold, (_, held_out) in enumerate(label_issues.fold_splits(strata, 4, 0)):
+    for fold, (_, held_out) in enumerate(fold_training.fold_splits(strata, 4, 0)):
         expected_folds[held_out] = fold
     np.testing.assert_array_equal(first.folds, expected_folds)  # the folds the CNN path uses
     for a, b in ((first.pred_probs, second.pred_probs), (first.embeddings, second.embeddings)):
         assert a.tobytes() == b.tobytes()
     # The embedder's head is the probe fitted on every row, scaler folded in.
-    probe = label_issues._probe(0).fit(first.embeddings.astype(np.float64), labels)
+    probe = fold_training._probe(0).fit(first.embeddings.astype(np.float64), labels)
     probs, _ = predict(first.embedder, batch, batch_size=16, device=CPU, polarity="off")
     np.testing.assert_allclose(probs, probe.predict_proba(first.embeddings), atol=1e-4)
 
@@ -213,10 +216,10 @@ def test_embedding_predictions_are_out_of_fold_and_deterministic():
 def test_a_binary_probe_becomes_a_two_class_head():
     features = np.random.default_rng(0).normal(size=(30, 6)).astype(np.float32)
     labels = (features[:, 0] > 0).astype(int)
-    probe = label_issues._probe(0).fit(features, labels)
+    probe = fold_training._probe(0).fit(features, labels)
     head = torch.nn.Module()
     head.head = torch.nn.Linear(6, 2)
-    label_issues._set_head(head, probe, 2)
+    fold_training._set_head(head, probe, 2)
     with torch.no_grad():
         probs = torch.softmax(head.head(torch.from_numpy(features)), dim=1).numpy()
     np.testing.assert_allclose(probs, probe.predict_proba(features), atol=1e-5)

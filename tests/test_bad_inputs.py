@@ -18,7 +18,7 @@ from PIL import Image
 from curate import cli
 from curate.dataset import read_images, read_samples
 from curate.report.render import read_figures
-from tests.conftest import set_params
+from tests.conftest import file_or_tree_bytes, set_params
 from tests.test_ingest import OUTPUTS
 
 SIZE = 12  # the source images' own size: no resizing, so pixel values can be checked exactly
@@ -57,7 +57,7 @@ def good(workdir: Path, capsys) -> Path:
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {name: (root / name).read_bytes() for name in OUTPUTS}
+    return {name: file_or_tree_bytes(root / name) for name in OUTPUTS}
 
 
 def ingest(capsys, *argv: str) -> tuple[int, list[str]]:
@@ -80,7 +80,7 @@ def samples_by_path(root: Path):
 
 def pixels_of(root: Path, path: str) -> np.ndarray:
     samples = samples_by_path(root)
-    return read_images(root / "data/raw/images.npy")[samples.loc[path, "row"]][:, :, 0]
+    return read_images(root / "data/raw/images")[samples.loc[path, "row"]][:, :, 0]
 
 
 # --- stops: one line, exit 2, the previous outputs untouched ---------------------------
@@ -502,8 +502,10 @@ def test_unreadable_listed_file_is_skipped(good, capsys):
 
 
 def test_stale_temp_file_is_removed_by_the_next_run(good, capsys):
-    stale = good / "data/raw/.images.npy.k1ll3d.tmp"
-    stale.write_bytes(b"half an array")
+    stale = [good / "data/raw/.samples.parquet.k1ll3d.tmp", good / "data/raw/images/.segment.k1ll3d.tmp"]
+    stale[1].parent.mkdir(parents=True, exist_ok=True)
+    for path in stale:
+        path.write_bytes(b"half a file")
     assert ingest(capsys)[0] == 0
-    assert not stale.exists()
+    assert not any(path.exists() for path in stale)
     assert not list((good / "data/raw").glob(".*.tmp"))

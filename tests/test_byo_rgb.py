@@ -6,10 +6,10 @@ import json
 import os
 import subprocess
 
-import numpy as np
 import pandas as pd
 import pytest
 
+from curate.dataset import read_images
 from tests.conftest import set_params, template_copy
 from tests.synthetic import make_folder
 
@@ -41,7 +41,7 @@ def test_every_image_is_ingested_as_rgb_at_32_px(byo):
     raw = pd.read_parquet(root / "data/raw/samples.parquet")
     assert len(raw) == len(truth)
     assert sorted(raw["group"].unique()) == ["field", "studio"]
-    assert np.load(root / "data/raw/images.npy", mmap_mode="r").shape[1:] == (32, 32, 3)
+    assert read_images(root / "data/raw/images").shape[1:] == (32, 32, 3)
     assert metrics(root, "ingest")["n_classes"] == 4
 
 

@@ -14,6 +14,7 @@ from curate.dataset import (
     read_samples,
     stratified_test_mask,
     training_rows,
+    write_array,
     write_images,
     write_samples,
 )
@@ -36,10 +37,11 @@ def table(n=4):
 
 def test_images_round_trip_is_memory_mapped(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (5, 7, 7, 3), dtype=np.uint8)
-    write_images(tmp_path / "images.npy", images)
-    loaded = read_images(tmp_path / "images.npy")
-    assert isinstance(loaded, np.memmap)
-    np.testing.assert_array_equal(loaded, images)
+    write_images(tmp_path / "images", images, segment_mb=0.0002)  # 1 to 16 rows per segment
+    loaded = read_images(tmp_path / "images")
+    assert len(loaded.names) > 1 and loaded.shape == images.shape
+    np.testing.assert_array_equal(np.asarray(loaded), images)
+    assert isinstance(loaded._segment(0), np.memmap)
 
 
 def test_write_images_rejects_wrong_layout(tmp_path):
@@ -138,7 +140,7 @@ def test_a_killed_writer_leaves_a_temp_file_that_the_next_write_removes(tmp_path
     others = [".samples.parquet.k3j_x9a2.tmp", ".images.npy.old.k3j_x9a2.tmp", "images.npy.tmp"]
     for name in others:
         (tmp_path / name).write_bytes(b"")
-    write_images(target, np.zeros((1, 2, 2, 1), dtype=np.uint8))
+    write_array(target, np.zeros((1, 2, 2, 1), dtype=np.uint8))
     assert not leftover.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*others, "images.npy"])
 

@@ -84,8 +84,8 @@ def closure(module: str) -> set[Path]:
 def stage_closure(module: str) -> set[Path]:
     files = closure(module)
     source = (REPO / module_file(module)).read_text()
-    if module.startswith("curate.stages.") and "write_report(" in source:
-        # write_report(stage, ...) renders <stage>.html and <stage>.md: a computed name.
+    if module.startswith("curate.stages.") and "write_stage(" in source:
+        # write_stage(stage, ...) renders <stage>.html and <stage>.md: a computed name.
         stage = module.rsplit(".", 1)[1]
         files |= template_closure({f"{stage}.html", f"{stage}.md"})
     return files
@@ -111,4 +111,4 @@ def test_closure_follows_imports_inside_functions_and_templates():
     assert Path("src/curate/__init__.py") in files
     assert Path("src/curate/params.py") in files
     assert TEMPLATES / "index.html" in files and TEMPLATES / "base.html" in files
-    assert Path("src/curate/model.py") not in files  # gate trains nothing
+    assert Path("src/curate/training.py") not in files  # gate trains nothing

@@ -10,7 +10,7 @@ from curate import evaluation
 from curate.checkpoint import save_checkpoint
 from curate.dataset import write_samples
 from curate.errors import CurateError
-from curate.model import build_model
+from curate.networks import build_model
 from curate.report.render import read_figures
 from curate.stages import evaluate
 from tests.conftest import set_params

@@ -6,11 +6,11 @@ from curate.dataset import read_images, read_samples
 from curate.errors import CurateError
 from curate.report.render import read_figures
 from curate.stages import ingest
-from tests.conftest import set_params
+from tests.conftest import file_or_tree_bytes, set_params
 
 RAW = "data/raw"
 OUTPUTS = [
-    "data/raw/images.npy",
+    "data/raw/images",
     "data/raw/samples.parquet",
     "reports/ingest.html",
     "reports/ingest.md",
@@ -20,7 +20,7 @@ OUTPUTS = [
 
 
 def outputs_bytes(root):
-    return {name: (root / name).read_bytes() for name in OUTPUTS}
+    return {name: file_or_tree_bytes(root / name) for name in OUTPUTS}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def demo_run(tmp_path_factory):
 
 def test_demo_counts(demo_run):
     samples = read_samples(demo_run / RAW / "samples.parquet")
-    images = read_images(demo_run / RAW / "images.npy")
+    images = read_images(demo_run / RAW / "images")
     assert images.shape == (len(samples), 28, 28, 1)
     counts = samples.groupby(["group", "split"]).size()
     # 25% of each group x class stratum is test; 10% of sklearn's train kept.
@@ -67,7 +67,7 @@ def test_demo_noise_in_train_only_with_true_label_kept(demo_run):
 
 def test_demo_groups_look_different(demo_run):
     samples = read_samples(demo_run / RAW / "samples.parquet")
-    images = read_images(demo_run / RAW / "images.npy")
+    images = read_images(demo_run / RAW / "images")
     mean_by_group = {g: images[rows.index].mean() for g, rows in samples.groupby("group")}
     assert mean_by_group["mnist"] < 60 < 190 < mean_by_group["sklearn"]  # light paper
 
@@ -123,7 +123,7 @@ def test_oracle_run_keeps_the_same_samples(demo_run, workdir):
 def test_demo_as_rgb_at_another_size(workdir):
     set_params(workdir / "params.yaml", image={"size": 32, "channels": 3})
     assert ingest.main([]) == 0
-    images = read_images(workdir / RAW / "images.npy")
+    images = np.asarray(read_images(workdir / RAW / "images"))
     assert images.shape[1:] == (32, 32, 3)
     assert (images[..., 0] == images[..., 2]).all()
 
@@ -165,7 +165,7 @@ def test_image_folder_with_metadata_and_corrupt_file(workdir):
     assert ingest.main([]) == 0
 
     samples = read_samples(workdir / RAW / "samples.parquet").set_index("path")
-    images = read_images(workdir / RAW / "images.npy")
+    images = np.asarray(read_images(workdir / RAW / "images"))
     assert images.shape == (len(samples), 28, 28, 3)
     assert "cat/broken.png" not in samples.index and "cat/notes.txt" not in samples.index
     assert len(samples) == 16

@@ -2,11 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curate.backbones import Backbone
 from curate.errors import CurateError
+from curate.fold_training import FoldTraining, check_class_sizes, fold_model
 from curate.label_issues import (
-    FoldTraining,
-    check_class_sizes,
     decide_actions,
     detection_scores,
     duplicate_extras,
@@ -14,10 +12,10 @@ from curate.label_issues import (
     evidence,
     find_issues,
     fit_temperature,
-    fold_model,
     knn_probs,
     temperature_scaled,
 )
+from curate.model_choice import Backbone
 
 
 def train_table(flagged, quality, labels, groups, confidence=None):
@@ -284,7 +282,7 @@ def test_per_group_thresholds_judge_each_large_group_alone():
 
 
 def test_fold_epochs_raise_small_data_to_min_steps_and_leave_large_data_alone():
-    from curate.label_issues import FoldTraining, fold_epochs
+    from curate.fold_training import fold_epochs
 
     training = FoldTraining(
         n_classes=4,

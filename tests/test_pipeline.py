@@ -44,7 +44,7 @@ MEASURED = {
 }
 # Ingest trains nothing: its data and report are the same bytes on any machine.
 MACHINE_INDEPENDENT = {
-    "data/raw/images.npy",
+    "data/raw/images",
     "data/raw/samples.parquet",
     "reports/ingest.html",
     "reports/ingest.md",
@@ -81,7 +81,12 @@ def committed(root, path: str) -> str:
 
 def output_bytes(root) -> dict[str, bytes]:
     """Every data, model and report file the pipeline writes, by path."""
-    files = [*root.glob("data/*/*.*"), *root.glob("models/*"), *root.glob("reports/**/*.*")]
+    files = [
+        *root.glob("data/*/*.*"),
+        *root.glob("data/*/images/*"),
+        *root.glob("models/*"),
+        *root.glob("reports/**/*.*"),
+    ]
     return {str(path.relative_to(root)): path.read_bytes() for path in files if path.is_file()}
 
 
@@ -116,14 +121,14 @@ def test_same_machine_same_bytes(reproduced):
 
 
 def test_outputs_metrics_and_git_ignores(reproduced):
-    for path in ("data/raw/images.npy", "data/raw/samples.parquet", "reports/ingest.html"):
+    for path in ("data/raw/images", "data/raw/samples.parquet", "reports/ingest.html"):
         assert (reproduced / path).is_file()
     shown = json.loads(dvc("metrics", "show", "--json", cwd=reproduced).stdout)
     metrics = next(iter(shown.values()))["data"]["reports/metrics/ingest.json"]["data"]
     assert metrics == {"n_train": metrics["n_train"]} and metrics["n_train"] > 3000
     assert read_figures("ingest", reproduced / "reports")["n_classes"] == 10
     ignored = subprocess.run(
-        ["git", "check-ignore", "data/raw/images.npy", "data/raw/samples.parquet"],
+        ["git", "check-ignore", "data/raw/images", "data/raw/samples.parquet"],
         cwd=reproduced,
         capture_output=True,
         text=True,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from curate import model as models
+from curate import feeding, inference, networks, training
 from curate.checkpoint import load_checkpoint, polarity_of, save_checkpoint
 from curate.errors import CurateError
 from curate.polarity import light_background
@@ -47,7 +47,7 @@ def test_exactly_mid_grey_is_not_light():
     assert light_background(half).tolist() == [False]
     half[0, 5, 0] = 255
     assert light_background(half).tolist() == [True]
-    assert models.light_background_tensor(torch.from_numpy(half)).tolist() == [True]
+    assert feeding.light_background_tensor(torch.from_numpy(half)).tolist() == [True]
 
 
 @pytest.mark.parametrize("size", [6, 28, 64, 256])
@@ -60,65 +60,65 @@ def test_numpy_and_torch_decide_alike(size):
     near[:, 0, : size // 2] += 1
     images = np.concatenate([noise, near, np.stack([page(255, 0, size), page(0, 255, size)])])
     numpy_says = light_background(images)
-    torch_says = models.light_background_tensor(torch.from_numpy(images)).numpy()
+    torch_says = feeding.light_background_tensor(torch.from_numpy(images)).numpy()
     np.testing.assert_array_equal(numpy_says, torch_says)
     assert numpy_says.any() and not numpy_says.all()
 
 
 def test_off_leaves_light_paper_as_stored_and_auto_inverts_it():
     images = np.stack([DARK, LIGHT])
-    auto = models.to_tensor(images, "cpu", polarity="auto")
-    off = models.to_tensor(images, "cpu", polarity="off")
+    auto = feeding.to_tensor(images, "cpu", polarity="auto")
+    off = feeding.to_tensor(images, "cpu", polarity="off")
     assert torch.equal(auto[0], off[0])  # dark paper: the same under both
     assert not torch.equal(auto[1], off[1])
     assert torch.equal(auto[1], -off[1])  # inverted: 1 - x in [0, 1], so -x after standardising
-    assert torch.equal(auto[1], models.to_tensor(np.stack([255 - LIGHT]), "cpu", polarity="off")[0])
+    assert torch.equal(auto[1], feeding.to_tensor(np.stack([255 - LIGHT]), "cpu", polarity="off")[0])
     colour = np.stack([page(255, 0, channels=3)])
     assert torch.equal(
-        models.to_tensor(colour, "cpu", polarity="auto"), models.to_tensor(colour, "cpu", polarity="off")
+        feeding.to_tensor(colour, "cpu", polarity="auto"), feeding.to_tensor(colour, "cpu", polarity="off")
     )
 
 
 def test_an_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="unknown polarity mode 'invert'"):
-        models.FitConfig(epochs=1, batch_size=8, lr=0.01, seed=0, device=CPU, polarity="invert")
+        training.FitConfig(epochs=1, batch_size=8, lr=0.01, seed=0, device=CPU, polarity="invert")
     with pytest.raises(ValueError, match="unknown polarity mode"):
-        models.predict(
-            models.build_model("cnn", 2, 1, 12), np.stack([DARK]), batch_size=8, device=CPU, polarity=""
+        inference.predict(
+            networks.build_model("cnn", 2, 1, 12), np.stack([DARK]), batch_size=8, device=CPU, polarity=""
         )
 
 
 def test_fit_and_predict_see_what_the_mode_says(monkeypatch):
     """Off: the network is fed the light-paper images as stored, in training and in prediction."""
     seen = []
-    embed = models.CompactCNN.embed
+    embed = networks.CompactCNN.embed
 
     def spy(self, x):
         seen.append(x.detach().clone())
         return embed(self, x)
 
-    monkeypatch.setattr(models.CompactCNN, "embed", spy)
+    monkeypatch.setattr(networks.CompactCNN, "embed", spy)
     images, labels = np.stack([LIGHT, LIGHT, DARK, DARK]), np.array([0, 0, 1, 1])
     for mode in ("auto", "off"):
         seen.clear()
-        net = models.build_model("cnn", 2, 1, 12)
-        config = models.FitConfig(
+        net = networks.build_model("cnn", 2, 1, 12)
+        config = training.FitConfig(
             epochs=1, batch_size=4, lr=0.01, seed=0, device=CPU, polarity=mode, augment=False
         )
-        models.fit(net, images, labels, config)
+        training.fit(net, images, labels, config)
         # Mostly paper: a mean near -1 is dark paper, near +1 light. Auto makes all four dark.
         papers = sorted((seen[0].mean(dim=(1, 2, 3)) > 0).tolist())
         assert papers == ([False] * 4 if mode == "auto" else [False, False, True, True])
         seen.clear()
-        models.predict(net, images, batch_size=4, device=CPU, polarity=mode)
-        expected = models.to_tensor(images, "cpu", polarity=mode)
+        inference.predict(net, images, batch_size=4, device=CPU, polarity=mode)
+        expected = feeding.to_tensor(images, "cpu", polarity=mode)
         torch.testing.assert_close(seen[0], expected, rtol=0, atol=0)
 
 
 def test_checkpoint_without_the_key_means_auto_and_a_bad_value_is_refused(tmp_path):
     meta = {"name": "cnn", "n_classes": 2, "channels": 1, "size": 12}
     assert polarity_of(meta) == "auto"  # written before the param existed: trained as auto does
-    net = models.build_model("cnn", 2, 1, 12)
+    net = networks.build_model("cnn", 2, 1, 12)
     save_checkpoint(tmp_path / "off.pt", net, meta | {"normalize_polarity": "off"})
     assert polarity_of(load_checkpoint(tmp_path / "off.pt")[1]) == "off"
     save_checkpoint(tmp_path / "bad.pt", net, meta | {"normalize_polarity": "sometimes"})
@@ -129,15 +129,15 @@ def test_checkpoint_without_the_key_means_auto_and_a_bad_value_is_refused(tmp_pa
 
 
 def spy_predict(monkeypatch) -> list[str]:
-    """The ``polarity`` every :func:`curate.model.predict` call is given."""
+    """The ``polarity`` every :func:`curate.inference.predict` call is given."""
     modes = []
-    predict = models.predict
+    predict = inference.predict
 
     def spy(*args, polarity, **kwargs):
         modes.append(polarity)
         return predict(*args, polarity=polarity, **kwargs)
 
-    monkeypatch.setattr(models, "predict", spy)
+    monkeypatch.setattr(inference, "predict", spy)
     return modes
 
 

@@ -82,13 +82,13 @@ def test_push_then_pull_into_a_fresh_clone(tiny, s3_endpoint, tmp_path):  # noqa
     run("dvc", "push", cwd=tiny, env=env)
     assert json.loads(run("dvc", "status", "--cloud", "--json", cwd=tiny, env=env)) == {}
     outs = tracked_outs(tiny)
-    assert {"data/raw/images.npy", "data/balanced/samples.parquet", "models/model.pt"} <= set(outs)
+    assert {"data/raw/images", "data/balanced/samples.parquet", "models/model.pt"} <= set(outs)
     stored = s3_client(s3_endpoint).list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/")
     assert stored["KeyCount"] >= len(outs)  # content-addressed objects in the bucket, one per file at least
 
     clone = tmp_path / "clone"
     run("git", "clone", "-q", str(tiny), str(clone), cwd=tmp_path)
-    assert not (clone / "data/raw/images.npy").exists() and not (clone / ".dvc/cache").exists()
+    assert not (clone / "data/raw/images").exists() and not (clone / ".dvc/cache").exists()
     # A user of the clone gives the keys through the environment (a CI job's secrets).
     keyed = isolated_env(tmp_path, AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET)
 

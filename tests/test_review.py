@@ -24,7 +24,7 @@ def made(workdir):
     clean = clean_table(raw_table())
     clean.loc[clean["sample_id"] == "e2", "path"] = unicodedata.normalize("NFD", ACCENTED)
     write_samples("data/clean/samples.parquet", clean)
-    write_images("data/raw/images.npy", np.arange(6 * 64, dtype=np.uint8).reshape(6, 8, 8, 1))
+    write_images("data/raw/images", np.arange(6 * 64, dtype=np.uint8).reshape(6, 8, 8, 1))
     return workdir
 
 

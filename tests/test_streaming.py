@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from curate import dataset
-from curate import model as models
+from curate import dataset, feeding, inference, networks, training
 from curate.dataset import ImageRows, gather_images, image_rows, write_images
 from curate.stages import evaluate, fit
 from tests.conftest import set_params
@@ -21,8 +20,8 @@ CPU = torch.device("cpu")
 def two_stores(tmp_path):
     """Two stores and a table that points into both, out of order, with repeated rows."""
     rng = np.random.default_rng(0)
-    stores = {"raw": tmp_path / "raw.npy", "augmented": tmp_path / "aug.npy"}
-    write_images(stores["raw"], rng.integers(0, 256, (20, 6, 6, 1), dtype=np.uint8))
+    stores = {"raw": tmp_path / "raw", "augmented": tmp_path / "aug"}
+    write_images(stores["raw"], rng.integers(0, 256, (20, 6, 6, 1), dtype=np.uint8), segment_mb=0.0002)
     write_images(stores["augmented"], rng.integers(0, 256, (9, 6, 6, 1), dtype=np.uint8))
     samples = pd.DataFrame(
         {"store": ["raw", "augmented", "raw", "raw", "augmented", "raw"], "row": [7, 3, 0, 7, 8, 19]}
@@ -49,8 +48,8 @@ def test_image_rows_read_what_gather_images_copies(tmp_path):
 
 def train_once(images, labels, weights, validation, data_on_device, weighting):
     torch.manual_seed(0)
-    net = models.build_model("cnn", 3, 1, 16)
-    config = models.FitConfig(
+    net = networks.build_model("cnn", 3, 1, 16)
+    config = training.FitConfig(
         epochs=2,
         batch_size=16,
         lr=0.01,
@@ -60,7 +59,7 @@ def train_once(images, labels, weights, validation, data_on_device, weighting):
         weighting=weighting,
         data_on_device=data_on_device,
     )
-    history = models.fit(net, images, labels, config, sample_weights=weights, validation=validation)
+    history = training.fit(net, images, labels, config, sample_weights=weights, validation=validation)
     return net.state_dict(), [{k: v for k, v in s.items() if k != "seconds"} for s in history]
 
 
@@ -70,18 +69,18 @@ def test_streaming_trains_the_same_model_as_the_in_memory_path(tmp_path, monkeyp
     uint8 -> float conversion is per pixel, so a batch holds the same floats either way)."""
     rng = np.random.default_rng(1)
     labels = np.arange(100) % 3
-    write_images(tmp_path / "images.npy", digit_like(labels, rng))
-    images = dataset.read_images(tmp_path / "images.npy")  # a memory-map
+    write_images(tmp_path / "images", digit_like(labels, rng), segment_mb=0.01)
+    images = dataset.read_images(tmp_path / "images")  # memory-mapped segments
     weights = rng.uniform(0.2, 3.0, len(labels))
     validation = (images[80:], labels[80:], None)
     read = []
-    prefetched = models._prefetched
+    prefetched = feeding.prefetched
 
     def spy(source, batches, pin):
         read.append(len(batches))
         return prefetched(source, batches, pin)
 
-    monkeypatch.setattr(models, "_prefetched", spy)
+    monkeypatch.setattr(feeding, "prefetched", spy)
     kept = train_once(images, labels, weights, validation, "always", weighting)
     assert read == []  # the fast path reads no batches
     streamed = train_once(images, labels, weights, validation, "never", weighting)
@@ -92,23 +91,23 @@ def test_streaming_trains_the_same_model_as_the_in_memory_path(tmp_path, monkeyp
 
 def test_auto_streams_a_set_over_the_budget(monkeypatch):
     images = np.zeros((10, 8, 8, 1), np.uint8)
-    config = models.FitConfig(epochs=1, batch_size=8, lr=0.01, seed=0, device=CPU, polarity="auto")
-    assert models.keeps_in_memory(images, config)
-    monkeypatch.setattr(models, "CPU_FLOAT_BUDGET", images.nbytes * 4 - 1)
-    assert not models.keeps_in_memory(images, config)
-    always = models.FitConfig(**{**config.__dict__, "data_on_device": "always"})
-    assert models.keeps_in_memory(images, always)
+    config = training.FitConfig(epochs=1, batch_size=8, lr=0.01, seed=0, device=CPU, polarity="auto")
+    assert training.keeps_in_memory(images, config)
+    monkeypatch.setattr(training, "CPU_FLOAT_BUDGET", images.nbytes * 4 - 1)
+    assert not training.keeps_in_memory(images, config)
+    always = training.FitConfig(**{**config.__dict__, "data_on_device": "always"})
+    assert training.keeps_in_memory(images, always)
     with pytest.raises(ValueError, match="data_on_device"):
-        models.FitConfig(**{**config.__dict__, "data_on_device": "sometimes"})
+        training.FitConfig(**{**config.__dict__, "data_on_device": "sometimes"})
 
 
 def test_predict_reads_a_lazy_source_as_it_reads_an_array(tmp_path):
     samples, stores = two_stores(tmp_path)
     lazy = image_rows(samples, stores)
     torch.manual_seed(0)
-    net = models.build_model("cnn", 4, 1, 6)
-    from_source = models.predict(net, lazy, batch_size=4, device=CPU, polarity="auto")
-    from_array = models.predict(net, np.asarray(lazy), batch_size=4, device=CPU, polarity="auto")
+    net = networks.build_model("cnn", 4, 1, 6)
+    from_source = inference.predict(net, lazy, batch_size=4, device=CPU, polarity="auto")
+    from_array = inference.predict(net, np.asarray(lazy), batch_size=4, device=CPU, polarity="auto")
     for a, b in zip(from_source, from_array, strict=True):
         np.testing.assert_array_equal(a, b)
 

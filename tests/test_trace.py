@@ -84,14 +84,14 @@ def made(workdir):
     (and augmented) train sample, and two test samples (one predicted right, one wrong)."""
     raw = raw_table()
     write_samples("data/raw/samples.parquet", raw)
-    write_images("data/raw/images.npy", np.arange(6 * 64, dtype=np.uint8).reshape(6, 8, 8, 1))
+    write_images("data/raw/images", np.arange(6 * 64, dtype=np.uint8).reshape(6, 8, 8, 1))
     clean = clean_table(raw)
     write_samples("data/clean/samples.parquet", clean)
     balanced = clean[clean["action"] != "drop"].assign(copies=1)
     balanced["weight"] = [WEIGHTS.get(i, 1.0) for i in balanced["sample_id"]]
     write_samples("data/balanced/samples.parquet", balanced)
     write_samples("data/augmented/samples.parquet", augmented_table(balanced))
-    write_images("data/augmented/images.npy", np.full((1, 8, 8, 1), 200, dtype=np.uint8))
+    write_images("data/augmented/images", np.full((1, 8, 8, 1), 200, dtype=np.uint8))
     os.makedirs("reports/plots")
     # One record per test row of data/augmented, in its order: t1 (cat), then t2 (NASTY).
     records = [{"actual": "cat", "predicted": "cat"}, {"actual": NASTY, "predicted": "cat"}]

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from curate import model as models
+from curate import feeding, inference, networks, training
 from curate.checkpoint import load_checkpoint, load_initial_weights, save_checkpoint
 from curate.dataset import write_images, write_samples
 from curate.errors import CurateError
@@ -68,8 +68,8 @@ def make_inputs(root, big=60, small=12, n_test=30, copies_per_small=2, seed=0, s
     new["row"] = np.arange(len(new))
     samples = pd.concat([raw, new], ignore_index=True)
     raw_images = digit_like(label, rng, size)
-    write_images(root / "data/raw/images.npy", raw_images)
-    write_images(root / "data/augmented/images.npy", digit_like(new["label"].to_numpy(), rng, size))
+    write_images(root / "data/raw/images", raw_images)
+    write_images(root / "data/augmented/images", digit_like(new["label"].to_numpy(), rng, size))
     write_samples(root / "data/augmented/samples.parquet", samples)
     return samples
 
@@ -83,14 +83,14 @@ def run_train(workdir, **train_params):
 def spy_on_training_batches(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """(labels, loss weights or None) of every batch ``fit`` trains on, validation excluded."""
     batches = []
-    batch_loss = models._batch_loss
+    batch_loss = training._batch_loss
 
     def spy(net, x, y, w, cuda):
         if net.training:
             batches.append((y.detach().cpu().clone(), w))
         return batch_loss(net, x, y, w, cuda)
 
-    monkeypatch.setattr(models, "_batch_loss", spy)
+    monkeypatch.setattr(training, "_batch_loss", spy)
     return batches
 
 
@@ -101,8 +101,8 @@ def spy_on_training_batches(monkeypatch) -> list[tuple[torch.Tensor, torch.Tenso
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("size", [16, 28, 32])
 def test_models_map_any_small_image_to_class_logits(name, channels, size):
-    net = models.build_model(name, 7, channels, size).eval()
-    x = models.to_tensor(np.zeros((2, size, size, channels), dtype=np.uint8), "cpu", polarity="auto")
+    net = networks.build_model(name, 7, channels, size).eval()
+    x = feeding.to_tensor(np.zeros((2, size, size, channels), dtype=np.uint8), "cpu", polarity="auto")
     assert x.shape == (2, channels, size, size)
     with torch.no_grad():
         assert net(x).shape == (2, 7)
@@ -112,25 +112,25 @@ def test_models_map_any_small_image_to_class_logits(name, channels, size):
 @pytest.mark.parametrize("size", [28, 56])
 def test_online_shift_is_a_fraction_of_the_side(monkeypatch, size):
     """At most MAX_SHIFT pixels at 28 x 28, twice that at 56 x 56: the same move relative to the image."""
-    monkeypatch.setattr(models, "MAX_ROTATE", 0.0)
-    monkeypatch.setattr(models, "MAX_SCALE", 0.0)
+    monkeypatch.setattr(feeding, "MAX_ROTATE", 0.0)
+    monkeypatch.setattr(feeding, "MAX_SCALE", 0.0)
     x = torch.zeros(512, 1, size, size)
     x[:, :, size // 2 - 2 : size // 2 + 2, size // 2 - 2 : size // 2 + 2] = 1.0
-    moved = models._augment(x, torch.Generator().manual_seed(0))
+    moved = feeding.augment(x, torch.Generator().manual_seed(0))
     columns = torch.arange(size, dtype=torch.float32)
     centre_x = (moved.sum(dim=2)[:, 0] * columns).sum(1) / moved.sum(dim=(1, 2, 3))
     largest = (centre_x - (size - 1) / 2).abs().max().item()
-    limit = models.MAX_SHIFT * size / models.SHIFT_REFERENCE_SIZE
+    limit = feeding.MAX_SHIFT * size / feeding.SHIFT_REFERENCE_SIZE
     assert 0.9 * limit < largest <= limit + 1e-4
 
 
 def test_weighted_epoch_order_honours_weights():
     weights = torch.tensor([1.0, 0.0, 3.0, 6.0])
-    order = models.epoch_order(100_000, torch.Generator().manual_seed(0), weights.repeat(25_000))
+    order = training.epoch_order(100_000, torch.Generator().manual_seed(0), weights.repeat(25_000))
     shares = np.bincount(order.numpy() % 4, minlength=4) / len(order)
     np.testing.assert_allclose(shares, [0.1, 0.0, 0.3, 0.6], atol=0.01)
     assert shares[1] == 0  # a weight of 0 is never drawn
-    plain = models.epoch_order(50, torch.Generator().manual_seed(0))
+    plain = training.epoch_order(50, torch.Generator().manual_seed(0))
     assert sorted(plain.tolist()) == list(range(50))  # without weights: a permutation
 
 
@@ -142,12 +142,12 @@ def test_sampler_weighting_learns_a_class_only_weight_shows(monkeypatch):
     images = digit_like(labels, rng)
     weights = np.where(labels == 1, 0.0, 1.0)
     torch.manual_seed(0)
-    net = models.build_model("cnn", 3, 1, 16)
-    config = models.FitConfig(
+    net = networks.build_model("cnn", 3, 1, 16)
+    config = training.FitConfig(
         epochs=3, batch_size=16, lr=0.01, seed=0, device=CPU, polarity="auto", weighting="sampler"
     )
-    models.fit(net, images, labels, config, sample_weights=weights)
-    probs, _ = models.predict(net, images, batch_size=64, device=CPU, polarity="auto")
+    training.fit(net, images, labels, config, sample_weights=weights)
+    probs, _ = inference.predict(net, images, batch_size=64, device=CPU, polarity="auto")
     assert 1 not in set(probs.argmax(1).tolist())
     assert {0, 2} <= set(probs.argmax(1).tolist())
     seen = torch.cat([y for y, _ in trained])
@@ -163,17 +163,19 @@ def test_fit_keeps_the_best_epoch_and_stops_after_patience(monkeypatch):
         snapshots.append({k: v.clone() for k, v in net.state_dict().items()})
         return next(losses), 0.5
 
-    monkeypatch.setattr(models, "_validate", fake_validate)
+    monkeypatch.setattr(training, "_validate", fake_validate)
     rng = np.random.default_rng(0)
     labels = np.arange(32) % 3
     images = digit_like(labels, rng)
     seen = []
     torch.manual_seed(0)
-    net = models.build_model("cnn", 3, 1, 16)
-    config = models.FitConfig(
+    net = networks.build_model("cnn", 3, 1, 16)
+    config = training.FitConfig(
         epochs=6, batch_size=16, lr=0.01, seed=0, device=CPU, polarity="auto", patience=2
     )
-    history = models.fit(net, images, labels, config, validation=(images, labels, None), on_epoch=seen.append)
+    history = training.fit(
+        net, images, labels, config, validation=(images, labels, None), on_epoch=seen.append
+    )
     # Best at epoch 2; epochs 3 and 4 bring no lower loss: patience 2 stops after epoch 4.
     assert [s["epoch"] for s in history] == [1, 2, 3, 4] and seen == history
     assert [s["best"] for s in history] == [True, True, False, False]
@@ -188,9 +190,9 @@ def test_fit_is_a_function_of_the_seed_on_cpu():
     states = []
     for _ in range(2):
         torch.manual_seed(1)
-        net = models.build_model("cnn", 3, 1, 16)
-        config = models.FitConfig(epochs=1, batch_size=16, lr=0.01, seed=1, device=CPU, polarity="auto")
-        models.fit(net, images, labels, config, validation=(images, labels, np.ones(40)))
+        net = networks.build_model("cnn", 3, 1, 16)
+        config = training.FitConfig(epochs=1, batch_size=16, lr=0.01, seed=1, device=CPU, polarity="auto")
+        training.fit(net, images, labels, config, validation=(images, labels, np.ones(40)))
         states.append(net.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
@@ -225,7 +227,10 @@ def test_train_stage_writes_a_loadable_checkpoint_and_deterministic_outputs(work
     assert meta["params_digest"] == fit.params_digest(TrainParams(**TINY))
     assert meta["normalize_polarity"] == "auto"  # image.normalize_polarity, for evaluate to feed it the same
     model, _ = load_checkpoint(workdir / "models/model.pt")
-    assert model(models.to_tensor(np.zeros((1, 16, 16, 1), np.uint8), "cpu", polarity="auto")).shape == (1, 3)
+    assert model(feeding.to_tensor(np.zeros((1, 16, 16, 1), np.uint8), "cpu", polarity="auto")).shape == (
+        1,
+        3,
+    )
     metrics = read_figures("train", workdir / "reports")
     assert metrics["epochs_run"] == 2 and 0 <= metrics["best_val_accuracy"] <= 1
     assert metrics["images_per_second"] > 0
@@ -250,15 +255,15 @@ def test_train_stage_sampler_weighting_and_no_online_augmentation(workdir, monke
     samples.loc[(samples["group"] == "big") & (samples["label"] == 1), "weight"] = 0.0
     write_samples(workdir / "data/augmented/samples.parquet", samples)
     draws = []
-    draw = models.epoch_order
+    draw = training.epoch_order
 
     def spy_order(n, generator, weights=None):
         order = draw(n, generator, weights)
         draws.append((weights, order))
         return order
 
-    monkeypatch.setattr(models, "epoch_order", spy_order)
-    monkeypatch.setattr(models, "_augment", lambda x, generator: pytest.fail("online_augment is off"))
+    monkeypatch.setattr(training, "epoch_order", spy_order)
+    monkeypatch.setattr(feeding, "augment", lambda x, generator: pytest.fail("online_augment is off"))
     trained = spy_on_training_batches(monkeypatch)
     run_train(workdir, weighting="sampler", online_augment=False, epochs=1)
     assert read_figures("train", workdir / "reports")["epochs_run"] == 1
@@ -279,9 +284,9 @@ def test_train_stage_sampler_weighting_and_no_online_augmentation(workdir, monke
 def test_init_weights_from_a_checkpoint(workdir):
     make_inputs(workdir)
     torch.manual_seed(5)
-    source = models.build_model("cnn", 3, 1, 16)
+    source = networks.build_model("cnn", 3, 1, 16)
     save_checkpoint(workdir / "start.pt", source, {"name": "cnn", "n_classes": 3, "channels": 1, "size": 16})
-    net = models.build_model("cnn", 3, 1, 16)
+    net = networks.build_model("cnn", 3, 1, 16)
     load_initial_weights(net, workdir / "start.pt")
     assert all(torch.equal(net.state_dict()[k], source.state_dict()[k]) for k in source.state_dict())
     run_train(workdir, init_weights="start.pt", epochs=1)

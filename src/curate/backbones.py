@@ -1,5 +1,5 @@
 """torchvision backbones for real photos: ResNet-18/50, EfficientNet-B0, ConvNeXt-Tiny, random or
-ImageNet-initialised, with the ``.embed`` / ``.head`` interface of :class:`curate.model.CompactCNN`.
+ImageNet-initialised, with the ``.embed`` / ``.head`` interface of :class:`curate.networks.CompactCNN`.
 
 Each network is torchvision's as published behind an input adapter, so the rest of the project
 feeds it what it feeds every model (N x C x H x W, standardised as ``(x - 0.5) / 0.5`` at
@@ -10,7 +10,7 @@ resized whole, not resized then centre-cropped as torchvision's ``transforms()``
 already framed it, and the crop would cut its border.
 
 Naming: ``resnet18`` with ``weights: none`` and ``input_size: null`` stays the small-input
-ResNet-18 of :mod:`curate.model` (3x3 stride-1 stem, no max-pool, the images at their own size),
+ResNet-18 of :mod:`curate.networks` (3x3 stride-1 stem, no max-pool, the images at their own size),
 so existing params and checkpoints mean what they meant. Any other ``resnet18`` choice is the
 published network behind the adapter.
 
@@ -23,7 +23,6 @@ its meta (``name``, ``input_size``) with no weights at all: loading never downlo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -78,7 +77,7 @@ class InputAdapter(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        unit = x * 0.5 + 0.5  # undo curate.model._standardise: back to [0, 1]
+        unit = x * 0.5 + 0.5  # undo curate.feeding.standardise: back to [0, 1]
         if unit.shape[1] == 1:
             unit = unit.expand(-1, 3, -1, -1)
         if unit.shape[-2:] != (self.side, self.side):
@@ -146,71 +145,6 @@ def build_backbone(name: str, n_classes: int, input_size: int | None) -> Torchvi
 def default_input_size(name: str) -> int:
     """The side ``name``'s ImageNet weights were trained at (224 for all four)."""
     return int(imagenet_weights(name).transforms().crop_size[0])
-
-
-@dataclass(frozen=True)
-class Backbone:
-    """A ``clean`` or ``train`` section's model choice: ``model``, ``weights``, ``input_size``,
-    ``init_weights``; ``section`` names the params in errors."""
-
-    name: str
-    weights: str = "none"
-    input_size: int | None = None
-    init_weights: str | None = None
-    section: str = "train"
-
-    @classmethod
-    def from_params(cls, settings: Any, section: str) -> Backbone:
-        return cls(settings.model, settings.weights, settings.input_size, settings.init_weights, section)
-
-    def resolved_input_size(self) -> int | None:
-        """The side the network is fed at (None: the images as they are), or a CurateError when the
-        choice does not go together."""
-        key = self.section
-        if self.name == "cnn":
-            if self.weights != "none":
-                raise CurateError(
-                    f"{key}.weights: {self.weights}, but {key}.model cnn has no pretrained weights "
-                    f"(choose one of {', '.join(ARCHITECTURES)})"
-                )
-            if self.input_size is not None:
-                raise CurateError(
-                    f"{key}.input_size: {self.input_size}, but {key}.model cnn takes the images at "
-                    "image.size (set it to null)"
-                )
-            return None
-        if self.name == "resnet18" and self.weights == "none" and self.input_size is None:
-            return None  # the small-input ResNet-18 (module docstring)
-        return self.input_size if self.input_size is not None else default_input_size(self.name)
-
-    def meta(self) -> dict[str, Any]:
-        """What a checkpoint records to rebuild the network (``input_size``) and how it started."""
-        return {"name": self.name, "weights": self.weights, "input_size": self.resolved_input_size()}
-
-    def initial_model(self, n_classes: int, channels: int, size: int) -> nn.Module:
-        """The network before training: seeded init by the caller, then the weights asked for:
-        ``init_weights`` when given (also the offline route to ImageNet weights), else ImageNet
-        weights from torchvision's cache (or its download) when ``weights`` is ``imagenet``."""
-        from curate.model import build_model
-
-        net = build_model(self.name, n_classes, channels, size, input_size=self.resolved_input_size())
-        if self.init_weights:
-            load_init_weights(net, Path(self.init_weights), f"{self.section}.init_weights")
-        elif self.weights == "imagenet":
-            load_imagenet(net, f"{self.section}.weights")
-        return net
-
-
-def load_init_weights(net: nn.Module, path: Path, key: str) -> None:
-    """``path`` onto ``net`` (:func:`curate.checkpoint.load_initial_weights`), saying how much matched."""
-    from curate.checkpoint import load_initial_weights
-
-    loaded = load_initial_weights(net, path, key=key)
-    total = len(net.state_dict())
-    print(
-        f"{key}: {loaded} of {total} tensors from {path}"
-        + ("" if loaded == total else " (the rest as initialised)")
-    )
 
 
 def load_imagenet(net: nn.Module, key: str) -> None:

@@ -2,24 +2,25 @@
 
 ``meta`` holds plain types only (``name``, ``n_classes``, ``channels``, ``size``,
 ``class_names``, ``normalize_polarity``, ...), enough to rebuild the network with
-:func:`curate.model.build_model` and to feed it images as it was trained, so
+:func:`curate.networks.build_model` and to feed it images as it was trained, so
 ``torch.load(weights_only=True)`` can read the file: loading never runs code from the
-file. :func:`load_initial_weights` reads any local state_dict (or such a file) the same way,
-to start a training run from it.
+file. :func:`checkpoint_meta` builds the meta the training stages save. :func:`load_initial_weights`
+reads any local state_dict (or such a file) the same way, to start a training run from it.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from curate.dataset import record_input, write_bytes
+from curate.dataset import write_bytes
 from curate.errors import CurateError
+from curate.networks import build_model
 from curate.polarity import MODES
 
 REQUIRED_META = ("name", "n_classes", "channels", "size")
@@ -27,11 +28,41 @@ REQUIRED_META = ("name", "n_classes", "channels", "size")
 # param existed lack it and were trained as "auto" does.
 POLARITY_KEY = "normalize_polarity"
 LEGACY_POLARITY = "auto"
+# The order of each stage's meta keys: torch.save keeps a dict's order, so the order is part of the
+# file's bytes (and of its DVC hash). The folds and fit stages have always written theirs apart.
+_FIRST = ("name", "weights", "input_size", "n_classes")
+EMBEDDER_META = (*_FIRST, "class_names", POLARITY_KEY, "channels", "size")
+MODEL_META = (*_FIRST, "channels", "size", "class_names", POLARITY_KEY, "params_digest")
 
 
 def polarity_of(meta: Mapping[str, Any]) -> str:
     """The ``image.normalize_polarity`` a checkpoint's model was trained with (absent: ``auto``)."""
     return str(meta.get(POLARITY_KEY, LEGACY_POLARITY))
+
+
+def checkpoint_meta(
+    network: Mapping[str, Any],
+    class_names: Sequence[str],
+    shape: tuple[int, ...],
+    polarity: str,
+    order: Sequence[str],
+    **extra: Any,
+) -> dict[str, Any]:
+    """The meta a training stage saves beside its model, keys in ``order`` (:data:`EMBEDDER_META`,
+    :data:`MODEL_META`): ``network`` (:meth:`curate.model_choice.Backbone.meta`), the classes, the
+    images' channels and size (``shape``: N x H x W x C), the ``image.normalize_polarity`` trained
+    with, and ``extra``."""
+    values = dict(network) | {
+        "n_classes": len(class_names),
+        "class_names": list(class_names),
+        POLARITY_KEY: polarity,
+        "channels": int(shape[3]),
+        "size": int(shape[1]),
+    }
+    values |= extra
+    if sorted(values) != sorted(order):
+        raise ValueError(f"checkpoint meta {sorted(values)} does not match the order {sorted(order)}")
+    return {key: values[key] for key in order}
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: Mapping[str, Any]) -> None:
@@ -52,12 +83,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: Mapping[str, Any])
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The model (on the CPU, in eval mode) and the meta saved by :func:`save_checkpoint`."""
-    from curate.model import build_model  # the model zoo is only needed once a file is found
-
     path = Path(path)
     if not path.exists():
         raise CurateError(f"{path}: not found (run the upstream stage first: dvc repro)")
-    record_input(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         meta = dict(payload["meta"])
@@ -84,7 +112,6 @@ def load_initial_weights(net: nn.Module, path: Path, key: str = "init_weights") 
     """
     if not path.is_file():
         raise CurateError(f"{key}: {path}: file not found")
-    record_input(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (torch raises many kinds for a bad file)

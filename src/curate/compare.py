@@ -22,17 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import yaml
 
-from curate.dataset import BALANCED_DIR, RAW_DIR, write_text
+from curate.dataset import BALANCED_DIR, IMAGE_STORES, write_text
 from curate.errors import CurateError
 from curate.ledger import COLUMNS as LEDGER_COLUMNS
+from curate.ledger import parse_ledger
 from curate.params import CleanParams
 from curate.report import Verdict, thumbnail
 from curate.report.render import DETAILS_DIR, METRICS_DIR, REPORTS_DIR, merge_figures, render, render_markdown
 from curate.stage import PIPELINE, flatten, guarded
+from curate.store import RevisionRows
 
 WORKSPACE = "workspace"
 TABLE = BALANCED_DIR / "samples.parquet"  # the train rows in play, with weights, plus test
@@ -88,9 +89,9 @@ class Revision:
         data = self.read(path)
         return pd.read_parquet(io.BytesIO(data)) if data else None
 
-    def images(self) -> np.ndarray | None:
-        data = self.read(RAW_DIR / "images.npy")
-        return np.load(io.BytesIO(data), allow_pickle=False) if data else None
+    def images(self) -> RevisionRows | None:
+        """The raw store as this revision has it (segments read as rows are asked for)."""
+        return RevisionRows.open(self.read, IMAGE_STORES["raw"])
 
 
 @dataclass
@@ -207,12 +208,8 @@ def added_decisions(
 def _ledger_rows(data: bytes | None, name: str) -> list[tuple[str, ...]]:
     if not data:
         return []
-    try:
-        table = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except (ValueError, UnicodeDecodeError) as exc:  # pandas' parser errors are ValueErrors
-        raise CurateError(f"{name}: not a readable CSV ({exc})".splitlines()[0]) from None
-    table = table.reindex(columns=list(LEDGER_COLUMNS), fill_value="").map(str.strip)
-    return [tuple(row) for row in table.itertuples(index=False) if any(row)]
+    table = parse_ledger(io.BytesIO(data), name)  # the one strict reader clean uses
+    return [tuple(row) for row in table.itertuples(index=False)]
 
 
 def decision_rows(a: Revision, b: Revision) -> list[list[str]]:

@@ -18,6 +18,7 @@ import io
 import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 
@@ -27,14 +28,21 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 QUOTE = "'"
 
 
-def read_table(path: Path, expected: str) -> pd.DataFrame:
-    """``path`` as strings under its header, indexed by editor line number; blank lines dropped.
+def read_table(source: Path | BinaryIO, expected: str, name: str | None = None) -> pd.DataFrame:
+    """``source`` (a file, or bytes from a git revision) as strings under its header, indexed
+    by editor line number; blank lines dropped; a UTF-8 byte-order mark (spreadsheets write
+    one) ignored.
 
     ``expected`` says what the header should be, for the message on an empty file. Short rows
-    are padded with empty strings. Raises :class:`CurateError` naming ``path`` on any fault.
+    are padded with empty strings. Raises :class:`CurateError` naming ``name`` (default:
+    ``source``) on any fault.
     """
+    path = source if name is None else name
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, header=None, skip_blank_lines=False)
+        table = pd.read_csv(
+            source, dtype=str, keep_default_na=False, header=None, skip_blank_lines=False,
+            encoding="utf-8-sig",
+        )  # fmt: skip
     except pd.errors.EmptyDataError:
         raise CurateError(f"{path}: empty file (expected {expected})") from None
     except OSError as exc:  # a folder of that name, no permission

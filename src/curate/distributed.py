@@ -12,8 +12,9 @@ does not relaunch; the ranks are what torchrun was told.
 
 Each rank joins the process group over gloo on a CPU and NCCL on CUDA, where it takes the GPU
 ``cuda:LOCAL_RANK``. The fit stage trains one model with DistributedDataParallel
-(:func:`curate.model.fit` with ``distributed``); the folds stage spreads its K fold models over
-the ranks (:func:`curate.label_issues.out_of_sample_predictions`). In both, rank 0 alone writes
+(:func:`curate.training.fit` with ``distributed``, its batches split over the ranks by
+:func:`steps`); the folds stage spreads its K fold models over
+the ranks (:func:`curate.fold_training.out_of_sample_predictions`). In both, rank 0 alone writes
 the outputs; the other ranks exit 0 when done.
 
 torch is imported inside the functions: the stages import this module before their input checks.
@@ -33,6 +34,7 @@ from curate.errors import CurateError
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -130,3 +132,56 @@ def gather_to_main(value: Any) -> list[Any] | None:
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, value)
     return gathered if rank == 0 else None
+
+
+def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel over the process group: it broadcasts rank 0's weights once, then
+    all-reduces (averages) the gradients in buckets while the backward pass runs."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One optimiser step: the batch (indices into the training set), and this process's share
+    of it: all of it in one process, a contiguous slice of it under DDP."""
+
+    batch: torch.Tensor
+    rows: torch.Tensor
+    offset: int  # where rows start in batch
+    padding: bool = False  # an empty share stood in for by one row whose loss counts 0
+
+
+def steps(order: torch.Tensor, batch_size: int, world: int, rank: int) -> list[Step]:
+    """The epoch's steps: ``order`` in batches of ``batch_size``, each split over ``world`` processes.
+
+    Every process draws the same ``order`` (same seed), so the shares of a batch are disjoint and
+    cover it: a distributed run trains on the batches a one-process run trains on (the global
+    weighted draw is honoured as it is), at the same number of steps per epoch.
+    """
+    found = []
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        if world == 1:
+            found.append(Step(batch, batch, 0))
+            continue
+        shares = batch.tensor_split(world)
+        rows, offset = shares[rank], sum(len(share) for share in shares[:rank])
+        # A last batch smaller than world leaves a share empty; DDP needs every rank to step.
+        found.append(Step(batch, rows, offset) if len(rows) else Step(batch, batch[:1], 0, padding=True))
+    return found
+
+
+def share_of_batch(
+    step: Step, loss_weights: torch.Tensor | None, w: torch.Tensor | None, world: int
+) -> torch.Tensor | float:
+    """The factor on a share's mean loss that makes DDP's average of the ranks' gradients the
+    gradient of the whole batch's (weighted) mean loss: the share's part of the batch's weight
+    (or size), times the number of processes; 0 for a padding share."""
+    if step.padding:
+        return 0.0
+    if w is None:
+        return len(step.rows) * world / len(step.batch)
+    total = loss_weights[step.batch.to(w.device)].sum().clamp_min(1e-12)
+    return w.sum() * world / total

@@ -1,4 +1,4 @@
-"""The review queue: the train samples clean flagged, most suspicious first (pure pandas).
+"""The review queue: the train samples clean flagged, most suspicious first.
 
 Both review tools read it: the static sheet (``curate review``, label issues only) and the
 review app (``curate review --serve``, every kind). A flag is one train row of clean's table
@@ -11,12 +11,29 @@ sample_id, so the order is stable across runs.
 from __future__ import annotations
 
 import unicodedata
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from curate.dataset import CLEAN_DIR, read_samples
+from curate.errors import CurateError
+
+CLEAN_TABLE = CLEAN_DIR / "samples.parquet"
+NEEDED = ("given_label", "label_quality", "is_label_issue", "predicted_label", "action")
 KINDS = ("label", "duplicate", "outlier")
 KIND_COLUMNS = {"label": "is_label_issue", "duplicate": "is_near_duplicate", "outlier": "is_outlier"}
+
+
+def load_clean(path: Path = CLEAN_TABLE) -> pd.DataFrame:
+    """Clean's table; one line naming the file or column when it is missing or stale."""
+    if not path.exists():
+        raise CurateError(f"{path}: not found (run the pipeline first: dvc repro)")
+    clean = read_samples(path)
+    missing = [column for column in NEEDED if column not in clean.columns]
+    if missing:
+        raise CurateError(f"{path}: missing column {missing[0]} (stale: dvc repro)")
+    return clean
 
 
 def class_names(clean: pd.DataFrame) -> dict[int, str]:

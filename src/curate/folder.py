@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import io
-import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,14 +36,16 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from curate.csvfile import read_table
-from curate.dataset import CORE_COLUMNS, content_ids, stratified_test_mask
+from curate.dataset import CORE_COLUMNS, store_writer, stratified_test_mask, unique_ids
+from curate.decoding import decode_in_order, worker_count
 from curate.errors import CurateError
-from curate.imaging import FLOAT_MODES, WIDE_INTEGER_MODES, conform
+from curate.imaging import FLOAT_MODES, WIDE_INTEGER_MODES
 from curate.params import ImageParams, IngestParams
+from curate.store import Store
 
 METADATA_FILE = "metadata.csv"
 METADATA_COLUMNS = ("path", "group", "split")
@@ -102,15 +102,10 @@ class _Listing:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-class _Decoded(NamedTuple):
-    pixels: np.ndarray  # size x size x channels uint8
-    mode: str
-    size: tuple[int, int]
-    frames: int
-
-
-def read_image_folder(source: Path, image: ImageParams, settings: IngestParams, seed: int) -> FolderData:
-    """Read ``source`` into images and a sample table (see the module docstring)."""
+def read_image_folder(
+    source: Path, image: ImageParams, settings: IngestParams, seed: int, target: Path
+) -> FolderData:
+    """Read ``source`` into the pixel store ``target`` and a sample table (see the module docstring)."""
     if not source.is_dir():
         raise CurateError(f"ingest.source: {str(source)!r} is not a folder")
     listing = _list_source(source, settings.follow_symlinks)
@@ -122,12 +117,11 @@ def read_image_folder(source: Path, image: ImageParams, settings: IngestParams, 
             "a classifier needs at least two class folders"
         )
     _require_images(source, listing, {name for name, _, _ in listing.files})
-    data = _read_images(source, listing, image, settings)
+    data = _read_images(source, listing, image, settings, target)
     _require_images(source, listing, set(data.samples["label_name"]))
     names = sorted(listing.classes)
     samples = data.samples
     samples["label"] = samples["label_name"].map({name: i for i, name in enumerate(names)})
-    samples["row"] = np.arange(len(samples))
     samples = _apply_metadata(samples, source / METADATA_FILE, settings, data)
     unassigned = samples["split"] == ""
     strata = samples["group"] + ":" + samples["label_name"]
@@ -230,54 +224,53 @@ def _require_images(source: Path, listing: _Listing, classes_with_images: set[st
 # --- reading ---------------------------------------------------------------------------
 
 
-def _read_images(source: Path, listing: _Listing, image: ImageParams, settings: IngestParams) -> FolderData:
-    """Decode every listed file into one preallocated array; unreadable ones are skipped or stop."""
-    pictures = np.empty((len(listing.files), image.size, image.size, image.channels), dtype=np.uint8)
-    data = FolderData(images=pictures, samples=pd.DataFrame(), skipped=listing.skipped)
-    payloads, rows = [], []
-    for class_name, relative, path in tqdm(
-        listing.files, desc="ingest: reading images", unit="img", disable=None
-    ):
-        try:
-            payload = path.read_bytes()
-            decoded = _decode(payload, image, settings.rescale_16bit)
-        # Pillow's decoders raise OSError, ValueError, SyntaxError, EOFError, struct.error and
-        # more on a damaged file: whatever the type, the file is unreadable, not the run broken.
-        except Exception as exc:  # noqa: BLE001
-            reason = _describe_failure(exc)
-            if settings.on_bad_image == "fail":
-                raise CurateError(f"{source / relative}: unreadable image ({reason})") from None
-            data.skipped.append(Skipped(relative, UNREADABLE, reason))
-            continue
-        pictures[len(rows)] = decoded.pixels
-        data.source_sizes[decoded.size] += 1
-        data.source_modes[decoded.mode] += 1
-        data.n_multiframe += int(decoded.frames > 1)
-        payloads.append(payload)
-        rows.append({"path": relative, "label_name": class_name})
+def store_key(relative: str) -> tuple[str, str]:
+    """Where a file's row goes in the store: its order (the path without the class folder, then
+    the whole path to break ties between classes) and its cut key (the path without the class
+    folder), so a relabel, a move between class folders, keeps the row's place and its
+    segment's bytes."""
+    within = relative.split("/", 1)[-1]
+    return (f"{within}\0{relative}", within)
+
+
+def _read_images(
+    source: Path, listing: _Listing, image: ImageParams, settings: IngestParams, target: Path
+) -> FolderData:
+    """Decode every listed file straight into the store at ``target``, in store-key order, over
+    ``ingest.workers`` processes; unreadable files are skipped or stop. The table comes back in
+    path order, each row pointing at its image's place in the store."""
+    files = sorted(listing.files, key=lambda item: store_key(item[1])[0])
+    data = FolderData(images=np.empty(0), samples=pd.DataFrame(), skipped=listing.skipped)
+    rows: list[dict] = []
+    shape = (image.size, image.size, image.channels)
+    decoded_files = decode_in_order(
+        [path for _, _, path in files], image, settings.rescale_16bit, worker_count(settings.workers)
+    )
+    with store_writer(target, shape, settings.segment_mb) as writer:
+        progress = tqdm(
+            decoded_files, total=len(files), desc="ingest: reading images", unit="img", disable=None
+        )
+        for (class_name, relative, _), decoded in zip(files, progress, strict=True):
+            if decoded.pixels is None:
+                if settings.on_bad_image == "fail":
+                    raise CurateError(f"{source / relative}: unreadable image ({decoded.failure})")
+                data.skipped.append(Skipped(relative, UNREADABLE, decoded.failure))
+                continue
+            writer.append(decoded.pixels[None], [store_key(relative)[1]])
+            data.source_sizes[decoded.size] += 1
+            data.source_modes[decoded.mode] += 1
+            data.n_multiframe += int(decoded.frames > 1)
+            rows.append(
+                {"digest": decoded.digest, "path": relative, "label_name": class_name, "row": len(rows)}
+            )
     data.skipped.sort(key=lambda entry: entry.path.split("/"))
-    data.images = pictures[: len(rows)]
-    data.samples = pd.DataFrame(rows, columns=["path", "label_name"])
-    data.samples.insert(0, "sample_id", content_ids(payloads))
+    data.images = Store(target, "ingest")
+    table = pd.DataFrame(rows, columns=["digest", "path", "label_name", "row"])
+    in_path_order = {relative: i for i, (_, relative, _) in enumerate(listing.files)}
+    table = table.sort_values("path", key=lambda paths: paths.map(in_path_order)).reset_index(drop=True)
+    table.insert(0, "sample_id", unique_ids(table.pop("digest").tolist()))
+    data.samples = table
     return data
-
-
-def _decode(payload: bytes, image: ImageParams, rescale_16bit: str) -> _Decoded:
-    """One file's first frame, conformed to ``image``; ``frames`` counts them all."""
-    with Image.open(io.BytesIO(payload)) as picture:
-        picture.load()
-        pixels = conform(picture, image.size, image.channels, rescale_16bit)
-        return _Decoded(pixels, picture.mode, picture.size, getattr(picture, "n_frames", 1))
-
-
-def _describe_failure(exc: Exception) -> str:
-    """A short, run-independent reason (no object addresses, no absolute paths)."""
-    if isinstance(exc, UnidentifiedImageError):
-        return "not a recognised image format"
-    if isinstance(exc, OSError) and exc.strerror:  # errno errors would quote the absolute path
-        return f"{type(exc).__name__}: {exc.strerror}"
-    message = re.sub(r"<[^<>]* at 0x[0-9a-f]+>", "data", str(exc)).splitlines()
-    return f"{type(exc).__name__}: {message[0] if message else ''}".rstrip(": ")
 
 
 # --- metadata.csv ----------------------------------------------------------------------

@@ -13,11 +13,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from curate.params import GatesParams
-from curate.report import Check
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verdict line: what was measured against which bound, and whether it holds."""
+
+    name: str
+    observed: Any
+    threshold: str
+    passed: bool
+    key: str | None = None  # the gates.* param a gate check comes from, so code finds it by key
+
+
+@dataclass
+class Verdict:
+    """A report's opening: checks (pass/fail) and warnings a reviewer should read."""
+
+    checks: list[Check] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        if any(not check.passed for check in self.checks):
+            return "fail"
+        return "warn" if self.warnings else "pass"
 
 
 @dataclass(frozen=True)
@@ -74,20 +98,17 @@ def gate_checks(
     return checks
 
 
-def failures(checks: list[Check]) -> list[str]:
-    """One line per failed gate, for the error output of an enforcing ``gate`` stage."""
+def failures(checks: list[Check], causes: Mapping[str, str] | None = None) -> list[str]:
+    """One line per failed gate, for the error output of an enforcing ``gate`` stage; a gate's
+    cause (by gate name in ``causes``), where one is known, follows its figures."""
+    causes = causes or {}
     return [f"gate failed: {c.name}: observed {_show(c.observed)}, required {c.threshold}"
+            + (f": {causes[c.key]}" if c.key in causes else "")
             for c in checks if not c.passed]  # fmt: skip
 
 
 def _show(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def show_gates(context: dict, gates: GatesParams, stage: str, metrics: Mapping[str, Any]) -> dict:
-    """Add ``stage``'s gates to the verdict of its report context (so its banner shows them)."""
-    context["verdict"].checks.extend(gate_checks(gates, stage, {stage: metrics}))
-    return context
 
 
 def stale_stages(

@@ -22,11 +22,11 @@ import difflib
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 
 from curate.csvfile import read_table, restore
-from curate.dataset import record_input
 from curate.errors import CurateError
 
 COLUMNS = ("sample_id", "path", "decision", "label", "reviewer", "note")
@@ -50,9 +50,13 @@ def read_ledger(path: Path) -> pd.DataFrame:
     """
     if not path.exists():
         return no_decisions()
-    record_input(path)  # the stage that reads it depends on it: it goes into the lineage
-    table = read_table(path, f"the header line {','.join(COLUMNS)}")
-    _check_header(list(table.columns), path)
+    return parse_ledger(path, str(path))
+
+
+def parse_ledger(source: Path | BinaryIO, name: str) -> pd.DataFrame:
+    """:func:`read_ledger` of a file or of bytes (a git revision's), ``name`` naming it in messages."""
+    table = read_table(source, f"the header line {','.join(COLUMNS)}", name)
+    _check_header(list(table.columns), name)
     table = table[list(COLUMNS)].map(lambda cell: restore(cell).strip())
     return table[(table != "").any(axis=1)]
 
@@ -62,7 +66,7 @@ def no_decisions() -> pd.DataFrame:
     return pd.DataFrame(columns=list(COLUMNS), dtype=str)
 
 
-def _check_header(header: list[str], path: Path) -> None:
+def _check_header(header: list[str], path: str) -> None:
     for name in header:
         if name not in COLUMNS:
             raise CurateError(f"{path}: unknown column {name!r}{_hint(name, COLUMNS, 'columns')}")

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 
 from curate.errors import CurateError
@@ -67,6 +75,11 @@ class IngestParams(Section):
     unlisted: Literal["error", "default_group"] = "error"
     default_group: str = Field("unlisted", min_length=1)
     extra_columns: list[str] = Field(default_factory=list)  # metadata.csv columns kept for later stages
+    # Decoded MiB per store segment on average (curate.store): a data change rewrites about one
+    # segment; smaller segments cost less per version but mean more files for DVC to track.
+    segment_mb: float = Field(64.0, gt=0, le=4096)
+    # Processes that decode source images: auto (one per CPU core) or a count; same bytes either way.
+    workers: Literal["auto"] | PositiveInt = "auto"
     demo: DemoParams = DemoParams()
 
     @field_validator("source")
@@ -203,7 +216,8 @@ class AugmentParams(Section):
 
 
 class TrainParams(Section):
-    """The classifier trained on the balanced, augmented train rows (the train stage)."""
+    """The classifier trained on the balanced, augmented train rows (the fit stage trains it, the
+    train stage reports the run)."""
 
     model: ModelName = "cnn"
     weights: WeightsName = "none"
@@ -220,7 +234,7 @@ class TrainParams(Section):
     compile: bool = False
     init_weights: str | None = None  # a local state_dict (or curate checkpoint); nothing is downloaded
     # always: the whole set copied onto the device; never: read batch by batch from the image
-    # stores (memory-mapped); auto: always when it fits (curate.model.keeps_in_memory). Same results.
+    # stores (memory-mapped); auto: always when it fits (curate.training.keeps_in_memory). Same results.
     data_on_device: Literal["auto", "always", "never"] = "auto"
     nproc: int = Field(1, ge=1, le=1024)  # > 1: DDP over that many processes (torchrun), one per GPU
 

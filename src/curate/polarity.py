@@ -5,11 +5,11 @@ MNIST the reverse). A CNN does not transfer between the two, so a small group in
 polarity is learnt from its few own samples only. With ``auto``, every single-channel image
 whose border is brighter than mid-grey is inverted before the models see it, which puts
 every image in one polarity; ``off`` keeps the images as stored. Colour images are never
-inverted. ``auto`` is the default because it helps on the demo (``benchmarks/efficacy.py``,
-seeds 0 1 2: accuracy 0.972 against 0.953 with ``off``, worst-group accuracy 0.962 against 0.899).
+inverted. ``auto`` is the default because it helps on the demo, overall and most for the worst
+group (``benchmarks/efficacy.py``; the figures are in benchmarks/README.md).
 
 This module is torch-free (the ingest report counts the images ``auto`` inverts without
-loading torch); :func:`curate.model.light_background_tensor` is the same rule on tensors,
+loading torch); :func:`curate.feeding.light_background_tensor` is the same rule on tensors,
 and a test checks that the two agree.
 """
 
@@ -20,7 +20,7 @@ from typing import TypeVar
 import numpy as np
 
 MODES = ("auto", "off")
-# Integer border sums, numpy here or torch in curate.model: the comparison is the same.
+# Integer border sums, numpy here or torch in curate.feeding: the comparison is the same.
 Sums = TypeVar("Sums")
 
 

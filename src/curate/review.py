@@ -1,4 +1,6 @@
-"""``curate review [--limit N] [--class NAME] [--group NAME] [--html FILE]``: the review sheet.
+"""``curate review [--limit N] [--class NAME] [--group NAME] [--html FILE]``: the review sheet;
+``curate review --serve [--port N] [--host H] [--reviewer NAME] [--open]``: the review app
+(:mod:`curate.review_app.server`).
 
 cleanlab finds candidates; people decide. This lists the train samples clean flagged as
 label issues that the review ledger (``clean.decisions``, ``data/review/decisions.csv``)
@@ -24,18 +26,17 @@ import pandas as pd
 
 from curate import ledger as review_ledger
 from curate.csvfile import csv_text
-from curate.dataset import CLEAN_DIR, IMAGE_STORES, read_samples, write_text
+from curate.dataset import IMAGE_STORES, write_text
 from curate.errors import CurateError
-from curate.flags import class_names, decided_mask, flag_table
+from curate.flags import CLEAN_TABLE, class_names, decided_mask, flag_table, load_clean
 from curate.params import load_params
 from curate.report import Verdict, thumbnail
 from curate.report.render import render, render_markdown
 from curate.stage import guarded
+from curate.store import Store
 
 TODO = Path("data/review/todo.csv")
 HTML = Path("reports/review.html")
-CLEAN_TABLE = CLEAN_DIR / "samples.parquet"
-NEEDED = ("given_label", "label_quality", "is_label_issue", "predicted_label", "action")
 # Clean's automatic action as the reviewer's starting point ("none" on a flagged row: kept).
 SUGGESTED = {"drop": "drop", "relabel": "relabel", "keep": "keep", "none": "keep"}
 DEFAULT_LIMIT = 100
@@ -48,7 +49,7 @@ class Candidate:
 
     sample_id: str
     path: str
-    row: int  # into data/raw/images.npy
+    row: int  # into data/raw/images
     group: str
     given: str
     predicted: str
@@ -87,17 +88,6 @@ class Sheet:
             [index, item.path, item.given, item.predicted, item.shown_quality, item.suggestion, item.trace]
             for index, item in enumerate(self.candidates, start=1)
         ]
-
-
-def load_clean(path: Path = CLEAN_TABLE) -> pd.DataFrame:
-    """Clean's table; one line naming the file or column when it is missing or stale."""
-    if not path.exists():
-        raise CurateError(f"{path}: not found (run the pipeline first: dvc repro)")
-    clean = read_samples(path)
-    missing = [column for column in NEEDED if column not in clean.columns]
-    if missing:
-        raise CurateError(f"{path}: missing column {missing[0]} (stale: dvc repro)")
-    return clean
 
 
 def _check_choice(option: str, value: str | None, choices: list[str]) -> None:
@@ -173,10 +163,7 @@ def thumbnails(candidates: list[Candidate], store: Path = IMAGE_STORES["raw"]) -
     """sample_id -> PNG data URI; empty when the image store is missing (the page says so)."""
     if not store.exists():
         return {}
-    try:
-        images = np.load(store, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise CurateError(f"{store}: unreadable ({exc})") from None
+    images = Store(store, "ingest")
     return {item.sample_id: thumbnail(images[item.row]) for item in candidates if 0 <= item.row < len(images)}
 
 
@@ -186,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--class", dest="class_name", metavar="NAME", help="only samples given this class")
     parser.add_argument("--group", metavar="NAME", help="only samples of this group")
     parser.add_argument("--html", metavar="FILE", default=str(HTML), help=f"the page (default {HTML})")
+    app = parser.add_argument_group("the review app (--serve)")
+    app.add_argument("--serve", action="store_true", help="serve the keyboard review app, not the sheet")
+    app.add_argument("--port", type=int, default=8642, help="port to listen on (8642; 0: any free one)")
+    app.add_argument("--host", default="127.0.0.1", help="address (127.0.0.1: this machine only)")
+    app.add_argument("--reviewer", metavar="NAME", default="", help="who signs the decisions (git user.name)")
+    app.add_argument("--open", action="store_true", help="open the URL in a browser")
     return parser
 
 
@@ -199,6 +192,10 @@ def _positive(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     source = Path(load_params().clean.decisions)
+    if args.serve:
+        from curate.review_app.server import Settings, serve  # the web stack only when asked for
+
+        return serve(Settings(source, args.host, args.port, args.reviewer, args.open))
     clean = load_clean()
     names = [name for _, name in sorted(class_names(clean).items())]
     ledger = review_ledger.standing(review_ledger.read_ledger(source), names, str(source))

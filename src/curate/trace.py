@@ -40,6 +40,7 @@ from curate.dataset import (
     PRED_PROBS,
     RAW_DIR,
     class_names,
+    producer_of,
     write_text,
 )
 from curate.errors import CurateError
@@ -48,6 +49,7 @@ from curate.removal_cap import asked_rate, removal_budgets
 from curate.report import Verdict, thumbnail
 from curate.report.render import render, render_markdown
 from curate.stage import guarded
+from curate.store import RevisionRows, Store
 
 TABLES = {
     "ingest": RAW_DIR / "samples.parquet",
@@ -461,22 +463,17 @@ def thumbnails(rev: Revision, workspace: bool, result: Trace) -> dict[str, list[
     return {kind: [thumb for thumb in thumbs if thumb] for kind, thumbs in shown.items()}
 
 
-def _thumb(images: np.ndarray | None, row: int, caption: str, title: str) -> dict | None:
+def _thumb(images: Store | RevisionRows | None, row: int, caption: str, title: str) -> dict | None:
     if images is None or not 0 <= int(row) < len(images):  # no store, or one older than the table
         return None
     return {"uri": thumbnail(images[int(row)]), "caption": caption, "title": title}
 
 
-def _store(rev: Revision, workspace: bool, path: Path) -> np.ndarray | None:
-    """An ``images.npy``: memory-mapped in the workspace (one row is read), else read through DVC."""
+def _store(rev: Revision, workspace: bool, path: Path) -> Store | RevisionRows | None:
+    """A pixel store: memory-mapped in the workspace (one row is read), else read through DVC."""
     if not workspace:
-        return _load(rev, path, _npy)
-    if not path.exists():
-        return None
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise CurateError(f"{path} ({rev.name}): unreadable ({exc})") from None
+        return RevisionRows.open(rev.read, path)
+    return Store(path, producer_of(path)) if path.exists() else None
 
 
 def build_parser() -> argparse.ArgumentParser:

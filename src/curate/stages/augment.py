@@ -2,7 +2,7 @@
 
 Makes ``augment.copies`` new images per chosen train sample with the torchvision v2
 pipeline ``augment.transforms``, one random draw per image, and checks with a fixed
-network (the clean stage's ``data/clean/embedder.pt``) how far the copies drift from
+network (the folds stage's ``data/clean/embedder.pt``) how far the copies drift from
 the originals. Which samples get copies (``augment.target``):
 
 * ``all``: every train row still in play;
@@ -32,18 +32,24 @@ from curate.dataset import (
     AUGMENTED_DIR,
     BALANCED_DIR,
     EMBEDDER,
+    IMAGE_STORES,
+    ImageRows,
+    check_image_shape,
     class_names,
-    gather_images,
+    read_images,
     read_samples,
+    require_columns,
+    store_writer,
     training_rows,
-    write_images,
     write_samples,
 )
 from curate.errors import CurateError
-from curate.gates import show_gates
-from curate.params import AugmentParams, ImageParams, Params, load_params
-from curate.report import Verdict, bar_chart, thumbnail, write_report
+from curate.lineage import Lineage
+from curate.params import AugmentParams, Params, load_params
+from curate.report import Verdict, bar_chart, thumbnail
+from curate.report.writer import write_stage
 from curate.stage import guarded, stage_parser
+from curate.store import Store
 
 if TYPE_CHECKING:
     import torch
@@ -51,37 +57,36 @@ if TYPE_CHECKING:
 
 INPUT = BALANCED_DIR / "samples.parquet"
 OUTPUT = AUGMENTED_DIR / "samples.parquet"
-OUTPUT_IMAGES = AUGMENTED_DIR / "images.npy"
+OUTPUT_IMAGES = IMAGE_STORES["augmented"]
 PREVIEW_COPIES = 8  # copies shown beside each previewed original
+AUGMENT_CHUNK = 1024  # copies made and written at a time: memory holds a chunk, not the set
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("augment", __doc__).parse_args(argv)
     params = load_params(args.params)
+    lineage = Lineage()
     pipeline = build_pipeline(params, args.params)
-    samples = read_samples(INPUT)
-    for column in ("weight", "copies"):
-        if column not in samples.columns:
-            raise CurateError(f"{INPUT}: missing column {column!r} (written by the rebalance stage)")
+    samples = read_samples(lineage.input(INPUT))
+    require_columns(samples, INPUT, ("weight", "copies"), "rebalance")
     # torch loads only past the cheap input checks (the checkpoint and the model need it).
     from curate.checkpoint import load_checkpoint, polarity_of
-    from curate.model import pick_device, predict
+    from curate.devices import pick_device
+    from curate.inference import predict
 
-    embedder, meta = load_checkpoint(EMBEDDER)
-    check_embedder(meta, params.image)
+    embedder, meta = load_checkpoint(lineage.input(EMBEDDER))
+    size, channels = params.image.size, params.image.channels
+    check_image_shape(EMBEDDER, meta, (size, size, channels), "params image is", "clean")
     device = pick_device(params.augment.device, key=f"{args.params}: augment.device")
 
     def embed(images: np.ndarray) -> np.ndarray:
-        # Fed as the clean stage trained it (the checkpoint says), whatever params.yaml says now.
+        # Fed as the folds stage trained it (the checkpoint says), whatever params.yaml says now.
         return predict(embedder, images, batch_size=512, device=device, polarity=polarity_of(meta))[1]
 
-    parent_images = gather_images(training_rows(samples))
-    result = augment_samples(samples, parent_images, params, pipeline, embed, device)
-    write_images(OUTPUT_IMAGES, result.new_images)
-    write_samples(OUTPUT, result.table)
-    stage_metrics = metrics(result)
-    context = show_gates(report_context(params, result, meta), params.gates, "augment", stage_metrics)
-    sizes = write_report("augment", context, stage_metrics)
+    raw = read_images(lineage.input(IMAGE_STORES["raw"]))
+    result = compute(samples, raw, params, pipeline, embed, device, lineage.output(OUTPUT_IMAGES), meta)
+    write_samples(lineage.output(OUTPUT), result.table)
+    sizes = write_stage("augment", params, metrics(result), report_context(params, result), lineage)
     print(
         f"augment: {result.n_new:,} new images from {result.n_augmented_parents:,} samples; "
         f"reports/augment.html {sizes['html']:,} bytes"
@@ -128,12 +133,13 @@ class DriftCheck:
 @dataclass
 class Augmented:
     parents: pd.DataFrame  # the train rows in play, table order: the candidates for copies
-    parent_images: np.ndarray  # (P, H, W, C) uint8, the parents' images
+    parent_images: ImageRows  # (P, H, W, C) uint8, the parents' images, read on demand
     n_copies: np.ndarray  # (P,) new images per parent
-    new_images: np.ndarray  # (N, H, W, C) uint8, N = n_copies.sum(), a parent's copies together
+    new_images: ImageRows  # (N, H, W, C) uint8, N = n_copies.sum(), a parent's copies together
     table: pd.DataFrame  # every input row (train weights split) then one row per new image
     drift: DriftCheck
     batched: list[bool]  # per transform step: one batched kernel, or a v2 call per image
+    embedder: Mapping[str, Any]  # the fixed network's checkpoint meta
 
     @property
     def n_new(self) -> int:
@@ -144,52 +150,86 @@ class Augmented:
         return int((self.n_copies > 0).sum())
 
 
-def check_embedder(meta: Mapping[str, Any], image: ImageParams) -> None:
-    """The fixed network must take the images of ``params.image``."""
-    if (meta["channels"], meta["size"]) != (image.channels, image.size):
-        raise CurateError(
-            f"{EMBEDDER}: built for {meta['size']} px x {meta['channels']} channels, but params image is "
-            f"{image.size} px x {image.channels} channels (re-run the clean stage: dvc repro)"
-        )
-
-
-def augment_samples(
+def compute(
     samples: pd.DataFrame,
-    parent_images: np.ndarray,
+    raw: Store,
     params: Params,
     pipeline: list[v2.Transform],
-    embed: Callable[[np.ndarray], np.ndarray],
+    embed: Callable[[ImageRows], np.ndarray],
     device: torch.device | str,
+    target: Path,
+    embedder: Mapping[str, Any],
 ) -> Augmented:
-    """New images for the train rows in play of ``samples``, their table, and the drift check.
+    """New images for the train rows in play of ``samples``, streamed into the store ``target``;
+    their table, and the drift check.
 
-    ``parent_images``: the images of ``training_rows(samples)``, in table order. ``embed``:
-    uint8 ``N x H x W x C`` images -> ``N x D`` features from a fixed network.
+    ``raw``: the store the parents' rows point into. The copies are stored ordered by their
+    parent's row, then copy index, and cut on their ids: a copy is a function of (seed, parent,
+    copy index), so an unchanged parent's copies are the same segment bytes in the next version.
+    ``embed``: ``N x H x W x C`` uint8 images (read on demand) -> ``N x D`` features from a fixed network,
+    whose checkpoint meta is ``embedder``.
     """
-    from curate.augmentation import augment, batched_kernel, sample_keys  # torch: only when run
+    from curate.augmentation import batched_kernel, sample_keys  # torch: only when run
 
-    settings, image = params.augment, params.image
     parents = training_rows(samples)
-    n_copies = copies_per_parent(parents, settings)
+    n_copies = copies_per_parent(parents, params.augment)
     source = np.repeat(np.arange(len(parents)), n_copies)
     copy_index = _copy_index(n_copies)
-    keys = sample_keys(params.seed, parents["sample_id"].to_numpy()[source], copy_index)
-    with tqdm(total=len(source), desc="augment", unit="img", disable=None) as bar:
-        new_images = augment(parent_images[source], keys, pipeline, device=device, progress=bar.update)
-    new_images = new_images.reshape(len(source), image.size, image.size, image.channels)
-    # Features from the fixed network: originals (all train rows in play) and the new images.
-    features = embed(np.concatenate([parent_images, new_images]))
+    parent_ids, parent_rows = parents["sample_id"].to_numpy()[source], parents["row"].to_numpy()[source]
+    keys = sample_keys(params.seed, parent_ids, copy_index)
+    cut_keys = [f"{pid}~a{k}" for pid, k in zip(parent_ids, copy_index, strict=True)]
+    order = np.lexsort((copy_index, parent_rows))
+    store_rows = _make_copies(raw, parent_rows, keys, cut_keys, order, pipeline, device, target, params)
+    stores = {"augmented": Store(target, "augment"), "raw": raw}  # codes 0, 1 (sorted names)
+    parent_images = ImageRows(stores, np.ones(len(parents), dtype=np.int64), parents["row"].to_numpy())
+    new_images = ImageRows(stores, np.zeros(len(source), dtype=np.int64), store_rows)
+    # Features from the fixed network: originals (all train rows in play), then the new images.
+    both = ImageRows(
+        stores,
+        np.concatenate([parent_images.store_of, new_images.store_of]),
+        np.concatenate([parent_images.rows, store_rows]),
+    )
+    features = embed(both)
     return Augmented(
         parents=parents,
         parent_images=parent_images,
         n_copies=n_copies,
         new_images=new_images,
-        table=augmented_table(samples, parents, n_copies, source, copy_index, recipe(params)),
+        table=augmented_table(samples, parents, n_copies, source, copy_index, recipe(params), store_rows),
         drift=distribution_check(
             features[: len(parents)], features[len(parents) :], parents, n_copies, source
         ),
         batched=[batched_kernel(t) is not None for t in pipeline],
+        embedder=embedder,
     )
+
+
+def _make_copies(
+    raw: Store,
+    parent_rows: np.ndarray,
+    keys: np.ndarray,
+    cut_keys: list[str],
+    order: np.ndarray,
+    pipeline: list[v2.Transform],
+    device: torch.device | str,
+    target: Path,
+    params: Params,
+) -> np.ndarray:
+    """Make the copies a chunk at a time and stream them into the store ``target`` in ``order``;
+    each copy's row in the store."""
+    from curate.augmentation import augment  # torch: only when run
+
+    writing = store_writer(target, raw.row_shape, params.ingest.segment_mb)
+    with writing as writer, tqdm(total=len(order), desc="augment", unit="img", disable=None) as bar:
+        for start in range(0, len(order), AUGMENT_CHUNK):
+            chunk = order[start : start + AUGMENT_CHUNK]
+            made = augment(
+                raw.take(parent_rows[chunk]), keys[chunk], pipeline, device=device, progress=bar.update
+            )
+            writer.append(made.reshape(len(chunk), *raw.row_shape), [cut_keys[i] for i in chunk])
+    store_rows = np.empty(len(order), dtype=np.int64)
+    store_rows[order] = np.arange(len(order))
+    return store_rows
 
 
 def build_pipeline(params: Params, params_file: str | Path) -> list[v2.Transform]:
@@ -266,8 +306,10 @@ def augmented_table(
     source: np.ndarray,
     copy_index: np.ndarray,
     recipe_text: str,
+    store_rows: np.ndarray,
 ) -> pd.DataFrame:
-    """Every input row (``store='raw'`` unless set) with split weights, then one row per new image."""
+    """Every input row (``store='raw'`` unless set) with split weights, then one row per new image
+    (its row in the augmented store: ``store_rows``)."""
     passed = samples.copy()
     if "store" not in passed.columns:
         passed["store"] = "raw"
@@ -280,7 +322,7 @@ def augmented_table(
     new["parent_id"] = new["sample_id"].astype("string")
     new["sample_id"] = [f"{pid}~a{k}" for pid, k in zip(new["parent_id"], copy_index, strict=True)]
     new["store"] = "augmented"
-    new["row"] = np.arange(len(new), dtype=passed["row"].dtype)
+    new["row"] = store_rows.astype(passed["row"].dtype)
     new["split"] = "train"
     new["copies"] = 1
     new["weight"] = parents["weight"].to_numpy()[source] / (1 + n_copies[source])
@@ -341,9 +383,9 @@ def metrics(result: Augmented) -> dict[str, float]:
     }
 
 
-def report_context(params: Params, result: Augmented, embedder: Mapping[str, Any]) -> dict[str, Any]:
-    """What the augment templates show; ``embedder`` is the fixed network's checkpoint meta."""
-    settings, drift = params.augment, result.drift
+def report_context(params: Params, result: Augmented) -> dict[str, Any]:
+    """What the augment templates show."""
+    settings, drift, embedder = params.augment, result.drift, result.embedder
     after = training_rows(result.table)
     group_rows = _group_rows(result, after)
     class_rows = _class_rows(result, after)

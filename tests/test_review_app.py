@@ -1,0 +1,372 @@
+"""``curate review --serve``: the review app, as a reviewer and as an attacker use it.
+
+The server runs as people run it (``curate review --serve --port 0`` in a subprocess) over
+test_trace's hand-made clean table, whose class ``<b>x</b>`` and a file named like a script
+tag are the HTML payloads. Browser tests drive Debian's headless Chromium through Playwright
+and skip, saying why, where either is missing. ``CURATE_SHOTS=DIR`` saves screenshots there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from curate import ledger
+from curate.dataset import write_images, write_samples
+from curate.review_app.guard import Guard
+from curate.review_app.journal import Journal
+from curate.review_app.server import Queue, build_app
+from tests.conftest import REPO, set_params, template_copy
+from tests.test_experiments import GIT, STAGES, TINY, ran, run
+from tests.test_trace import NASTY, clean_table, raw_table
+
+LEDGER = Path("data/review/decisions.csv")
+PAYLOAD_PATH = "x/<img src=x onerror=window.pwned=1>.png"  # e2's file name
+CHROMIUM = os.environ.get("CURATE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+URL = re.compile(r"open (http://\S+)")
+
+
+@pytest.fixture
+def project(workdir):
+    """Flagged train samples e1 (quality 0.05), d00d-1 (0.1), e2 (0.3, a script-tag file name);
+    d00d and d00d-1 are a near-duplicate set; classes ``<b>x</b>`` and ``cat``."""
+    clean = clean_table(raw_table())
+    clean.loc[clean["sample_id"] == "e2", "path"] = PAYLOAD_PATH
+    clean.loc[clean["sample_id"].isin(["d00d", "d00d-1"]), ["is_near_duplicate", "duplicate_set"]] = [True, 0]
+    write_samples("data/clean/samples.parquet", clean)
+    write_images("data/raw/images", np.arange(6 * 64, dtype=np.uint8).reshape(6, 8, 8, 1))
+    return workdir
+
+
+class Server:
+    """``curate review --serve`` in a subprocess; ``url`` carries the token."""
+
+    def __init__(self, root: Path, reviewer: str = "ann") -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+        command = [
+            sys.executable,
+            "-m",
+            "curate.cli",
+            "review",
+            "--serve",
+            "--port",
+            "0",
+            "--reviewer",
+            reviewer,
+        ]
+        self.process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline()
+        match = URL.search(line)
+        assert match, f"no URL printed: {line!r}"
+        self.url = match.group(1)
+        self.base, self.token = self.url.split("/?token=")
+        self.client = httpx.Client(base_url=self.base, headers={"X-Curate-Token": self.token}, timeout=10)
+        self.csrf = re.search(r'name="csrf-token" content="([^"]+)"', self._ready()).group(1)
+
+    def _ready(self) -> str:
+        for _ in range(100):
+            try:
+                return self.client.get("/").text
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise AssertionError("the server never answered")
+
+    def post(self, path: str, **body) -> httpx.Response:
+        return self.client.post(path, json=body, headers={"X-CSRF-Token": self.csrf})
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        self.process.send_signal(sig)
+        self.process.wait(timeout=10)
+        self.client.close()
+
+
+@pytest.fixture
+def serve(project):
+    started: list[Server] = []
+
+    def start(reviewer: str = "ann") -> Server:
+        started.append(Server(project, reviewer))
+        return started[-1]
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.stop()
+
+
+def rows() -> list[list[str]]:
+    return ledger.read_ledger(LEDGER).values.tolist()
+
+
+def test_decisions_undo_and_conflicts_over_http(serve):
+    server = serve()
+    assert server.post("/api/decide", sample_id="e1", decision="keep").json()["decision"]["line"] == 2
+    conflict = server.post("/api/decide", sample_id="e1", decision="drop")
+    assert conflict.status_code == 409 and conflict.json()["first"]["decision"] == "keep"
+    assert "decided already on line 2 (keep by ann): undo it first" in conflict.json()["error"]
+    refused = server.post("/api/decide", sample_id="e2", decision="relabel", label="dog")
+    assert refused.status_code == 400
+    message = f"{LEDGER} (new line): label 'dog' is not a class (classes: {NASTY}, cat)"
+    assert refused.json()["error"] == message  # the ledger's own check, word for word
+    assert server.post("/api/undo", sample_id="e1").json()["decision"] is None
+    assert server.post("/api/undo", sample_id="e1").status_code == 409  # nothing left to undo
+    assert server.post("/api/decide", sample_id="e1", decision="drop", note="=HYPERLINK()").status_code == 200
+    assert server.post("/api/decide", sample_id="t1", decision="drop").status_code == 404  # a test row
+    assert rows() == [
+        ["e1", "x/0.png", "keep", "", "ann", ""],
+        ["e1", "x/0.png", "undo", "", "ann", ""],
+        ["e1", "x/0.png", "drop", "", "ann", "=HYPERLINK()"],
+    ]
+    assert "'=HYPERLINK()" in LEDGER.read_text()  # neutralised on disk, restored on read
+    page = server.client.get("/api/queue", params={"kind": "duplicate"}).json()
+    assert [item["sample_id"] for item in page["items"]] == ["d00d-1", "d00d"]  # label issues first
+    assert [item["duplicates"] for item in page["items"]] == [["d00d"], ["d00d-1"]]
+    assert [item["kinds"] for item in page["items"]] == [["label", "duplicate"], ["duplicate"]]
+    assert page["progress"] == {"decided": 1, "total": 4, "reviewed_label_flags": 1, "confirmed": 1}
+
+
+def test_each_refusal(serve):
+    server = serve()
+    bare = httpx.Client(base_url=server.base, timeout=10)
+    answers = {
+        "no token": bare.get("/api/queue"),
+        "wrong token": bare.get("/", params={"token": "guess"}),
+        "no CSRF token": server.client.post("/api/decide", json={"sample_id": "e1", "decision": "keep"}),
+        "wrong CSRF token": server.client.post(
+            "/api/decide", json={"sample_id": "e1", "decision": "keep"}, headers={"X-CSRF-Token": "x"}
+        ),
+        "form post": server.client.post(
+            "/api/decide", data={"sample_id": "e1", "decision": "keep"}, headers={"X-CSRF-Token": server.csrf}
+        ),
+        "foreign Host": server.client.get("/api/queue", headers={"Host": "rebind.example:80"}),
+    }
+    for case, answer in answers.items():
+        assert answer.status_code == 403, case
+    assert "DNS rebinding" in answers["foreign Host"].json()["error"]
+    for traversal in ("../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "%2e%2e/params.yaml", "/etc/passwd"):
+        assert server.client.get(f"/api/image/{traversal}").status_code == 404, traversal
+    assert server.client.get("/api/image/e1").headers["content-type"] == "image/png"
+    assert not LEDGER.exists()  # nothing refused wrote anything
+    bare.close()
+
+
+def test_two_servers_on_one_ledger_keep_both_decisions(serve):
+    ann, bo = serve("ann"), serve("bo")
+    assert ann.post("/api/decide", sample_id="e1", decision="keep").status_code == 200
+    assert bo.post("/api/decide", sample_id="e2", decision="drop").status_code == 200
+    late = bo.post("/api/decide", sample_id="e1", decision="drop")  # bo's page did not know
+    assert late.status_code == 409 and late.json()["first"]["reviewer"] == "ann"
+    items = ann.client.get("/api/queue").json()["items"]  # ann's page sees bo's decision
+    assert [item["decision"]["reviewer"] for item in items if item["decision"]] == ["ann", "bo"]
+    assert rows() == [["e1", "x/0.png", "keep", "", "ann", ""], ["e2", PAYLOAD_PATH, "drop", "", "bo", ""]]
+    with open(LEDGER, "a") as handle:  # a hand edit that clean would refuse
+        handle.write("e2,,dorp,,eve,\n")
+    broken = ann.client.get("/api/queue")
+    assert broken.status_code == 500 and "line 4: decision 'dorp' is not one of" in broken.json()["error"]
+    assert ann.post("/api/decide", sample_id="d00d", decision="keep").status_code == 400  # nothing written
+    assert LEDGER.read_text().count("\n") == 4
+
+
+def test_sigkill_mid_review_leaves_a_ledger_that_parses_with_every_acknowledged_decision(serve):
+    server = serve()
+    acknowledged: list[str] = []
+    ids = [f"s{i}" for i in range(400)]
+    clean = pd.read_parquet("data/clean/samples.parquet")
+    many = pd.concat([clean] + [clean.iloc[[0]].assign(sample_id=sid, path=f"{sid}.png") for sid in ids])
+    write_samples("data/clean/samples.parquet", many.reset_index(drop=True))
+    server.stop()
+    server = serve()
+
+    def review() -> None:
+        for sid in ids:
+            try:
+                answer = server.post("/api/decide", sample_id=sid, decision="drop", note="x" * 2000)
+            except httpx.TransportError:
+                return
+            if answer.status_code == 200:
+                acknowledged.append(sid)
+
+    writer = threading.Thread(target=review)
+    writer.start()
+    while len(acknowledged) < 20:
+        time.sleep(0.005)
+    server.stop(signal.SIGKILL)
+    writer.join()
+    written = ledger.read_ledger(LEDGER)
+    assert set(acknowledged) <= set(written["sample_id"]) and len(acknowledged) >= 20
+    assert (written["decision"] == "drop").all() and written["note"].str.len().eq(2000).all()
+
+
+def test_a_hundred_thousand_flags_page_without_loading_at_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    n = 100_000
+    clean = pd.DataFrame(
+        {
+            "sample_id": [f"{i:06x}" for i in range(n)],
+            "path": [f"c{i % 10}/{i}.png" for i in range(n)],
+            "row": np.arange(n),
+            "label": np.arange(n) % 10,
+            "label_name": [f"c{i % 10}" for i in range(n)],
+            "group": np.where(np.arange(n) % 3, "g1", "g2"),
+            "split": "train",
+            "given_label": np.arange(n) % 10,
+            "predicted_label": (np.arange(n) + 1) % 10,
+            "label_quality": np.random.default_rng(0).random(n),
+            "is_label_issue": True,
+            "action": "drop",
+        }
+    )
+    write_images("data/raw/images", np.zeros((n, 8, 8, 1), dtype=np.uint8))
+    started = time.perf_counter()
+    journal = Journal(LEDGER, [f"c{i}" for i in range(10)], "ann")
+    app = build_app(Queue(clean, journal), Guard("127.0.0.1", 1), str(LEDGER))
+    built = time.perf_counter() - started
+    from starlette.testclient import TestClient
+
+    client = TestClient(app, base_url="http://127.0.0.1:1", headers={"X-Curate-Token": app_token(app)})
+    started = time.perf_counter()
+    page = client.get("/api/queue", params={"offset": 99_950, "limit": 50, "class": "c3"}).json()
+    served = time.perf_counter() - started
+    assert page["total"] == n // 10 and page["items"] == []  # past the end of the c3 flags
+    page = client.get("/api/queue", params={"offset": 500, "limit": 50}).json()
+    assert page["total"] == n and len(page["items"]) == 50 and page["progress"]["total"] == n
+    qualities = [item["quality"] for item in page["items"]]
+    assert qualities == sorted(qualities)
+    print(f"100k flags: queue built in {built:.2f} s, a filtered page served in {served * 1000:.0f} ms")
+    assert built < 10 and served < 1
+
+
+def app_token(app) -> str:
+    """The token of an app :func:`build_app` made (its guard middleware's)."""
+    return next(m.kwargs["guard"].token for m in app.user_middleware)
+
+
+# --- in a real browser ------------------------------------------------------------------
+
+
+def _browser_missing() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[dev]')"
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium, as .ci/run does)"
+    return None
+
+
+browser_test = pytest.mark.skipif(_browser_missing() is not None, reason=_browser_missing() or "")
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def shoot(page, name: str) -> None:
+    folder = os.environ.get("CURATE_SHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+def open_app(browser, server: Server):
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    started = time.perf_counter()
+    page.goto(server.url)
+    expect(page.locator("#path")).not_to_be_empty()
+    return page, time.perf_counter() - started, errors
+
+
+@browser_test
+def test_five_keyboard_decisions_reach_the_ledger_and_survive_a_restart(serve, browser):
+    from playwright.sync_api import expect
+
+    server = serve()
+    page, first_screen, errors = open_app(browser, server)
+    assert page.url == server.base + "/"  # the token left the address bar
+    assert page.text_content("#given") == NASTY and page.locator("#given b").count() == 0
+    shoot(page, "1-first-card")
+    started = time.perf_counter()
+    page.keyboard.press("k")  # e1: keep
+    expect(page.locator("#path")).to_have_text("cat/1.png")
+    page.keyboard.press("d")  # d00d-1: drop
+    expect(page.locator("#path")).to_have_text(PAYLOAD_PATH)
+    page.keyboard.press("r")  # e2: relabel through the picker
+    page.keyboard.type("ca")
+    shoot(page, "2-class-picker")
+    page.keyboard.press("Enter")
+    expect(page.locator("#message")).to_contain_text("line 4")
+    page.keyboard.press("u")  # take the relabel back
+    expect(page.locator("#message")).to_contain_text("undone")
+    page.keyboard.press("d")  # e2: drop instead
+    expect(page.locator("#message")).to_contain_text("line 6")
+    elapsed = time.perf_counter() - started
+    print(f"first screen {first_screen * 1000:.0f} ms; 5 keyboard actions in {elapsed:.2f} s")
+    assert page.evaluate("window.pwned") is None and errors == []
+    assert page.text_content("#progress").startswith("decided 3 / 4 flags · review precision so far 67%")
+    page.keyboard.press("?")
+    shoot(page, "3-help")
+    assert rows() == [
+        ["e1", "x/0.png", "keep", "", "ann", ""],
+        ["d00d-1", "cat/1.png", "drop", "", "ann", ""],
+        ["e2", PAYLOAD_PATH, "relabel", "cat", "ann", ""],
+        ["e2", PAYLOAD_PATH, "undo", "", "ann", ""],
+        ["e2", PAYLOAD_PATH, "drop", "", "ann", ""],
+    ]
+    server.stop()
+    again = serve()
+    page, _, _ = open_app(browser, again)
+    assert page.text_content("#decision") == "keep · ann · ledger line 2"
+    page.keyboard.press("ArrowRight")
+    expect(page.locator("#decision")).to_contain_text("drop · ann")
+    page.keyboard.press("k")  # decided already: the first decision is shown, nothing written
+    expect(page.locator("#message")).to_contain_text("undo it first")
+    shoot(page, "4-after-restart-conflict")
+    page.keyboard.press("u")  # after a restart, u takes back the decision on the card shown
+    expect(page.locator("#decision")).to_have_text("undecided")
+    assert rows()[5:] == [["d00d-1", "cat/1.png", "undo", "", "ann", ""]]
+
+
+@pytest.mark.slow
+def test_dvc_repro_applies_the_apps_decisions_without_refitting_the_folds(tmp_path):
+    root = template_copy(tmp_path / "project")
+    set_params(root / "params.yaml", **TINY)
+    assert ran(run("dvc", "repro", cwd=root)) == set(STAGES)
+    run(*GIT, "add", "-A", cwd=root)
+    run(*GIT, "commit", "-q", "-m", "tiny", cwd=root)
+    server = Server(root, "ann")
+    first, second = server.client.get("/api/queue").json()["items"][:2]
+    assert server.post("/api/decide", sample_id=first["sample_id"], decision="keep").status_code == 200
+    target = next(name for name in ("0", "1", "2") if name not in (second["given"], second["suggested"]))
+    relabel = {"sample_id": second["sample_id"], "decision": "relabel", "label": target}
+    assert server.post("/api/decide", **relabel).status_code == 200
+    server.stop()
+    assert ran(run("dvc", "repro", cwd=root)) == set(STAGES) - {"ingest", "folds"}
+    cleaned = pd.read_parquet(root / "data/clean/samples.parquet").set_index("sample_id")
+    assert cleaned.loc[first["sample_id"], ["action", "action_source"]].tolist() == ["keep", "review"]
+    assert cleaned.loc[second["sample_id"], ["action", "label_name"]].tolist() == ["relabel", target]
