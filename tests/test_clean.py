@@ -5,9 +5,9 @@ import torch
 from PIL import Image
 
 from curate.checkpoint import load_checkpoint
-from curate.dataset import read_samples
+from curate.dataset import RawInputs, read_samples
 from curate.errors import CurateError
-from curate.params import CleanParams
+from curate.params import CleanParams, Params
 from curate.report.render import read_figures
 from curate.stages import clean, folds, ingest
 from tests.conftest import set_params
@@ -206,17 +206,23 @@ def _checks(n: int, duplicate_set: dict[int, int] | None = None) -> pd.DataFrame
     )
 
 
+def clean_rows(
+    samples: pd.DataFrame, checks: pd.DataFrame, settings: CleanParams, decisions: pd.DataFrame | None = None
+) -> clean.Cleaned:
+    """clean's compute on a hand-made table: predictions from :func:`_pred_probs`, three folds,
+    no embeddings; the images (for the report) all zeros."""
+    train = samples[samples["split"] == "train"]
+    images = np.zeros((len(samples), 8, 8, 1), dtype=np.uint8)
+    inputs = RawInputs(samples, images, NAMES, ())
+    predictions = clean.FoldOutputs(_pred_probs(train), np.arange(len(train)) % 3, None, [])
+    return clean.compute(inputs, predictions, checks, settings, decisions)
+
+
 def _clean_by_hand(**settings) -> clean.Cleaned:
     samples = _table()
     train = samples[samples["split"] == "train"]
-    return clean.clean(
-        samples,
-        _pred_probs(train),
-        np.arange(len(train)) % 3,
-        _checks(len(train), settings.pop("duplicate_set", None)),
-        CleanParams(**settings),
-        NAMES,
-    )
+    checks = _checks(len(train), settings.pop("duplicate_set", None))
+    return clean_rows(samples, checks, CleanParams(**settings))
 
 
 def test_clean_drops_flagged_rows_without_training():
@@ -282,8 +288,7 @@ def test_clean_drops_all_but_the_best_near_duplicate():
 
 def test_report_context_without_training():
     result = _clean_by_hand(max_drop_fraction=0.05, duplicate_set={8: 8, 10: 8})
-    images = np.zeros((len(result.samples), 8, 8, 1), dtype=np.uint8)
-    context = clean.report_context(CleanParams(max_drop_fraction=0.05), result, images, clean.metrics(result))
+    context = clean.report_context(Params(clean=CleanParams(max_drop_fraction=0.05)), result)
     assert len(context["suspicious"]) == 6 and context["n_duplicate_sets"] == 1
     assert [row[0] for row in context["matrix_rows"]] == NAMES
     assert sum(sum(row[1:]) for row in context["matrix_rows"]) == 6

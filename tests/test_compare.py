@@ -35,7 +35,7 @@ def test_fresh_clone_compares_by_figures_and_says_so(tmp_path):
 
 def test_compare_reads_details_and_a_revision_from_before_the_split(tmp_path):
     """HEAD has every figure in reports/metrics/ (the layout before details existed); the
-    workspace splits them as write_report does: details are compared, a moved figure is no change."""
+    workspace splits them as write_stage does: details are compared, a moved figure is no change."""
     root = template_copy(tmp_path / "clone")
     reports = root / "reports"
     old = {

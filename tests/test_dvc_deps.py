@@ -84,8 +84,8 @@ def closure(module: str) -> set[Path]:
 def stage_closure(module: str) -> set[Path]:
     files = closure(module)
     source = (REPO / module_file(module)).read_text()
-    if module.startswith("curate.stages.") and "write_report(" in source:
-        # write_report(stage, ...) renders <stage>.html and <stage>.md: a computed name.
+    if module.startswith("curate.stages.") and "write_stage(" in source:
+        # write_stage(stage, ...) renders <stage>.html and <stage>.md: a computed name.
         stage = module.rsplit(".", 1)[1]
         files |= template_closure({f"{stage}.html", f"{stage}.md"})
     return files

@@ -90,7 +90,7 @@ def test_gate_checks_carry_their_param_key():
 
 
 def write_metrics(root, metrics=METRICS, split=True):
-    """Each stage's figures as ``write_report`` writes them (headline metrics + details; ``split=False``:
+    """Each stage's figures as ``write_stage`` writes them (headline metrics + details; ``split=False``:
     all in the metrics file, as before the split), with a lineage that names no file: all current."""
     for folder in ("metrics", "details", "lineage"):
         (root / "reports" / folder).mkdir(parents=True, exist_ok=True)

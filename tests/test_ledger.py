@@ -11,18 +11,17 @@ import sys
 import unicodedata
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from curate import ledger
 from curate.errors import CurateError
 from curate.gates import gate_checks
-from curate.params import CleanParams, GatesParams
-from curate.report import write_report
+from curate.params import CleanParams, GatesParams, Params
+from curate.report.writer import write_stage
 from curate.stages import clean
 from tests.conftest import set_params, template_copy
-from tests.test_clean import NAMES, _checks, _pred_probs, _table
+from tests.test_clean import NAMES, _checks, _table, clean_rows
 from tests.test_experiments import GIT, STAGES, TINY, ran, run
 
 LEDGER = "data/review/decisions.csv"
@@ -47,15 +46,8 @@ def _write(text: str) -> pd.DataFrame:
 def _clean(text: str | None, samples: pd.DataFrame | None = None, **settings) -> clean.Cleaned:
     samples = _table() if samples is None else samples
     train = samples[samples["split"] == "train"]
-    return clean.clean(
-        samples,
-        _pred_probs(train),
-        np.arange(len(train)) % 3,
-        _checks(len(train)),
-        CleanParams(**settings),
-        NAMES,
-        None if text is None else _write(text),
-    )
+    decisions = None if text is None else _write(text)
+    return clean_rows(samples, _checks(len(train)), CleanParams(**settings), decisions)
 
 
 def test_no_ledger_means_no_decisions(ledger_dir):
@@ -131,11 +123,9 @@ def test_orphans_are_listed_not_applied_and_paths_match_after_nfc(ledger_dir):
     assert result.train.loc[5, "action"] == "drop" and result.train.loc[5, "action_source"] == "review"
     figures = clean.metrics(result)
     assert (figures["orphaned"], figures["reviewed"]) == (2, 1)
-    images = np.zeros((len(result.samples), 8, 8, 1), dtype=np.uint8)
-    context = clean.report_context(CleanParams(), result, images, figures)
-    context["environment"] = []
+    context = clean.report_context(Params(), result)
     assert context["review_rows"] == [["none", 0, 1, 0]]
-    write_report("clean", context, figures)
+    write_stage("clean", Params(), figures, context, None)
     digest = (ledger_dir / "reports/clean.md").read_text()
     assert "## People's decisions" in digest and "gone/1.png" in digest and "deadbeefdeadbeef" in digest
     assert "<h3>People's decisions</h3>" in (ledger_dir / "reports/clean.html").read_text()

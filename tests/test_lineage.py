@@ -10,18 +10,13 @@ import numpy as np
 import pytest
 import yaml
 
-from curate.dataset import (
-    file_digest,
-    read_images,
-    read_samples,
-    take_lineage,
-    write_bytes,
-    write_images,
-    write_samples,
-)
+from curate.dataset import read_images, read_samples, write_bytes, write_images, write_samples
 from curate.gates import stale_stages
-from curate.report import Verdict, write_report
+from curate.lineage import Lineage, file_digest
+from curate.params import Params
+from curate.report import Verdict
 from curate.report.render import read_figures
+from curate.report.writer import write_stage
 from curate.stage import DAG, PIPELINE
 from curate.stages import gate
 from tests.conftest import REPO, set_params, template_copy
@@ -43,13 +38,17 @@ def lineage_of(root: Path, stage: str = "gate") -> dict:
     return json.loads((root / "reports" / "lineage" / f"{stage}.json").read_text())
 
 
+def write_gate_report(figures: dict, lineage: Lineage | None) -> None:
+    write_stage("gate", Params(), figures, {**CONTEXT, "verdict": Verdict()}, lineage)
+
+
 def test_a_stage_records_the_data_it_read_and_wrote(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    take_lineage()  # forget what earlier tests in this process read and wrote
+    lineage = Lineage()
     images = np.zeros((4, 3, 3, 1), dtype=np.uint8)
-    write_images("data/raw/images", images)
-    write_samples("data/raw/samples.parquet", table())
-    write_report("gate", CONTEXT, {"n": 1})
+    write_images(lineage.output("data/raw/images"), images)
+    write_samples(lineage.output("data/raw/samples.parquet"), table())
+    write_gate_report({"n": 1}, lineage)
     raw = {path: sha256(path) for path in ("data/raw/images", "data/raw/samples.parquet")}
     assert lineage_of(tmp_path) == {"inputs": {}, "outputs": raw}
 
@@ -57,10 +56,11 @@ def test_a_stage_records_the_data_it_read_and_wrote(tmp_path, monkeypatch):
     # (html, md, metrics, the lineage itself) are not data and are left out.
     runs = []
     for _ in range(2):
-        read_samples(tmp_path / "data/raw/samples.parquet")
-        read_images("data/raw/images")
-        write_samples("data/clean/samples.parquet", table())
-        write_report("gate", CONTEXT, {"n": 1})
+        lineage = Lineage()
+        read_samples(lineage.input(tmp_path / "data/raw/samples.parquet"))
+        read_images(lineage.input("data/raw/images"))
+        write_samples(lineage.output("data/clean/samples.parquet"), table())
+        write_gate_report({"n": 1}, lineage)
         runs.append((tmp_path / "reports/lineage/gate.json").read_bytes())
     assert lineage_of(tmp_path) == {
         "inputs": raw,
@@ -69,12 +69,12 @@ def test_a_stage_records_the_data_it_read_and_wrote(tmp_path, monkeypatch):
     assert runs[0] == runs[1]  # same data, same bytes: no diff in git
 
 
-def test_write_report_without_lineage_forgets_what_was_recorded(tmp_path, monkeypatch):
+def test_write_stage_without_lineage_writes_none_and_a_write_alone_records_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    write_bytes("data/x.bin", b"x")
-    write_report("gate", CONTEXT, {}, lineage=False)
+    write_bytes("data/x.bin", b"x")  # not named to any lineage: no module keeps a record of it
+    write_gate_report({}, None)
     assert not (tmp_path / "reports/lineage").exists()
-    write_report("gate", CONTEXT, {})
+    write_gate_report({}, Lineage())
     assert lineage_of(tmp_path) == {"inputs": {}, "outputs": {}}
 
 
@@ -172,7 +172,7 @@ def test_dvc_yaml_keeps_lineage_out_of_the_metrics_and_gate_depends_on_it():
     assert data_outs <= gate_deps  # dvc repro re-runs gate when any file it hashes changes
 
 
-def test_load_checkpoint_records_its_file(tmp_path, monkeypatch):
+def test_a_checkpoint_named_as_input_is_recorded(tmp_path, monkeypatch):
     # The checkpoint loader is a reader of the data contract too (evaluate reads models/model.pt).
     from curate.checkpoint import load_checkpoint, save_checkpoint
     from curate.networks import build_model
@@ -180,9 +180,9 @@ def test_load_checkpoint_records_its_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     meta = {"name": "cnn", "n_classes": 2, "channels": 1, "size": 8}
     save_checkpoint("models/model.pt", build_model("cnn", 2, 1, 8), meta)
-    take_lineage()
-    load_checkpoint("models/model.pt")
-    assert take_lineage()["inputs"] == {"models/model.pt": sha256("models/model.pt")}
+    lineage = Lineage()
+    load_checkpoint(lineage.input("models/model.pt"))
+    assert lineage.digests()["inputs"] == {"models/model.pt": sha256("models/model.pt")}
 
 
 def curate(root: Path, stage: str) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from curate import balance, cli
 from curate.dataset import read_samples, write_samples
 from curate.errors import CurateError
-from curate.params import RebalanceParams, load_params
+from curate.params import Params, RebalanceParams, load_params
 from curate.report.render import read_figures
 from curate.stages import rebalance
 from tests.conftest import file_or_tree_bytes, set_params
@@ -194,7 +194,7 @@ WITH_TINY = clean_table(
 def test_a_tiny_group_keeps_weight_one_and_leaves_the_ratio(strategy, extra):
     settings = RebalanceParams(strategy=strategy, min_effective_size=0, **extra)
     assert settings.min_group_size == 20
-    result = rebalance.rebalance(WITH_TINY, settings, seed=0)
+    result = rebalance.compute(WITH_TINY, settings, seed=0)
     train = result.samples[result.samples["split"] == "train"]
     weight = train["weight"].to_numpy()
     tiny = (train["group"] == "tiny").to_numpy()
@@ -212,17 +212,18 @@ def test_a_tiny_group_keeps_weight_one_and_leaves_the_ratio(strategy, extra):
         min(totals["a"], totals["b"]) / max(totals["a"], totals["b"])
     )
     assert figures["group_share_ratio_before"] == pytest.approx(24 / 30)
-    headline = dict(rebalance.report_context(settings, result)["headline"])
+    context = rebalance.report_context(Params(rebalance=settings), result)
+    headline, warnings = dict(context["headline"]), context["verdict"].warnings
     assert headline["group share ratio after, all groups"] == pytest.approx(1 / max(totals["a"], totals["b"]))
-    assert result.warnings[0] == (
+    assert warnings[0] == (
         "1 group(s) too small to rebalance (fewer than rebalance.min_group_size = 20 train rows): "
         "tiny (1 rows); they keep weight 1 and are left out of the group share ratio"
     )
-    assert not any("max_weight" in line for line in result.warnings)  # nothing blown up to parity
+    assert not any("max_weight" in line for line in warnings)  # nothing blown up to parity
 
 
 def test_a_tiny_group_under_resampling_is_used_once():
-    result = rebalance.rebalance(WITH_TINY, RebalanceParams(method="resample"), seed=0)
+    result = rebalance.compute(WITH_TINY, RebalanceParams(method="resample"), seed=0)
     train = result.samples[result.samples["split"] == "train"]
     assert train.loc[train["group"] == "tiny", "copies"].tolist() == [1]
     assert train.groupby("group")["copies"].sum().to_dict() == {"a": 27, "b": 27, "tiny": 1}
@@ -231,11 +232,12 @@ def test_a_tiny_group_under_resampling_is_used_once():
 
 def test_fewer_than_two_large_groups_rebalance_nothing_and_measure_all():
     table = clean_table([("a", i % 3) for i in range(30)] + [("tiny", 0), ("tiny", 1)])
-    result = rebalance.rebalance(table, RebalanceParams(), seed=0)
+    result = rebalance.compute(table, RebalanceParams(), seed=0)
+    warnings = rebalance.report_context(Params(), result)["verdict"].warnings
     assert (result.samples["weight"] == 1.0).all()
     # One group's ratio to itself would be 1 whatever the data: the ratio is over all groups.
     assert rebalance.metrics(result)["group_share_ratio_after"] == pytest.approx(2 / 30)
-    assert result.warnings[0].endswith(
+    assert warnings[0].endswith(
         "tiny (2 rows); fewer than two groups are large enough, so nothing is rebalanced "
         "and the group share ratio is over all groups"
     )

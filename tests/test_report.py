@@ -6,7 +6,9 @@ import pytest
 from PIL import Image
 
 from curate.errors import CurateError
-from curate.report import Check, Verdict, bar_chart, thumbnail, write_report
+from curate.gates import Check, Verdict
+from curate.params import Params
+from curate.report import bar_chart, thumbnail
 from curate.report import render as render_module
 from curate.report.render import (
     CSP,
@@ -17,6 +19,7 @@ from curate.report.render import (
     read_figures,
     split_figures,
 )
+from curate.report.writer import write_stage
 from curate.stage import PIPELINE
 from curate.stages import ingest
 from tests.conftest import set_params
@@ -79,10 +82,10 @@ def test_headline_is_a_fixed_few_columns_per_stage():
     assert "images_per_second" not in HEADLINE["train"]  # measured: it differs on every run
 
 
-def test_write_report_splits_headline_metrics_from_details(workdir):
+def test_write_stage_splits_headline_metrics_from_details(workdir):
     figures = {"accuracy": np.float64(0.5), "n_test": 4, "ece": float("nan"),
                "by_group": {"a": {"accuracy": 0.25}}, "confusion_matrix": [[1, 0], [0, 3]]}  # fmt: skip
-    write_report("ingest", _ingest_like_context(), {"n_train": 7, "n_classes": 2})
+    write_stage("ingest", Params(), {"n_train": 7, "n_classes": 2}, _ingest_like_context(), None)
     metrics = json.loads((workdir / "reports/metrics/ingest.json").read_text())
     details = json.loads((workdir / "reports/details/ingest.json").read_text())
     assert (metrics, details) == ({"n_train": 7}, {"n_classes": 2})
@@ -95,10 +98,10 @@ def test_write_report_splits_headline_metrics_from_details(workdir):
     assert (workdir / "reports/details/ingest.json").read_text() == metrics_json({"n_classes": 2})
 
 
-def test_write_report_refuses_oversized_html(tmp_path, monkeypatch):
+def test_write_stage_refuses_oversized_html(tmp_path, monkeypatch):
     monkeypatch.setattr(render_module, "MAX_REPORT_BYTES", 100)
     with pytest.raises(CurateError, match=r"reports/ingest.html: .* over the 100-byte cap"):
-        write_report("ingest", _ingest_like_context(), {}, reports_dir=tmp_path)
+        write_stage("ingest", Params(), {}, _ingest_like_context(), None, reports_dir=tmp_path)
     assert not list(tmp_path.rglob("*.html"))
 
 

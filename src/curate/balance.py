@@ -191,7 +191,8 @@ def measure(groups: pd.Series, labels: np.ndarray, weights: np.ndarray, n_classe
     """
     weights = np.asarray(weights, dtype=np.float64)
     metrics = {"total": _total_weight, **{_class_key(k): _label_share(k) for k in range(n_classes)}}
-    # fairlearn imports scikit-learn's metrics (0.7 s): paid when measuring, not at every start.
+    # fairlearn imports scikit-learn's metrics (slow, benchmarks/startup.py): paid when measuring,
+    # not at every start.
     from fairlearn.metrics import MetricFrame
 
     frame = MetricFrame(

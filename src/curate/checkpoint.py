@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from curate.dataset import record_input, write_bytes
+from curate.dataset import write_bytes
 from curate.errors import CurateError
 from curate.networks import build_model
 from curate.polarity import MODES
@@ -86,7 +86,6 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         raise CurateError(f"{path}: not found (run the upstream stage first: dvc repro)")
-    record_input(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         meta = dict(payload["meta"])
@@ -113,7 +112,6 @@ def load_initial_weights(net: nn.Module, path: Path, key: str = "init_weights") 
     """
     if not path.is_file():
         raise CurateError(f"{key}: {path}: file not found")
-    record_input(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (torch raises many kinds for a bad file)

@@ -18,11 +18,9 @@
 Every write goes to a temp file in the target folder, then ``os.replace``:
 a killed stage leaves the old file or the new one, never half of one.
 
-Lineage: the readers (and :func:`curate.checkpoint.load_checkpoint`) call
-:func:`record_input`, every write records its target, and the stage's
-``write_report`` stores both with their SHA-256 in ``reports/lineage/<stage>.json``
-(:func:`take_lineage`), so the gate stage can tell figures of the current data from
-figures of data that has changed since.
+Readers and writers keep no record of what they touched: a stage names each file it reads
+and writes to its :class:`curate.lineage.Lineage` (:func:`store_files` lists the image stores a
+table's rows point into).
 """
 
 from __future__ import annotations
@@ -34,7 +32,8 @@ import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,16 +41,18 @@ import numpy as np
 import pandas as pd
 
 from curate.errors import CurateError
-from curate.store import Store, StoreWriter, is_store, store_digest, target_rows, write_store
+from curate.store import Store, StoreWriter, target_rows, write_store
 
 CORE_COLUMNS = ("sample_id", "path", "row", "label", "label_name", "group", "split")
-SPLITS = ("train", "test")
 
 RAW_DIR = Path("data/raw")
 CLEAN_DIR = Path("data/clean")
 BALANCED_DIR = Path("data/balanced")
 AUGMENTED_DIR = Path("data/augmented")
 MODELS_DIR = Path("models")
+RAW_SAMPLES = RAW_DIR / "samples.parquet"
+RAW_IMAGES = RAW_DIR / "images"
+REPORTS_DIR = Path("reports")
 # What the folds stage leaves beside clean's table for clean, augment and trace: the out-of-sample
 # predictions (train rows in table order), each row's fold, the shared embedder and its embeddings,
 # and what computed them.
@@ -60,84 +61,11 @@ FOLD_OF_ROW = CLEAN_DIR / "folds.npy"
 EMBEDDINGS = CLEAN_DIR / "embeddings.npy"
 EMBEDDER = CLEAN_DIR / "embedder.pt"
 ENVIRONMENT = CLEAN_DIR / "environment.json"
-LINEAGE_DIR = "lineage"  # under the reports folder: reports/lineage/<stage>.json
 # Which store a row's ``row`` points into: the ``store`` column names it;
 # tables without the column point into the raw store.
-IMAGE_STORES = {"raw": RAW_DIR / "images", "augmented": AUGMENTED_DIR / "images"}
+IMAGE_STORES = {"raw": RAW_IMAGES, "augmented": AUGMENTED_DIR / "images"}
 # The stage that writes each data folder: what a broken file's message says to re-run.
 PRODUCERS = {RAW_DIR: "ingest", CLEAN_DIR: "clean", BALANCED_DIR: "rebalance", AUGMENTED_DIR: "augment"}
-DIGEST_CHUNK = 1 << 20
-
-# The files this process's stage has read and written so far (one stage per process under
-# DVC; write_report takes them). Paths as the stage named them, relative to the workspace.
-_read: set[Path] = set()
-_written: set[Path] = set()
-
-
-def record_input(path: str | Path) -> None:
-    """Note that the running stage reads ``path``: it goes into the stage's lineage."""
-    _read.add(Path(path))
-
-
-def take_lineage(exclude: str | Path | None = None) -> dict[str, dict[str, str]]:
-    """``{"inputs": {path: sha256}, "outputs": {...}}`` of the files recorded so far; forgets them.
-
-    Files under ``exclude`` (the reports folder: reports describe data, they are not data)
-    are left out, as is a recorded file that no longer exists. Paths are relative to the
-    working directory, in POSIX form, so the record is the same on every machine.
-    """
-    skip = os.path.abspath(exclude) if exclude is not None else None
-    lineage = {}
-    for kind, paths in (("inputs", _read), ("outputs", _written)):
-        kept = {
-            _workspace_name(p): p for p in paths if skip is None or not _is_under(os.path.abspath(p), skip)
-        }
-        digests = {name: file_digest(path) for name, path in sorted(kept.items())}
-        lineage[kind] = {name: digest for name, digest in digests.items() if digest is not None}
-        paths.clear()
-    return lineage
-
-
-def write_lineage(stage: str, reports_dir: str | Path = Path("reports")) -> None:
-    """Write ``<reports_dir>/lineage/<stage>.json``: the digests of what the stage read and wrote.
-
-    Written last by a stage: one killed before it keeps its previous record, whose digests no
-    longer match its half-new outputs, so its figures read as stale, never as current.
-    """
-    files = json.dumps(take_lineage(exclude=reports_dir), indent=2, sort_keys=True) + "\n"
-    write_text(Path(reports_dir) / LINEAGE_DIR / f"{stage}.json", files)
-
-
-def file_digest(path: str | Path) -> str | None:
-    """SHA-256 (hex) of a file's bytes, read in 1 MiB chunks; None when there is no such file.
-
-    About 1 GB/s on one core from the page cache. A pixel store is not read: its digest is its
-    index's (:func:`curate.store.store_digest`), whose segments are named by their content, so
-    lineage costs a stat per segment instead of ~25 s per ``dvc repro`` on a 4 GB store.
-    """
-    if is_store(path):
-        return store_digest(path)
-    if not Path(path).is_file():
-        return None
-    digest = hashlib.sha256()
-    buffer = bytearray(DIGEST_CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb") as handle:
-        while size := handle.readinto(buffer):
-            digest.update(view[:size])
-    return digest.hexdigest()
-
-
-def _workspace_name(path: Path) -> str:
-    # abspath, not resolve: with DVC's symlink cache a resolved path would name the cache file.
-    absolute = Path(os.path.abspath(path))
-    with contextlib.suppress(ValueError):
-        return absolute.relative_to(Path.cwd()).as_posix()
-    return absolute.as_posix()
-
-
-def _is_under(path: str, folder: str) -> bool:
-    return os.path.commonpath([path, folder]) == folder
 
 
 def _remove_stale_temps(target: Path) -> None:
@@ -155,10 +83,7 @@ def _remove_stale_temps(target: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside ``target``; rename it over ``target`` only on success.
-
-    The target is recorded as an output of the running stage (see :func:`take_lineage`).
-    """
+    """Yield a temp path beside ``target``; rename it over ``target`` only on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(target)
@@ -172,7 +97,6 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, target)
-        _written.add(target)
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -200,9 +124,7 @@ def write_images(
         raise ValueError(f"images must be uint8 N x H x W x C, got {images.dtype} {images.shape}")
     cut_keys = [str(i) for i in range(len(images))] if cut_keys is None else list(cut_keys)
     order = np.arange(len(images)) if order is None else order
-    rows = write_store(target, images, order, cut_keys, target_rows(segment_mb, images.shape[1:]))
-    _written.add(Path(target))
-    return rows
+    return write_store(target, images, order, cut_keys, target_rows(segment_mb, images.shape[1:]))
 
 
 @contextlib.contextmanager
@@ -212,7 +134,6 @@ def store_writer(target: str | Path, row_shape: tuple[int, ...], segment_mb: flo
     try:
         yield writer
         writer.close()
-        _written.add(Path(target))
     finally:
         writer.abort()
 
@@ -228,7 +149,6 @@ def read_array(source: str | Path) -> np.ndarray:
     source = Path(source)
     if not source.exists():
         raise CurateError(f"{source}: not found (run the upstream stage first: dvc repro)")
-    record_input(source)
     return np.load(source, allow_pickle=False)
 
 
@@ -237,7 +157,6 @@ def read_json(source: str | Path, producer: str) -> Any:
     source = Path(source)
     if not source.exists():
         raise CurateError(f"{source}: not found (run the {producer} stage first: dvc repro)")
-    record_input(source)
     try:
         return json.loads(source.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -258,7 +177,6 @@ def producer_of(path: str | Path) -> str:
 def read_images(source: str | Path) -> Store:
     """Open a pixel store (memory-mapped, read-only): stages touch only the rows they need."""
     images = Store(source, producer_of(source))
-    record_input(source)
     return images
 
 
@@ -278,7 +196,6 @@ def read_samples(source: str | Path) -> pd.DataFrame:
     source, producer = Path(source), producer_of(source)
     if not source.exists():
         raise CurateError(f"{source}: not found (run the {producer} stage first: dvc repro)")
-    record_input(source)
     try:
         samples = pd.read_parquet(source)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
@@ -286,10 +203,58 @@ def read_samples(source: str | Path) -> pd.DataFrame:
         raise CurateError(
             f"{source}: not a readable sample table ({reason}); re-run the {producer} stage"
         ) from None
-    missing = [column for column in CORE_COLUMNS if column not in samples.columns]
-    if missing:
-        raise CurateError(f"{source}: missing columns {', '.join(missing)}; re-run the {producer} stage")
+    require_columns(samples, source, CORE_COLUMNS, producer)
     return samples
+
+
+def require_columns(
+    table: pd.DataFrame | Mapping[str, Any],
+    source: str | Path,
+    columns: Sequence[str],
+    producer: str,
+    kind: str = "column",
+) -> None:
+    """Stop with one line naming ``source``, the ``columns`` it lacks and the ``producer`` stage that
+    writes them. ``table``: a sample table, or a JSON record (``kind="key"``)."""
+    missing = [column for column in columns if column not in table]
+    if missing:
+        named = ", ".join(map(repr, missing))
+        plural = "s" * (len(missing) > 1)
+        raise CurateError(
+            f"{source}: missing {kind}{plural} {named} (written by the {producer} stage: dvc repro)"
+        )
+
+
+def check_image_shape(
+    source: str | Path, meta: Mapping[str, Any], shape: Sequence[int], what: str, producer: str
+) -> None:
+    """A network (checkpoint ``source`` with its ``meta``) must take images of ``shape`` (H, W, C);
+    ``what`` names them in the error (``the test images are``)."""
+    if tuple(shape) != (meta["size"], meta["size"], meta["channels"]):
+        raise CurateError(
+            f"{source}: built for {meta['size']} px x {meta['channels']} channels, but {what} "
+            f"{shape[0]} px x {shape[2]} channels (re-run the {producer} stage: dvc repro)"
+        )
+
+
+@dataclass
+class RawInputs:
+    """What ingest wrote, as the stages that read the raw data whole (folds, clean) take it."""
+
+    samples: pd.DataFrame  # the raw table, every row
+    images: Store  # the raw store, memory-mapped
+    names: list[str]  # (K,) class names by label
+    files: tuple[Path, ...]  # what was read: the stage notes them in its lineage
+
+    @property
+    def train(self) -> pd.DataFrame:
+        return self.samples[self.samples["split"] == "train"]
+
+
+def read_raw() -> RawInputs:
+    """The raw table and store, checked as every reader checks them."""
+    samples = read_samples(RAW_SAMPLES)
+    return RawInputs(samples, read_images(RAW_IMAGES), class_names(samples), (RAW_SAMPLES, RAW_IMAGES))
 
 
 def content_ids(payloads: Sequence[bytes]) -> list[str]:
@@ -343,7 +308,7 @@ def training_rows(samples: pd.DataFrame) -> pd.DataFrame:
 def gather_images(samples: pd.DataFrame, stores: dict[str, Path] | None = None) -> np.ndarray:
     """The images of ``samples``, in table order, read from the store each row points into."""
     stores = IMAGE_STORES if stores is None else stores
-    store_of_row = samples["store"] if "store" in samples.columns else pd.Series("raw", index=samples.index)
+    store_of_row = _store_of_row(samples)
     rows = samples["row"].to_numpy()
     out = None
     for store in sorted(store_of_row.unique()):
@@ -411,8 +376,23 @@ def image_rows(samples: pd.DataFrame, stores: dict[str, Path] | None = None) -> 
     Opens (memory-maps) only the stores the rows point into, the raw one when there are none.
     """
     stores = IMAGE_STORES if stores is None else stores
-    store_of_row = samples["store"] if "store" in samples.columns else pd.Series("raw", index=samples.index)
-    used = sorted(store_of_row.unique()) or ["raw"]
+    store_of_row = _store_of_row(samples)
+    used = _used_stores(store_of_row)
     codes = store_of_row.map({name: code for code, name in enumerate(used)}).to_numpy(dtype=np.int64)
     opened = {name: read_images(stores[name]) for name in used}
     return ImageRows(opened, codes, samples["row"].to_numpy(dtype=np.int64))
+
+
+def store_files(samples: pd.DataFrame, stores: dict[str, Path] | None = None) -> list[Path]:
+    """The store files :func:`image_rows` opens for ``samples``: what a stage notes as its inputs."""
+    stores = IMAGE_STORES if stores is None else stores
+    return [stores[name] for name in _used_stores(_store_of_row(samples))]
+
+
+def _store_of_row(samples: pd.DataFrame) -> pd.Series:
+    """Each row's store name; a table without a ``store`` column points into the raw store."""
+    return samples["store"] if "store" in samples.columns else pd.Series("raw", index=samples.index)
+
+
+def _used_stores(store_of_row: pd.Series) -> list[str]:
+    return sorted(store_of_row.unique()) or ["raw"]

@@ -1,8 +1,9 @@
 """Test-set metrics: overall, calibration, and by group with fairlearn.
 
 Pure functions, numpy in and plain Python out (floats, lists, dicts keyed by class name or
-group), ready for ``reports/metrics/evaluate.json``. Labels are class indices ``0..K-1``;
-``probs`` are N x K softmax rows; ``groups`` are the sensitive feature, one string per row.
+group), ready for the evaluate stage's figures (``reports/metrics`` and ``reports/details``).
+Labels are class indices ``0..K-1``; ``probs`` are N x K softmax rows; ``groups`` are the
+sensitive feature, one string per row.
 """
 
 from __future__ import annotations

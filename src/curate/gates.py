@@ -13,11 +13,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from curate.params import GatesParams
-from curate.report import Check
+
+
+@dataclass(frozen=True)
+class Check:
+    """One verdict line: what was measured against which bound, and whether it holds."""
+
+    name: str
+    observed: Any
+    threshold: str
+    passed: bool
+    key: str | None = None  # the gates.* param a gate check comes from, so code finds it by key
+
+
+@dataclass
+class Verdict:
+    """A report's opening: checks (pass/fail) and warnings a reviewer should read."""
+
+    checks: list[Check] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        if any(not check.passed for check in self.checks):
+            return "fail"
+        return "warn" if self.warnings else "pass"
 
 
 @dataclass(frozen=True)
@@ -82,12 +106,6 @@ def failures(checks: list[Check]) -> list[str]:
 
 def _show(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def show_gates(context: dict, gates: GatesParams, stage: str, metrics: Mapping[str, Any]) -> dict:
-    """Add ``stage``'s gates to the verdict of its report context (so its banner shows them)."""
-    context["verdict"].checks.extend(gate_checks(gates, stage, {stage: metrics}))
-    return context
 
 
 def stale_stages(

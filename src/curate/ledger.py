@@ -27,7 +27,6 @@ from typing import BinaryIO
 import pandas as pd
 
 from curate.csvfile import read_table, restore
-from curate.dataset import record_input
 from curate.errors import CurateError
 
 COLUMNS = ("sample_id", "path", "decision", "label", "reviewer", "note")
@@ -51,7 +50,6 @@ def read_ledger(path: Path) -> pd.DataFrame:
     """
     if not path.exists():
         return no_decisions()
-    record_input(path)  # the stage that reads it depends on it: it goes into the lineage
     return parse_ledger(path, str(path))
 
 

@@ -213,7 +213,8 @@ class AugmentParams(Section):
 
 
 class TrainParams(Section):
-    """The classifier trained on the balanced, augmented train rows (the train stage)."""
+    """The classifier trained on the balanced, augmented train rows (the fit stage trains it, the
+    train stage reports the run)."""
 
     model: ModelName = "cnn"
     weights: WeightsName = "none"

@@ -5,8 +5,8 @@ MNIST the reverse). A CNN does not transfer between the two, so a small group in
 polarity is learnt from its few own samples only. With ``auto``, every single-channel image
 whose border is brighter than mid-grey is inverted before the models see it, which puts
 every image in one polarity; ``off`` keeps the images as stored. Colour images are never
-inverted. ``auto`` is the default because it helps on the demo (``benchmarks/efficacy.py``,
-seeds 0 1 2: accuracy 0.972 against 0.953 with ``off``, worst-group accuracy 0.962 against 0.899).
+inverted. ``auto`` is the default because it helps on the demo, overall and most for the worst
+group (``benchmarks/efficacy.py``; the figures are in benchmarks/README.md).
 
 This module is torch-free (the ingest report counts the images ``auto`` inverts without
 loading torch); :func:`curate.feeding.light_background_tensor` is the same rule on tensors,

@@ -310,7 +310,7 @@ class Store:
 def release_pages(images: np.ndarray) -> None:
     """Unmap the pages of a memory-mapped array that a read touched. They stay in the page cache
     (reading them again costs no disk I/O) but stop counting as this process's memory: without
-    this, streaming a 0.5 GB store in random batches held all of it resident (514 MiB; 17 with)."""
+    this, streaming a store in random batches holds all of it resident (benchmarks/README.md)."""
     mapping = getattr(images, "_mmap", None)
     if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
         mapping.madvise(mmap.MADV_DONTNEED)

@@ -18,9 +18,12 @@ Reports are versioned next to the data they describe, so they must be:
 * deterministic: byte-identical for identical inputs (fixed SVG hash salt, no
   dates in SVG metadata, sorted JSON keys, no timestamps or absolute paths);
 * small: at most :data:`MAX_REPORT_BYTES`; templates sample and aggregate;
-* traceable: ``reports/lineage/<stage>.json`` records the SHA-256 of every data file the
-  stage read and wrote (not a DVC metric: it adds no ``dvc exp show`` column), so the
+* traceable: beside them, ``reports/lineage/<stage>.json`` records the SHA-256 of every data
+  file the stage read and wrote (not a DVC metric: it adds no ``dvc exp show`` column), so the
   gate stage can tell figures of the current data from stale ones.
+
+:func:`curate.report.writer.write_stage` writes all of a stage's report files; this module
+renders and splits.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,7 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from curate.dataset import take_lineage, write_lineage, write_text
+from curate.dataset import REPORTS_DIR
 from curate.errors import CurateError
 from curate.imaging import to_pil
 
@@ -49,13 +51,13 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 MAX_REPORT_BYTES = 2_000_000
-REPORTS_DIR = Path("reports")
 METRICS_DIR = "metrics"  # under the reports folder: the DVC metrics
 DETAILS_DIR = "details"  # under the reports folder: every other figure, not a DVC metric
 
-# Each stage's headline figures: what ``dvc exp show`` puts side by side (17 columns, or 14
-# without a true_label column for clean's detect_* scores). A fixed list, so the column count
-# does not grow with classes or groups; every other figure goes to reports/details/<stage>.json.
+# Each stage's headline figures: what ``dvc exp show`` puts side by side, one column per key
+# below (fewer without a true_label column, which clean's detect_* scores need). A fixed list,
+# so the column count does not grow with classes or groups; every other figure goes to
+# reports/details/<stage>.json.
 # train.images_per_second is a detail: measured, it differs on every run, so as a metric it
 # would show every experiment as changed. ingest keeps n_train, the size of what every later
 # figure is computed on; the other counts (classes, groups, files skipped) are in its report.
@@ -128,31 +130,6 @@ ENV.filters["fmt"] = _fmt
 ENV.filters["pct"] = _pct
 
 
-@dataclass(frozen=True)
-class Check:
-    """One verdict line: what was measured against which bound, and whether it holds."""
-
-    name: str
-    observed: Any
-    threshold: str
-    passed: bool
-    key: str | None = None  # the gates.* param a gate check comes from, so code finds it by key
-
-
-@dataclass
-class Verdict:
-    """A report's opening: checks (pass/fail) and warnings a reviewer should read."""
-
-    checks: list[Check] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def status(self) -> str:
-        if any(not check.passed for check in self.checks):
-            return "fail"
-        return "warn" if self.warnings else "pass"
-
-
 def render(template: str, **context: Any) -> str:
     return ENV.get_template(template).render(csp=CSP, **context)
 
@@ -160,43 +137,6 @@ def render(template: str, **context: Any) -> str:
 def render_markdown(template: str, **context: Any) -> str:
     # Blank-line runs left by template blocks would be noise in every PR diff.
     return re.sub(r"\n{3,}", "\n\n", render(template, **context))
-
-
-def write_report(
-    stage: str,
-    context: Mapping[str, Any],
-    figures: Mapping[str, Any],
-    reports_dir: str | Path = REPORTS_DIR,
-    lineage: bool = True,
-) -> dict[str, int]:
-    """Render ``<stage>.html`` and ``<stage>.md``, write them, the figures and the lineage; return byte sizes.
-
-    ``figures`` is all the stage computed: its :data:`HEADLINE` keys go to the metrics file,
-    the rest to the details file (see :func:`split_figures`).
-
-    The lineage goes last: a stage killed after writing data but before its lineage leaves the
-    previous record, whose output digests no longer match, so its half-new figures read as
-    stale, never as current. ``lineage=False``
-    (the gate stage, which reads everything and writes no data) only forgets what was recorded.
-    """
-    reports_dir = Path(reports_dir)
-    html = render(f"{stage}.html", stage=stage, **context)
-    markdown = render_markdown(f"{stage}.md", stage=stage, **context)
-    if len(html.encode()) > MAX_REPORT_BYTES:
-        raise CurateError(
-            f"reports/{stage}.html: {len(html.encode()):,} bytes, over the {MAX_REPORT_BYTES:,}-byte cap "
-            "(a template shows too many rows or thumbnails)"
-        )
-    write_text(reports_dir / f"{stage}.html", html)
-    write_text(reports_dir / f"{stage}.md", markdown)
-    headline, details = split_figures(stage, figures)
-    write_text(reports_dir / METRICS_DIR / f"{stage}.json", metrics_json(headline))
-    write_text(reports_dir / DETAILS_DIR / f"{stage}.json", metrics_json(details))
-    if lineage:
-        write_lineage(stage, reports_dir)
-    else:
-        take_lineage(exclude=reports_dir)  # forget what was recorded
-    return {"html": len(html.encode()), "md": len(markdown.encode())}
 
 
 def split_figures(stage: str, figures: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 Makes ``augment.copies`` new images per chosen train sample with the torchvision v2
 pipeline ``augment.transforms``, one random draw per image, and checks with a fixed
-network (the clean stage's ``data/clean/embedder.pt``) how far the copies drift from
+network (the folds stage's ``data/clean/embedder.pt``) how far the copies drift from
 the originals. Which samples get copies (``augment.target``):
 
 * ``all``: every train row still in play;
@@ -34,17 +34,20 @@ from curate.dataset import (
     EMBEDDER,
     IMAGE_STORES,
     ImageRows,
+    check_image_shape,
     class_names,
     read_images,
     read_samples,
+    require_columns,
     store_writer,
     training_rows,
     write_samples,
 )
 from curate.errors import CurateError
-from curate.gates import show_gates
-from curate.params import AugmentParams, ImageParams, Params, load_params
-from curate.report import Verdict, bar_chart, thumbnail, write_report
+from curate.lineage import Lineage
+from curate.params import AugmentParams, Params, load_params
+from curate.report import Verdict, bar_chart, thumbnail
+from curate.report.writer import write_stage
 from curate.stage import guarded, stage_parser
 from curate.store import Store
 
@@ -62,30 +65,28 @@ AUGMENT_CHUNK = 1024  # copies made and written at a time: memory holds a chunk,
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("augment", __doc__).parse_args(argv)
     params = load_params(args.params)
+    lineage = Lineage()
     pipeline = build_pipeline(params, args.params)
-    samples = read_samples(INPUT)
-    for column in ("weight", "copies"):
-        if column not in samples.columns:
-            raise CurateError(f"{INPUT}: missing column {column!r} (written by the rebalance stage)")
+    samples = read_samples(lineage.input(INPUT))
+    require_columns(samples, INPUT, ("weight", "copies"), "rebalance")
     # torch loads only past the cheap input checks (the checkpoint and the model need it).
     from curate.checkpoint import load_checkpoint, polarity_of
     from curate.devices import pick_device
     from curate.inference import predict
 
-    embedder, meta = load_checkpoint(EMBEDDER)
-    check_embedder(meta, params.image)
+    embedder, meta = load_checkpoint(lineage.input(EMBEDDER))
+    size, channels = params.image.size, params.image.channels
+    check_image_shape(EMBEDDER, meta, (size, size, channels), "params image is", "clean")
     device = pick_device(params.augment.device, key=f"{args.params}: augment.device")
 
     def embed(images: np.ndarray) -> np.ndarray:
-        # Fed as the clean stage trained it (the checkpoint says), whatever params.yaml says now.
+        # Fed as the folds stage trained it (the checkpoint says), whatever params.yaml says now.
         return predict(embedder, images, batch_size=512, device=device, polarity=polarity_of(meta))[1]
 
-    raw = read_images(IMAGE_STORES["raw"])
-    result = augment_samples(samples, raw, params, pipeline, embed, device, OUTPUT_IMAGES)
-    write_samples(OUTPUT, result.table)
-    stage_metrics = metrics(result)
-    context = show_gates(report_context(params, result, meta), params.gates, "augment", stage_metrics)
-    sizes = write_report("augment", context, stage_metrics)
+    raw = read_images(lineage.input(IMAGE_STORES["raw"]))
+    result = compute(samples, raw, params, pipeline, embed, device, lineage.output(OUTPUT_IMAGES), meta)
+    write_samples(lineage.output(OUTPUT), result.table)
+    sizes = write_stage("augment", params, metrics(result), report_context(params, result), lineage)
     print(
         f"augment: {result.n_new:,} new images from {result.n_augmented_parents:,} samples; "
         f"reports/augment.html {sizes['html']:,} bytes"
@@ -138,6 +139,7 @@ class Augmented:
     table: pd.DataFrame  # every input row (train weights split) then one row per new image
     drift: DriftCheck
     batched: list[bool]  # per transform step: one batched kernel, or a v2 call per image
+    embedder: Mapping[str, Any]  # the fixed network's checkpoint meta
 
     @property
     def n_new(self) -> int:
@@ -148,16 +150,7 @@ class Augmented:
         return int((self.n_copies > 0).sum())
 
 
-def check_embedder(meta: Mapping[str, Any], image: ImageParams) -> None:
-    """The fixed network must take the images of ``params.image``."""
-    if (meta["channels"], meta["size"]) != (image.channels, image.size):
-        raise CurateError(
-            f"{EMBEDDER}: built for {meta['size']} px x {meta['channels']} channels, but params image is "
-            f"{image.size} px x {image.channels} channels (re-run the clean stage: dvc repro)"
-        )
-
-
-def augment_samples(
+def compute(
     samples: pd.DataFrame,
     raw: Store,
     params: Params,
@@ -165,6 +158,7 @@ def augment_samples(
     embed: Callable[[ImageRows], np.ndarray],
     device: torch.device | str,
     target: Path,
+    embedder: Mapping[str, Any],
 ) -> Augmented:
     """New images for the train rows in play of ``samples``, streamed into the store ``target``;
     their table, and the drift check.
@@ -172,9 +166,10 @@ def augment_samples(
     ``raw``: the store the parents' rows point into. The copies are stored ordered by their
     parent's row, then copy index, and cut on their ids: a copy is a function of (seed, parent,
     copy index), so an unchanged parent's copies are the same segment bytes in the next version.
-    ``embed``: ``N x H x W x C`` uint8 images (read on demand) -> ``N x D`` features from a fixed network.
+    ``embed``: ``N x H x W x C`` uint8 images (read on demand) -> ``N x D`` features from a fixed network,
+    whose checkpoint meta is ``embedder``.
     """
-    from curate.augmentation import augment, batched_kernel, sample_keys  # torch: only when run
+    from curate.augmentation import batched_kernel, sample_keys  # torch: only when run
 
     parents = training_rows(samples)
     n_copies = copies_per_parent(parents, params.augment)
@@ -184,16 +179,7 @@ def augment_samples(
     keys = sample_keys(params.seed, parent_ids, copy_index)
     cut_keys = [f"{pid}~a{k}" for pid, k in zip(parent_ids, copy_index, strict=True)]
     order = np.lexsort((copy_index, parent_rows))
-    writing = store_writer(target, raw.row_shape, params.ingest.segment_mb)
-    with writing as writer, tqdm(total=len(source), desc="augment", unit="img", disable=None) as bar:
-        for start in range(0, len(order), AUGMENT_CHUNK):
-            chunk = order[start : start + AUGMENT_CHUNK]
-            made = augment(
-                raw.take(parent_rows[chunk]), keys[chunk], pipeline, device=device, progress=bar.update
-            )
-            writer.append(made.reshape(len(chunk), *raw.row_shape), [cut_keys[i] for i in chunk])
-    store_rows = np.empty(len(order), dtype=np.int64)
-    store_rows[order] = np.arange(len(order))
+    store_rows = _make_copies(raw, parent_rows, keys, cut_keys, order, pipeline, device, target, params)
     stores = {"augmented": Store(target, "augment"), "raw": raw}  # codes 0, 1 (sorted names)
     parent_images = ImageRows(stores, np.ones(len(parents), dtype=np.int64), parents["row"].to_numpy())
     new_images = ImageRows(stores, np.zeros(len(source), dtype=np.int64), store_rows)
@@ -214,7 +200,36 @@ def augment_samples(
             features[: len(parents)], features[len(parents) :], parents, n_copies, source
         ),
         batched=[batched_kernel(t) is not None for t in pipeline],
+        embedder=embedder,
     )
+
+
+def _make_copies(
+    raw: Store,
+    parent_rows: np.ndarray,
+    keys: np.ndarray,
+    cut_keys: list[str],
+    order: np.ndarray,
+    pipeline: list[v2.Transform],
+    device: torch.device | str,
+    target: Path,
+    params: Params,
+) -> np.ndarray:
+    """Make the copies a chunk at a time and stream them into the store ``target`` in ``order``;
+    each copy's row in the store."""
+    from curate.augmentation import augment  # torch: only when run
+
+    writing = store_writer(target, raw.row_shape, params.ingest.segment_mb)
+    with writing as writer, tqdm(total=len(order), desc="augment", unit="img", disable=None) as bar:
+        for start in range(0, len(order), AUGMENT_CHUNK):
+            chunk = order[start : start + AUGMENT_CHUNK]
+            made = augment(
+                raw.take(parent_rows[chunk]), keys[chunk], pipeline, device=device, progress=bar.update
+            )
+            writer.append(made.reshape(len(chunk), *raw.row_shape), [cut_keys[i] for i in chunk])
+    store_rows = np.empty(len(order), dtype=np.int64)
+    store_rows[order] = np.arange(len(order))
+    return store_rows
 
 
 def build_pipeline(params: Params, params_file: str | Path) -> list[v2.Transform]:
@@ -368,9 +383,9 @@ def metrics(result: Augmented) -> dict[str, float]:
     }
 
 
-def report_context(params: Params, result: Augmented, embedder: Mapping[str, Any]) -> dict[str, Any]:
-    """What the augment templates show; ``embedder`` is the fixed network's checkpoint meta."""
-    settings, drift = params.augment, result.drift
+def report_context(params: Params, result: Augmented) -> dict[str, Any]:
+    """What the augment templates show."""
+    settings, drift, embedder = params.augment, result.drift, result.embedder
     after = training_rows(result.table)
     group_rows = _group_rows(result, after)
     class_rows = _class_rows(result, after)

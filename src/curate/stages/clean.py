@@ -17,7 +17,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,24 +28,22 @@ from curate.dataset import (
     EMBEDDINGS,
     ENVIRONMENT,
     FOLD_OF_ROW,
-    IMAGE_STORES,
     PRED_PROBS,
-    RAW_DIR,
-    class_names,
+    RAW_SAMPLES,
+    RawInputs,
     read_array,
-    read_images,
     read_json,
-    read_samples,
+    read_raw,
     write_samples,
 )
 from curate.errors import CurateError
-from curate.gates import show_gates
-from curate.params import CleanParams, load_params
-from curate.report import Verdict, bar_chart, thumbnail, write_report
+from curate.lineage import Lineage
+from curate.params import CleanParams, Params, load_params
+from curate.report import Verdict, bar_chart, thumbnail
+from curate.report.writer import write_stage
 from curate.stage import guarded, stage_parser
+from curate.store import Store
 
-INPUT = RAW_DIR / "samples.parquet"
-IMAGES = IMAGE_STORES["raw"]
 OUTPUT = CLEAN_DIR / "samples.parquet"
 SUSPICIOUS_SHOWN = 40
 DUPLICATE_SETS_SHOWN = 10
@@ -68,42 +65,47 @@ DETECTION_HEADLINE = ("detect_precision", "detect_recall", "detect_f1")
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("clean", __doc__).parse_args(argv)
     params = load_params(args.params)
-    settings = params.clean
-    samples = read_samples(INPUT)
-    images = read_images(IMAGES)
-    names = class_names(samples)
-    train = samples[samples["split"] == "train"]
-    pred_probs, folds, embeddings = read_predictions(len(train), len(names))
-    checks = label_issues.duplicates_and_outliers(embeddings, train["label"].to_numpy())
-    decisions = ledger.read_ledger(Path(settings.decisions))
-    result = clean(samples, pred_probs, folds, checks, settings, names, decisions, embeddings)
-    write_samples(OUTPUT, result.samples)
-    stage_metrics = metrics(result)
-    context = report_context(settings, result, images, stage_metrics)
-    context["environment"] = read_environment()
-    sizes = write_report("clean", show_gates(context, params.gates, "clean", stage_metrics), stage_metrics)
+    settings, lineage = params.clean, Lineage()
+    inputs = read_raw()
+    lineage.input_files(inputs.files)
+    predictions = read_predictions(lineage, len(inputs.train), len(inputs.names))
+    checks = label_issues.duplicates_and_outliers(predictions.embeddings, inputs.train["label"].to_numpy())
+    decisions = ledger.read_ledger(lineage.input(settings.decisions))
+    result = compute(inputs, predictions, checks, settings, decisions)
+    write_samples(lineage.output(OUTPUT), result.samples)
+    figures = metrics(result)
+    sizes = write_stage("clean", params, figures, report_context(params, result), lineage)
     print(
-        f"clean: {stage_metrics['flagged']:,} flagged, {stage_metrics['dropped']:,} dropped, "
-        f"{stage_metrics['relabelled']:,} relabelled of {len(train):,} train samples; "
+        f"clean: {figures['flagged']:,} flagged, {figures['dropped']:,} dropped, "
+        f"{figures['relabelled']:,} relabelled of {len(result.train):,} train samples; "
         f"reports/clean.html {sizes['html']:,} bytes"
     )
     return 0
 
 
-def read_environment() -> list[tuple[str, object]]:
-    """What computed the predictions (torch, CPU kernels, threads): their floats depend on it."""
-    return sorted(read_json(ENVIRONMENT, "folds").items())
+@dataclass
+class FoldOutputs:
+    """What the folds stage wrote for clean, in the order of the train rows."""
+
+    pred_probs: np.ndarray  # (N, K) out-of-sample predicted probabilities
+    folds: np.ndarray  # (N,) the fold in which each row was held out
+    embeddings: np.ndarray | None  # (N, D) the shared model's; None: no kNN evidence
+    environment: list[tuple[str, object]]  # what computed them (torch, CPU kernels, threads)
 
 
-def read_predictions(n_train: int, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``folds``' outputs, checked to belong to these train rows: (pred_probs, folds, embeddings)."""
-    pred_probs, folds, embeddings = (read_array(path) for path in (PRED_PROBS, FOLD_OF_ROW, EMBEDDINGS))
+def read_predictions(lineage: Lineage, n_train: int, n_classes: int) -> FoldOutputs:
+    """``folds``' outputs, checked to belong to these train rows."""
+    pred_probs, folds, embeddings = (
+        read_array(lineage.input(path)) for path in (PRED_PROBS, FOLD_OF_ROW, EMBEDDINGS)
+    )
     if pred_probs.shape != (n_train, n_classes) or len(folds) != n_train or len(embeddings) != n_train:
         raise CurateError(
-            f"{PRED_PROBS}: {pred_probs.shape[0]} rows x {pred_probs.shape[1]} classes, but {INPUT} has "
-            f"{n_train} train rows x {n_classes} classes (re-run the folds stage: dvc repro)"
+            f"{PRED_PROBS}: {pred_probs.shape[0]} rows x {pred_probs.shape[1]} classes, but {RAW_SAMPLES} "
+            f"has {n_train} train rows x {n_classes} classes (re-run the folds stage: dvc repro)"
         )
-    return pred_probs, folds, embeddings
+    # What computed the predictions: their floats depend on it.
+    environment = sorted(read_json(lineage.input(ENVIRONMENT), "folds").items())
+    return FoldOutputs(pred_probs, folds, embeddings, environment)
 
 
 @dataclass
@@ -112,6 +114,8 @@ class Cleaned:
     classes: list[str]  # (K,) class names by label
     cap_notes: list[str]  # where max_drop_fraction held removals back
     orphans: pd.DataFrame  # ledger decisions whose sample is not in the data (ledger.ORPHAN_COLUMNS)
+    images: Store | np.ndarray  # the raw store (the report's thumbnails)
+    environment: list[tuple[str, object]]  # what computed the predictions
 
     @property
     def train(self) -> pd.DataFrame:
@@ -119,26 +123,23 @@ class Cleaned:
         return self.samples[self.samples["split"] == "train"]
 
 
-def clean(
-    samples: pd.DataFrame,
-    pred_probs: np.ndarray,
-    folds: np.ndarray,
+def compute(
+    inputs: RawInputs,
+    predictions: FoldOutputs,
     checks: pd.DataFrame,
     settings: CleanParams,
-    names: list[str],
     decisions: pd.DataFrame | None = None,
-    embeddings: np.ndarray | None = None,
 ) -> Cleaned:
-    """Flag, then act on, the train rows of ``samples``; no training, no I/O.
+    """Flag, then act on, the train rows of the raw table; no training, no I/O.
 
-    ``pred_probs`` (train rows x K) and ``folds`` (train rows) are out-of-sample
-    K-fold predictions and ``checks`` the near-duplicate and outlier columns of
-    :func:`label_issues.duplicates_and_outliers`, all in the order of the train rows.
-    ``decisions``: the review ledger as :func:`ledger.read_ledger` reads it (None: none),
-    checked against ``samples`` and applied last, over the automatic actions.
-    ``embeddings`` (train rows x D, the shared model's): the kNN evidence cleanlab reads beside
-    ``pred_probs`` (``clean.knn_weight``; None: none). ``predicted_label`` stays the fold model's.
+    ``predictions`` are out-of-sample K-fold predictions and ``checks`` the near-duplicate and
+    outlier columns of :func:`curate.label_issues.duplicates_and_outliers`, all in the order of
+    the train rows. ``decisions``: the review ledger as :func:`curate.ledger.read_ledger` reads it
+    (None: none), checked against the table and applied last, over the automatic actions.
+    ``predictions.embeddings`` (the shared model's): the kNN evidence cleanlab reads beside
+    ``pred_probs`` (``clean.knn_weight``). ``predicted_label`` stays the fold model's.
     """
+    samples, names, pred_probs = inputs.samples, inputs.names, predictions.pred_probs
     decisions = ledger.no_decisions() if decisions is None else decisions
     review = ledger.resolve(decisions, samples, names, settings.decisions)
     train = samples[samples["split"] == "train"].copy()
@@ -147,8 +148,8 @@ def clean(
     evidence = label_issues.evidence(
         pred_probs,
         labels,
-        folds,
-        embeddings,
+        predictions.folds,
+        predictions.embeddings,
         calibrate=settings.calibrate,
         knn_weight=settings.knn_weight,
         knn_k=settings.knn_k,
@@ -162,15 +163,7 @@ def clean(
         rank_by=settings.rank_by,
         groups=train["group"].to_numpy() if settings.thresholds == "per_group" else None,
     )
-    train["given_label"] = labels
-    train["label_quality"] = quality
-    train["is_label_issue"] = is_issue
-    train["predicted_label"] = pred_probs.argmax(axis=1)
-    train["predicted_confidence"] = pred_probs.max(axis=1).astype(np.float64)
-    train["fold"] = folds
-    train["pred_row"] = np.arange(len(train))
-    for column in checks.columns:
-        train[column] = checks[column].to_numpy()
+    train = _flag(train, is_issue, quality, predictions, checks)
     extras = label_issues.duplicate_extras(checks["duplicate_set"].to_numpy(), quality)
     train["drop_candidate"] = extras & settings.drop_near_duplicates
     train["action"], cap_notes = label_issues.decide_actions(
@@ -182,7 +175,29 @@ def clean(
     relabel = train["action"] == "relabel"
     train.loc[relabel, "label"] = train.loc[relabel, "predicted_label"]
     train = ledger.apply(train.drop(columns="drop_candidate"), review, names)
-    return Cleaned(_merge_back(samples, train), names, cap_notes, review.orphans)
+    merged = _merge_back(samples, train)
+    return Cleaned(merged, names, cap_notes, review.orphans, inputs.images, predictions.environment)
+
+
+def _flag(
+    train: pd.DataFrame,
+    is_issue: np.ndarray,
+    quality: np.ndarray,
+    predictions: FoldOutputs,
+    checks: pd.DataFrame,
+) -> pd.DataFrame:
+    """The train rows with cleanlab's verdict, the fold model's prediction and the checks' columns."""
+    pred_probs = predictions.pred_probs
+    train["given_label"] = train["label"].to_numpy()
+    train["label_quality"] = quality
+    train["is_label_issue"] = is_issue
+    train["predicted_label"] = pred_probs.argmax(axis=1)
+    train["predicted_confidence"] = pred_probs.max(axis=1).astype(np.float64)
+    train["fold"] = predictions.folds
+    train["pred_row"] = np.arange(len(train))
+    for column in checks.columns:
+        train[column] = checks[column].to_numpy()
+    return train
 
 
 def _merge_back(samples: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
@@ -222,8 +237,9 @@ def metrics(result: Cleaned) -> dict:
     return figures
 
 
-def report_context(settings: CleanParams, result: Cleaned, images: np.ndarray, stage_metrics: dict) -> dict:
-    train, names = result.train, result.classes
+def report_context(params: Params, result: Cleaned) -> dict:
+    settings, figures = params.clean, metrics(result)
+    train, names, images = result.train, result.classes, result.images
     flagged = train[train["is_label_issue"]].sort_values("label_quality", kind="stable")
     has_truth = "true_label" in train.columns
     headers = ["train rows", "flagged", "dropped", "relabelled", "flag rate"]
@@ -233,7 +249,7 @@ def report_context(settings: CleanParams, result: Cleaned, images: np.ndarray, s
     return {
         "verdict": Verdict(warnings=[f"{cap}: {note}" for note in result.cap_notes]),
         "settings": settings,
-        "headline": [(key, stage_metrics[key]) for key in headline],
+        "headline": [(key, figures[key]) for key in headline],
         "class_headers": ["class", *headers],
         "class_rows": _counts_by(train, "label_name"),
         "group_headers": ["group", *headers],
@@ -245,11 +261,12 @@ def report_context(settings: CleanParams, result: Cleaned, images: np.ndarray, s
         "duplicate_sets": _duplicate_sets(train, images, names),
         "n_duplicate_sets": int(train.loc[train["duplicate_set"] >= 0, "duplicate_set"].nunique()),
         "outliers": _outliers(train, images, names),
-        **_review_context(result, stage_metrics),
+        **_review_context(result, figures),
+        "environment": result.environment,
     }
 
 
-def _review_context(result: Cleaned, stage_metrics: dict) -> dict:
+def _review_context(result: Cleaned, figures: dict) -> dict:
     """The People's decisions section: the figures, automatic action x decision, the orphans."""
     reviewed = result.train[result.train["action_source"] == "review"]
     matrix = pd.crosstab(reviewed["auto_action"], reviewed["action"]).reindex(
@@ -257,7 +274,7 @@ def _review_context(result: Cleaned, stage_metrics: dict) -> dict:
     )
     orphans = result.orphans.head(ORPHANS_SHOWN)
     return {
-        "review_headline": [(key, stage_metrics[key]) for key in REVIEW_HEADLINE],
+        "review_headline": [(key, figures[key]) for key in REVIEW_HEADLINE],
         "review_headers": ["automatic \\ people", *ledger.DECISIONS],
         "review_rows": [
             [auto, *matrix.loc[auto].tolist()] for auto in matrix.index if matrix.loc[auto].sum()

@@ -1,9 +1,10 @@
 """evaluate: ``models/model.pt`` on the test split -> metrics, fairness by group, report.
 
 The test rows are the ones no stage changed (clean, rebalance and augment touch train
-rows only), read from the raw image store. Writes ``reports/metrics/evaluate.json``
-(accuracy, macro_f1, ece, the fairlearn group summaries and one-vs-rest parity figures,
-per class and per group), ``reports/plots/confusion.json`` (one ``{actual, predicted}``
+rows only), read from the raw image store. Writes ``reports/metrics/evaluate.json`` (the
+headline: accuracy, macro_f1, ece, the fairlearn group summaries and the largest one-vs-rest
+parity gaps), ``reports/details/evaluate.json`` (the rest: per class, per group, the confusion
+matrix), ``reports/plots/confusion.json`` (one ``{actual, predicted}``
 record per test sample, for ``dvc plots`` template ``confusion``) and
 ``reports/evaluate.{html,md}``. The verdict shows the gates on these metrics
 (``gates.min_accuracy``, ``gates.min_worst_group_accuracy``, ``gates.max_accuracy_gap``);
@@ -26,15 +27,18 @@ from curate.dataset import (
     AUGMENTED_DIR,
     MODELS_DIR,
     ImageRows,
+    check_image_shape,
     class_names,
     image_rows,
     read_samples,
+    store_files,
     write_text,
 )
 from curate.errors import CurateError
-from curate.gates import show_gates
-from curate.params import EvaluateParams, load_params
-from curate.report import Verdict, bar_chart, matrix_chart, thumbnail, write_report
+from curate.lineage import Lineage
+from curate.params import Params, load_params
+from curate.report import Verdict, bar_chart, matrix_chart, thumbnail
+from curate.report.writer import write_stage
 from curate.stage import guarded, stage_parser
 
 INPUT = AUGMENTED_DIR / "samples.parquet"
@@ -56,8 +60,8 @@ CLASS_COLUMNS = ("support", "precision", "recall", "dp_diff_ovr", "eo_diff_ovr")
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("evaluate", __doc__).parse_args(argv)
     params = load_params(args.params)
-    settings = params.evaluate
-    samples = read_samples(INPUT)
+    settings, lineage = params.evaluate, Lineage()
+    samples = read_samples(lineage.input(INPUT))
     test = samples[samples["split"] == "test"]
     if test.empty:
         raise CurateError(f"{INPUT}: no rows with split 'test' to evaluate on")
@@ -67,18 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from curate.devices import pick_device
     from curate.inference import predict
 
-    model, meta = load_checkpoint(MODEL)
+    model, meta = load_checkpoint(lineage.input(MODEL))
+    lineage.input_files(store_files(test))
     images = image_rows(test)  # read batch by batch by predict, never copied whole
     check_model(meta, names, images)
     device = pick_device(settings.device, key=f"{args.params}: evaluate.device")
     probs, _ = predict(model, images, batch_size=1024, device=device, polarity=polarity_of(meta))
-    result = evaluate(test, probs, names, settings.calibration_bins)
-
+    result = compute(test, probs, names, settings.calibration_bins, images, meta)
     write_text(CONFUSION_PLOT, confusion_records(result.y_true, result.y_pred, names))
-    stage_metrics = metrics(result)
-    context = report_context(settings, result, images, meta)
-    context = show_gates(context, params.gates, "evaluate", stage_metrics)
-    sizes = write_report("evaluate", context, stage_metrics)
+    sizes = write_stage("evaluate", params, metrics(result), report_context(params, result), lineage)
     figures = result.headline
     print(
         f"evaluate: accuracy {figures['accuracy']:.4f}, worst group {figures['worst_group_accuracy']:.4f}, "
@@ -95,11 +96,7 @@ def check_model(meta: Mapping[str, Any], names: list[str], images: ImageRows | n
             f"{MODEL}: trained for classes {meta.get('class_names')}, but {INPUT} has {names} "
             "(re-run the train stage: dvc repro)"
         )
-    if images.shape[1:] != (meta["size"], meta["size"], meta["channels"]):
-        raise CurateError(
-            f"{MODEL}: built for {meta['size']} px x {meta['channels']} channels, but the test images are "
-            f"{images.shape[1]} px x {images.shape[3]} channels (re-run the train stage: dvc repro)"
-        )
+    check_image_shape(MODEL, meta, images.shape[1:], "the test images are", "train")
 
 
 @dataclass
@@ -113,14 +110,24 @@ class Evaluated:
     by_group: dict[str, dict[str, float]]  # by group: accuracy, macro_recall, n
     confusion: list[list[int]]  # (K, K): test samples of class i predicted as j
     calibration: list[dict[str, float]]  # one row per confidence bin: low, high, count, accuracy, confidence
+    images: ImageRows | np.ndarray  # the test images, table order (the report's thumbnails)
+    model: Mapping[str, Any]  # the model's checkpoint meta
 
     @property
     def y_true(self) -> np.ndarray:
         return self.test["label"].to_numpy()
 
 
-def evaluate(test: pd.DataFrame, probs: np.ndarray, names: list[str], bins: int) -> Evaluated:
-    """Every figure of the stage, from the test rows (label, group) and the model's probabilities."""
+def compute(
+    test: pd.DataFrame,
+    probs: np.ndarray,
+    names: list[str],
+    bins: int,
+    images: ImageRows | np.ndarray,
+    model: Mapping[str, Any],
+) -> Evaluated:
+    """Every figure of the stage, from the test rows (label, group) and the model's probabilities;
+    ``images`` and ``model`` (the checkpoint meta) are for the report."""
     y_true, y_pred = test["label"].to_numpy(), probs.argmax(axis=1)
     groups = test["group"].astype(str).to_numpy()
     figures = evaluation.classification_metrics(y_true, y_pred, names)
@@ -140,11 +147,14 @@ def evaluate(test: pd.DataFrame, probs: np.ndarray, names: list[str], bins: int)
         by_group=figures["by_group"],
         confusion=figures["confusion"],
         calibration=evaluation.calibration_bins(y_true, probs, bins),
+        images=images,
+        model=model,
     )
 
 
 def metrics(result: Evaluated) -> dict[str, Any]:
-    """The DVC metrics: headline figures at the top level (the columns of ``dvc exp show``)."""
+    """Every figure of the stage: the writer puts the headline ones in the DVC metrics (the columns
+    of ``dvc exp show``), the per-class and per-group ones in the details."""
     return result.headline | {
         "n_test": len(result.y_pred),
         "per_class": result.per_class,
@@ -162,11 +172,9 @@ def confusion_records(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) 
     return "[\n" + ",\n".join(records) + "\n]\n"
 
 
-def report_context(
-    settings: EvaluateParams, result: Evaluated, images: ImageRows, model: Mapping[str, Any]
-) -> dict[str, Any]:
-    """What the evaluate templates show; ``images`` are the test images, ``model`` the checkpoint meta."""
-    names = result.names
+def report_context(params: Params, result: Evaluated) -> dict[str, Any]:
+    """What the evaluate templates show."""
+    settings, names, images, model = params.evaluate, result.names, result.images, result.model
     return {
         "settings": settings,
         "verdict": _verdict(result),

@@ -44,12 +44,14 @@ from curate.dataset import (
     class_names,
     image_rows,
     read_samples,
+    require_columns,
+    store_files,
     stratified_test_mask,
     training_rows,
-    write_lineage,
     write_text,
 )
 from curate.errors import CurateError
+from curate.lineage import Lineage
 from curate.params import Params, TrainParams, load_params
 from curate.stage import guarded, stage_parser
 
@@ -69,11 +71,15 @@ REQUIRED_COLUMNS = ("weight", "copies", "store", "parent_id")
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("fit", __doc__).parse_args(argv)
     params = load_params(args.params)
-    split = load_split(read_samples(INPUT), params, args.params)
+    lineage = Lineage()
+    split = load_split(read_samples(lineage.input(INPUT)), params, args.params)
+    lineage.input_files(store_files(split.fit_rows) + store_files(split.val_rows))
+    if params.train.init_weights:
+        lineage.input(params.train.init_weights)
 
     # torch and the models load only past the input checks.
     from curate.checkpoint import save_checkpoint
-    from curate.devices import environment, pick_device
+    from curate.devices import pick_device
 
     device = pick_device(params.train.device, key=f"{args.params}: train.device")
     nproc = params.train.nproc
@@ -84,18 +90,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = distributed.rank_device(device, ranks, f"{args.params}: train.nproc")
         net = initial_model(params, split)
         with dvclive_epochs() if ranks.main else nullcontext(None) as log_epoch:
-            result = train(net, split, params, device, on_epoch=log_epoch, processes=ranks.world)
+            result = compute(net, split, params, device, on_epoch=log_epoch, processes=ranks.world)
     if not ranks.main:
         return 0  # rank 0 writes the outputs
-    described = environment(device) | ({"processes": ranks.world} if ranks.world > 1 else {})
-    save_checkpoint(MODEL, result.net, result.meta)
-    write_text(RUN, json.dumps(run_record(result, described), indent=2, sort_keys=True) + "\n")
-    write_lineage("fit")
-    summary = result.summary
+    save_checkpoint(lineage.output(MODEL), result.net, result.meta)
+    record = json.dumps(report_context(params, result), indent=2, sort_keys=True) + "\n"
+    write_text(lineage.output(RUN), record)
+    lineage.record("fit")
+    figures = metrics(result)
     print(
-        f"fit: {summary.epochs_run} epochs (best {summary.best_epoch}, val accuracy "
-        f"{summary.best_val_accuracy:.4f}) on {summary.device}, {summary.images_per_second:,.0f} images/s, "
-        f"{summary.train_seconds:.1f} s"
+        f"fit: {figures['epochs_run']} epochs (best {figures['best_epoch']}, val accuracy "
+        f"{figures['best_val_accuracy']:.4f}) on {figures['device']}, {figures['images_per_second']:,.0f} "
+        f"images/s, {figures['train_seconds']:.1f} s"
     )
     return 0
 
@@ -134,20 +140,19 @@ class Summary:
 
 @dataclass
 class Trained:
-    """What :func:`train` returns: the model to save, and all the report shows about its run."""
+    """What :func:`compute` returns: the model to save, and all the report shows about its run."""
 
     net: nn.Module  # the model, at the weights of its best epoch
     meta: dict[str, Any]  # the checkpoint meta (see curate.checkpoint)
     split: Split
     history: list[dict]  # per-epoch stats from curate.training.fit
     summary: Summary
+    environment: dict[str, object]  # what trained it: torch build, CPU kernels, threads, processes
 
 
 def load_split(samples: pd.DataFrame, params: Params, params_file: str) -> Split:
     """Checks the table, splits off validation and reads both sets of images."""
-    for column in REQUIRED_COLUMNS:
-        if column not in samples.columns:
-            raise CurateError(f"{INPUT}: missing column {column!r} (written by the augment stage)")
+    require_columns(samples, INPUT, REQUIRED_COLUMNS, "augment")
     names = class_names(samples)
     fraction = params.train.val_fraction
     fit_rows, val_rows = split_validation(samples, fraction, params.seed)
@@ -170,9 +175,8 @@ def split_validation(
     copies 3 appears three times; 0 leaves it out).
 
     Validation is unweighted: the natural mix of the data. Weighted by the rebalance weights,
-    a small group's few held-out rows (about 10 on the demo) carried a third of the validation
-    loss, and the best epoch picked on that was noise (on one demo seed of three a
-    mid-training epoch, 2 points of test accuracy below the last).
+    a small group's few held-out rows carry a large part of the validation loss, and the best
+    epoch picked on that is noise (measured on the demo: benchmarks/README.md).
     """
     train = training_rows(samples)
     originals = train[train["store"] == "raw"]
@@ -240,7 +244,7 @@ def fit_config(params: Params, device: torch.device, processes: int = 1) -> FitC
     )
 
 
-def train(
+def compute(
     net: nn.Module,
     split: Split,
     params: Params,
@@ -252,6 +256,7 @@ def train(
     ``train.weighting``; ``on_epoch`` receives each epoch's stats as they come. ``processes``
     above 1: this is one rank of a torch.distributed group training ``net`` together."""
     from curate.checkpoint import MODEL_META, checkpoint_meta
+    from curate.devices import environment
     from curate.model_choice import Backbone
     from curate.training import fit
 
@@ -271,7 +276,8 @@ def train(
     meta = checkpoint_meta(
         network, split.classes, split.images.shape, polarity, MODEL_META, params_digest=digest
     )
-    return Trained(net, meta, split, history, summarise(history, device.type))
+    described = environment(device) | ({"processes": processes} if processes > 1 else {})
+    return Trained(net, meta, split, history, summarise(history, device.type), described)
 
 
 def params_digest(settings: TrainParams) -> str:
@@ -295,8 +301,13 @@ def summarise(history: list[dict], device: str) -> Summary:
     )
 
 
-def run_record(result: Trained, environment: dict[str, object]) -> dict[str, object]:
-    """All the train report shows about this run, as plain JSON types."""
+def metrics(result: Trained) -> dict[str, object]:
+    """Not DVC metrics (fit has no report; the train stage reports its run): the run line's figures."""
+    return asdict(result.summary)
+
+
+def report_context(params: Params, result: Trained) -> dict[str, object]:
+    """All the train stage's report shows about this run (``models/fit.json``), as plain JSON types."""
     split = result.split
     return {
         "history": result.history,
@@ -305,7 +316,7 @@ def run_record(result: Trained, environment: dict[str, object]) -> dict[str, obj
         "n_fit": len(split.fit_rows),
         "n_val": len(split.val_rows),
         "digest": result.meta["params_digest"],
-        "environment": environment,
+        "environment": result.environment,
     }
 
 

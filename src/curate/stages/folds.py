@@ -17,7 +17,8 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,17 +28,15 @@ from curate.dataset import (
     EMBEDDINGS,
     ENVIRONMENT,
     FOLD_OF_ROW,
-    IMAGE_STORES,
     PRED_PROBS,
-    RAW_DIR,
-    class_names,
+    RAW_IMAGES,
+    RawInputs,
     image_rows,
-    read_images,
-    read_samples,
+    read_raw,
     write_array,
-    write_lineage,
     write_text,
 )
+from curate.lineage import Lineage
 from curate.params import Params, load_params
 from curate.stage import guarded, stage_parser
 
@@ -46,74 +45,108 @@ if TYPE_CHECKING:
 
     from curate.model_choice import Backbone
 
-INPUT = RAW_DIR / "samples.parquet"
-IMAGES = IMAGE_STORES["raw"]
+
+@dataclass
+class Folded:
+    """The out-of-sample predictions and what computed them."""
+
+    predictions: fold_training.FoldPredictions  # pred_probs, folds, embeddings (train rows), embedder
+    meta: dict[str, Any]  # the embedder's checkpoint meta
+    environment: dict[str, Any]  # torch build, CPU kernels, threads: the floats depend on them
+    seconds: float  # measured: the K-fold training and prediction
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("folds", __doc__).parse_args(argv)
     params = load_params(args.params)
-    settings = params.clean
-    samples = read_samples(INPUT)
-    images = read_images(IMAGES)
-    names = class_names(samples)
-    train = samples[samples["split"] == "train"]
-    fold_training.check_class_sizes(train["label"].to_numpy(), names, settings.folds)
+    settings, lineage = params.clean, Lineage()
+    inputs = read_raw()
+    lineage.input_files(inputs.files)
+    fold_training.check_class_sizes(inputs.train["label"].to_numpy(), inputs.names, settings.folds)
     # torch loads only once the inputs have passed their checks: a bad input fails fast.
-    from curate.checkpoint import EMBEDDER_META, checkpoint_meta, save_checkpoint
-    from curate.devices import environment, pick_device
+    from curate.checkpoint import save_checkpoint
+    from curate.devices import pick_device
     from curate.model_choice import Backbone
 
     backbone = Backbone.from_params(settings, "clean")
     backbone.resolved_input_size()  # a model choice that does not go together stops here
-    started = time.perf_counter()
     device = pick_device(settings.device, key=f"{args.params}: clean.device")
-    polarity = params.image.normalize_polarity
     if settings.nproc > 1 and settings.method == "folds" and not distributed.launched():
         # The folds spread over clean.nproc processes: this one waits for torchrun's.
         return distributed.relaunch("curate.stages.folds", settings.nproc, argv)
+    if settings.init_weights:
+        lineage.input(settings.init_weights)
+    result = compute(params, inputs, backbone, device)
+    if result is None:
+        return 0  # another rank of clean.nproc: rank 0 writes the outputs
+    write_array(lineage.output(PRED_PROBS), result.predictions.pred_probs)
+    write_array(lineage.output(FOLD_OF_ROW), result.predictions.folds)
+    write_array(lineage.output(EMBEDDINGS), result.predictions.embeddings)
+    save_checkpoint(lineage.output(EMBEDDER), result.predictions.embedder, result.meta)
+    described = json.dumps(report_context(params, result), indent=2, sort_keys=True) + "\n"
+    write_text(lineage.output(ENVIRONMENT), described)
+    lineage.record("folds")
+    figures = metrics(result)
+    embedded = settings.method == "embeddings"
+    how = f"{settings.model} embeddings + logistic regression" if embedded else "models"
+    print(
+        f"folds: {settings.folds} {how}, out-of-sample predictions for {figures['n_train']:,} train samples "
+        f"in {figures['seconds']:.1f} s on {device}"
+    )
+    return 0
+
+
+def compute(params: Params, inputs: RawInputs, backbone: Backbone, device: torch.device) -> Folded | None:
+    """The K-fold (or frozen-embedding) predictions for the train rows; None on a rank other than 0."""
+    settings, train, names = params.clean, inputs.train, inputs.names
+    started = time.perf_counter()
     # The train rows, read from the memory-mapped store fold by fold and batch by batch.
-    rows, labels = image_rows(train, {"raw": IMAGES}), train["label"].to_numpy()
+    rows, labels = image_rows(train, {"raw": RAW_IMAGES}), train["label"].to_numpy()
     strata = (train["group"] + ":" + train["label_name"]).to_numpy()
     if settings.method == "embeddings":
         predictions = frozen_embeddings(rows, labels, strata, params, backbone, len(names), device)
     else:
         predictions = fold_training.out_of_sample_predictions(
-            rows,
-            labels,
-            strata,
-            folds=settings.folds,
-            training=fold_training.FoldTraining(
-                n_classes=len(names),
-                backbone=backbone,
-                epochs=settings.epochs,
-                batch_size=settings.batch_size,
-                lr=settings.lr,
-                seed=params.seed,
-                polarity=polarity,
-                augment=settings.augment,
-                ensemble=settings.ensemble,
-                min_steps=settings.min_steps,
-            ),
+            rows, labels, strata, folds=settings.folds, training=fold_settings(params, backbone, len(names)),
             device=device,
-        )
+        )  # fmt: skip
     if predictions is None:
-        return 0  # another rank of clean.nproc: rank 0 writes the outputs
+        return None
     seconds = time.perf_counter() - started
-    write_array(PRED_PROBS, predictions.pred_probs)
-    write_array(FOLD_OF_ROW, predictions.folds)
-    write_array(EMBEDDINGS, predictions.embeddings)
-    meta = checkpoint_meta(backbone.meta(), names, images.shape, polarity, EMBEDDER_META)
-    save_checkpoint(EMBEDDER, predictions.embedder, meta)
-    write_text(ENVIRONMENT, json.dumps(environment(device), indent=2, sort_keys=True) + "\n")
-    write_lineage("folds")
-    embedded = settings.method == "embeddings"
-    how = f"{settings.model} embeddings + logistic regression" if embedded else "models"
-    print(
-        f"folds: {settings.folds} {how}, out-of-sample predictions for {len(train):,} train samples "
-        f"in {seconds:.1f} s on {device}"
+    from curate.checkpoint import EMBEDDER_META, checkpoint_meta
+    from curate.devices import environment
+
+    polarity = params.image.normalize_polarity
+    meta = checkpoint_meta(backbone.meta(), names, inputs.images.shape, polarity, EMBEDDER_META)
+    return Folded(predictions, meta, environment(device), seconds)
+
+
+def fold_settings(params: Params, backbone: Backbone, n_classes: int) -> fold_training.FoldTraining:
+    """``clean``'s params as each fold's training takes them."""
+    settings = params.clean
+    return fold_training.FoldTraining(
+        n_classes=n_classes,
+        backbone=backbone,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        seed=params.seed,
+        polarity=params.image.normalize_polarity,
+        augment=settings.augment,
+        ensemble=settings.ensemble,
+        min_steps=settings.min_steps,
     )
-    return 0
+
+
+def metrics(result: Folded) -> dict[str, float]:
+    """Not DVC metrics (folds has no report; clean judges its predictions): the run line's figures."""
+    return {"n_train": len(result.predictions.pred_probs), "seconds": result.seconds}
+
+
+def report_context(params: Params, result: Folded) -> dict[str, Any]:
+    """What clean's report shows of this stage: the environment that computed the predictions
+    (``environment.json``)."""
+    return result.environment
 
 
 def frozen_embeddings(

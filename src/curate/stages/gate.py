@@ -21,25 +21,19 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from curate.dataset import LINEAGE_DIR, file_digest, write_text
-from curate.gates import GATES, failures, gate_checks, stale_stages
-from curate.params import Params, load_params
-from curate.report import Check, Verdict, write_report
-from curate.report.render import (
-    DETAILS_DIR,
-    HEADLINE,
-    METRICS_DIR,
-    REPORTS_DIR,
-    read_figures,
-    render,
-    render_markdown,
-)
+from curate.dataset import REPORTS_DIR, write_text
+from curate.gates import GATES, Check, Verdict, failures, gate_checks, stale_stages
+from curate.lineage import LINEAGE_DIR, file_digest
+from curate.params import GatesParams, Params, load_params
+from curate.report.render import DETAILS_DIR, HEADLINE, METRICS_DIR, read_figures, render, render_markdown
+from curate.report.writer import write_stage
 from curate.stage import DAG, PIPELINE, flatten, guarded, stage_parser
 
 # Measured on the machine, so different on every run: left out of the data card,
@@ -48,24 +42,32 @@ MEASURED = {("train", "images_per_second")}
 DVC_FILE = Path("dvc.yaml")
 
 
+@dataclass(frozen=True)
+class Gated:
+    """Every gate on every stage's figures, after the staleness check."""
+
+    gates: GatesParams  # the thresholds
+    figures: dict[str, dict[str, Any]]  # stage -> its figures (metrics merged with details), DAG order
+    stale: dict[str, str]  # stage -> why its figures are not those of the current data
+    checks: list[Check]  # one per configured gate
+
+    @property
+    def passed(self) -> bool:
+        return not self.stale and all(check.passed for check in self.checks)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("gate", __doc__).parse_args(argv)
     params = load_params(args.params)
     figures = {stage: read_figures(stage) for stage in PIPELINE}
     # Each file once, though several stages name it (data/raw/images: five of them).
-    stale = stale_stages({stage: read_lineage(stage) for stage in DAG}, functools.cache(file_digest))
-    checks = gate_checks(params.gates, None, figures, stale)
-    verdict = Verdict(checks=[*map(stale_check, stale), *checks])
-    verdict.warnings += [f"{stage} is stale: {reason}" for stage, reason in stale.items()]
-    if not checks:
-        verdict.warnings.append("no gate is configured (every gates.* param is null)")
-    gate_figures = {
-        "passed": all(check.passed for check in verdict.checks),
-        "gates": gate_results(checks, params, figures, stale),
-    }
-    context = {"verdict": verdict, "enforce": params.gates.enforce, "gates": checks, "stale": stale}
-    write_report("gate", context, gate_figures, lineage=False)
-    write_index(params, figures, verdict, stale)
+    lineages = {stage: read_lineage(stage) for stage in DAG}
+    result = compute(params, figures, lineages, functools.cache(file_digest))
+    context = report_context(params, result)
+    # No lineage: the gate reads every stage's figures and writes no data.
+    write_stage("gate", params, metrics(result), context, None)
+    write_index(params, result, context["verdict"])
+    stale, checks = result.stale, result.checks
     failed = [f"gate failed: {stage} is stale: {why}" for stage, why in stale.items()] + failures(checks)
     for line in failed:
         print(line, file=sys.stderr)
@@ -76,17 +78,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def gate_results(
-    checks: Sequence[Check], params: Params, figures: Mapping[str, Mapping], stale: Mapping[str, str]
-) -> dict[str, dict[str, Any]]:
-    """Each gate in ``gate.json``: threshold, observed figure (``stale``: none to trust), verdict."""
+def compute(
+    params: Params,
+    figures: dict[str, dict[str, Any]],
+    lineages: Mapping[str, Mapping[str, Mapping[str, str]] | None],
+    digest: Callable[[str], str | None],
+) -> Gated:
+    """The staleness of each stage (:func:`curate.gates.stale_stages`), then every gate."""
+    stale = stale_stages(lineages, digest)
+    return Gated(params.gates, figures, stale, gate_checks(params.gates, None, figures, stale))
+
+
+def metrics(result: Gated) -> dict[str, Any]:
+    """``passed``, the DVC metric; and per gate: threshold, observed figure (``stale``: none to
+    trust), verdict."""
     results = {}
-    for check in checks:
+    for check in result.checks:
         gate = GATES[check.key]
-        observed = "stale" if gate.stage in stale else figures[gate.stage].get(gate.metric)
-        results[check.key] = {"threshold": getattr(params.gates, check.key), "observed": observed,
+        observed = "stale" if gate.stage in result.stale else result.figures[gate.stage].get(gate.metric)
+        results[check.key] = {"threshold": getattr(result.gates, check.key), "observed": observed,
                               "passed": check.passed}  # fmt: skip
-    return results
+    return {"passed": result.passed, "gates": results}
+
+
+def report_context(params: Params, result: Gated) -> dict[str, Any]:
+    verdict = Verdict(checks=[*map(stale_check, result.stale), *result.checks])
+    verdict.warnings += [f"{stage} is stale: {reason}" for stage, reason in result.stale.items()]
+    if not result.checks:
+        verdict.warnings.append("no gate is configured (every gates.* param is null)")
+    stale, enforce = result.stale, params.gates.enforce
+    return {"verdict": verdict, "enforce": enforce, "gates": result.checks, "stale": stale}
 
 
 def stale_check(stage: str) -> Check:
@@ -110,10 +131,9 @@ def read_lineage(stage: str) -> dict[str, dict[str, str]] | None:
     return lineage
 
 
-def write_index(
-    params: Params, figures: Mapping[str, Mapping], verdict: Verdict, stale: Mapping[str, str]
-) -> None:
+def write_index(params: Params, result: Gated, verdict: Verdict) -> None:
     """The data card, ``reports/index.{html,md}``: a stale stage's figures are left out."""
+    figures, stale = result.figures, result.stale
     stages = []
     for stage in PIPELINE:
         checks = gate_checks(params.gates, stage, figures, stale)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from curate import demo
-from curate.dataset import IMAGE_STORES, class_names, write_images, write_samples
+from curate.dataset import RAW_IMAGES, RAW_SAMPLES, class_names, write_images, write_samples
 from curate.folder import (
     NOT_AN_IMAGE,
     OUTSIDE_CLASSES,
@@ -25,13 +25,14 @@ from curate.folder import (
     FolderData,
     read_image_folder,
 )
+from curate.lineage import Lineage
 from curate.params import DEMO_SOURCE, Params, load_params
 from curate.polarity import light_background
-from curate.report import Verdict, bar_chart, thumbnail, write_report
+from curate.report import Verdict, bar_chart, thumbnail
+from curate.report.writer import write_stage
 from curate.stage import guarded, stage_parser
 from curate.store import Store
 
-RAW_SAMPLES = IMAGE_STORES["raw"].parent / "samples.parquet"
 THUMBS_PER_CELL = 8
 POLARITY_CHUNK = 4096  # rows read at a time when counting light backgrounds
 MIN_TRAIN_PER_CLASS = 10
@@ -52,16 +53,19 @@ FLOAT_HOW = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("ingest", __doc__).parse_args(argv)
     params = load_params(args.params)
-    data = load_source(params)
-    write_samples(RAW_SAMPLES, data.samples)
-    sizes = write_report("ingest", report_context(params, data), metrics(data))
-    print(f"ingest: {len(data.samples):,} samples; reports/ingest.html {sizes['html']:,} bytes")
+    lineage = Lineage()
+    result = compute(params, lineage.output(RAW_IMAGES))
+    write_samples(lineage.output(RAW_SAMPLES), result.samples)
+    sizes = write_stage("ingest", params, metrics(result), report_context(params, result), lineage)
+    print(f"ingest: {len(result.samples):,} samples; reports/ingest.html {sizes['html']:,} bytes")
     return 0
 
 
-def load_source(params: Params) -> FolderData:
-    """The source's table, its pixels written to the raw store (opened for the report)."""
-    settings, target = params.ingest, IMAGE_STORES["raw"]
+def compute(params: Params, target: Path) -> FolderData:
+    """The source's table and what was skipped and why, its pixels streamed into the raw store at
+    ``target`` (opened for the report). Not pure: it reads the source and writes the store a
+    bounded batch at a time, so memory does not grow with the number of files."""
+    settings = params.ingest
     if settings.source == DEMO_SOURCE:
         images, samples = demo.build_demo(
             seed=params.seed,
@@ -78,24 +82,24 @@ def load_source(params: Params) -> FolderData:
     return read_image_folder(Path(settings.source), params.image, settings, params.seed, target)
 
 
-def metrics(data: FolderData) -> dict[str, int]:
-    """Headline counts; ``n_skipped`` counts every file left out, ``n_bad_images`` the unreadable ones."""
-    samples = data.samples
+def metrics(result: FolderData) -> dict[str, int]:
+    """The counts; ``n_skipped`` counts every file left out, ``n_bad_images`` the unreadable ones."""
+    samples = result.samples
     return {
         "n_train": int((samples["split"] == "train").sum()),
         "n_test": int((samples["split"] == "test").sum()),
         "n_classes": int(samples["label"].nunique()),
         "n_groups": int(samples["group"].nunique()),
-        "n_bad_images": data.n_skipped(UNREADABLE),
-        "n_skipped": data.n_skipped(),
-        "n_16bit": data.n_16bit,
-        "n_multiframe": data.n_multiframe,
-        "n_unlisted": data.n_unlisted,
+        "n_bad_images": result.n_skipped(UNREADABLE),
+        "n_skipped": result.n_skipped(),
+        "n_16bit": result.n_16bit,
+        "n_multiframe": result.n_multiframe,
+        "n_unlisted": result.n_unlisted,
     }
 
 
-def report_context(params: Params, data: FolderData) -> dict[str, object]:
-    samples = data.samples
+def report_context(params: Params, result: FolderData) -> dict[str, object]:
+    samples = result.samples
     names = class_names(samples)
     groups = sorted(samples["group"].unique())
     counts = samples.groupby(["label_name", "group", "split"]).size()
@@ -118,21 +122,21 @@ def report_context(params: Params, data: FolderData) -> dict[str, object]:
         "is_demo": params.ingest.source == DEMO_SOURCE,
         "demo": params.ingest.demo,
         "image": params.image,
-        "verdict": _verdict(data, names),
-        "headline": list(metrics(data).items()),
+        "verdict": _verdict(result, names),
+        "headline": list(metrics(result).items()),
         "count_headers": ["class", *(f"{g} {s}" for g, s in columns), "total"],
         "count_rows": count_rows,
         "chart": chart,
-        "thumbnails": _thumbnail_rows(data.images, train, names, groups),
-        "source_sizes": [(f"{w} x {h}", n) for (w, h), n in data.source_sizes.most_common(10)],
-        "source_modes": sorted(data.source_modes.items()),
-        "conversions": _conversions(params, data),
+        "thumbnails": _thumbnail_rows(result.images, train, names, groups),
+        "source_sizes": [(f"{w} x {h}", n) for (w, h), n in result.source_sizes.most_common(10)],
+        "source_modes": sorted(result.source_modes.items()),
+        "conversions": _conversions(params, result),
         "skipped_counts": [
-            (reason, data.n_skipped(reason)) for reason in SKIP_REASONS if data.n_skipped(reason)
+            (reason, result.n_skipped(reason)) for reason in SKIP_REASONS if result.n_skipped(reason)
         ],
-        "skipped": [list(entry) for entry in data.skipped[:MAX_LISTED]],
-        "skipped_more": max(0, len(data.skipped) - MAX_LISTED),
-        "polarity": _polarity(params, data),
+        "skipped": [list(entry) for entry in result.skipped[:MAX_LISTED]],
+        "skipped_more": max(0, len(result.skipped) - MAX_LISTED),
+        "polarity": _polarity(params, result),
         "noise_by_group": _noise_by_group(samples),
     }
 

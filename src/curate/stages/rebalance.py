@@ -4,7 +4,7 @@ Measures how the groups (``rebalance.group_columns``, intersected) and labels
 are represented among the train rows in play, then rebalances them: method
 ``reweight`` writes a ``weight`` column (mean 1) for a weighted sampler or loss,
 method ``resample`` a ``copies`` count per row (0 for an under-sampled row,
-which stays in the table; the train stage expands rows by it). Rows dropped by
+which stays in the table; the fit stage expands rows by it). Rows dropped by
 clean are left out; test rows pass through untouched (weight 1, copies 1).
 
 A group with fewer than ``rebalance.min_group_size`` train rows is too small to rebalance:
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -28,12 +28,14 @@ import pandas as pd
 from curate import balance
 from curate.dataset import BALANCED_DIR, CLEAN_DIR, class_names, read_samples, training_rows, write_samples
 from curate.errors import CurateError
-from curate.gates import show_gates
-from curate.params import RebalanceParams, load_params
-from curate.report import Verdict, bar_chart, write_report
+from curate.lineage import Lineage
+from curate.params import Params, RebalanceParams, load_params
+from curate.report import Verdict, bar_chart
+from curate.report.writer import write_stage
 from curate.stage import guarded, stage_parser
 
 INPUT = CLEAN_DIR / "samples.parquet"
+OUTPUT = BALANCED_DIR / "samples.parquet"
 # Joins the values of several group columns into one intersectional group name,
 # the name target_shares uses: "mnist / indoor".
 GROUP_SEPARATOR = " / "
@@ -81,11 +83,10 @@ DEFINITIONS = (
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("rebalance", __doc__).parse_args(argv)
     params = load_params(args.params)
-    result = rebalance(read_samples(INPUT), params.rebalance, params.seed)
-    write_samples(BALANCED_DIR / "samples.parquet", result.samples)
-    stage_metrics = metrics(result)
-    context = show_gates(report_context(params.rebalance, result), params.gates, "rebalance", stage_metrics)
-    sizes = write_report("rebalance", context, stage_metrics)
+    lineage = Lineage()
+    result = compute(read_samples(lineage.input(INPUT)), params.rebalance, params.seed)
+    write_samples(lineage.output(OUTPUT), result.samples)
+    sizes = write_stage("rebalance", params, metrics(result), report_context(params, result), lineage)
     print(
         f"rebalance: {result.n_train:,} train rows in {len(result.before.groups)} group(s), "
         f"share ratio {result.share_ratio_before:.3f} -> {result.share_ratio_after:.3f}; "
@@ -106,7 +107,6 @@ class Rebalanced:
     n_clipped: int  # rows whose weight hit max_weight
     passed_through: bool  # one group only: nothing to rebalance
     too_small: np.ndarray  # (G,) bool: under rebalance.min_group_size train rows, kept at weight 1
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def n_train(self) -> int:
@@ -137,7 +137,7 @@ class Rebalanced:
         ]
 
 
-def rebalance(samples: pd.DataFrame, settings: RebalanceParams, seed: int) -> Rebalanced:
+def compute(samples: pd.DataFrame, settings: RebalanceParams, seed: int) -> Rebalanced:
     """Weights or copies for the train rows in play; raises :class:`CurateError` before any output."""
     train = training_rows(samples)
     if train.empty:
@@ -156,7 +156,7 @@ def rebalance(samples: pd.DataFrame, settings: RebalanceParams, seed: int) -> Re
     out["copies"] = np.int64(1)
     out.loc[train.index, "weight"] = weights
     out.loc[train.index, "copies"] = copies
-    result = Rebalanced(
+    return Rebalanced(
         samples=out,
         classes=classes,
         before=balance.measure(keys, labels, np.ones(len(train)), len(classes)),
@@ -168,8 +168,6 @@ def rebalance(samples: pd.DataFrame, settings: RebalanceParams, seed: int) -> Re
         passed_through=len(names) == 1,
         too_small=too_small,
     )
-    result.warnings = _warnings(settings, result)
-    return result
 
 
 def group_weights(
@@ -309,8 +307,8 @@ def metrics(result: Rebalanced) -> dict[str, float]:
     }
 
 
-def report_context(settings: RebalanceParams, result: Rebalanced) -> dict[str, object]:
-    before, after = result.before, result.after
+def report_context(params: Params, result: Rebalanced) -> dict[str, object]:
+    settings, before, after = params.rebalance, result.before, result.after
     train = result.samples[result.samples.index.isin(training_rows(result.samples).index)]
     used = train["weight"].to_numpy() * train["copies"].to_numpy()
     headline = [
@@ -333,7 +331,7 @@ def report_context(settings: RebalanceParams, result: Rebalanced) -> dict[str, o
         "definitions": DEFINITIONS,
         "group_headers": GROUP_HEADERS,
         "cell_headers": CELL_HEADERS,
-        "verdict": Verdict(warnings=result.warnings),
+        "verdict": Verdict(warnings=_warnings(settings, result)),
         "passed_through": result.passed_through,
         "n_train": result.n_train,
         "n_dropped": result.n_dropped,

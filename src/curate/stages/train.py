@@ -12,39 +12,62 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from curate.dataset import MODELS_DIR, read_json
-from curate.errors import CurateError
+from curate.dataset import MODELS_DIR, read_json, require_columns
+from curate.lineage import Lineage
 from curate.params import Params, TrainParams, load_params
-from curate.report import Verdict, line_chart, write_report
+from curate.report import Verdict, line_chart
+from curate.report.writer import write_stage
 from curate.stage import guarded, stage_parser
 
 INPUT = MODELS_DIR / "fit.json"
+RUN_KEYS = ("history", "summary", "group_rows", "n_fit", "n_val")
+
+
+@dataclass(frozen=True)
+class Run:
+    """The fit stage's run record, checked."""
+
+    history: list[dict[str, Any]]  # per epoch: epoch, train/val loss and accuracy, seconds, images
+    summary: dict[str, Any]  # epochs_run, best_epoch, best_val_loss/accuracy, device, the throughput
+    group_rows: list[list]  # per group: originals, copies, share of the training weight, validation
+    n_fit: int
+    n_val: int
+    digest: str  # SHA-256 of the train params that built the model ("n/a": an older record)
+    environment: dict[str, Any]  # what trained it
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("train", __doc__).parse_args(argv)
     params = load_params(args.params)
-    run = read_run()
-    sizes = write_report("train", report_context(params, run), metrics(run))
+    lineage = Lineage()
+    result = compute(read_json(lineage.input(INPUT), "fit"))
+    sizes = write_stage("train", params, metrics(result), report_context(params, result), lineage)
     print(
-        f"train: report of a {run['summary']['epochs_run']}-epoch run; "
+        f"train: report of a {result.summary['epochs_run']}-epoch run; "
         f"reports/train.html {sizes['html']:,} bytes"
     )
     return 0
 
 
-def read_run() -> dict[str, Any]:
-    run = read_json(INPUT, "fit")
-    missing = [key for key in ("history", "summary", "group_rows", "n_fit", "n_val") if key not in run]
-    if missing:
-        raise CurateError(f"{INPUT}: no {missing[0]!r} (written by an older fit stage: dvc repro)")
-    return run
+def compute(record: dict[str, Any]) -> Run:
+    """The run record as the report reads it; one line when a key is missing (an older fit stage)."""
+    require_columns(record, INPUT, RUN_KEYS, "fit", kind="key")
+    return Run(
+        history=record["history"],
+        summary=record["summary"],
+        group_rows=record["group_rows"],
+        n_fit=record["n_fit"],
+        n_val=record["n_val"],
+        digest=record.get("digest", "n/a"),
+        environment=record.get("environment", {}),
+    )
 
 
-def metrics(run: dict[str, Any]) -> dict[str, float]:
-    summary = run["summary"]
+def metrics(result: Run) -> dict[str, float]:
+    summary = result.summary
     return {
         "epochs_run": summary["epochs_run"],
         "best_epoch": summary["best_epoch"],
@@ -54,8 +77,8 @@ def metrics(run: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def report_context(params: Params, run: dict[str, Any]) -> dict[str, object]:
-    settings, summary = params.train, run["summary"]
+def report_context(params: Params, result: Run) -> dict[str, object]:
+    settings, summary = params.train, result.summary
     return {
         "settings": settings,
         "seed": params.seed,
@@ -71,14 +94,14 @@ def report_context(params: Params, run: dict[str, Any]) -> dict[str, object]:
             ("images per second", round(summary["images_per_second"])),
             ("training seconds", f"{summary['train_seconds']:.1f}"),
         ],
-        "environment": sorted(run.get("environment", {}).items()),
-        "charts": _charts(run["history"], summary["best_epoch"]),
-        "epoch_rows": _epoch_rows(run["history"], summary["best_epoch"]),
-        "group_rows": run["group_rows"],
-        "n_fit": run["n_fit"],
-        "n_val": run["n_val"],
+        "environment": sorted(result.environment.items()),
+        "charts": _charts(result.history, summary["best_epoch"]),
+        "epoch_rows": _epoch_rows(result.history, summary["best_epoch"]),
+        "group_rows": result.group_rows,
+        "n_fit": result.n_fit,
+        "n_val": result.n_val,
         "settings_rows": [[key, json.dumps(value)] for key, value in settings.model_dump().items()],
-        "digest": run.get("digest", "n/a"),
+        "digest": result.digest,
     }
 
 
