@@ -289,3 +289,13 @@ def test_a_reviewers_decision_is_named_as_such(made, capsys):
     write_samples("data/clean/samples.parquet", with_reasons(clean))
     out = trace(capsys, "x/0.png")[1]
     assert "decided by a reviewer (keep, clean.decisions); the automatic action was relabel" in out
+
+
+def test_trace_prints_the_reason_clean_recorded(made, capsys):
+    clean = read_samples("data/clean/samples.parquet")
+    clean.loc[clean["path"] == "cat/1.png", "action_reason"] = "recorded by clean, not re-derived"
+    write_samples("data/clean/samples.parquet", clean)
+    assert "- action drop: recorded by clean, not re-derived" in trace(capsys, "cat/1.png")[1]
+    write_samples("data/clean/samples.parquet", clean.drop(columns="action_reason"))
+    older = trace(capsys, "cat/1.png")[1]
+    assert "- action drop: not recorded (a clean stage from before action_reason: dvc repro)" in older
