@@ -9,7 +9,8 @@ and the report. No training here: changing how the predictions are read re-runs 
 People have the last word: the review ledger (``clean.decisions``, :mod:`curate.ledger`) is
 applied after cleanlab's actions and the cap. ``action_source`` says who decided a train row
 (``auto`` | ``review``), ``auto_action`` what cleanlab would have done; test rows, never
-cleaned nor reviewed, have ``none`` in both.
+cleaned nor reviewed, have ``none`` in both. ``action_reason`` says in words why a row got its
+action, as decided here with these params: ``curate trace`` prints it.
 """
 
 from __future__ import annotations
@@ -175,6 +176,7 @@ def compute(
     relabel = train["action"] == "relabel"
     train.loc[relabel, "label"] = train.loc[relabel, "predicted_label"]
     train = ledger.apply(train.drop(columns="drop_candidate"), review, names)
+    train["action_reason"] = action_reasons(train, settings, names)
     merged = _merge_back(samples, train)
     return Cleaned(merged, names, cap_notes, review.orphans, inputs.images, predictions.environment)
 
@@ -200,10 +202,64 @@ def _flag(
     return train
 
 
+def action_reasons(train: pd.DataFrame, settings: CleanParams, names: list[str]) -> pd.Series:
+    """Why each train row got its ``action``, in words, from the row and the ``settings`` that
+    decided it; rows neither flagged nor acted on are ``not flagged``."""
+    reasons = pd.Series("not flagged", index=train.index, dtype=object)
+    acted = (train["action"] != "none") | train["is_label_issue"].astype(bool)
+    spent = _spent_budgets(train, settings.max_drop_fraction, names)
+    for index, row in train[acted].iterrows():
+        reasons[index] = _reason(row, settings, names, spent)
+    return reasons
+
+
+def _reason(
+    row: pd.Series, settings: CleanParams, names: list[str], spent: dict[tuple[str, object], str]
+) -> str:
+    action, flagged, confidence = row["action"], bool(row["is_label_issue"]), row["predicted_confidence"]
+    if row.get("action_source") == "review":  # a person's decision in the ledger wins
+        label = f" to {row['label_name']}" if action == "relabel" else ""
+        automatic = row.get("auto_action", "n/a")
+        return (
+            f"decided by a reviewer ({action}{label}, clean.decisions); the automatic action was {automatic}"
+        )
+    if action == "relabel":
+        return f"relabelled to {names[int(row['predicted_label'])]} with confidence {confidence:.3f}"
+    if action == "drop" and (not flagged or settings.action == "keep"):  # keep: flags drop nothing
+        return "dropped as an extra near-duplicate (the best-labelled member of its set stays)"
+    if action == "drop":
+        floor = settings.relabel_min_confidence
+        unsure = settings.action == "relabel" and confidence < floor
+        return "flagged by cleanlab" + (
+            f", too unsure to relabel ({confidence:.3f} < {floor})" if unsure else ""
+        )
+    if action == "keep" and flagged and settings.action == "keep":
+        return "flagged by cleanlab, kept: clean.action is keep (flag only)"
+    asked = "flagged by cleanlab" if flagged else "an extra near-duplicate"
+    budgets = [spent[key] for key in (("class", row["given_label"]), ("group", row["group"])) if key in spent]
+    cap = "; ".join(budgets) + f" (clean.max_drop_fraction {settings.max_drop_fraction:g})"
+    return f"{asked}, held back by the max_drop_fraction cap: {cap}"
+
+
+def _spent_budgets(train: pd.DataFrame, fraction: float, names: list[str]) -> dict[tuple[str, object], str]:
+    """The removal budgets, floor(max_drop_fraction x train rows) per given class and per group,
+    that are spent: ``("class", label) | ("group", name) -> what it already lost``."""
+    spent = {}
+    dropped = train["action"] == "drop"
+    for kind, column in (("class", "given_label"), ("group", "group")):
+        for key, members in train.groupby(column).size().items():
+            lost = int((dropped & (train[column] == key)).sum())
+            if lost >= np.floor(fraction * members):
+                shown = names[int(key)] if kind == "class" else key
+                spent[(kind, key)] = f"{kind} {shown} already lost {lost} of its {members} train rows"
+    return spent
+
+
 def _merge_back(samples: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
     """All raw rows in raw order: cleaned train rows, test rows with neutral clean columns."""
     test = samples[samples["split"] != "train"].copy()
     test["action"] = test["auto_action"] = test["action_source"] = "none"
+    test["action_reason"] = "test sample: the test split is never cleaned"
     test["given_label"] = test["label"]
     merged = pd.concat([train, test]).loc[samples.index]
     for column in ("is_label_issue", "is_near_duplicate", "is_outlier"):
