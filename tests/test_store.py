@@ -199,3 +199,21 @@ def test_stages_on_broken_inputs_exit_2_with_one_line(raw_store):
     stderr = one_line_exit_2("curate.stages.augment")
     assert "data/balanced/samples.parquet: not a readable sample table" in stderr
     assert "re-run the rebalance stage" in stderr
+
+
+def test_another_revisions_store_reads_only_the_segments_asked_for(tmp_path):
+    images = rows_for([str(i) for i in range(30)])
+    write_images(tmp_path / "images", images, segment_mb=40 / (1 << 20))
+    asked = []
+
+    def read(path):
+        asked.append(path.name)
+        return path.read_bytes() if path.exists() else None
+
+    rows = store.RevisionRows.open(read, tmp_path / "images")
+    assert len(rows) == 30 and (rows[17] == images[17]).all() and (rows[0] == images[0]).all()
+    assert len(asked) == 3  # the index and two segments
+    assert store.RevisionRows.open(read, tmp_path / "elsewhere") is None
+    first_segment(tmp_path / "images").unlink()
+    with pytest.raises(CurateError, match="segment not found"):
+        store.RevisionRows.open(read, tmp_path / "images")[0]
