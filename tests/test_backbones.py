@@ -1,6 +1,6 @@
 """Pretrained backbones (curate.backbones): every architecture builds, ImageNet weights come from
 torchvision's cache or a local file and never from the network in tests, checkpoints rebuild
-without any weights, and ``clean.method: embeddings`` runs the clean half of the pipeline."""
+without any weights, and ``folds.method: embeddings`` runs the clean half of the pipeline."""
 
 from __future__ import annotations
 
@@ -233,7 +233,7 @@ def test_embeddings_method_runs_the_clean_half_of_the_pipeline(workdir):
     set_params(
         workdir / "params.yaml",
         ingest={"demo": {"subsample": 0.08}},
-        clean={"method": "embeddings", "model": "resnet18", "input_size": SIDE, "folds": 2, "batch_size": 64},
+        folds={"method": "embeddings", "model": "resnet18", "input_size": SIDE, "k": 2, "batch_size": 64},
         rebalance={"min_group_size": 2},
         augment={"copies": 1},
     )

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 TINY = {
     "ingest": {"demo": {"subsample": 0.08}},
     # min_steps 0: 2 epochs as asked (the default floor of 200 steps would make them 67 here).
-    "clean": {"folds": 2, "epochs": 2, "batch_size": 64, "min_steps": 0},
+    "folds": {"k": 2, "epochs": 2, "batch_size": 64, "min_steps": 0},
     # The tiny demo's sklearn group has about 7 train rows: rebalance it anyway, as the full demo does.
     "rebalance": {"min_group_size": 2},
     "augment": {"copies": 1},
@@ -210,7 +210,8 @@ def test_twenty_classes_keep_the_metrics_under_twenty_columns(tmp_path):
     set_params(
         root / "params.yaml",
         ingest={"source": "data/source"},
-        clean={"folds": 2, "epochs": 1, "action": "keep"},
+        folds={"k": 2, "epochs": 1},
+        clean={"action": "keep"},
         augment={"copies": 1},
         train={"epochs": 1, "val_fraction": 0.25},
     )

@@ -40,17 +40,17 @@ def check_class_sizes(labels: np.ndarray, names: list[str], folds: int) -> None:
     counts = np.bincount(labels, minlength=len(names))
     for index in np.flatnonzero(counts < folds):
         raise CurateError(
-            f"clean.folds: class {names[index]!r} has {counts[index]} train sample(s), fewer than "
-            f"clean.folds = {folds}; add samples of that class or lower clean.folds"
+            f"folds.k: class {names[index]!r} has {counts[index]} train sample(s), fewer than "
+            f"folds.k = {folds}; add samples of that class or lower folds.k"
         )
 
 
 @dataclass(frozen=True)
 class FoldTraining:
-    """How each fold model is trained (the ``clean`` params as the fold loop needs them)."""
+    """How each fold model is trained (the ``folds`` params as the fold loop needs them)."""
 
     n_classes: int
-    backbone: Backbone  # the network each fold model is, and how it starts (clean.model, weights, ...)
+    backbone: Backbone  # the network each fold model is, and how it starts (folds.model, weights, ...)
     epochs: int
     batch_size: int
     lr: float
@@ -139,7 +139,7 @@ def out_of_sample_predictions(
     fold 0's model embeds every row. ``strata``: see :func:`fold_splits`. ``images``: an array or
     a :class:`curate.dataset.ImageRows` (each fold reads its rows from it).
 
-    Under torchrun with several processes (``clean.nproc``), the folds are spread over the ranks
+    Under torchrun with several processes (``folds.nproc``), the folds are spread over the ranks
     (fold f on rank f % world, each on its own GPU on CUDA) and rank 0 gathers the held-out
     probabilities and returns the whole; the other ranks return None. Each fold is seeded by the
     fold alone, so the result is the one a single process computes.
@@ -147,13 +147,13 @@ def out_of_sample_predictions(
     from curate.inference import embed
 
     with distributed.process_group(device.type) as ranks:
-        device = distributed.rank_device(device, ranks, "clean.nproc")
+        device = distributed.rank_device(device, ranks, "folds.nproc")
         mine: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         embedder = None
         for fold, (fit_rows, held_out) in enumerate(fold_splits(strata, folds, training.seed)):
             if fold % ranks.world != ranks.rank:
                 continue
-            progress = f"clean: fold {fold + 1}/{folds}" if ranks.main else None
+            progress = f"folds: fold {fold + 1}/{folds}" if ranks.main else None
             net, probs = fold_model(images, labels, fit_rows, held_out, fold, training, device, progress)
             mine[fold] = (held_out, probs)
             if fold == 0:
@@ -182,7 +182,7 @@ def embedding_predictions(
     device: torch.device,
     batch_size: int,
 ) -> FoldPredictions:
-    """``clean.method: embeddings``, cleanlab's cheap path: every row embedded once by the frozen
+    """``folds.method: embeddings``, cleanlab's cheap path: every row embedded once by the frozen
     ``net`` (:func:`curate.inference.embed`), then a logistic regression per fold (:func:`fold_splits`, as the
     K-fold CNNs use) on the other folds' embeddings predicts the held-out fold.
 
@@ -195,7 +195,7 @@ def embedding_predictions(
     from curate.inference import embed
 
     embeddings = embed(
-        net, images, batch_size=batch_size, device=device, polarity=polarity, progress="clean: embeddings"
+        net, images, batch_size=batch_size, device=device, polarity=polarity, progress="folds: embeddings"
     )
     splits = fold_splits(strata, folds, seed)
     pred_probs = cross_val_predict(

@@ -305,6 +305,7 @@ def report_context(params: Params, result: Cleaned) -> dict:
     return {
         "verdict": Verdict(warnings=[f"{cap}: {note}" for note in result.cap_notes]),
         "settings": settings,
+        "folds": params.folds,  # how the predictions were made, which the report states
         "headline": [(key, figures[key]) for key in headline],
         "class_headers": ["class", *headers],
         "class_rows": _counts_by(train, "label_name"),
