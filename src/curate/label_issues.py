@@ -186,7 +186,8 @@ def duplicates_and_outliers(embeddings: np.ndarray, labels: np.ndarray) -> pd.Da
     lab = Datalab(data={"label": labels}, label_name="label", verbosity=0)
     # Datalab's neighbour search computes distances in blocks of scikit-learn's working_memory
     # (1 GiB by default): clean's peak RSS went 0.65 -> 1.8 GiB from 6,000 to 24,000 rows of 64-d
-    # embeddings, the block filling up. 128 MiB blocks: 0.43 and 0.44 GiB, the same issues found.
+    # embeddings, the block filling up. 128 MiB blocks: 0.43, 0.44 and 0.47 GiB at 6,000, 24,000 and
+    # 96,000 rows, the same issues found.
     with sklearn.config_context(working_memory=NEIGHBOUR_BLOCK_MB):
         lab.find_issues(features=embeddings, issue_types={"near_duplicate": {}, "outlier": {}})
     duplicates = lab.get_issues("near_duplicate")
