@@ -171,19 +171,20 @@ def read_figures(stage: str, reports_dir: str | Path = REPORTS_DIR) -> dict[str,
     reports_dir = Path(reports_dir)
     metrics_path = reports_dir / METRICS_DIR / f"{stage}.json"
     if not metrics_path.exists():
-        raise CurateError(f"{metrics_path}: not found (run the upstream stage first: dvc repro)")
+        raise CurateError(f"{metrics_path}: not found (run the {stage} stage first: dvc repro)")
     details_path = reports_dir / DETAILS_DIR / f"{stage}.json"
     details = _read_figure_file(details_path) if details_path.exists() else {}
     return merge_figures(_read_figure_file(metrics_path), details)
 
 
 def _read_figure_file(path: Path) -> dict[str, Any]:
+    rerun = f"re-run the {path.stem} stage (dvc repro)"  # metrics/<stage>.json, details/<stage>.json
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise CurateError(f"{path}: not readable as JSON ({exc}); re-run its stage (dvc repro)") from None
+        raise CurateError(f"{path}: not readable as JSON ({exc}); {rerun}") from None
     if not isinstance(values, dict):
-        raise CurateError(f"{path}: not a JSON object of figures; re-run its stage (dvc repro)")
+        raise CurateError(f"{path}: not a JSON object of figures; {rerun}")
     return values
 
 

@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lineage = Lineage()
     pipeline = build_pipeline(params, args.params)
     samples = read_samples(lineage.input(INPUT))
-    require_columns(samples, INPUT, ("weight", "copies"), "rebalance")
+    require_columns(samples, INPUT, ("weight", "copies"))
     # torch loads only past the cheap input checks (the checkpoint and the model need it).
     from curate.checkpoint import load_checkpoint, polarity_of
     from curate.devices import pick_device
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     embedder, meta = load_checkpoint(lineage.input(EMBEDDER))
     size, channels = params.image.size, params.image.channels
-    check_image_shape(EMBEDDER, meta, (size, size, channels), "params image is", "clean")
+    check_image_shape(EMBEDDER, meta, (size, size, channels), "params image is")
     device = pick_device(params.augment.device, key=f"{args.params}: augment.device")
 
     def embed(images: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ from curate.dataset import (
     PRED_PROBS,
     RAW_SAMPLES,
     RawInputs,
+    producer_of,
     read_array,
     read_json,
     read_raw,
@@ -102,10 +103,11 @@ def read_predictions(lineage: Lineage, n_train: int, n_classes: int) -> FoldOutp
     if pred_probs.shape != (n_train, n_classes) or len(folds) != n_train or len(embeddings) != n_train:
         raise CurateError(
             f"{PRED_PROBS}: {pred_probs.shape[0]} rows x {pred_probs.shape[1]} classes, but {RAW_SAMPLES} "
-            f"has {n_train} train rows x {n_classes} classes (re-run the folds stage: dvc repro)"
+            f"has {n_train} train rows x {n_classes} classes "
+            f"(re-run the {producer_of(PRED_PROBS)} stage: dvc repro)"
         )
     # What computed the predictions: their floats depend on it.
-    environment = sorted(read_json(lineage.input(ENVIRONMENT), "folds").items())
+    environment = sorted(read_json(lineage.input(ENVIRONMENT)).items())
     return FoldOutputs(pred_probs, folds, embeddings, environment)
 
 

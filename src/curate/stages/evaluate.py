@@ -25,11 +25,12 @@ import pandas as pd
 from curate import evaluation
 from curate.dataset import (
     AUGMENTED_DIR,
-    MODELS_DIR,
+    MODEL,
     ImageRows,
     check_image_shape,
     class_names,
     image_rows,
+    producer_of,
     read_samples,
     store_files,
     write_text,
@@ -42,7 +43,6 @@ from curate.report.writer import write_stage
 from curate.stage import guarded, stage_parser
 
 INPUT = AUGMENTED_DIR / "samples.parquet"
-MODEL = MODELS_DIR / "model.pt"
 CONFUSION_PLOT = "reports/plots/confusion.json"
 HEADLINE = (
     "accuracy",
@@ -94,9 +94,9 @@ def check_model(meta: Mapping[str, Any], names: list[str], images: ImageRows | n
     if list(meta.get("class_names", [])) != names:
         raise CurateError(
             f"{MODEL}: trained for classes {meta.get('class_names')}, but {INPUT} has {names} "
-            "(re-run the train stage: dvc repro)"
+            f"(re-run the {producer_of(MODEL)} stage: dvc repro)"
         )
-    check_image_shape(MODEL, meta, images.shape[1:], "the test images are", "train")
+    check_image_shape(MODEL, meta, images.shape[1:], "the test images are")
 
 
 @dataclass
