@@ -66,7 +66,8 @@ def test_same_rows_same_bytes_from_scratch_and_after_edits(tmp_path):
     assert sorted(p.name for p in edited.iterdir()) == sorted([*scratch, "index.json"])
 
 
-def test_reading_across_segments_in_any_order(tmp_path):
+def test_reading_across_segments_in_any_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "OPEN_SEGMENTS", 2)  # a reader keeps a bounded number of maps open
     images = np.random.default_rng(0).integers(0, 256, (50, *SHAPE), dtype=np.uint8)
     order = np.random.default_rng(1).permutation(50)
     rows = write_images(tmp_path / "s", images, order=order, segment_mb=40 / (1 << 20))
@@ -77,6 +78,7 @@ def test_reading_across_segments_in_any_order(tmp_path):
     np.testing.assert_array_equal(opened[picks], images[order][picks])
     np.testing.assert_array_equal(opened[10:20], images[order][10:20])
     np.testing.assert_array_equal(opened[-1], images[order][-1])
+    assert len(opened._maps) == 2
 
 
 def make_photos(root, n: int = 40) -> None:
