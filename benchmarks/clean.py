@@ -15,13 +15,13 @@ time, and beside it the baseline a user would try first: cleanlab ``find_label_i
 logistic-regression ``pred_probs`` (``cross_val_predict`` on raw pixels, same folds and
 ``filter_by``). ``--levers`` also scores, on the same out-of-fold ``pred_probs``, every
 ``filter_by`` x calibration (none, per-fold temperature) x kNN evidence weight x thresholds
-(pooled, per group): the levers that cost no training. Levers that do (``clean.epochs``, ``clean.ensemble``,
-``clean.augment``) are measured by running again with ``-S clean.ensemble=2`` etc.
+(pooled, per group): the levers that cost no training. Levers that do (``folds.epochs``, ``folds.ensemble``,
+``folds.augment``) are measured by running again with ``-S folds.ensemble=2`` etc.
 
 Targets (issue 14): class_conditional F1 >= 0.90, rgb F1 >= 0.88, uniform F1 >= 0.95,
 folds + clean on the default demo <= 40 s, recall of every group within 10 points.
 
-    python benchmarks/clean.py [--noise uniform class_conditional rgb] [--levers] [-S clean.epochs=12]
+    python benchmarks/clean.py [--noise uniform class_conditional rgb] [--levers] [-S folds.epochs=12]
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def run(noise: str, overrides: list[dict], per_class: int, levers: bool, keep: P
             result = {"noise": noise, "n_train": len(train), "n_noisy": int(noisy.sum()), "seconds": seconds}
             result["stage"] = scores(train["is_label_issue"].to_numpy(), noisy, groups)
             started = time.perf_counter()
-            flags = baseline(train, labels, params.clean.filter_by, params.clean.folds, params.seed)
+            flags = baseline(train, labels, params.clean.filter_by, params.folds.k, params.seed)
             result["baseline"] = scores(flags, noisy, groups) | {"seconds": time.perf_counter() - started}
             if levers:
                 result["levers"] = lever_grid(labels, noisy, groups, params.clean.knn_k)

@@ -66,11 +66,10 @@ sys.path.insert(0, str(REPO))  # the tests' params helper: one merge rule for te
 from curate.report.render import read_figures  # noqa: E402
 from tests.conftest import parse_override, set_params  # noqa: E402
 
-# (stage, params sections it reads, the folders it writes that later stages read). A section
-# "clean-" is the clean section less CLEAN_ONLY: what the folds stage can read.
+# (stage, params sections it reads, the folders it writes that later stages read).
 STAGES = (
     ("ingest", ("seed", "image", "ingest"), ("data/raw",)),
-    ("folds", ("seed", "image", "clean-"), ("data/clean",)),
+    ("folds", ("seed", "image", "folds"), ("data/clean",)),
     ("clean", ("seed", "image", "clean"), ("data/clean",)),
     ("rebalance", ("seed", "rebalance"), ("data/balanced",)),
     ("augment", ("seed", "image", "augment"), ("data/augmented",)),
@@ -78,13 +77,6 @@ STAGES = (
     ("train", ("seed", "image", "train"), ()),
     ("evaluate", ("evaluate",), ("reports/metrics", "reports/details")),
 )
-# The clean keys that only change how the predictions are read: the naive pipeline (action
-# keep) reuses the default's fold models. A key missing here only costs a re-run.
-CLEAN_ONLY = {
-    "filter_by", "frac_noise", "min_examples_per_class", "rank_by", "action", "relabel_min_confidence",
-    "max_drop_fraction", "cap", "drop_near_duplicates", "decisions", "calibrate", "knn_weight", "knn_k",
-    "thresholds",
-}  # fmt: skip
 
 
 def code_digest(package: Path) -> str:
@@ -131,7 +123,7 @@ def run_pipeline(folder: Path, cache: Path, overrides: list[dict], quiet: bool) 
     params = yaml.safe_load((folder / "params.yaml").read_text())
     prefix: dict = {}
     for stage, sections, outputs in STAGES:
-        prefix |= {section: _section(params, section) for section in sections}
+        prefix |= {section: params.get(section) for section in sections}
         key = cache_key(stage, prefix, CODE_DIGEST)
         stored = cache / f"{stage}-{key}"
         if not stored.exists():
@@ -167,12 +159,6 @@ def clean_figures(folder: Path) -> dict:
         "dropped": int((train["action"] == "drop").sum()),
         "kept_flags": int((flagged & (train["action"] == "keep").to_numpy()).sum()),
     }
-
-
-def _section(params: dict, section: str) -> object:
-    if section == "clean-":
-        return {key: value for key, value in params["clean"].items() if key not in CLEAN_ONLY}
-    return params.get(section)
 
 
 def _run_stage(stage: str, folder: Path, quiet: bool) -> None:

@@ -241,8 +241,8 @@ STOPS = {
     # item 13: params that cannot lie (run with --params)
     "empty params file": (
         _replace_params(""),
-        "bad.yaml: empty (expected the sections seed, image, ingest, clean, rebalance, augment, train, "
-        "evaluate, gates)",
+        "bad.yaml: empty (expected the sections seed, image, ingest, folds, clean, rebalance, augment, "
+        "train, evaluate, gates)",
     ),
     "duplicated section": (_duplicated_section, "bad.yaml line {lines}: key 'ingest' appears twice"),
     "empty ingest.source": (

@@ -38,7 +38,7 @@ def cleaned(tmp_path_factory):
     set_params(
         root / "params.yaml",
         ingest={"demo": {"subsample": 0.3}},
-        clean={"folds": 3, "epochs": 12, "batch_size": 64, "min_steps": 0},
+        folds={"k": 3, "epochs": 12, "batch_size": 64, "min_steps": 0},
     )
     cwd = os.getcwd()
     os.chdir(root)
@@ -139,9 +139,9 @@ def test_class_smaller_than_folds_is_named(workdir):
         (workdir / "src" / cls).mkdir(parents=True)
         for i in range(n):
             Image.new("L", (12, 12), color=10 * i).save(workdir / "src" / cls / f"{i}.png")
-    set_params(workdir / "params.yaml", ingest={"source": "src", "test_fraction": 0.01}, clean={"folds": 3})
+    set_params(workdir / "params.yaml", ingest={"source": "src", "test_fraction": 0.01}, folds={"k": 3})
     assert ingest.main([]) == 0
-    with pytest.raises(CurateError, match="clean.folds: class 'rare' has 2 train sample"):
+    with pytest.raises(CurateError, match="folds.k: class 'rare' has 2 train sample"):
         folds.main([])
     assert not (workdir / "data/clean").exists()
 
@@ -153,8 +153,8 @@ def test_missing_device_is_named(cleaned, workdir):
         pytest.skip("this machine has CUDA")
     shutil.copy(cleaned / "params.yaml", workdir / "params.yaml")
     shutil.copytree(cleaned / "data/raw", workdir / "data/raw")
-    set_params(workdir / "params.yaml", clean={"device": "cuda"})
-    with pytest.raises(CurateError, match=r"params.yaml: clean.device = 'cuda', but .* no cuda"):
+    set_params(workdir / "params.yaml", folds={"device": "cuda"})
+    with pytest.raises(CurateError, match=r"params.yaml: folds.device = 'cuda', but .* no cuda"):
         folds.main([])
     assert not (workdir / "data/clean").exists()
 

@@ -18,7 +18,7 @@ def compare(root) -> str:
 
 def test_fresh_clone_compares_by_figures_and_says_so(tmp_path):
     root = template_copy(tmp_path / "clone")
-    set_params(root / "params.yaml", clean={"epochs": 3})
+    set_params(root / "params.yaml", folds={"epochs": 3})
     metrics_path = root / "reports" / "metrics" / "clean.json"
     metrics = json.loads(metrics_path.read_text())
     metrics["dropped"] += 5  # a headline figure, in the metrics file
@@ -28,7 +28,7 @@ def test_fresh_clone_compares_by_figures_and_says_so(tmp_path):
     assert lines[2].startswith("Compared by figures only")
     assert "data/balanced/samples.parquet of HEAD and workspace" in lines[2]
     assert "## Data" not in output
-    assert "| clean.epochs | 12 | 3 |" in output
+    assert "| folds.epochs | 12 | 3 |" in output
     assert f"| clean.dropped | {metrics['dropped'] - 5} | {metrics['dropped']} | +5 |" in output
     assert "| reports/clean.md | same |" in output
 

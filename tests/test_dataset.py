@@ -7,7 +7,7 @@ import pytest
 
 from curate.dataset import (
     atomic_path,
-    class_names,
+    class_names_of,
     content_ids,
     gather_images,
     read_images,
@@ -95,7 +95,7 @@ def test_content_ids_are_stable_and_unique():
 
 def test_class_names_follow_label_order():
     frame = pd.DataFrame({"label": [1, 0, 1], "label_name": ["dog", "cat", "dog"]})
-    assert class_names(frame) == ["cat", "dog"]
+    assert class_names_of(frame) == ["cat", "dog"]
 
 
 def test_stratified_mask_per_stratum_and_seeded():
@@ -148,11 +148,22 @@ def test_a_killed_writer_leaves_a_temp_file_that_the_next_write_removes(tmp_path
 def test_read_json_names_the_stage_to_rerun(tmp_path):
     from curate.dataset import read_json
 
-    path = tmp_path / "fit.json"
+    path = tmp_path / "models" / "fit.json"
+    path.parent.mkdir()
     with pytest.raises(CurateError, match=r"fit.json: not found \(run the fit stage first: dvc repro\)"):
-        read_json(path, "fit")
+        read_json(path)
     path.write_text("{truncated")
     with pytest.raises(CurateError, match=r"fit.json: not readable as JSON \(.*\); re-run the fit stage"):
-        read_json(path, "fit")
+        read_json(path)
     path.write_text('{"a": 1}')
-    assert read_json(path, "fit") == {"a": 1}
+    assert read_json(path) == {"a": 1}
+
+
+def test_messages_name_the_stage_that_writes_the_file(tmp_path):
+    # One map: folds writes beside clean's table, fit writes the model evaluate reads.
+    from curate.dataset import producer_of
+
+    assert producer_of("data/clean/samples.parquet") == "clean"
+    assert producer_of(tmp_path / "data/clean/embedder.pt") == "folds"
+    assert producer_of("models/model.pt") == producer_of("models/fit.json") == "fit"
+    assert producer_of("data/augmented/images") == "augment"

@@ -1,5 +1,5 @@
 """Training on 2 processes: the stages relaunch themselves under torchrun (gloo on loopback) when
-train.nproc / clean.nproc > 1, on the tiny demo profile. The outputs pass the checks a 1-process
+train.nproc / folds.nproc > 1, on the tiny demo profile. The outputs pass the checks a 1-process
 run passes; the fold-parallel folds stage gives the 1-process bytes, DDP training the 1-process
 accuracy within a stated tolerance."""
 
@@ -34,7 +34,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
     (root / "data" / "demo").mkdir(parents=True)
-    on_cpu = {"clean": {**TINY["clean"], **CPU}, "augment": {**TINY["augment"], **CPU}, "evaluate": CPU}
+    on_cpu = {"folds": {**TINY["folds"], **CPU}, "augment": {**TINY["augment"], **CPU}, "evaluate": CPU}
     set_params(root / "params.yaml", **{**TINY, **on_cpu, "train": {"epochs": 8, "batch_size": 32, **CPU}})
     cwd, threads = os.getcwd(), torch.get_num_threads()
     os.chdir(root)
@@ -50,11 +50,11 @@ def tiny(tmp_path_factory):
 
 def test_folds_spread_over_two_processes_give_the_one_process_bytes(tiny):
     one = {name: (tiny / "data/clean" / name).read_bytes() for name in FOLD_OUTPUTS}
-    set_params(tiny / "params.yaml", clean={"nproc": 2})
+    set_params(tiny / "params.yaml", folds={"nproc": 2})
     try:
         assert folds.main([]) == 0  # relaunched as 2 ranks: fold 0 on rank 0, fold 1 on rank 1
     finally:
-        set_params(tiny / "params.yaml", clean={"nproc": 1})
+        set_params(tiny / "params.yaml", folds={"nproc": 1})
     for name in FOLD_OUTPUTS:
         assert (tiny / "data/clean" / name).read_bytes() == one[name], name
     assert (np.load(tiny / "data/clean/folds.npy") >= 0).all()  # every row held out once

@@ -105,7 +105,16 @@ def test_one_threshold_per_metric(tmp_path):
     )
 
 
-@pytest.mark.parametrize("section", ["clean", "augment", "train", "evaluate"])
+@pytest.mark.parametrize(("old", "new"), [("folds", "k"), ("epochs", "epochs"), ("min_steps", "min_steps")])
+def test_fold_keys_moved_from_clean_name_their_new_key(tmp_path, old, new):
+    # The folds stage's keys left clean for a section of their own; an older file says where.
+    assert error_of(write(tmp_path, f"clean:\n  {old}: 3\n")).endswith(
+        f"clean.{old}: unknown key (moved to folds.{new})"
+    )
+    assert load_params(write(tmp_path, "folds:\n  k: 3\n")).folds.k == 3
+
+
+@pytest.mark.parametrize("section", ["folds", "augment", "train", "evaluate"])
 def test_every_model_stage_takes_a_device(tmp_path, section):
     params = load_params(write(tmp_path, f"{section}:\n  device: cpu\n"))
     assert getattr(params, section).device == "cpu" and getattr(Params(), section).device == "auto"

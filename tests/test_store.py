@@ -66,7 +66,8 @@ def test_same_rows_same_bytes_from_scratch_and_after_edits(tmp_path):
     assert sorted(p.name for p in edited.iterdir()) == sorted([*scratch, "index.json"])
 
 
-def test_reading_across_segments_in_any_order(tmp_path):
+def test_reading_across_segments_in_any_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "OPEN_SEGMENTS", 2)  # a reader keeps a bounded number of maps open
     images = np.random.default_rng(0).integers(0, 256, (50, *SHAPE), dtype=np.uint8)
     order = np.random.default_rng(1).permutation(50)
     rows = write_images(tmp_path / "s", images, order=order, segment_mb=40 / (1 << 20))
@@ -77,6 +78,7 @@ def test_reading_across_segments_in_any_order(tmp_path):
     np.testing.assert_array_equal(opened[picks], images[order][picks])
     np.testing.assert_array_equal(opened[10:20], images[order][10:20])
     np.testing.assert_array_equal(opened[-1], images[order][-1])
+    assert len(opened._maps) == 2
 
 
 def make_photos(root, n: int = 40) -> None:
@@ -199,3 +201,21 @@ def test_stages_on_broken_inputs_exit_2_with_one_line(raw_store):
     stderr = one_line_exit_2("curate.stages.augment")
     assert "data/balanced/samples.parquet: not a readable sample table" in stderr
     assert "re-run the rebalance stage" in stderr
+
+
+def test_another_revisions_store_reads_only_the_segments_asked_for(tmp_path):
+    images = rows_for([str(i) for i in range(30)])
+    write_images(tmp_path / "images", images, segment_mb=40 / (1 << 20))
+    asked = []
+
+    def read(path):
+        asked.append(path.name)
+        return path.read_bytes() if path.exists() else None
+
+    rows = store.RevisionRows.open(read, tmp_path / "images")
+    assert len(rows) == 30 and (rows[17] == images[17]).all() and (rows[0] == images[0]).all()
+    assert len(asked) == 3  # the index and two segments
+    assert store.RevisionRows.open(read, tmp_path / "elsewhere") is None
+    first_segment(tmp_path / "images").unlink()
+    with pytest.raises(CurateError, match="segment not found"):
+        store.RevisionRows.open(read, tmp_path / "images")[0]

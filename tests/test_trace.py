@@ -13,6 +13,8 @@ import pytest
 
 from curate import cli
 from curate.dataset import read_samples, write_array, write_images, write_samples
+from curate.params import load_params
+from curate.stages.clean import action_reasons
 from tests.conftest import set_params, template_copy
 from tests.test_experiments import ENV, GIT, TINY, run
 from tests.test_report import assert_safe_html
@@ -66,6 +68,14 @@ def clean_table(raw: pd.DataFrame) -> pd.DataFrame:
     clean.loc[relabel, "label"] = clean.loc[relabel, "predicted_label"]
     clean.loc[relabel, "label_name"] = "cat"
     write_array("data/clean/pred_probs.npy", probs)
+    return with_reasons(clean)
+
+
+def with_reasons(clean: pd.DataFrame) -> pd.DataFrame:
+    """The ``action_reason`` column as the clean stage writes it, under the workdir's params."""
+    train = clean["split"] == "train"
+    clean["action_reason"] = "test sample: the test split is never cleaned"
+    clean.loc[train, "action_reason"] = action_reasons(clean[train], load_params().clean, [NASTY, "cat"])
     return clean
 
 
@@ -278,6 +288,16 @@ def test_a_reviewers_decision_is_named_as_such(made, capsys):
     clean["action_source"] = "auto"
     clean["auto_action"] = clean["action"]
     clean.loc[row, ["action", "action_source", "auto_action"]] = ["keep", "review", "relabel"]
-    write_samples("data/clean/samples.parquet", clean)
+    write_samples("data/clean/samples.parquet", with_reasons(clean))
     out = trace(capsys, "x/0.png")[1]
     assert "decided by a reviewer (keep, clean.decisions); the automatic action was relabel" in out
+
+
+def test_trace_prints_the_reason_clean_recorded(made, capsys):
+    clean = read_samples("data/clean/samples.parquet")
+    clean.loc[clean["path"] == "cat/1.png", "action_reason"] = "recorded by clean, not re-derived"
+    write_samples("data/clean/samples.parquet", clean)
+    assert "- action drop: recorded by clean, not re-derived" in trace(capsys, "cat/1.png")[1]
+    write_samples("data/clean/samples.parquet", clean.drop(columns="action_reason"))
+    older = trace(capsys, "cat/1.png")[1]
+    assert "- action drop: not recorded (a clean stage from before action_reason: dvc repro)" in older

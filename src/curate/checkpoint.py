@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from curate.dataset import write_bytes
+from curate.dataset import producer_of, write_bytes
 from curate.errors import CurateError
 from curate.networks import build_model
 from curate.polarity import MODES
@@ -85,7 +85,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The model (on the CPU, in eval mode) and the meta saved by :func:`save_checkpoint`."""
     path = Path(path)
     if not path.exists():
-        raise CurateError(f"{path}: not found (run the upstream stage first: dvc repro)")
+        raise CurateError(f"{path}: not found (run the {producer_of(path)} stage first: dvc repro)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         meta = dict(payload["meta"])

@@ -64,8 +64,19 @@ ENVIRONMENT = CLEAN_DIR / "environment.json"
 # Which store a row's ``row`` points into: the ``store`` column names it;
 # tables without the column point into the raw store.
 IMAGE_STORES = {"raw": RAW_IMAGES, "augmented": AUGMENTED_DIR / "images"}
-# The stage that writes each data folder: what a broken file's message says to re-run.
-PRODUCERS = {RAW_DIR: "ingest", CLEAN_DIR: "clean", BALANCED_DIR: "rebalance", AUGMENTED_DIR: "augment"}
+# What the fit stage writes: the trained classifier and its run record (what the train stage reports).
+MODEL = MODELS_DIR / "model.pt"
+RUN_RECORD = MODELS_DIR / "fit.json"
+# The stage that writes each data file or folder: what a missing or broken file's message says
+# to run. A file named here wins over its folder (folds writes beside clean's table).
+PRODUCERS = {
+    RAW_DIR: "ingest",
+    **dict.fromkeys((PRED_PROBS, FOLD_OF_ROW, EMBEDDINGS, EMBEDDER, ENVIRONMENT), "folds"),
+    CLEAN_DIR: "clean",
+    BALANCED_DIR: "rebalance",
+    AUGMENTED_DIR: "augment",
+    **dict.fromkeys((MODEL, RUN_RECORD), "fit"),
+}
 
 
 def _remove_stale_temps(target: Path) -> None:
@@ -148,13 +159,13 @@ def read_array(source: str | Path) -> np.ndarray:
     """Load a numeric ``.npy`` written by :func:`write_array` (whole, not memory-mapped)."""
     source = Path(source)
     if not source.exists():
-        raise CurateError(f"{source}: not found (run the upstream stage first: dvc repro)")
+        raise CurateError(f"{source}: not found (run the {producer_of(source)} stage first: dvc repro)")
     return np.load(source, allow_pickle=False)
 
 
-def read_json(source: str | Path, producer: str) -> Any:
-    """A JSON file the ``producer`` stage wrote (a run record, an environment), recorded as an input."""
-    source = Path(source)
+def read_json(source: str | Path) -> Any:
+    """A JSON file a stage wrote (a run record, an environment); errors name that stage."""
+    source, producer = Path(source), producer_of(source)
     if not source.exists():
         raise CurateError(f"{source}: not found (run the {producer} stage first: dvc repro)")
     try:
@@ -166,11 +177,13 @@ def read_json(source: str | Path, producer: str) -> Any:
 
 
 def producer_of(path: str | Path) -> str:
-    """The stage that writes ``path`` (a data file or store, by its folder), for error messages."""
-    parent = Path(path).parent.as_posix()
-    for folder, stage in PRODUCERS.items():
-        if parent == folder.as_posix() or parent.endswith(f"/{folder.as_posix()}"):
-            return stage
+    """The stage that writes ``path`` (a file named in :data:`PRODUCERS`, else by its folder), for
+    error messages; a relative or absolute path under the project root alike."""
+    path = Path(path)
+    for candidate in (path.as_posix(), path.parent.as_posix()):
+        for written, stage in PRODUCERS.items():
+            if candidate == written.as_posix() or candidate.endswith(f"/{written.as_posix()}"):
+                return stage
     return "upstream"
 
 
@@ -203,7 +216,7 @@ def read_samples(source: str | Path) -> pd.DataFrame:
         raise CurateError(
             f"{source}: not a readable sample table ({reason}); re-run the {producer} stage"
         ) from None
-    require_columns(samples, source, CORE_COLUMNS, producer)
+    require_columns(samples, source, CORE_COLUMNS)
     return samples
 
 
@@ -211,29 +224,27 @@ def require_columns(
     table: pd.DataFrame | Mapping[str, Any],
     source: str | Path,
     columns: Sequence[str],
-    producer: str,
     kind: str = "column",
 ) -> None:
-    """Stop with one line naming ``source``, the ``columns`` it lacks and the ``producer`` stage that
-    writes them. ``table``: a sample table, or a JSON record (``kind="key"``)."""
+    """Stop with one line naming ``source``, the ``columns`` it lacks and the stage that writes
+    them. ``table``: a sample table, or a JSON record (``kind="key"``)."""
     missing = [column for column in columns if column not in table]
     if missing:
         named = ", ".join(map(repr, missing))
         plural = "s" * (len(missing) > 1)
         raise CurateError(
-            f"{source}: missing {kind}{plural} {named} (written by the {producer} stage: dvc repro)"
+            f"{source}: missing {kind}{plural} {named} (written by the {producer_of(source)} stage: "
+            "dvc repro)"
         )
 
 
-def check_image_shape(
-    source: str | Path, meta: Mapping[str, Any], shape: Sequence[int], what: str, producer: str
-) -> None:
+def check_image_shape(source: str | Path, meta: Mapping[str, Any], shape: Sequence[int], what: str) -> None:
     """A network (checkpoint ``source`` with its ``meta``) must take images of ``shape`` (H, W, C);
     ``what`` names them in the error (``the test images are``)."""
     if tuple(shape) != (meta["size"], meta["size"], meta["channels"]):
         raise CurateError(
             f"{source}: built for {meta['size']} px x {meta['channels']} channels, but {what} "
-            f"{shape[0]} px x {shape[2]} channels (re-run the {producer} stage: dvc repro)"
+            f"{shape[0]} px x {shape[2]} channels (re-run the {producer_of(source)} stage: dvc repro)"
         )
 
 
@@ -243,7 +254,7 @@ class RawInputs:
 
     samples: pd.DataFrame  # the raw table, every row
     images: Store  # the raw store, memory-mapped
-    names: list[str]  # (K,) class names by label
+    class_names: list[str]  # (K,) class names by label
     files: tuple[Path, ...]  # what was read: the stage notes them in its lineage
 
     @property
@@ -254,7 +265,7 @@ class RawInputs:
 def read_raw() -> RawInputs:
     """The raw table and store, checked as every reader checks them."""
     samples = read_samples(RAW_SAMPLES)
-    return RawInputs(samples, read_images(RAW_IMAGES), class_names(samples), (RAW_SAMPLES, RAW_IMAGES))
+    return RawInputs(samples, read_images(RAW_IMAGES), class_names_of(samples), (RAW_SAMPLES, RAW_IMAGES))
 
 
 def content_ids(payloads: Sequence[bytes]) -> list[str]:
@@ -276,7 +287,7 @@ def unique_ids(digests: Sequence[str]) -> list[str]:
     return ids
 
 
-def class_names(samples: pd.DataFrame) -> list[str]:
+def class_names_of(samples: pd.DataFrame) -> list[str]:
     """Class names in label order (``label`` indexes this list)."""
     pairs = samples[["label", "label_name"]].drop_duplicates().sort_values("label")
     return pairs["label_name"].tolist()

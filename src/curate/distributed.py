@@ -1,6 +1,6 @@
 """Training on several processes: torchrun launches them, torch.distributed connects them.
 
-``train.nproc`` (the fit stage) and ``clean.nproc`` (the folds stage) above 1 make the stage
+``train.nproc`` (the fit stage) and ``folds.nproc`` (the folds stage) above 1 make the stage
 relaunch itself under ``python -m torch.distributed.run --standalone --nproc-per-node N``
 (torchrun: a free port on this machine, one process per rank, every rank's environment set)
 and return torchrun's exit status. The stage relaunches itself, rather than dvc.yaml naming

@@ -1,4 +1,4 @@
-"""A ``clean`` or ``train`` section's model choice (``model``, ``weights``, ``input_size``,
+"""A ``folds`` or ``train`` section's model choice (``model``, ``weights``, ``input_size``,
 ``init_weights``): checked once, recorded in the checkpoint meta, built with its starting weights.
 
 Apart from the networks (:mod:`curate.networks`, :mod:`curate.backbones`) and the checkpoint files
@@ -21,7 +21,7 @@ from curate.networks import build_model
 
 @dataclass(frozen=True)
 class Backbone:
-    """A ``clean`` or ``train`` section's model choice: ``model``, ``weights``, ``input_size``,
+    """A ``folds`` or ``train`` section's model choice: ``model``, ``weights``, ``input_size``,
     ``init_weights``; ``section`` names the params in errors."""
 
     name: str

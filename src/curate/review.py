@@ -26,14 +26,13 @@ import pandas as pd
 
 from curate import ledger as review_ledger
 from curate.csvfile import csv_text
-from curate.dataset import IMAGE_STORES, write_text
+from curate.dataset import IMAGE_STORES, read_images, write_text
 from curate.errors import CurateError
 from curate.flags import CLEAN_TABLE, class_names, decided_mask, flag_table, load_clean
 from curate.params import load_params
 from curate.report import Verdict, thumbnail
 from curate.report.render import render, render_markdown
 from curate.stage import guarded
-from curate.store import Store
 
 TODO = Path("data/review/todo.csv")
 HTML = Path("reports/review.html")
@@ -163,7 +162,7 @@ def thumbnails(candidates: list[Candidate], store: Path = IMAGE_STORES["raw"]) -
     """sample_id -> PNG data URI; empty when the image store is missing (the page says so)."""
     if not store.exists():
         return {}
-    images = Store(store, "ingest")
+    images = read_images(store)
     return {item.sample_id: thumbnail(images[item.row]) for item in candidates if 0 <= item.row < len(images)}
 
 

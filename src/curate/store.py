@@ -42,6 +42,7 @@ FORMAT = 1
 MIN_SHARE, MAX_FACTOR = 4, 4  # no cut before target / 4 rows; a forced cut at 4 x target
 NAME_DIGITS = 32  # hex digits of a segment's SHA-256 in its file name
 WRITE_CHUNK = 1024  # rows handed to a writer at a time when a whole array is stored
+OPEN_SEGMENTS = 256  # memory-maps a reader keeps open (least recently used closed first)
 
 
 def target_rows(segment_mb: float, row_shape: tuple[int, ...]) -> int:
@@ -251,7 +252,11 @@ class Store:
             )
 
     def _segment(self, index: int) -> np.ndarray:
-        if index not in self._maps:
+        if index in self._maps:
+            self._maps[index] = self._maps.pop(index)  # most recently used last
+        else:
+            if len(self._maps) >= OPEN_SEGMENTS:  # each map holds a file descriptor
+                del self._maps[next(iter(self._maps))]
             path = self.folder / self.names[index]
             try:
                 images = np.load(path, mmap_mode="r", allow_pickle=False)

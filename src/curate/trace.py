@@ -39,13 +39,12 @@ from curate.dataset import (
     IMAGE_STORES,
     PRED_PROBS,
     RAW_DIR,
-    class_names,
+    class_names_of,
     producer_of,
     write_text,
 )
 from curate.errors import CurateError
-from curate.params import CleanParams, RebalanceParams
-from curate.removal_cap import asked_rate, removal_budgets
+from curate.params import RebalanceParams
 from curate.report import Verdict, thumbnail
 from curate.report.render import render, render_markdown
 from curate.stage import guarded
@@ -89,7 +88,7 @@ class Tables:
 
     @property
     def names(self) -> list[str]:
-        return class_names(self.frames["ingest"])
+        return class_names_of(self.frames["ingest"])
 
 
 @dataclass
@@ -291,12 +290,19 @@ def _clean(tables: Tables, row: pd.Series | None, names: list[str]) -> tuple[Sec
         )
     if row["is_outlier"]:
         lines.append(f"outlier, score {row['outlier_score']:.3f}: listed, not removed")
-    why = _why(tables, row, names)
+    why = _recorded_reason(row)
     lines.append(f"action {row['action']}: {why}")
     fate = "dropped by clean" if row["action"] == "drop" else None
     decided = row["action"] != "none" or bool(row["is_label_issue"])
     decision = f"{DONE[row['action']]} by clean: {why}" if decided else None
     return Section("clean", path, lines), fate, decision
+
+
+def _recorded_reason(row: pd.Series) -> str:
+    """Why clean took its action, as clean recorded it (``action_reason``)."""
+    if "action_reason" not in row.index or pd.isna(row["action_reason"]):
+        return "not recorded (a clean stage from before action_reason: dvc repro)"
+    return str(row["action_reason"])
 
 
 def _given_probability(tables: Tables, row: pd.Series, given_name: str) -> str:
@@ -310,58 +316,6 @@ def _given_probability(tables: Tables, row: pd.Series, given_name: str) -> str:
         )
     value = float(probs[index, int(row["given_label"])])
     return f"out-of-fold probability of the given label {given_name}: {value:.3f} (fold {int(row['fold'])})"
-
-
-def _why(tables: Tables, row: pd.Series, names: list[str]) -> str:
-    """Why clean took its action, from the row and clean's params at that revision."""
-    action, flagged = row["action"], bool(row["is_label_issue"])
-    if row.get("action_source") == "review":  # a person's decision in the ledger wins
-        label = f" to {row['label_name']}" if action == "relabel" else ""
-        automatic = row.get("auto_action", "n/a")
-        return (
-            f"decided by a reviewer ({action}{label}, clean.decisions); the automatic action was {automatic}"
-        )
-    setting = _param(tables, CleanParams, "clean.action")
-    confidence = row["predicted_confidence"]
-    floor = float(_param(tables, CleanParams, "clean.relabel_min_confidence"))
-    if action == "relabel":
-        return f"relabelled to {names[int(row['predicted_label'])]} with confidence {confidence:.3f}"
-    if action == "drop" and (not flagged or setting == "keep"):  # keep: flags drop nothing
-        return "dropped as an extra near-duplicate (the best-labelled member of its set stays)"
-    if action == "drop":
-        unsure = setting == "relabel" and confidence < floor
-        return "flagged by cleanlab" + (
-            f", too unsure to relabel ({confidence:.3f} < {floor})" if unsure else ""
-        )
-    if action == "keep" and flagged and setting == "keep":
-        return "flagged by cleanlab, kept: clean.action is keep (flag only)"
-    if action == "keep":
-        asked = "flagged by cleanlab" if flagged else "an extra near-duplicate"
-        return f"{asked}, held back by the removal cap: {_cap(tables, row)}"
-    return "not flagged"
-
-
-def _cap(tables: Tables, row: pd.Series) -> str:
-    """Which removal budget (:func:`curate.removal_cap.removal_budgets`) per class and per group was spent."""
-    train = tables.frames["clean"]
-    train = train[train["split"] == "train"].assign(label=lambda t: t["given_label"])
-    fraction = float(_param(tables, CleanParams, "clean.max_drop_fraction"))
-    cap = str(_param(tables, CleanParams, "clean.cap"))
-    asked = asked_rate(train, str(_param(tables, CleanParams, "clean.action")))
-    budgets = removal_budgets(
-        train, asked, max_drop_fraction=fraction, cap=cap,
-        min_rows=int(_param(tables, CleanParams, "clean.min_examples_per_class")),
-    )  # fmt: skip
-    given = int(row["given_label"])
-    spent = []
-    for kind, key, name in (("class", given, tables.names[given]), ("group", row["group"], row["group"])):
-        column = "label" if kind == "class" else "group"
-        members = int((train[column] == key).sum())
-        dropped = int(((train[column] == key) & (train["auto_action"] == "drop")).sum())
-        if dropped >= budgets[(column, key)]:
-            spent.append(f"{kind} {name} already lost {dropped} of its {members} train rows")
-    basis = f"{asked:.1%} of train rows asked to go + " if cap == "relative" else ""
-    return "; ".join(spent) + f" (clean.cap {cap}: {basis}clean.max_drop_fraction {fraction:g})"
 
 
 def _param(tables: Tables, section: type[BaseModel], key: str) -> object:

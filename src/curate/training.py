@@ -263,7 +263,7 @@ class _Optimiser:
     def __init__(self, model: nn.Module, config: FitConfig, steps_per_epoch: int) -> None:
         self.adamw = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=WEIGHT_DECAY)
         # One-cycle: a short warm-up then annealing to ~0 lets a few epochs converge, which is
-        # what the clean stage's budget (K models) allows. OneCycleLR divides by its phase
+        # what the folds stage's budget (K models) allows. OneCycleLR divides by its phase
         # lengths: at least 8 steps keeps both non-empty on tiny data (a shorter run just
         # ends mid-schedule).
         self.schedule = torch.optim.lr_scheduler.OneCycleLR(

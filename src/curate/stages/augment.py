@@ -35,7 +35,7 @@ from curate.dataset import (
     IMAGE_STORES,
     ImageRows,
     check_image_shape,
-    class_names,
+    class_names_of,
     read_images,
     read_samples,
     require_columns,
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lineage = Lineage()
     pipeline = build_pipeline(params, args.params)
     samples = read_samples(lineage.input(INPUT))
-    require_columns(samples, INPUT, ("weight", "copies"), "rebalance")
+    require_columns(samples, INPUT, ("weight", "copies"))
     # torch loads only past the cheap input checks (the checkpoint and the model need it).
     from curate.checkpoint import load_checkpoint, polarity_of
     from curate.devices import pick_device
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     embedder, meta = load_checkpoint(lineage.input(EMBEDDER))
     size, channels = params.image.size, params.image.channels
-    check_image_shape(EMBEDDER, meta, (size, size, channels), "params image is", "clean")
+    check_image_shape(EMBEDDER, meta, (size, size, channels), "params image is")
     device = pick_device(params.augment.device, key=f"{args.params}: augment.device")
 
     def embed(images: np.ndarray) -> np.ndarray:
@@ -445,7 +445,7 @@ def _class_rows(result: Augmented, after: pd.DataFrame) -> list[list]:
             int(after_counts.get(name, 0)) - int(before.get(name, 0)),
             int(after_counts.get(name, 0)),
         ]
-        for name in class_names(result.table)
+        for name in class_names_of(result.table)
     ]
 
 

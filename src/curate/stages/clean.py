@@ -9,7 +9,8 @@ and the report. No training here: changing how the predictions are read re-runs 
 People have the last word: the review ledger (``clean.decisions``, :mod:`curate.ledger`) is
 applied after cleanlab's actions and the cap. ``action_source`` says who decided a train row
 (``auto`` | ``review``), ``auto_action`` what cleanlab would have done; test rows, never
-cleaned nor reviewed, have ``none`` in both.
+cleaned nor reviewed, have ``none`` in both. ``action_reason`` says in words why a row got its
+action, as decided here with these params: ``curate trace`` prints it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from curate.dataset import (
     PRED_PROBS,
     RAW_SAMPLES,
     RawInputs,
+    producer_of,
     read_array,
     read_json,
     read_raw,
@@ -49,8 +51,8 @@ SUSPICIOUS_SHOWN = 40
 DUPLICATE_SETS_SHOWN = 10
 MEMBERS_SHOWN = 12
 OUTLIERS_SHOWN = 24
-HEADLINE = ("flagged", "dropped", "relabelled", "flagged_rate", "near_duplicates", "outliers")
-REVIEW_HEADLINE = (
+HEADLINE_ROWS = ("flagged", "dropped", "relabelled", "flagged_rate", "near_duplicates", "outliers")
+REVIEW_HEADLINE_ROWS = (
     "reviewed",
     "confirmed",
     "overturned",
@@ -59,7 +61,7 @@ REVIEW_HEADLINE = (
     "review_precision",
 )
 ORPHANS_SHOWN = 50
-DETECTION_HEADLINE = ("detect_precision", "detect_recall", "detect_f1")
+DETECTION_HEADLINE_ROWS = ("detect_precision", "detect_recall", "detect_f1")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings, lineage = params.clean, Lineage()
     inputs = read_raw()
     lineage.input_files(inputs.files)
-    predictions = read_predictions(lineage, len(inputs.train), len(inputs.names))
+    predictions = read_predictions(lineage, len(inputs.train), len(inputs.class_names))
     checks = label_issues.duplicates_and_outliers(predictions.embeddings, inputs.train["label"].to_numpy())
     decisions = ledger.read_ledger(lineage.input(settings.decisions))
     result = compute(inputs, predictions, checks, settings, decisions)
@@ -88,24 +90,25 @@ class FoldOutputs:
     """What the folds stage wrote for clean, in the order of the train rows."""
 
     pred_probs: np.ndarray  # (N, K) out-of-sample predicted probabilities
-    folds: np.ndarray  # (N,) the fold in which each row was held out
+    fold_of_row: np.ndarray  # (N,) the fold in which each row was held out
     embeddings: np.ndarray | None  # (N, D) the shared model's; None: no kNN evidence
     environment: list[tuple[str, object]]  # what computed them (torch, CPU kernels, threads)
 
 
 def read_predictions(lineage: Lineage, n_train: int, n_classes: int) -> FoldOutputs:
     """``folds``' outputs, checked to belong to these train rows."""
-    pred_probs, folds, embeddings = (
+    pred_probs, fold_of_row, embeddings = (
         read_array(lineage.input(path)) for path in (PRED_PROBS, FOLD_OF_ROW, EMBEDDINGS)
     )
-    if pred_probs.shape != (n_train, n_classes) or len(folds) != n_train or len(embeddings) != n_train:
+    if pred_probs.shape != (n_train, n_classes) or len(fold_of_row) != n_train or len(embeddings) != n_train:
         raise CurateError(
             f"{PRED_PROBS}: {pred_probs.shape[0]} rows x {pred_probs.shape[1]} classes, but {RAW_SAMPLES} "
-            f"has {n_train} train rows x {n_classes} classes (re-run the folds stage: dvc repro)"
+            f"has {n_train} train rows x {n_classes} classes "
+            f"(re-run the {producer_of(PRED_PROBS)} stage: dvc repro)"
         )
     # What computed the predictions: their floats depend on it.
-    environment = sorted(read_json(lineage.input(ENVIRONMENT), "folds").items())
-    return FoldOutputs(pred_probs, folds, embeddings, environment)
+    environment = sorted(read_json(lineage.input(ENVIRONMENT)).items())
+    return FoldOutputs(pred_probs, fold_of_row, embeddings, environment)
 
 
 @dataclass
@@ -140,16 +143,16 @@ def compute(
     ``predictions.embeddings`` (the shared model's): the kNN evidence cleanlab reads beside
     ``pred_probs`` (``clean.knn_weight``). ``predicted_label`` stays the fold model's.
     """
-    samples, names, pred_probs = inputs.samples, inputs.names, predictions.pred_probs
+    samples, class_names, pred_probs = inputs.samples, inputs.class_names, predictions.pred_probs
     decisions = ledger.no_decisions() if decisions is None else decisions
-    review = ledger.resolve(decisions, samples, names, settings.decisions)
+    review = ledger.resolve(decisions, samples, class_names, settings.decisions)
     train = samples[samples["split"] == "train"].copy()
     labels = train["label"].to_numpy()
     # What cleanlab reads: the fold models' probabilities, calibrated and mixed with kNN evidence.
     evidence = label_issues.evidence(
         pred_probs,
         labels,
-        predictions.folds,
+        predictions.fold_of_row,
         predictions.embeddings,
         calibrate=settings.calibrate,
         knn_weight=settings.knn_weight,
@@ -178,9 +181,12 @@ def compute(
     held = int(removal_cap.held_back(train["action"], train["is_label_issue"], settings.action).sum())
     relabel = train["action"] == "relabel"
     train.loc[relabel, "label"] = train.loc[relabel, "predicted_label"]
-    train = ledger.apply(train.drop(columns="drop_candidate"), review, names)
+    train = ledger.apply(train.drop(columns="drop_candidate"), review, class_names)
+    train["action_reason"] = action_reasons(train, settings, class_names)
     merged = _merge_back(samples, train)
-    return Cleaned(merged, names, cap_notes, held, review.orphans, inputs.images, predictions.environment)
+    return Cleaned(
+        merged, class_names, cap_notes, held, review.orphans, inputs.images, predictions.environment
+    )
 
 
 def _flag(
@@ -197,17 +203,86 @@ def _flag(
     train["is_label_issue"] = is_issue
     train["predicted_label"] = pred_probs.argmax(axis=1)
     train["predicted_confidence"] = pred_probs.max(axis=1).astype(np.float64)
-    train["fold"] = predictions.folds
+    train["fold"] = predictions.fold_of_row
     train["pred_row"] = np.arange(len(train))
     for column in checks.columns:
         train[column] = checks[column].to_numpy()
     return train
 
 
+def action_reasons(train: pd.DataFrame, settings: CleanParams, class_names: list[str]) -> pd.Series:
+    """Why each train row got its ``action``, in words, from the row and the ``settings`` that
+    decided it; rows neither flagged nor acted on are ``not flagged``."""
+    reasons = pd.Series("not flagged", index=train.index, dtype=object)
+    acted = (train["action"] != "none") | train["is_label_issue"].astype(bool)
+    asked = removal_cap.asked_rate(train, settings.action)
+    spent = _spent_budgets(train, settings, asked, class_names)
+    basis = f"{asked:.1%} of train rows asked to go + " if settings.cap == "relative" else ""
+    cap = f" (clean.cap {settings.cap}: {basis}clean.max_drop_fraction {settings.max_drop_fraction:g})"
+    for index, row in train[acted].iterrows():
+        reasons[index] = _reason(row, settings, class_names, spent, cap)
+    return reasons
+
+
+def _reason(
+    row: pd.Series,
+    settings: CleanParams,
+    class_names: list[str],
+    spent: dict[tuple[str, object], str],
+    cap: str,
+) -> str:
+    action, flagged, confidence = row["action"], bool(row["is_label_issue"]), row["predicted_confidence"]
+    if row.get("action_source") == "review":  # a person's decision in the ledger wins
+        label = f" to {row['label_name']}" if action == "relabel" else ""
+        automatic = row.get("auto_action", "n/a")
+        return (
+            f"decided by a reviewer ({action}{label}, clean.decisions); the automatic action was {automatic}"
+        )
+    if action == "relabel":
+        return f"relabelled to {class_names[int(row['predicted_label'])]} with confidence {confidence:.3f}"
+    if action == "drop" and (not flagged or settings.action == "keep"):  # keep: flags drop nothing
+        return "dropped as an extra near-duplicate (the best-labelled member of its set stays)"
+    if action == "drop":
+        floor = settings.relabel_min_confidence
+        unsure = settings.action == "relabel" and confidence < floor
+        return "flagged by cleanlab" + (
+            f", too unsure to relabel ({confidence:.3f} < {floor})" if unsure else ""
+        )
+    if action == "keep" and flagged and settings.action == "keep":
+        return "flagged by cleanlab, kept: clean.action is keep (flag only)"
+    asked = "flagged by cleanlab" if flagged else "an extra near-duplicate"
+    budgets = [spent[key] for key in (("class", row["given_label"]), ("group", row["group"])) if key in spent]
+    return f"{asked}, held back by the removal cap: " + "; ".join(budgets) + cap
+
+
+def _spent_budgets(
+    train: pd.DataFrame, settings: CleanParams, asked: float, class_names: list[str]
+) -> dict[tuple[str, object], str]:
+    """The removal budgets (:func:`curate.removal_cap.removal_budgets`) per given class and per
+    group that are spent: ``("class", label) | ("group", name) -> what it already lost``."""
+    budgets = removal_cap.removal_budgets(
+        train.assign(label=train["given_label"]),
+        asked,
+        max_drop_fraction=settings.max_drop_fraction,
+        cap=settings.cap,
+        min_rows=settings.min_examples_per_class,
+    )
+    spent = {}
+    dropped = train["auto_action"] == "drop"
+    for kind, column, key_kind in (("class", "given_label", "label"), ("group", "group", "group")):
+        for key, members in train.groupby(column).size().items():
+            lost = int((dropped & (train[column] == key)).sum())
+            if lost >= budgets[(key_kind, key)]:
+                shown = class_names[int(key)] if kind == "class" else key
+                spent[(kind, key)] = f"{kind} {shown} already lost {lost} of its {members} train rows"
+    return spent
+
+
 def _merge_back(samples: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
     """All raw rows in raw order: cleaned train rows, test rows with neutral clean columns."""
     test = samples[samples["split"] != "train"].copy()
     test["action"] = test["auto_action"] = test["action_source"] = "none"
+    test["action_reason"] = "test sample: the test split is never cleaned"
     test["given_label"] = test["label"]
     merged = pd.concat([train, test]).loc[samples.index]
     for column in ("is_label_issue", "is_near_duplicate", "is_outlier"):
@@ -244,12 +319,12 @@ def metrics(result: Cleaned) -> dict:
 
 def report_context(params: Params, result: Cleaned) -> dict:
     settings, figures = params.clean, metrics(result)
-    train, names, images = result.train, result.classes, result.images
+    train, class_names, images = result.train, result.classes, result.images
     flagged = train[train["is_label_issue"]].sort_values("label_quality", kind="stable")
     has_truth = "true_label" in train.columns
     headers = ["train rows", "flagged", "dropped", "relabelled", "flag rate"]
     headers += ["injected flips", "flips caught"] if has_truth else []
-    headline = HEADLINE + (DETECTION_HEADLINE if has_truth else ())
+    headline = HEADLINE_ROWS + (DETECTION_HEADLINE_ROWS if has_truth else ())
     cap = f"max_drop_fraction {settings.max_drop_fraction} bound"
     note = removal_cap.curation_note(figures, settings, params.gates.max_flagged_rate)
     return {
@@ -257,18 +332,19 @@ def report_context(params: Params, result: Cleaned) -> dict:
             warnings=[*filter(None, [note]), *(f"{cap}: {line}" for line in result.cap_notes)]
         ),
         "settings": settings,
+        "folds": params.folds,  # how the predictions were made, which the report states
         "headline": [(key, figures[key]) for key in headline],
         "class_headers": ["class", *headers],
         "class_rows": _counts_by(train, "label_name"),
         "group_headers": ["group", *headers],
         "group_rows": _counts_by(train, "group"),
-        "chart": _flagged_chart(flagged, sorted(train["group"].unique()), names),
-        "suspicious": _suspicious(flagged, images, names),
-        "matrix_headers": ["given \\ predicted", *names],
-        "matrix_rows": _matrix_rows(flagged, names),
-        "duplicate_sets": _duplicate_sets(train, images, names),
+        "chart": _flagged_chart(flagged, sorted(train["group"].unique()), class_names),
+        "suspicious": _suspicious(flagged, images, class_names),
+        "matrix_headers": ["given \\ predicted", *class_names],
+        "matrix_rows": _matrix_rows(flagged, class_names),
+        "duplicate_sets": _duplicate_sets(train, images, class_names),
         "n_duplicate_sets": int(train.loc[train["duplicate_set"] >= 0, "duplicate_set"].nunique()),
-        "outliers": _outliers(train, images, names),
+        "outliers": _outliers(train, images, class_names),
         **_review_context(result, figures),
         "environment": result.environment,
     }
@@ -282,7 +358,7 @@ def _review_context(result: Cleaned, figures: dict) -> dict:
     )
     orphans = result.orphans.head(ORPHANS_SHOWN)
     return {
-        "review_headline": [(key, figures[key]) for key in REVIEW_HEADLINE],
+        "review_headline": [(key, figures[key]) for key in REVIEW_HEADLINE_ROWS],
         "review_headers": ["automatic \\ people", *ledger.DECISIONS],
         "review_rows": [
             [auto, *matrix.loc[auto].tolist()] for auto in matrix.index if matrix.loc[auto].sum()
@@ -312,14 +388,17 @@ def _counts_by(train: pd.DataFrame, column: str) -> list[list]:
     return rows
 
 
-def _flagged_chart(flagged: pd.DataFrame, groups: list[str], names: list[str]) -> Markup:
+def _flagged_chart(flagged: pd.DataFrame, groups: list[str], class_names: list[str]) -> Markup:
     """Flagged rows per given class, one stacked bar segment per group."""
     counts = {
-        group: [int(flagged[flagged["group"] == group]["given_label"].eq(k).sum()) for k in range(len(names))]
+        group: [
+            int(flagged[flagged["group"] == group]["given_label"].eq(k).sum())
+            for k in range(len(class_names))
+        ]
         for group in groups
     }
     return bar_chart(
-        names,
+        class_names,
         counts,
         key="clean-flagged",
         ylabel="flagged samples",
@@ -328,35 +407,36 @@ def _flagged_chart(flagged: pd.DataFrame, groups: list[str], names: list[str]) -
     )
 
 
-def _suspicious(flagged: pd.DataFrame, images: np.ndarray, names: list[str]) -> list[dict]:
+def _suspicious(flagged: pd.DataFrame, images: np.ndarray, class_names: list[str]) -> list[dict]:
     """Thumbnails of the lowest-quality flagged rows: given -> predicted label and quality."""
     return [
         _thumb(
             images,
             row,
-            names,
-            f"{names[row['given_label']]}→{names[row['predicted_label']]} {row['label_quality']:.2f}",
+            class_names,
+            f"{class_names[row['given_label']]}→{class_names[row['predicted_label']]} "
+            f"{row['label_quality']:.2f}",
         )
         for _, row in flagged.head(SUSPICIOUS_SHOWN).iterrows()
     ]
 
 
-def _matrix_rows(flagged: pd.DataFrame, names: list[str]) -> list[list]:
+def _matrix_rows(flagged: pd.DataFrame, class_names: list[str]) -> list[list]:
     """Given x predicted label counts of the flagged rows; given classes with none left out."""
     matrix = pd.crosstab(flagged["given_label"], flagged["predicted_label"]).reindex(
-        index=range(len(names)), columns=range(len(names)), fill_value=0
+        index=range(len(class_names)), columns=range(len(class_names)), fill_value=0
     )
-    return [[names[k], *matrix.loc[k].tolist()] for k in range(len(names)) if matrix.loc[k].sum()]
+    return [[class_names[k], *matrix.loc[k].tolist()] for k in range(len(class_names)) if matrix.loc[k].sum()]
 
 
-def _duplicate_sets(train: pd.DataFrame, images: np.ndarray, names: list[str]) -> list[dict]:
+def _duplicate_sets(train: pd.DataFrame, images: np.ndarray, class_names: list[str]) -> list[dict]:
     """The first near-duplicate sets, each with its size and the thumbnails of its first members."""
     sets = train[train["duplicate_set"] >= 0].groupby("duplicate_set", sort=True)
     return [
         {
             "size": len(members),
             "items": [
-                _thumb(images, row, names, names[row["given_label"]])
+                _thumb(images, row, class_names, class_names[row["given_label"]])
                 for _, row in members.head(MEMBERS_SHOWN).iterrows()
             ],
         }
@@ -364,19 +444,19 @@ def _duplicate_sets(train: pd.DataFrame, images: np.ndarray, names: list[str]) -
     ]
 
 
-def _outliers(train: pd.DataFrame, images: np.ndarray, names: list[str]) -> list[dict]:
+def _outliers(train: pd.DataFrame, images: np.ndarray, class_names: list[str]) -> list[dict]:
     """Thumbnails of the most unusual outliers, lowest outlier score first."""
     outliers = train[train["is_outlier"]].sort_values("outlier_score", kind="stable").head(OUTLIERS_SHOWN)
-    return [_thumb(images, row, names, f"{row['outlier_score']:.2f}") for _, row in outliers.iterrows()]
+    return [_thumb(images, row, class_names, f"{row['outlier_score']:.2f}") for _, row in outliers.iterrows()]
 
 
-def _thumb(images: np.ndarray, row: pd.Series, names: list[str], caption: str) -> dict:
+def _thumb(images: np.ndarray, row: pd.Series, class_names: list[str], caption: str) -> dict:
     """A thumbnail whose hover text names the file and the command that tells its whole story."""
     return {
         "uri": thumbnail(images[row["row"]]),
         "caption": caption,
-        "title": f"{row['path']}: given {names[row['given_label']]}, predicted "
-        f"{names[row['predicted_label']]}, quality {row['label_quality']:.3f}; "
+        "title": f"{row['path']}: given {class_names[row['given_label']]}, predicted "
+        f"{class_names[row['predicted_label']]}, quality {row['label_quality']:.3f}; "
         f"what happened to it: curate trace {row['sample_id']}",
     }
 

@@ -39,9 +39,10 @@ import pandas as pd
 from curate import distributed
 from curate.dataset import (
     AUGMENTED_DIR,
-    MODELS_DIR,
+    MODEL,
+    RUN_RECORD,
     ImageRows,
-    class_names,
+    class_names_of,
     image_rows,
     read_samples,
     require_columns,
@@ -62,8 +63,6 @@ if TYPE_CHECKING:
     from curate.training import FitConfig
 
 INPUT = AUGMENTED_DIR / "samples.parquet"
-MODEL = MODELS_DIR / "model.pt"
-RUN = MODELS_DIR / "fit.json"
 LIVE_DIR = Path("dvclive/train")
 REQUIRED_COLUMNS = ("weight", "copies", "store", "parent_id")
 
@@ -95,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0  # rank 0 writes the outputs
     save_checkpoint(lineage.output(MODEL), result.net, result.meta)
     record = json.dumps(report_context(params, result), indent=2, sort_keys=True) + "\n"
-    write_text(lineage.output(RUN), record)
+    write_text(lineage.output(RUN_RECORD), record)
     lineage.record("fit")
     figures = metrics(result)
     print(
@@ -152,8 +151,8 @@ class Trained:
 
 def load_split(samples: pd.DataFrame, params: Params, params_file: str) -> Split:
     """Checks the table, splits off validation and reads both sets of images."""
-    require_columns(samples, INPUT, REQUIRED_COLUMNS, "augment")
-    names = class_names(samples)
+    require_columns(samples, INPUT, REQUIRED_COLUMNS)
+    class_names = class_names_of(samples)
     fraction = params.train.val_fraction
     fit_rows, val_rows = split_validation(samples, fraction, params.seed)
     if fit_rows.empty or val_rows.empty:
@@ -161,7 +160,7 @@ def load_split(samples: pd.DataFrame, params: Params, params_file: str) -> Split
             f"{params_file}: train.val_fraction = {fraction:g} leaves {len(fit_rows)} train and "
             f"{len(val_rows)} validation rows; both need at least one (more data or another fraction)"
         )
-    return Split(names, fit_rows, val_rows, image_rows(fit_rows), image_rows(val_rows))
+    return Split(class_names, fit_rows, val_rows, image_rows(fit_rows), image_rows(val_rows))
 
 
 def split_validation(

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 class Folded:
     """The out-of-sample predictions and what computed them."""
 
-    predictions: fold_training.FoldPredictions  # pred_probs, folds, embeddings (train rows), embedder
+    predictions: fold_training.FoldPredictions  # pred_probs, fold_of_row, embeddings (train rows), embedder
     meta: dict[str, Any]  # the embedder's checkpoint meta
     environment: dict[str, Any]  # torch build, CPU kernels, threads: the floats depend on them
     seconds: float  # measured: the K-fold training and prediction
@@ -59,28 +59,28 @@ class Folded:
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("folds", __doc__).parse_args(argv)
     params = load_params(args.params)
-    settings, lineage = params.clean, Lineage()
+    settings, lineage = params.folds, Lineage()
     inputs = read_raw()
     lineage.input_files(inputs.files)
-    fold_training.check_class_sizes(inputs.train["label"].to_numpy(), inputs.names, settings.folds)
+    fold_training.check_class_sizes(inputs.train["label"].to_numpy(), inputs.class_names, settings.k)
     # torch loads only once the inputs have passed their checks: a bad input fails fast.
     from curate.checkpoint import save_checkpoint
     from curate.devices import pick_device
     from curate.model_choice import Backbone
 
-    backbone = Backbone.from_params(settings, "clean")
+    backbone = Backbone.from_params(settings, "folds")
     backbone.resolved_input_size()  # a model choice that does not go together stops here
-    device = pick_device(settings.device, key=f"{args.params}: clean.device")
+    device = pick_device(settings.device, key=f"{args.params}: folds.device")
     if settings.nproc > 1 and settings.method == "folds" and not distributed.launched():
-        # The folds spread over clean.nproc processes: this one waits for torchrun's.
+        # The folds spread over folds.nproc processes: this one waits for torchrun's.
         return distributed.relaunch("curate.stages.folds", settings.nproc, argv)
     if settings.init_weights:
         lineage.input(settings.init_weights)
     result = compute(params, inputs, backbone, device)
     if result is None:
-        return 0  # another rank of clean.nproc: rank 0 writes the outputs
+        return 0  # another rank of folds.nproc: rank 0 writes the outputs
     write_array(lineage.output(PRED_PROBS), result.predictions.pred_probs)
-    write_array(lineage.output(FOLD_OF_ROW), result.predictions.folds)
+    write_array(lineage.output(FOLD_OF_ROW), result.predictions.fold_of_row)
     write_array(lineage.output(EMBEDDINGS), result.predictions.embeddings)
     save_checkpoint(lineage.output(EMBEDDER), result.predictions.embedder, result.meta)
     described = json.dumps(report_context(params, result), indent=2, sort_keys=True) + "\n"
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     embedded = settings.method == "embeddings"
     how = f"{settings.model} embeddings + logistic regression" if embedded else "models"
     print(
-        f"folds: {settings.folds} {how}, out-of-sample predictions for {figures['n_train']:,} train samples "
+        f"folds: {settings.k} {how}, out-of-sample predictions for {figures['n_train']:,} train samples "
         f"in {figures['seconds']:.1f} s on {device}"
     )
     return 0
@@ -98,18 +98,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def compute(params: Params, inputs: RawInputs, backbone: Backbone, device: torch.device) -> Folded | None:
     """The K-fold (or frozen-embedding) predictions for the train rows; None on a rank other than 0."""
-    settings, train, names = params.clean, inputs.train, inputs.names
+    settings, train, class_names = params.folds, inputs.train, inputs.class_names
     started = time.perf_counter()
     # The train rows, read from the memory-mapped store fold by fold and batch by batch.
     rows, labels = image_rows(train, {"raw": RAW_IMAGES}), train["label"].to_numpy()
     strata = (train["group"] + ":" + train["label_name"]).to_numpy()
     if settings.method == "embeddings":
-        predictions = frozen_embeddings(rows, labels, strata, params, backbone, len(names), device)
+        predictions = frozen_embeddings(rows, labels, strata, params, backbone, len(class_names), device)
     else:
+        training = fold_settings(params, backbone, len(class_names))
         predictions = fold_training.out_of_sample_predictions(
-            rows, labels, strata, folds=settings.folds, training=fold_settings(params, backbone, len(names)),
-            device=device,
-        )  # fmt: skip
+            rows, labels, strata, k=settings.k, training=training, device=device
+        )
     if predictions is None:
         return None
     seconds = time.perf_counter() - started
@@ -117,13 +117,13 @@ def compute(params: Params, inputs: RawInputs, backbone: Backbone, device: torch
     from curate.devices import environment
 
     polarity = params.image.normalize_polarity
-    meta = checkpoint_meta(backbone.meta(), names, inputs.images.shape, polarity, EMBEDDER_META)
+    meta = checkpoint_meta(backbone.meta(), class_names, inputs.images.shape, polarity, EMBEDDER_META)
     return Folded(predictions, meta, environment(device), seconds)
 
 
 def fold_settings(params: Params, backbone: Backbone, n_classes: int) -> fold_training.FoldTraining:
-    """``clean``'s params as each fold's training takes them."""
-    settings = params.clean
+    """The ``folds`` params as each fold's training takes them."""
+    settings = params.folds
     return fold_training.FoldTraining(
         n_classes=n_classes,
         backbone=backbone,
@@ -158,16 +158,16 @@ def frozen_embeddings(
     n_classes: int,
     device: torch.device,
 ) -> fold_training.FoldPredictions:
-    """``clean.method: embeddings``: the backbone as ``clean.weights`` / ``init_weights`` start it,
+    """``folds.method: embeddings``: the backbone as ``folds.weights`` / ``init_weights`` start it,
     frozen, and an out-of-fold logistic regression on its features
     (:func:`curate.fold_training.embedding_predictions`)."""
     import torch
 
-    settings = params.clean
+    settings = params.folds
     if settings.weights == "none" and not settings.init_weights:
         print(
-            "folds: clean.method embeddings with clean.weights none: the features are a random "
-            "network's, expect weak detection (clean.weights: imagenet, or clean.init_weights)"
+            "folds: folds.method embeddings with folds.weights none: the features are a random "
+            "network's, expect weak detection (folds.weights: imagenet, or folds.init_weights)"
         )
     torch.manual_seed(params.seed)  # the head's init, and the body's when no weights are loaded
     net = backbone.initial_model(n_classes, int(rows.shape[3]), int(rows.shape[1]))
@@ -176,7 +176,7 @@ def frozen_embeddings(
         labels,
         strata,
         net=net,
-        folds=settings.folds,
+        k=settings.k,
         seed=params.seed,
         polarity=params.image.normalize_polarity,
         device=device,

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from curate import demo
-from curate.dataset import RAW_IMAGES, RAW_SAMPLES, class_names, write_images, write_samples
+from curate.dataset import RAW_IMAGES, RAW_SAMPLES, class_names_of, write_images, write_samples
 from curate.folder import (
     NOT_AN_IMAGE,
     OUTSIDE_CLASSES,
@@ -61,10 +62,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def compute(params: Params, target: Path) -> FolderData:
+@dataclass(frozen=True)
+class Ingested:
+    """What ingest read (the table, the raw store, what was skipped and why) and its counts."""
+
+    data: FolderData
+    counts: dict[str, int]  # the stage's figures: n_train, n_test, n_classes, ...
+
+    @property
+    def samples(self) -> pd.DataFrame:
+        return self.data.samples
+
+
+def compute(params: Params, target: Path) -> Ingested:
     """The source's table and what was skipped and why, its pixels streamed into the raw store at
-    ``target`` (opened for the report). Not pure: it reads the source and writes the store a
-    bounded batch at a time, so memory does not grow with the number of files."""
+    ``target`` (opened for the report), and the counts. Not pure: it reads the source and writes
+    the store a bounded batch at a time, so memory does not grow with the number of files."""
+    data = read_source(params, target)
+    return Ingested(data, _counts(data))
+
+
+def read_source(params: Params, target: Path) -> FolderData:
+    """The demo, or the source folder, read into the raw store at ``target``."""
     settings = params.ingest
     if settings.source == DEMO_SOURCE:
         images, samples = demo.build_demo(
@@ -82,37 +101,41 @@ def compute(params: Params, target: Path) -> FolderData:
     return read_image_folder(Path(settings.source), params.image, settings, params.seed, target)
 
 
-def metrics(result: FolderData) -> dict[str, int]:
-    """The counts; ``n_skipped`` counts every file left out, ``n_bad_images`` the unreadable ones."""
-    samples = result.samples
+def metrics(result: Ingested) -> dict[str, int]:
+    return result.counts
+
+
+def _counts(data: FolderData) -> dict[str, int]:
+    """``n_skipped`` counts every file left out, ``n_bad_images`` the unreadable ones."""
+    samples = data.samples
     return {
         "n_train": int((samples["split"] == "train").sum()),
         "n_test": int((samples["split"] == "test").sum()),
         "n_classes": int(samples["label"].nunique()),
         "n_groups": int(samples["group"].nunique()),
-        "n_bad_images": result.n_skipped(UNREADABLE),
-        "n_skipped": result.n_skipped(),
-        "n_16bit": result.n_16bit,
-        "n_multiframe": result.n_multiframe,
-        "n_unlisted": result.n_unlisted,
+        "n_bad_images": data.n_skipped(UNREADABLE),
+        "n_skipped": data.n_skipped(),
+        "n_16bit": data.n_16bit,
+        "n_multiframe": data.n_multiframe,
+        "n_unlisted": data.n_unlisted,
     }
 
 
-def report_context(params: Params, result: FolderData) -> dict[str, object]:
-    samples = result.samples
-    names = class_names(samples)
+def report_context(params: Params, result: Ingested) -> dict[str, object]:
+    data, samples = result.data, result.samples
+    class_names = class_names_of(samples)
     groups = sorted(samples["group"].unique())
     counts = samples.groupby(["label_name", "group", "split"]).size()
     columns = [(group, split) for group in groups for split in ("train", "test")]
     count_rows = [
         [name, *(int(counts.get((name, g, s), 0)) for g, s in columns), int(counts.get(name).sum())]
-        for name in names
+        for name in class_names
     ]
     train = samples[samples["split"] == "train"]
     train_counts = train.groupby(["label_name", "group"]).size()
     chart = bar_chart(
-        names,
-        {g: [int(train_counts.get((n, g), 0)) for n in names] for g in groups},
+        class_names,
+        {g: [int(train_counts.get((n, g), 0)) for n in class_names] for g in groups},
         key="ingest-counts",
         ylabel="train samples",
         title="Train samples by class and group",
@@ -122,26 +145,26 @@ def report_context(params: Params, result: FolderData) -> dict[str, object]:
         "is_demo": params.ingest.source == DEMO_SOURCE,
         "demo": params.ingest.demo,
         "image": params.image,
-        "verdict": _verdict(result, names),
-        "headline": list(metrics(result).items()),
+        "verdict": _verdict(data, class_names),
+        "headline": list(result.counts.items()),
         "count_headers": ["class", *(f"{g} {s}" for g, s in columns), "total"],
         "count_rows": count_rows,
         "chart": chart,
-        "thumbnails": _thumbnail_rows(result.images, train, names, groups),
-        "source_sizes": [(f"{w} x {h}", n) for (w, h), n in result.source_sizes.most_common(10)],
-        "source_modes": sorted(result.source_modes.items()),
-        "conversions": _conversions(params, result),
+        "thumbnails": _thumbnail_rows(data.images, train, class_names, groups),
+        "source_sizes": [(f"{w} x {h}", n) for (w, h), n in data.source_sizes.most_common(10)],
+        "source_modes": sorted(data.source_modes.items()),
+        "conversions": _conversions(params, data),
         "skipped_counts": [
-            (reason, result.n_skipped(reason)) for reason in SKIP_REASONS if result.n_skipped(reason)
+            (reason, data.n_skipped(reason)) for reason in SKIP_REASONS if data.n_skipped(reason)
         ],
-        "skipped": [list(entry) for entry in result.skipped[:MAX_LISTED]],
-        "skipped_more": max(0, len(result.skipped) - MAX_LISTED),
-        "polarity": _polarity(params, result),
+        "skipped": [list(entry) for entry in data.skipped[:MAX_LISTED]],
+        "skipped_more": max(0, len(data.skipped) - MAX_LISTED),
+        "polarity": _polarity(params, data),
         "noise_by_group": _noise_by_group(samples),
     }
 
 
-def _verdict(data: FolderData, names: list[str]) -> Verdict:
+def _verdict(data: FolderData, class_names: list[str]) -> Verdict:
     verdict = Verdict()
     for reason, warning in SKIP_WARNINGS.items():
         if data.n_skipped(reason):
@@ -155,7 +178,7 @@ def _verdict(data: FolderData, names: list[str]) -> Verdict:
         )
     train = data.samples[data.samples["split"] == "train"]
     per_class = train["label_name"].value_counts()
-    for name in names:
+    for name in class_names:
         if per_class.get(name, 0) < MIN_TRAIN_PER_CLASS:
             verdict.warnings.append(
                 f"class {name} has {per_class.get(name, 0)} train samples (fewer than {MIN_TRAIN_PER_CLASS})"
@@ -199,10 +222,12 @@ def _polarity(params: Params, data: FolderData) -> dict[str, object]:
     return {"summary": f"{int(light.sum()):,} of {len(light):,} (light background)", "rows": rows}
 
 
-def _thumbnail_rows(images: Store, train: pd.DataFrame, names: list[str], groups: list[str]) -> list[dict]:
+def _thumbnail_rows(
+    images: Store, train: pd.DataFrame, class_names: list[str], groups: list[str]
+) -> list[dict]:
     """The first few train samples of each class x group, as captioned thumbnails."""
     rows = []
-    for name in names:
+    for name in class_names:
         for group in groups:
             cell = train[(train["label_name"] == name) & (train["group"] == group)].head(THUMBS_PER_CELL)
             if len(cell):

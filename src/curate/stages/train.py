@@ -15,14 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from curate.dataset import MODELS_DIR, read_json, require_columns
+from curate.dataset import RUN_RECORD, read_json, require_columns
 from curate.lineage import Lineage
 from curate.params import Params, TrainParams, load_params
 from curate.report import Verdict, line_chart
 from curate.report.writer import write_stage
 from curate.stage import guarded, stage_parser
 
-INPUT = MODELS_DIR / "fit.json"
+INPUT = RUN_RECORD
 RUN_KEYS = ("history", "summary", "group_rows", "n_fit", "n_val")
 
 
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("train", __doc__).parse_args(argv)
     params = load_params(args.params)
     lineage = Lineage()
-    result = compute(read_json(lineage.input(INPUT), "fit"))
+    result = compute(read_json(lineage.input(INPUT)))
     sizes = write_stage("train", params, metrics(result), report_context(params, result), lineage)
     print(
         f"train: report of a {result.summary['epochs_run']}-epoch run; "
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def compute(record: dict[str, Any]) -> Run:
     """The run record as the report reads it; one line when a key is missing (an older fit stage)."""
-    require_columns(record, INPUT, RUN_KEYS, "fit", kind="key")
+    require_columns(record, INPUT, RUN_KEYS, kind="key")
     return Run(
         history=record["history"],
         summary=record["summary"],
