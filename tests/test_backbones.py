@@ -193,18 +193,18 @@ def test_embedding_predictions_are_out_of_fold_and_deterministic():
         torch.manual_seed(0)
         net = build_model("efficientnet_b0", 3, 3, 16, input_size=SIDE)
         return fold_training.embedding_predictions(
-            batch, labels, strata, net=net, folds=4, seed=0, polarity="off", device=CPU, batch_size=16
+            batch, labels, strata, net=net, k=4, seed=0, polarity="off", device=CPU, batch_size=16
         )
 
     first, second = run(), run()
     assert first.pred_probs.shape == (40, 3) and first.pred_probs.dtype == np.float32
     np.testing.assert_allclose(first.pred_probs.sum(axis=1), 1, atol=1e-5)
     assert first.embeddings.shape == (40, 1280)
-    assert sorted(set(first.folds)) == [0, 1, 2, 3]
+    assert sorted(set(first.fold_of_row)) == [0, 1, 2, 3]
     expected_folds = np.zeros(40, dtype=np.int64)
     for fold, (_, held_out) in enumerate(fold_training.fold_splits(strata, 4, 0)):
         expected_folds[held_out] = fold
-    np.testing.assert_array_equal(first.folds, expected_folds)  # the folds the CNN path uses
+    np.testing.assert_array_equal(first.fold_of_row, expected_folds)  # the folds the CNN path uses
     for a, b in ((first.pred_probs, second.pred_probs), (first.embeddings, second.embeddings)):
         assert a.tobytes() == b.tobytes()
     # The embedder's head is the probe fitted on every row, scaler folded in.

@@ -7,7 +7,7 @@ import pytest
 
 from curate.dataset import (
     atomic_path,
-    class_names,
+    class_names_of,
     content_ids,
     gather_images,
     read_images,
@@ -95,7 +95,7 @@ def test_content_ids_are_stable_and_unique():
 
 def test_class_names_follow_label_order():
     frame = pd.DataFrame({"label": [1, 0, 1], "label_name": ["dog", "cat", "dog"]})
-    assert class_names(frame) == ["cat", "dog"]
+    assert class_names_of(frame) == ["cat", "dog"]
 
 
 def test_stratified_mask_per_stratum_and_seeded():

@@ -102,7 +102,7 @@ def test_evaluate_stage_outputs_are_complete_and_deterministic(workdir):
     assert evaluate.main([]) == 0
     first = {path: (workdir / path).read_bytes() for path in OUTPUTS}
     metrics = read_figures("evaluate", workdir / "reports")
-    for key in (*evaluate.HEADLINE, "per_class", "by_group", "confusion_matrix"):
+    for key in (*evaluate.HEADLINE_ROWS, "per_class", "by_group", "confusion_matrix"):
         assert key in metrics, key
     assert set(metrics["by_group"]) == {"big"}  # the test rows are all of group big
     assert set(metrics["per_class"]["c0"]) == {"precision", "recall", "support", "dp_diff_ovr", "eo_diff_ovr"}

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curate.report.render import HEADLINE
+from curate.report.render import DVC_METRIC_KEYS
 from curate.stage import flatten
 from tests.conftest import REPO, set_params, template_copy
 
@@ -76,7 +76,7 @@ def test_every_report_metric_and_plot_exists(tiny):
         assert (tiny / "reports" / f"{stage}.html").is_file()
         assert (tiny / "reports" / f"{stage}.md").is_file()
         headline = json.loads((tiny / "reports" / "metrics" / f"{stage}.json").read_text())
-        assert headline and set(headline) <= set(HEADLINE[stage]), stage
+        assert headline and set(headline) <= set(DVC_METRIC_KEYS[stage]), stage
         assert json.loads((tiny / "reports" / "details" / f"{stage}.json").read_text()), stage
     for path in ("reports/index.html", "reports/index.md", "models/model.pt", "reports/plots/confusion.json"):
         assert (tiny / path).is_file(), path
@@ -85,7 +85,7 @@ def test_every_report_metric_and_plot_exists(tiny):
             assert (tiny / f"dvclive/train/plots/metrics/{split}/{name}.tsv").is_file()
     shown = json.loads(run("dvc", "metrics", "show", "--json", cwd=tiny))
     data = next(iter(shown.values()))["data"]
-    assert set(data["reports/metrics/evaluate.json"]["data"]) == set(HEADLINE["evaluate"])
+    assert set(data["reports/metrics/evaluate.json"]["data"]) == set(DVC_METRIC_KEYS["evaluate"])
     assert len(metric_columns(data)) <= MAX_METRIC_COLUMNS
     details = {
         stage: json.loads((tiny / f"reports/details/{stage}.json").read_text())

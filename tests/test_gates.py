@@ -166,7 +166,7 @@ def test_a_details_file_that_is_not_json_stops_with_one_line(workdir):
     write_metrics(workdir)
     (workdir / "reports/details/evaluate.json").write_text("{not json")
     with pytest.raises(CurateError, match=r"^reports/details/evaluate.json: not readable as JSON \(.*\); "
-                                          r"re-run its stage \(dvc repro\)$"):  # fmt: skip
+                                          r"re-run the evaluate stage \(dvc repro\)$"):  # fmt: skip
         gate.main([])
 
 

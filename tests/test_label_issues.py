@@ -86,7 +86,7 @@ def test_detection_scores():
 
 def test_small_class_is_named():
     with pytest.raises(CurateError, match="class 'cat' has 2 train sample"):
-        check_class_sizes(np.array([0, 0, 1, 1, 1]), ["cat", "dog"], folds=3)
+        check_class_sizes(np.array([0, 0, 1, 1, 1]), ["cat", "dog"], k=3)
 
 
 def test_find_issues_on_confident_wrong_predictions():

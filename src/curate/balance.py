@@ -203,20 +203,20 @@ def measure(groups: pd.Series, labels: np.ndarray, weights: np.ndarray, n_classe
         sample_params={name: {"sample_weight": weights} for name in metrics},
     )
     by_group = frame.by_group
-    names = [str(name) for name in by_group.index]
+    group_names = [str(name) for name in by_group.index]
     class_keys = [_class_key(k) for k in range(n_classes)]
     label_given_group = by_group[class_keys].to_numpy(dtype=np.float64)
     label_overall = frame.overall[class_keys].to_numpy(dtype=np.float64)
     max_gap, kl = label_dependence(label_given_group, label_overall)
     codes = pd.Categorical(groups, categories=by_group.index).codes
     return Representation(
-        groups=names,
+        groups=group_names,
         share=by_group["total"].to_numpy(dtype=np.float64) / weights.sum(),
         label_given_group=label_given_group,
         label_overall=label_overall,
         max_gap=max_gap,
         kl=kl,
-        effective_size=kish_ess(weights, codes, len(names)),
+        effective_size=kish_ess(weights, codes, len(group_names)),
         share_ratio=float(frame.ratio()["total"]),
         dependence=float(np.nanmax(frame.difference(method="to_overall")[class_keys])),
     )

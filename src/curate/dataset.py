@@ -254,7 +254,7 @@ class RawInputs:
 
     samples: pd.DataFrame  # the raw table, every row
     images: Store  # the raw store, memory-mapped
-    names: list[str]  # (K,) class names by label
+    class_names: list[str]  # (K,) class names by label
     files: tuple[Path, ...]  # what was read: the stage notes them in its lineage
 
     @property
@@ -265,7 +265,7 @@ class RawInputs:
 def read_raw() -> RawInputs:
     """The raw table and store, checked as every reader checks them."""
     samples = read_samples(RAW_SAMPLES)
-    return RawInputs(samples, read_images(RAW_IMAGES), class_names(samples), (RAW_SAMPLES, RAW_IMAGES))
+    return RawInputs(samples, read_images(RAW_IMAGES), class_names_of(samples), (RAW_SAMPLES, RAW_IMAGES))
 
 
 def content_ids(payloads: Sequence[bytes]) -> list[str]:
@@ -287,7 +287,7 @@ def unique_ids(digests: Sequence[str]) -> list[str]:
     return ids
 
 
-def class_names(samples: pd.DataFrame) -> list[str]:
+def class_names_of(samples: pd.DataFrame) -> list[str]:
     """Class names in label order (``label`` indexes this list)."""
     pairs = samples[["label", "label_name"]].drop_duplicates().sort_values("label")
     return pairs["label_name"].tolist()

@@ -30,18 +30,18 @@ if TYPE_CHECKING:
 @dataclass
 class FoldPredictions:
     pred_probs: np.ndarray  # N x K float32, row i predicted by the model that never saw i
-    folds: np.ndarray  # N int, the fold in which row i was held out
+    fold_of_row: np.ndarray  # N int, the fold in which row i was held out
     embeddings: np.ndarray  # N x D float32, all rows embedded by one shared model (fold 0's)
     embedder: torch.nn.Module  # that shared model
 
 
-def check_class_sizes(labels: np.ndarray, names: list[str], folds: int) -> None:
+def check_class_sizes(labels: np.ndarray, class_names: list[str], k: int) -> None:
     """Stratified K-fold needs ``folds`` samples of each class: name the first class short of that."""
-    counts = np.bincount(labels, minlength=len(names))
-    for index in np.flatnonzero(counts < folds):
+    counts = np.bincount(labels, minlength=len(class_names))
+    for index in np.flatnonzero(counts < k):
         raise CurateError(
-            f"folds.k: class {names[index]!r} has {counts[index]} train sample(s), fewer than "
-            f"folds.k = {folds}; add samples of that class or lower folds.k"
+            f"folds.k: class {class_names[index]!r} has {counts[index]} train sample(s), fewer than "
+            f"folds.k = {k}; add samples of that class or lower folds.k"
         )
 
 
@@ -63,10 +63,10 @@ class FoldTraining:
     min_steps: int = 0
 
 
-def fold_splits(strata: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def fold_splits(strata: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(fit_rows, held_out)`` per fold, stratified by ``strata`` (group x label), so a small group
     is spread over every fold instead of landing in one, where its model would never have seen it."""
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # Small group x label strata trigger "least populated class" warnings; classes were checked.
         warnings.simplefilter("ignore", UserWarning)
@@ -131,7 +131,7 @@ def out_of_sample_predictions(
     labels: np.ndarray,
     strata: np.ndarray,
     *,
-    folds: int,
+    k: int,
     training: FoldTraining,
     device: torch.device,
 ) -> FoldPredictions | None:
@@ -150,10 +150,10 @@ def out_of_sample_predictions(
         device = distributed.rank_device(device, ranks, "folds.nproc")
         mine: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         embedder = None
-        for fold, (fit_rows, held_out) in enumerate(fold_splits(strata, folds, training.seed)):
+        for fold, (fit_rows, held_out) in enumerate(fold_splits(strata, k, training.seed)):
             if fold % ranks.world != ranks.rank:
                 continue
-            progress = f"folds: fold {fold + 1}/{folds}" if ranks.main else None
+            progress = f"folds: fold {fold + 1}/{k}" if ranks.main else None
             net, probs = fold_model(images, labels, fit_rows, held_out, fold, training, device, progress)
             mine[fold] = (held_out, probs)
             if fold == 0:
@@ -162,12 +162,12 @@ def out_of_sample_predictions(
     if gathered is None:
         return None
     pred_probs = np.zeros((len(labels), training.n_classes), dtype=np.float32)
-    fold_of = np.full(len(labels), -1, dtype=np.int64)
+    fold_of_row = np.full(len(labels), -1, dtype=np.int64)
     for fold, (held_out, probs) in sorted(item for share in gathered for item in share.items()):
         pred_probs[held_out] = probs
-        fold_of[held_out] = fold
+        fold_of_row[held_out] = fold
     embeddings = embed(embedder, images, batch_size=1024, device=device, polarity=training.polarity)
-    return FoldPredictions(pred_probs, fold_of, embeddings, embedder)
+    return FoldPredictions(pred_probs, fold_of_row, embeddings, embedder)
 
 
 def embedding_predictions(
@@ -176,7 +176,7 @@ def embedding_predictions(
     strata: np.ndarray,
     *,
     net: torch.nn.Module,
-    folds: int,
+    k: int,
     seed: int,
     polarity: str,
     device: torch.device,
@@ -197,15 +197,15 @@ def embedding_predictions(
     embeddings = embed(
         net, images, batch_size=batch_size, device=device, polarity=polarity, progress="folds: embeddings"
     )
-    splits = fold_splits(strata, folds, seed)
+    splits = fold_splits(strata, k, seed)
     pred_probs = cross_val_predict(
         _probe(seed), embeddings, labels, cv=splits, method="predict_proba"
     ).astype(np.float32)
-    fold_of = np.full(len(labels), -1, dtype=np.int64)
+    fold_of_row = np.full(len(labels), -1, dtype=np.int64)
     for fold, (_, held_out) in enumerate(splits):
-        fold_of[held_out] = fold
+        fold_of_row[held_out] = fold
     _set_head(net, _probe(seed).fit(embeddings, labels), int(pred_probs.shape[1]))
-    return FoldPredictions(pred_probs, fold_of, embeddings, net)
+    return FoldPredictions(pred_probs, fold_of_row, embeddings, net)
 
 
 def _probe(seed: int) -> object:

@@ -34,7 +34,7 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def temperature_scaled(pred_probs: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> np.ndarray:
+def temperature_scaled(pred_probs: np.ndarray, labels: np.ndarray, fold_of_row: np.ndarray) -> np.ndarray:
     """``pred_probs`` with one temperature per fold, each fitted on that fold's held-out rows.
 
     Each fold's model is over- or under-confident in its own way (it saw other rows, stopped at
@@ -43,8 +43,8 @@ def temperature_scaled(pred_probs: np.ndarray, labels: np.ndarray, folds: np.nda
     """
     log_probs = np.log(np.clip(pred_probs.astype(np.float64), 1e-12, None))
     scaled = np.empty_like(log_probs)
-    for fold in np.unique(folds):
-        rows = folds == fold
+    for fold in np.unique(fold_of_row):
+        rows = fold_of_row == fold
         temperature = fit_temperature(log_probs[rows], labels[rows])
         scaled[rows] = np.exp(_log_softmax(log_probs[rows] / temperature))
     return scaled.astype(np.float32)
@@ -68,7 +68,7 @@ def knn_probs(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, k: int
 def evidence(
     pred_probs: np.ndarray,
     labels: np.ndarray,
-    folds: np.ndarray,
+    fold_of_row: np.ndarray,
     embeddings: np.ndarray | None,
     *,
     calibrate: str,
@@ -78,7 +78,7 @@ def evidence(
     """The probabilities cleanlab reads: the out-of-fold ``pred_probs``, temperature-scaled per
     fold when ``calibrate`` is ``temperature``, mixed with ``knn_weight`` of :func:`knn_probs`
     (none without ``embeddings``)."""
-    probs = temperature_scaled(pred_probs, labels, folds) if calibrate == "temperature" else pred_probs
+    probs = temperature_scaled(pred_probs, labels, fold_of_row) if calibrate == "temperature" else pred_probs
     if knn_weight > 0 and embeddings is not None:
         neighbours = knn_probs(embeddings, labels, pred_probs.shape[1], knn_k)
         probs = (1 - knn_weight) * probs + knn_weight * neighbours

@@ -39,7 +39,7 @@ from curate.dataset import (
     IMAGE_STORES,
     PRED_PROBS,
     RAW_DIR,
-    class_names,
+    class_names_of,
     producer_of,
     write_text,
 )
@@ -88,7 +88,7 @@ class Tables:
 
     @property
     def names(self) -> list[str]:
-        return class_names(self.frames["ingest"])
+        return class_names_of(self.frames["ingest"])
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Render stage reports: ``reports/<stage>.{html,md}`` and the stage's figures as JSON.
 
-A stage's figures go to two files, split by :data:`HEADLINE`: ``reports/metrics/<stage>.json``
+A stage's figures go to two files, split by :data:`DVC_METRIC_KEYS`: ``reports/metrics/<stage>.json``
 (the DVC metrics, the columns of ``dvc exp show`` and ``dvc metrics diff``: a fixed few per
 stage, whatever the number of classes or groups) and ``reports/details/<stage>.json``
 (everything else: per-class and per-group figures, counts, the measured throughput; a plain
@@ -61,7 +61,7 @@ DETAILS_DIR = "details"  # under the reports folder: every other figure, not a D
 # train.images_per_second is a detail: measured, it differs on every run, so as a metric it
 # would show every experiment as changed. ingest keeps n_train, the size of what every later
 # figure is computed on; the other counts (classes, groups, files skipped) are in its report.
-HEADLINE: dict[str, tuple[str, ...]] = {
+DVC_METRIC_KEYS: dict[str, tuple[str, ...]] = {
     "ingest": ("n_train",),
     "clean": ("flagged_rate", "dropped", "detect_f1", "detect_precision", "detect_recall",
               "review_precision"),
@@ -140,13 +140,13 @@ def render_markdown(template: str, **context: Any) -> str:
 
 
 def split_figures(stage: str, figures: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(headline, details)``: the stage's :data:`HEADLINE` keys it has, and everything else.
+    """``(headline, details)``: the stage's :data:`DVC_METRIC_KEYS` keys it has, and everything else.
 
     A headline key the stage did not compute (clean's detect_* without a true_label) is simply
-    absent, as it was before the split. A stage missing from :data:`HEADLINE` is a bug, not a
+    absent, as it was before the split. A stage missing from :data:`DVC_METRIC_KEYS` is a bug, not a
     reason to put all its figures in ``dvc exp show``.
     """
-    keys = HEADLINE[stage]
+    keys = DVC_METRIC_KEYS[stage]
     return (
         {key: value for key, value in figures.items() if key in keys},
         {key: value for key, value in figures.items() if key not in keys},

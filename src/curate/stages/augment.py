@@ -35,7 +35,7 @@ from curate.dataset import (
     IMAGE_STORES,
     ImageRows,
     check_image_shape,
-    class_names,
+    class_names_of,
     read_images,
     read_samples,
     require_columns,
@@ -445,7 +445,7 @@ def _class_rows(result: Augmented, after: pd.DataFrame) -> list[list]:
             int(after_counts.get(name, 0)) - int(before.get(name, 0)),
             int(after_counts.get(name, 0)),
         ]
-        for name in class_names(result.table)
+        for name in class_names_of(result.table)
     ]
 
 

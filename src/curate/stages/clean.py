@@ -51,8 +51,8 @@ SUSPICIOUS_SHOWN = 40
 DUPLICATE_SETS_SHOWN = 10
 MEMBERS_SHOWN = 12
 OUTLIERS_SHOWN = 24
-HEADLINE = ("flagged", "dropped", "relabelled", "flagged_rate", "near_duplicates", "outliers")
-REVIEW_HEADLINE = (
+HEADLINE_ROWS = ("flagged", "dropped", "relabelled", "flagged_rate", "near_duplicates", "outliers")
+REVIEW_HEADLINE_ROWS = (
     "reviewed",
     "confirmed",
     "overturned",
@@ -61,7 +61,7 @@ REVIEW_HEADLINE = (
     "review_precision",
 )
 ORPHANS_SHOWN = 50
-DETECTION_HEADLINE = ("detect_precision", "detect_recall", "detect_f1")
+DETECTION_HEADLINE_ROWS = ("detect_precision", "detect_recall", "detect_f1")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings, lineage = params.clean, Lineage()
     inputs = read_raw()
     lineage.input_files(inputs.files)
-    predictions = read_predictions(lineage, len(inputs.train), len(inputs.names))
+    predictions = read_predictions(lineage, len(inputs.train), len(inputs.class_names))
     checks = label_issues.duplicates_and_outliers(predictions.embeddings, inputs.train["label"].to_numpy())
     decisions = ledger.read_ledger(lineage.input(settings.decisions))
     result = compute(inputs, predictions, checks, settings, decisions)
@@ -90,17 +90,17 @@ class FoldOutputs:
     """What the folds stage wrote for clean, in the order of the train rows."""
 
     pred_probs: np.ndarray  # (N, K) out-of-sample predicted probabilities
-    folds: np.ndarray  # (N,) the fold in which each row was held out
+    fold_of_row: np.ndarray  # (N,) the fold in which each row was held out
     embeddings: np.ndarray | None  # (N, D) the shared model's; None: no kNN evidence
     environment: list[tuple[str, object]]  # what computed them (torch, CPU kernels, threads)
 
 
 def read_predictions(lineage: Lineage, n_train: int, n_classes: int) -> FoldOutputs:
     """``folds``' outputs, checked to belong to these train rows."""
-    pred_probs, folds, embeddings = (
+    pred_probs, fold_of_row, embeddings = (
         read_array(lineage.input(path)) for path in (PRED_PROBS, FOLD_OF_ROW, EMBEDDINGS)
     )
-    if pred_probs.shape != (n_train, n_classes) or len(folds) != n_train or len(embeddings) != n_train:
+    if pred_probs.shape != (n_train, n_classes) or len(fold_of_row) != n_train or len(embeddings) != n_train:
         raise CurateError(
             f"{PRED_PROBS}: {pred_probs.shape[0]} rows x {pred_probs.shape[1]} classes, but {RAW_SAMPLES} "
             f"has {n_train} train rows x {n_classes} classes "
@@ -108,7 +108,7 @@ def read_predictions(lineage: Lineage, n_train: int, n_classes: int) -> FoldOutp
         )
     # What computed the predictions: their floats depend on it.
     environment = sorted(read_json(lineage.input(ENVIRONMENT)).items())
-    return FoldOutputs(pred_probs, folds, embeddings, environment)
+    return FoldOutputs(pred_probs, fold_of_row, embeddings, environment)
 
 
 @dataclass
@@ -142,16 +142,16 @@ def compute(
     ``predictions.embeddings`` (the shared model's): the kNN evidence cleanlab reads beside
     ``pred_probs`` (``clean.knn_weight``). ``predicted_label`` stays the fold model's.
     """
-    samples, names, pred_probs = inputs.samples, inputs.names, predictions.pred_probs
+    samples, class_names, pred_probs = inputs.samples, inputs.class_names, predictions.pred_probs
     decisions = ledger.no_decisions() if decisions is None else decisions
-    review = ledger.resolve(decisions, samples, names, settings.decisions)
+    review = ledger.resolve(decisions, samples, class_names, settings.decisions)
     train = samples[samples["split"] == "train"].copy()
     labels = train["label"].to_numpy()
     # What cleanlab reads: the fold models' probabilities, calibrated and mixed with kNN evidence.
     evidence = label_issues.evidence(
         pred_probs,
         labels,
-        predictions.folds,
+        predictions.fold_of_row,
         predictions.embeddings,
         calibrate=settings.calibrate,
         knn_weight=settings.knn_weight,
@@ -177,10 +177,10 @@ def compute(
     )
     relabel = train["action"] == "relabel"
     train.loc[relabel, "label"] = train.loc[relabel, "predicted_label"]
-    train = ledger.apply(train.drop(columns="drop_candidate"), review, names)
-    train["action_reason"] = action_reasons(train, settings, names)
+    train = ledger.apply(train.drop(columns="drop_candidate"), review, class_names)
+    train["action_reason"] = action_reasons(train, settings, class_names)
     merged = _merge_back(samples, train)
-    return Cleaned(merged, names, cap_notes, review.orphans, inputs.images, predictions.environment)
+    return Cleaned(merged, class_names, cap_notes, review.orphans, inputs.images, predictions.environment)
 
 
 def _flag(
@@ -197,26 +197,26 @@ def _flag(
     train["is_label_issue"] = is_issue
     train["predicted_label"] = pred_probs.argmax(axis=1)
     train["predicted_confidence"] = pred_probs.max(axis=1).astype(np.float64)
-    train["fold"] = predictions.folds
+    train["fold"] = predictions.fold_of_row
     train["pred_row"] = np.arange(len(train))
     for column in checks.columns:
         train[column] = checks[column].to_numpy()
     return train
 
 
-def action_reasons(train: pd.DataFrame, settings: CleanParams, names: list[str]) -> pd.Series:
+def action_reasons(train: pd.DataFrame, settings: CleanParams, class_names: list[str]) -> pd.Series:
     """Why each train row got its ``action``, in words, from the row and the ``settings`` that
     decided it; rows neither flagged nor acted on are ``not flagged``."""
     reasons = pd.Series("not flagged", index=train.index, dtype=object)
     acted = (train["action"] != "none") | train["is_label_issue"].astype(bool)
-    spent = _spent_budgets(train, settings.max_drop_fraction, names)
+    spent = _spent_budgets(train, settings.max_drop_fraction, class_names)
     for index, row in train[acted].iterrows():
-        reasons[index] = _reason(row, settings, names, spent)
+        reasons[index] = _reason(row, settings, class_names, spent)
     return reasons
 
 
 def _reason(
-    row: pd.Series, settings: CleanParams, names: list[str], spent: dict[tuple[str, object], str]
+    row: pd.Series, settings: CleanParams, class_names: list[str], spent: dict[tuple[str, object], str]
 ) -> str:
     action, flagged, confidence = row["action"], bool(row["is_label_issue"]), row["predicted_confidence"]
     if row.get("action_source") == "review":  # a person's decision in the ledger wins
@@ -226,7 +226,7 @@ def _reason(
             f"decided by a reviewer ({action}{label}, clean.decisions); the automatic action was {automatic}"
         )
     if action == "relabel":
-        return f"relabelled to {names[int(row['predicted_label'])]} with confidence {confidence:.3f}"
+        return f"relabelled to {class_names[int(row['predicted_label'])]} with confidence {confidence:.3f}"
     if action == "drop" and (not flagged or settings.action == "keep"):  # keep: flags drop nothing
         return "dropped as an extra near-duplicate (the best-labelled member of its set stays)"
     if action == "drop":
@@ -243,7 +243,9 @@ def _reason(
     return f"{asked}, held back by the max_drop_fraction cap: {cap}"
 
 
-def _spent_budgets(train: pd.DataFrame, fraction: float, names: list[str]) -> dict[tuple[str, object], str]:
+def _spent_budgets(
+    train: pd.DataFrame, fraction: float, class_names: list[str]
+) -> dict[tuple[str, object], str]:
     """The removal budgets, floor(max_drop_fraction x train rows) per given class and per group,
     that are spent: ``("class", label) | ("group", name) -> what it already lost``."""
     spent = {}
@@ -252,7 +254,7 @@ def _spent_budgets(train: pd.DataFrame, fraction: float, names: list[str]) -> di
         for key, members in train.groupby(column).size().items():
             lost = int((dropped & (train[column] == key)).sum())
             if lost >= np.floor(fraction * members):
-                shown = names[int(key)] if kind == "class" else key
+                shown = class_names[int(key)] if kind == "class" else key
                 spent[(kind, key)] = f"{kind} {shown} already lost {lost} of its {members} train rows"
     return spent
 
@@ -297,12 +299,12 @@ def metrics(result: Cleaned) -> dict:
 
 def report_context(params: Params, result: Cleaned) -> dict:
     settings, figures = params.clean, metrics(result)
-    train, names, images = result.train, result.classes, result.images
+    train, class_names, images = result.train, result.classes, result.images
     flagged = train[train["is_label_issue"]].sort_values("label_quality", kind="stable")
     has_truth = "true_label" in train.columns
     headers = ["train rows", "flagged", "dropped", "relabelled", "flag rate"]
     headers += ["injected flips", "flips caught"] if has_truth else []
-    headline = HEADLINE + (DETECTION_HEADLINE if has_truth else ())
+    headline = HEADLINE_ROWS + (DETECTION_HEADLINE_ROWS if has_truth else ())
     cap = f"max_drop_fraction {settings.max_drop_fraction} bound"
     return {
         "verdict": Verdict(warnings=[f"{cap}: {note}" for note in result.cap_notes]),
@@ -313,13 +315,13 @@ def report_context(params: Params, result: Cleaned) -> dict:
         "class_rows": _counts_by(train, "label_name"),
         "group_headers": ["group", *headers],
         "group_rows": _counts_by(train, "group"),
-        "chart": _flagged_chart(flagged, sorted(train["group"].unique()), names),
-        "suspicious": _suspicious(flagged, images, names),
-        "matrix_headers": ["given \\ predicted", *names],
-        "matrix_rows": _matrix_rows(flagged, names),
-        "duplicate_sets": _duplicate_sets(train, images, names),
+        "chart": _flagged_chart(flagged, sorted(train["group"].unique()), class_names),
+        "suspicious": _suspicious(flagged, images, class_names),
+        "matrix_headers": ["given \\ predicted", *class_names],
+        "matrix_rows": _matrix_rows(flagged, class_names),
+        "duplicate_sets": _duplicate_sets(train, images, class_names),
         "n_duplicate_sets": int(train.loc[train["duplicate_set"] >= 0, "duplicate_set"].nunique()),
-        "outliers": _outliers(train, images, names),
+        "outliers": _outliers(train, images, class_names),
         **_review_context(result, figures),
         "environment": result.environment,
     }
@@ -333,7 +335,7 @@ def _review_context(result: Cleaned, figures: dict) -> dict:
     )
     orphans = result.orphans.head(ORPHANS_SHOWN)
     return {
-        "review_headline": [(key, figures[key]) for key in REVIEW_HEADLINE],
+        "review_headline": [(key, figures[key]) for key in REVIEW_HEADLINE_ROWS],
         "review_headers": ["automatic \\ people", *ledger.DECISIONS],
         "review_rows": [
             [auto, *matrix.loc[auto].tolist()] for auto in matrix.index if matrix.loc[auto].sum()
@@ -363,14 +365,17 @@ def _counts_by(train: pd.DataFrame, column: str) -> list[list]:
     return rows
 
 
-def _flagged_chart(flagged: pd.DataFrame, groups: list[str], names: list[str]) -> Markup:
+def _flagged_chart(flagged: pd.DataFrame, groups: list[str], class_names: list[str]) -> Markup:
     """Flagged rows per given class, one stacked bar segment per group."""
     counts = {
-        group: [int(flagged[flagged["group"] == group]["given_label"].eq(k).sum()) for k in range(len(names))]
+        group: [
+            int(flagged[flagged["group"] == group]["given_label"].eq(k).sum())
+            for k in range(len(class_names))
+        ]
         for group in groups
     }
     return bar_chart(
-        names,
+        class_names,
         counts,
         key="clean-flagged",
         ylabel="flagged samples",
@@ -379,35 +384,36 @@ def _flagged_chart(flagged: pd.DataFrame, groups: list[str], names: list[str]) -
     )
 
 
-def _suspicious(flagged: pd.DataFrame, images: np.ndarray, names: list[str]) -> list[dict]:
+def _suspicious(flagged: pd.DataFrame, images: np.ndarray, class_names: list[str]) -> list[dict]:
     """Thumbnails of the lowest-quality flagged rows: given -> predicted label and quality."""
     return [
         _thumb(
             images,
             row,
-            names,
-            f"{names[row['given_label']]}→{names[row['predicted_label']]} {row['label_quality']:.2f}",
+            class_names,
+            f"{class_names[row['given_label']]}→{class_names[row['predicted_label']]} "
+            f"{row['label_quality']:.2f}",
         )
         for _, row in flagged.head(SUSPICIOUS_SHOWN).iterrows()
     ]
 
 
-def _matrix_rows(flagged: pd.DataFrame, names: list[str]) -> list[list]:
+def _matrix_rows(flagged: pd.DataFrame, class_names: list[str]) -> list[list]:
     """Given x predicted label counts of the flagged rows; given classes with none left out."""
     matrix = pd.crosstab(flagged["given_label"], flagged["predicted_label"]).reindex(
-        index=range(len(names)), columns=range(len(names)), fill_value=0
+        index=range(len(class_names)), columns=range(len(class_names)), fill_value=0
     )
-    return [[names[k], *matrix.loc[k].tolist()] for k in range(len(names)) if matrix.loc[k].sum()]
+    return [[class_names[k], *matrix.loc[k].tolist()] for k in range(len(class_names)) if matrix.loc[k].sum()]
 
 
-def _duplicate_sets(train: pd.DataFrame, images: np.ndarray, names: list[str]) -> list[dict]:
+def _duplicate_sets(train: pd.DataFrame, images: np.ndarray, class_names: list[str]) -> list[dict]:
     """The first near-duplicate sets, each with its size and the thumbnails of its first members."""
     sets = train[train["duplicate_set"] >= 0].groupby("duplicate_set", sort=True)
     return [
         {
             "size": len(members),
             "items": [
-                _thumb(images, row, names, names[row["given_label"]])
+                _thumb(images, row, class_names, class_names[row["given_label"]])
                 for _, row in members.head(MEMBERS_SHOWN).iterrows()
             ],
         }
@@ -415,19 +421,19 @@ def _duplicate_sets(train: pd.DataFrame, images: np.ndarray, names: list[str]) -
     ]
 
 
-def _outliers(train: pd.DataFrame, images: np.ndarray, names: list[str]) -> list[dict]:
+def _outliers(train: pd.DataFrame, images: np.ndarray, class_names: list[str]) -> list[dict]:
     """Thumbnails of the most unusual outliers, lowest outlier score first."""
     outliers = train[train["is_outlier"]].sort_values("outlier_score", kind="stable").head(OUTLIERS_SHOWN)
-    return [_thumb(images, row, names, f"{row['outlier_score']:.2f}") for _, row in outliers.iterrows()]
+    return [_thumb(images, row, class_names, f"{row['outlier_score']:.2f}") for _, row in outliers.iterrows()]
 
 
-def _thumb(images: np.ndarray, row: pd.Series, names: list[str], caption: str) -> dict:
+def _thumb(images: np.ndarray, row: pd.Series, class_names: list[str], caption: str) -> dict:
     """A thumbnail whose hover text names the file and the command that tells its whole story."""
     return {
         "uri": thumbnail(images[row["row"]]),
         "caption": caption,
-        "title": f"{row['path']}: given {names[row['given_label']]}, predicted "
-        f"{names[row['predicted_label']]}, quality {row['label_quality']:.3f}; "
+        "title": f"{row['path']}: given {class_names[row['given_label']]}, predicted "
+        f"{class_names[row['predicted_label']]}, quality {row['label_quality']:.3f}; "
         f"what happened to it: curate trace {row['sample_id']}",
     }
 

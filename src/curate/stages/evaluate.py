@@ -28,7 +28,7 @@ from curate.dataset import (
     MODEL,
     ImageRows,
     check_image_shape,
-    class_names,
+    class_names_of,
     image_rows,
     producer_of,
     read_samples,
@@ -44,7 +44,7 @@ from curate.stage import guarded, stage_parser
 
 INPUT = AUGMENTED_DIR / "samples.parquet"
 CONFUSION_PLOT = "reports/plots/confusion.json"
-HEADLINE = (
+HEADLINE_ROWS = (
     "accuracy",
     "macro_f1",
     "ece",
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     test = samples[samples["split"] == "test"]
     if test.empty:
         raise CurateError(f"{INPUT}: no rows with split 'test' to evaluate on")
-    names = class_names(samples)
+    class_names = class_names_of(samples)
     # torch loads only past the cheap input checks (the checkpoint and the model need it).
     from curate.checkpoint import load_checkpoint, polarity_of
     from curate.devices import pick_device
@@ -74,11 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, meta = load_checkpoint(lineage.input(MODEL))
     lineage.input_files(store_files(test))
     images = image_rows(test)  # read batch by batch by predict, never copied whole
-    check_model(meta, names, images)
+    check_model(meta, class_names, images)
     device = pick_device(settings.device, key=f"{args.params}: evaluate.device")
     probs, _ = predict(model, images, batch_size=1024, device=device, polarity=polarity_of(meta))
-    result = compute(test, probs, names, settings.calibration_bins, images, meta)
-    write_text(CONFUSION_PLOT, confusion_records(result.y_true, result.y_pred, names))
+    result = compute(test, probs, class_names, settings.calibration_bins, images, meta)
+    write_text(CONFUSION_PLOT, confusion_records(result.y_true, result.y_pred, class_names))
     sizes = write_stage("evaluate", params, metrics(result), report_context(params, result), lineage)
     figures = result.headline
     print(
@@ -89,11 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def check_model(meta: Mapping[str, Any], names: list[str], images: ImageRows | np.ndarray) -> None:
+def check_model(meta: Mapping[str, Any], class_names: list[str], images: ImageRows | np.ndarray) -> None:
     """The model must be trained for these classes and take these images."""
-    if list(meta.get("class_names", [])) != names:
+    if list(meta.get("class_names", [])) != class_names:
         raise CurateError(
-            f"{MODEL}: trained for classes {meta.get('class_names')}, but {INPUT} has {names} "
+            f"{MODEL}: trained for classes {meta.get('class_names')}, but {INPUT} has {class_names} "
             f"(re-run the {producer_of(MODEL)} stage: dvc repro)"
         )
     check_image_shape(MODEL, meta, images.shape[1:], "the test images are")
@@ -102,10 +102,10 @@ def check_model(meta: Mapping[str, Any], names: list[str], images: ImageRows | n
 @dataclass
 class Evaluated:
     test: pd.DataFrame  # the test rows, table order
-    names: list[str]  # (K,) class names by label
+    class_names: list[str]  # (K,) class names by label
     probs: np.ndarray  # (N, K) predicted probabilities
     y_pred: np.ndarray  # (N,) predicted labels (argmax of probs)
-    headline: dict[str, float]  # the HEADLINE figures, in that order
+    headline: dict[str, float]  # the HEADLINE_ROWS figures, in that order
     per_class: dict[str, dict[str, float]]  # by class name: precision, recall, support, dp/eo_diff_ovr
     by_group: dict[str, dict[str, float]]  # by group: accuracy, macro_recall, n
     confusion: list[list[int]]  # (K, K): test samples of class i predicted as j
@@ -121,7 +121,7 @@ class Evaluated:
 def compute(
     test: pd.DataFrame,
     probs: np.ndarray,
-    names: list[str],
+    class_names: list[str],
     bins: int,
     images: ImageRows | np.ndarray,
     model: Mapping[str, Any],
@@ -130,19 +130,19 @@ def compute(
     ``images`` and ``model`` (the checkpoint meta) are for the report."""
     y_true, y_pred = test["label"].to_numpy(), probs.argmax(axis=1)
     groups = test["group"].astype(str).to_numpy()
-    figures = evaluation.classification_metrics(y_true, y_pred, names)
+    figures = evaluation.classification_metrics(y_true, y_pred, class_names)
     figures["ece"] = evaluation.expected_calibration_error(y_true, probs, bins)
     figures |= evaluation.group_metrics(y_true, y_pred, groups)
-    fairness = evaluation.one_vs_rest_fairness(y_true, y_pred, groups, names)
+    fairness = evaluation.one_vs_rest_fairness(y_true, y_pred, groups, class_names)
     for name, values in fairness.pop("per_class").items():
         figures["per_class"][name] |= values
     figures |= fairness
     return Evaluated(
         test=test,
-        names=names,
+        class_names=class_names,
         probs=probs,
         y_pred=y_pred,
-        headline={key: figures[key] for key in HEADLINE},
+        headline={key: figures[key] for key in HEADLINE_ROWS},
         per_class=figures["per_class"],
         by_group=figures["by_group"],
         confusion=figures["confusion"],
@@ -163,10 +163,10 @@ def metrics(result: Evaluated) -> dict[str, Any]:
     }
 
 
-def confusion_records(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> str:
+def confusion_records(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> str:
     """One ``{"actual", "predicted"}`` record per test sample (class names), in table order."""
     records = [
-        json.dumps({"actual": names[t], "predicted": names[p]}, separators=(",", ":"))
+        json.dumps({"actual": class_names[t], "predicted": class_names[p]}, separators=(",", ":"))
         for t, p in zip(y_true, y_pred, strict=True)
     ]
     return "[\n" + ",\n".join(records) + "\n]\n"
@@ -174,7 +174,7 @@ def confusion_records(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) 
 
 def report_context(params: Params, result: Evaluated) -> dict[str, Any]:
     """What the evaluate templates show."""
-    settings, names, images, model = params.evaluate, result.names, result.images, result.model
+    settings, class_names, images, model = params.evaluate, result.class_names, result.images, result.model
     return {
         "settings": settings,
         "verdict": _verdict(result),
@@ -186,18 +186,20 @@ def report_context(params: Params, result: Evaluated) -> dict[str, Any]:
         "wrong": _confidently_wrong(result, images, settings.confidently_wrong),
         "confusion_chart": matrix_chart(
             np.asarray(result.confusion),
-            names,
-            names,
+            class_names,
+            class_names,
             key="evaluate-confusion",
             xlabel="predicted",
             ylabel="actual",
             title="Confusion matrix (test)",
         ),
-        "confusion_rows": [[f"{name}", *row] for name, row in zip(names, result.confusion, strict=True)],
+        "confusion_rows": [
+            [f"{name}", *row] for name, row in zip(class_names, result.confusion, strict=True)
+        ],
         "group_chart": _group_chart(result),
         "n_wrong": int((result.y_true != result.y_pred).sum()),
         "n_test": len(result.test),
-        "confusion_headers": ["actual \\ predicted", *names],
+        "confusion_headers": ["actual \\ predicted", *class_names],
         "calibration_rows": [
             [f"{row['low']:.2f}-{row['high']:.2f}", row["count"], row["accuracy"], row["confidence"]]
             for row in result.calibration
@@ -220,18 +222,24 @@ def _verdict(result: Evaluated) -> Verdict:
 
 
 def _class_rows(result: Evaluated) -> list[list]:
-    return [[name, *(result.per_class[name][key] for key in CLASS_COLUMNS)] for name in result.names]
+    return [[name, *(result.per_class[name][key] for key in CLASS_COLUMNS)] for name in result.class_names]
 
 
 def _confidently_wrong(result: Evaluated, images: ImageRows, count: int) -> list[dict[str, str]]:
     """Thumbnails of the ``count`` most confidently wrong test samples, most confident first."""
-    y_true, y_pred, probs, names, test = result.y_true, result.y_pred, result.probs, result.names, result.test
+    y_true, y_pred, probs, class_names, test = (
+        result.y_true,
+        result.y_pred,
+        result.probs,
+        result.class_names,
+        result.test,
+    )
     return [
         {
             "uri": thumbnail(images[i]),
-            "caption": f"{names[y_true[i]]}→{names[y_pred[i]]} {probs[i, y_pred[i]]:.2f}",
-            "title": f"{test['path'].iloc[i]} ({test['group'].iloc[i]}): label {names[y_true[i]]}, "
-            f"predicted {names[y_pred[i]]} with confidence {probs[i, y_pred[i]]:.3f}",
+            "caption": f"{class_names[y_true[i]]}→{class_names[y_pred[i]]} {probs[i, y_pred[i]]:.2f}",
+            "title": f"{test['path'].iloc[i]} ({test['group'].iloc[i]}): label {class_names[y_true[i]]}, "
+            f"predicted {class_names[y_pred[i]]} with confidence {probs[i, y_pred[i]]:.3f}",
         }
         for i in evaluation.confidently_wrong(y_true, probs, count)
     ]

@@ -42,7 +42,7 @@ from curate.dataset import (
     MODEL,
     RUN_RECORD,
     ImageRows,
-    class_names,
+    class_names_of,
     image_rows,
     read_samples,
     require_columns,
@@ -152,7 +152,7 @@ class Trained:
 def load_split(samples: pd.DataFrame, params: Params, params_file: str) -> Split:
     """Checks the table, splits off validation and reads both sets of images."""
     require_columns(samples, INPUT, REQUIRED_COLUMNS)
-    names = class_names(samples)
+    class_names = class_names_of(samples)
     fraction = params.train.val_fraction
     fit_rows, val_rows = split_validation(samples, fraction, params.seed)
     if fit_rows.empty or val_rows.empty:
@@ -160,7 +160,7 @@ def load_split(samples: pd.DataFrame, params: Params, params_file: str) -> Split
             f"{params_file}: train.val_fraction = {fraction:g} leaves {len(fit_rows)} train and "
             f"{len(val_rows)} validation rows; both need at least one (more data or another fraction)"
         )
-    return Split(names, fit_rows, val_rows, image_rows(fit_rows), image_rows(val_rows))
+    return Split(class_names, fit_rows, val_rows, image_rows(fit_rows), image_rows(val_rows))
 
 
 def split_validation(

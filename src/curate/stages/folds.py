@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 class Folded:
     """The out-of-sample predictions and what computed them."""
 
-    predictions: fold_training.FoldPredictions  # pred_probs, folds, embeddings (train rows), embedder
+    predictions: fold_training.FoldPredictions  # pred_probs, fold_of_row, embeddings (train rows), embedder
     meta: dict[str, Any]  # the embedder's checkpoint meta
     environment: dict[str, Any]  # torch build, CPU kernels, threads: the floats depend on them
     seconds: float  # measured: the K-fold training and prediction
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings, lineage = params.folds, Lineage()
     inputs = read_raw()
     lineage.input_files(inputs.files)
-    fold_training.check_class_sizes(inputs.train["label"].to_numpy(), inputs.names, settings.k)
+    fold_training.check_class_sizes(inputs.train["label"].to_numpy(), inputs.class_names, settings.k)
     # torch loads only once the inputs have passed their checks: a bad input fails fast.
     from curate.checkpoint import save_checkpoint
     from curate.devices import pick_device
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result is None:
         return 0  # another rank of folds.nproc: rank 0 writes the outputs
     write_array(lineage.output(PRED_PROBS), result.predictions.pred_probs)
-    write_array(lineage.output(FOLD_OF_ROW), result.predictions.folds)
+    write_array(lineage.output(FOLD_OF_ROW), result.predictions.fold_of_row)
     write_array(lineage.output(EMBEDDINGS), result.predictions.embeddings)
     save_checkpoint(lineage.output(EMBEDDER), result.predictions.embedder, result.meta)
     described = json.dumps(report_context(params, result), indent=2, sort_keys=True) + "\n"
@@ -98,18 +98,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def compute(params: Params, inputs: RawInputs, backbone: Backbone, device: torch.device) -> Folded | None:
     """The K-fold (or frozen-embedding) predictions for the train rows; None on a rank other than 0."""
-    settings, train, names = params.folds, inputs.train, inputs.names
+    settings, train, class_names = params.folds, inputs.train, inputs.class_names
     started = time.perf_counter()
     # The train rows, read from the memory-mapped store fold by fold and batch by batch.
     rows, labels = image_rows(train, {"raw": RAW_IMAGES}), train["label"].to_numpy()
     strata = (train["group"] + ":" + train["label_name"]).to_numpy()
     if settings.method == "embeddings":
-        predictions = frozen_embeddings(rows, labels, strata, params, backbone, len(names), device)
+        predictions = frozen_embeddings(rows, labels, strata, params, backbone, len(class_names), device)
     else:
+        training = fold_settings(params, backbone, len(class_names))
         predictions = fold_training.out_of_sample_predictions(
-            rows, labels, strata, folds=settings.k, training=fold_settings(params, backbone, len(names)),
-            device=device,
-        )  # fmt: skip
+            rows, labels, strata, k=settings.k, training=training, device=device
+        )
     if predictions is None:
         return None
     seconds = time.perf_counter() - started
@@ -117,7 +117,7 @@ def compute(params: Params, inputs: RawInputs, backbone: Backbone, device: torch
     from curate.devices import environment
 
     polarity = params.image.normalize_polarity
-    meta = checkpoint_meta(backbone.meta(), names, inputs.images.shape, polarity, EMBEDDER_META)
+    meta = checkpoint_meta(backbone.meta(), class_names, inputs.images.shape, polarity, EMBEDDER_META)
     return Folded(predictions, meta, environment(device), seconds)
 
 
@@ -176,7 +176,7 @@ def frozen_embeddings(
         labels,
         strata,
         net=net,
-        folds=settings.k,
+        k=settings.k,
         seed=params.seed,
         polarity=params.image.normalize_polarity,
         device=device,

@@ -32,7 +32,14 @@ from curate.dataset import REPORTS_DIR, write_text
 from curate.gates import GATES, Check, Verdict, failures, gate_checks, stale_stages
 from curate.lineage import LINEAGE_DIR, file_digest
 from curate.params import GatesParams, Params, load_params
-from curate.report.render import DETAILS_DIR, HEADLINE, METRICS_DIR, read_figures, render, render_markdown
+from curate.report.render import (
+    DETAILS_DIR,
+    DVC_METRIC_KEYS,
+    METRICS_DIR,
+    read_figures,
+    render,
+    render_markdown,
+)
 from curate.report.writer import write_stage
 from curate.stage import DAG, PIPELINE, flatten, guarded, stage_parser
 
@@ -160,7 +167,7 @@ def card_numbers(stage: str, figures: Mapping[str, Any]) -> list[tuple[str, Any,
 
     Lists (a confusion matrix) are for the stage report; measured figures are left out.
     """
-    rows = [(key, value, METRICS_DIR if key in HEADLINE[stage] else DETAILS_DIR)
+    rows = [(key, value, METRICS_DIR if key in DVC_METRIC_KEYS[stage] else DETAILS_DIR)
             for key, value in flatten(figures).items()
             if (stage, key) not in MEASURED and not isinstance(value, list)]  # fmt: skip
     return sorted(rows, key=lambda row: row[2] != METRICS_DIR)  # stable: each file's own order

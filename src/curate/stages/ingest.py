@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from curate import demo
-from curate.dataset import RAW_IMAGES, RAW_SAMPLES, class_names, write_images, write_samples
+from curate.dataset import RAW_IMAGES, RAW_SAMPLES, class_names_of, write_images, write_samples
 from curate.folder import (
     NOT_AN_IMAGE,
     OUTSIDE_CLASSES,
@@ -123,19 +123,19 @@ def _counts(data: FolderData) -> dict[str, int]:
 
 def report_context(params: Params, result: Ingested) -> dict[str, object]:
     data, samples = result.data, result.samples
-    names = class_names(samples)
+    class_names = class_names_of(samples)
     groups = sorted(samples["group"].unique())
     counts = samples.groupby(["label_name", "group", "split"]).size()
     columns = [(group, split) for group in groups for split in ("train", "test")]
     count_rows = [
         [name, *(int(counts.get((name, g, s), 0)) for g, s in columns), int(counts.get(name).sum())]
-        for name in names
+        for name in class_names
     ]
     train = samples[samples["split"] == "train"]
     train_counts = train.groupby(["label_name", "group"]).size()
     chart = bar_chart(
-        names,
-        {g: [int(train_counts.get((n, g), 0)) for n in names] for g in groups},
+        class_names,
+        {g: [int(train_counts.get((n, g), 0)) for n in class_names] for g in groups},
         key="ingest-counts",
         ylabel="train samples",
         title="Train samples by class and group",
@@ -145,12 +145,12 @@ def report_context(params: Params, result: Ingested) -> dict[str, object]:
         "is_demo": params.ingest.source == DEMO_SOURCE,
         "demo": params.ingest.demo,
         "image": params.image,
-        "verdict": _verdict(data, names),
+        "verdict": _verdict(data, class_names),
         "headline": list(result.counts.items()),
         "count_headers": ["class", *(f"{g} {s}" for g, s in columns), "total"],
         "count_rows": count_rows,
         "chart": chart,
-        "thumbnails": _thumbnail_rows(data.images, train, names, groups),
+        "thumbnails": _thumbnail_rows(data.images, train, class_names, groups),
         "source_sizes": [(f"{w} x {h}", n) for (w, h), n in data.source_sizes.most_common(10)],
         "source_modes": sorted(data.source_modes.items()),
         "conversions": _conversions(params, data),
@@ -164,7 +164,7 @@ def report_context(params: Params, result: Ingested) -> dict[str, object]:
     }
 
 
-def _verdict(data: FolderData, names: list[str]) -> Verdict:
+def _verdict(data: FolderData, class_names: list[str]) -> Verdict:
     verdict = Verdict()
     for reason, warning in SKIP_WARNINGS.items():
         if data.n_skipped(reason):
@@ -178,7 +178,7 @@ def _verdict(data: FolderData, names: list[str]) -> Verdict:
         )
     train = data.samples[data.samples["split"] == "train"]
     per_class = train["label_name"].value_counts()
-    for name in names:
+    for name in class_names:
         if per_class.get(name, 0) < MIN_TRAIN_PER_CLASS:
             verdict.warnings.append(
                 f"class {name} has {per_class.get(name, 0)} train samples (fewer than {MIN_TRAIN_PER_CLASS})"
@@ -222,10 +222,12 @@ def _polarity(params: Params, data: FolderData) -> dict[str, object]:
     return {"summary": f"{int(light.sum()):,} of {len(light):,} (light background)", "rows": rows}
 
 
-def _thumbnail_rows(images: Store, train: pd.DataFrame, names: list[str], groups: list[str]) -> list[dict]:
+def _thumbnail_rows(
+    images: Store, train: pd.DataFrame, class_names: list[str], groups: list[str]
+) -> list[dict]:
     """The first few train samples of each class x group, as captioned thumbnails."""
     rows = []
-    for name in names:
+    for name in class_names:
         for group in groups:
             cell = train[(train["label_name"] == name) & (train["group"] == group)].head(THUMBS_PER_CELL)
             if len(cell):

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from curate import balance
-from curate.dataset import BALANCED_DIR, CLEAN_DIR, class_names, read_samples, training_rows, write_samples
+from curate.dataset import BALANCED_DIR, CLEAN_DIR, class_names_of, read_samples, training_rows, write_samples
 from curate.errors import CurateError
 from curate.lineage import Lineage
 from curate.params import Params, RebalanceParams, load_params
@@ -143,15 +143,17 @@ def compute(samples: pd.DataFrame, settings: RebalanceParams, seed: int) -> Reba
     if train.empty:
         raise CurateError(f"{INPUT}: no train rows in play (every train row is dropped or there are none)")
     out = samples[samples.index.isin(train.index) | (samples["split"] == "test")].copy()
-    out["rebalance_group"] = group_names(out, settings.group_columns)
+    out["rebalance_group"] = group_of_row(out, settings.group_columns)
     keys = out.loc[train.index, "rebalance_group"]
-    groups, names = pd.factorize(keys, sort=True)
-    names = [str(name) for name in names]
-    classes = class_names(samples)
+    groups, group_names = pd.factorize(keys, sort=True)
+    group_names = [str(name) for name in group_names]
+    classes = class_names_of(samples)
     labels = train["label"].to_numpy()
-    sizes = np.bincount(groups, minlength=len(names))
+    sizes = np.bincount(groups, minlength=len(group_names))
     too_small = sizes < settings.min_group_size
-    weights, copies, n_clipped = group_weights(settings, groups, labels, names, len(classes), too_small, seed)
+    weights, copies, n_clipped = group_weights(
+        settings, groups, labels, group_names, len(classes), too_small, seed
+    )
     out["weight"] = 1.0
     out["copies"] = np.int64(1)
     out.loc[train.index, "weight"] = weights
@@ -162,10 +164,10 @@ def compute(samples: pd.DataFrame, settings: RebalanceParams, seed: int) -> Reba
         before=balance.measure(keys, labels, np.ones(len(train)), len(classes)),
         after=balance.measure(keys, labels, weights * copies, len(classes)),
         train_sizes=sizes,
-        cell_sizes=balance.cell_counts(groups, labels, len(names), len(classes)),
+        cell_sizes=balance.cell_counts(groups, labels, len(group_names), len(classes)),
         n_dropped=int((samples["split"] == "train").sum() - len(train)),
         n_clipped=n_clipped,
-        passed_through=len(names) == 1,
+        passed_through=len(group_names) == 1,
         too_small=too_small,
     )
 
@@ -174,7 +176,7 @@ def group_weights(
     settings: RebalanceParams,
     groups: np.ndarray,
     labels: np.ndarray,
-    names: list[str],
+    group_names: list[str],
     n_classes: int,
     too_small: np.ndarray,
     seed: int,
@@ -185,7 +187,7 @@ def group_weights(
     cap and resampling act on the other rows only, as if those groups were absent, so the
     rebalanced weights have mean 1 among themselves (and all weights have mean 1).
     """
-    shares = target_vector(settings, names)  # checked first, so a bad share fails even with one group
+    shares = target_vector(settings, group_names)  # checked first, so a bad share fails even with one group
     weights, copies = np.ones(len(groups)), np.ones(len(groups), dtype=np.int64)
     kept = np.flatnonzero(~too_small)
     rows = ~too_small[groups]
@@ -213,7 +215,7 @@ def strategy_weights(
     return balance.target_share_weights(groups, shares / shares.sum())
 
 
-def group_names(samples: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
+def group_of_row(samples: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
     """Each row's (intersectional) group name: the values of ``columns`` joined by :data:`GROUP_SEPARATOR`."""
     for column in columns:
         if column not in samples.columns:
@@ -227,20 +229,21 @@ def group_names(samples: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
     return parts[0].str.cat(parts[1:], sep=GROUP_SEPARATOR) if len(parts) > 1 else parts[0]
 
 
-def target_vector(settings: RebalanceParams, names: list[str]) -> np.ndarray:
+def target_vector(settings: RebalanceParams, group_names: list[str]) -> np.ndarray:
     """``rebalance.target_shares`` as a ``(G,)`` array in group order; every group must have a share."""
     if settings.strategy != "target":
-        return np.full(len(names), 1 / len(names))
+        return np.full(len(group_names), 1 / len(group_names))
     shares = settings.target_shares
     for group in shares:
-        if group not in names:
+        if group not in group_names:
             raise CurateError(
-                f"rebalance.target_shares: group {group!r} has no train rows (groups: {', '.join(names)})"
+                f"rebalance.target_shares: group {group!r} has no train rows "
+                f"(groups: {', '.join(group_names)})"
             )
-    for group in names:
+    for group in group_names:
         if group not in shares:
             raise CurateError(f"rebalance.target_shares: train group {group!r} has no share")
-    return np.array([shares[group] for group in names])
+    return np.array([shares[group] for group in group_names])
 
 
 def _too_small_warning(settings: RebalanceParams, result: Rebalanced) -> str:
