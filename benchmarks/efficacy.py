@@ -36,7 +36,7 @@ unless ``--pipelines`` says otherwise. It prints, after each cell, the mean accu
 worst-group accuracy per pipeline with their differences to naive, clean's flagged rate, detect
 F1, rows dropped and flags left in, then issue 23's targets per cell. The full grid is 5 cells
 (0% once, class_conditional at 10% only: :func:`sweep_cells`) x 3 seeds x 4 pipelines: about
-5 h on 2 idle CPU cores (a cell's folds about 5 min, each pipeline after them about 4), minutes on a GPU.
+5.5 h on 2 idle CPU cores (a cell's folds about 6 min, each pipeline after them about 4).
 
 Run: ``python benchmarks/efficacy.py [--seeds 0 1 2] [--noise class_conditional]
 [--pipelines default polarity_off] [--cache /tmp/efficacy] [-S train.epochs=8 ...]``, or
