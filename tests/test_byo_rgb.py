@@ -56,10 +56,13 @@ def test_class_conditional_flips_are_found_in_both_groups(byo):
     f1 = 2 * precision * recall / max(precision + recall, 1e-9)
     print(f"byo rgb: flagged {int(flagged.sum())}, flips {int(noisy.sum())}, caught {caught}, F1 {f1:.3f}")
     # A small CNN trained from scratch on 240 photos flags broadly (see issue-level benchmarks):
-    # most flips must be caught, and the max_drop_fraction cap (0.3) must hold in every class.
+    # most flips must be caught, and the relative cap must hold in every class: no class loses
+    # more than max_drop_fraction (0.3) beyond the overall removal rate.
     assert recall >= 0.5
     dropped = train[train["action"] == "drop"]
-    assert (dropped.groupby("label_name").size() <= 0.3 * train.groupby("label_name").size() + 1).all()
+    asked = (train["action"] == "drop") | (train["is_label_issue"] & (train["action"] == "keep"))
+    share = asked.mean() + 0.3
+    assert (dropped.groupby("label_name").size() <= share * train.groupby("label_name").size() + 1).all()
 
 
 def test_model_learns_the_shapes_and_every_group_is_measured(byo):

@@ -112,7 +112,12 @@ def test_relabel_mode_and_cap(cleaned, workdir):
     (workdir / "data/clean/samples.parquet").unlink()
     set_params(
         workdir / "params.yaml",
-        clean={"action": "relabel", "relabel_min_confidence": 0.6, "max_drop_fraction": 0.01},
+        clean={
+            "action": "relabel",
+            "relabel_min_confidence": 0.6,
+            "max_drop_fraction": 0.01,
+            "cap": "absolute",
+        },
     )
     assert clean.main([]) == 0
     samples = read_samples(workdir / "data/clean/samples.parquet")
@@ -241,7 +246,12 @@ def test_clean_drops_flagged_rows_without_training():
     assert (test[["pred_row", "fold", "predicted_label", "duplicate_set"]] == -1).all().all()
     assert result.cap_notes == []
     figures = clean.metrics(result)
-    assert (figures["flagged"], figures["dropped"], figures["relabelled"]) == (6, 6, 0)
+    assert (figures["flagged"], figures["dropped"], figures["relabelled"], figures["held_back"]) == (
+        6,
+        6,
+        0,
+        0,
+    )
     assert figures["detect_precision"] == figures["detect_recall"] == 1.0
     assert figures["outliers"] == 1
 
@@ -261,7 +271,7 @@ def test_clean_relabels_only_confident_predictions():
 
 
 def test_clean_caps_removals_by_class_and_group():
-    result = _clean_by_hand(max_drop_fraction=0.05)
+    result = _clean_by_hand(max_drop_fraction=0.05, cap="absolute")
     train = result.train
     dropped = train[train["action"] == "drop"]
     for column in ("label", "group"):
@@ -287,10 +297,16 @@ def test_clean_drops_all_but_the_best_near_duplicate():
 
 
 def test_report_context_without_training():
-    result = _clean_by_hand(max_drop_fraction=0.05, duplicate_set={8: 8, 10: 8})
-    context = clean.report_context(Params(clean=CleanParams(max_drop_fraction=0.05)), result)
+    result = _clean_by_hand(max_drop_fraction=0.05, cap="absolute", duplicate_set={8: 8, 10: 8})
+    context = clean.report_context(Params(clean=CleanParams(max_drop_fraction=0.05, cap="absolute")), result)
     assert len(context["suspicious"]) == 6 and context["n_duplicate_sets"] == 1
     assert [row[0] for row in context["matrix_rows"]] == NAMES
     assert sum(sum(row[1:]) for row in context["matrix_rows"]) == 6
-    assert context["verdict"].warnings[0].startswith("max_drop_fraction 0.05 bound: ")
+    # What the cap did comes first, with its numbers; then where it bound.
+    assert (
+        context["verdict"]
+        .warnings[0]
+        .startswith("6 train rows flagged (10.0%): 2 removed, 0 relabelled, 4 held back ")
+    )
+    assert context["verdict"].warnings[1].startswith("max_drop_fraction 0.05 bound: ")
     assert len(context["outliers"]) == 1

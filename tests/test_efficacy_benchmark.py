@@ -58,3 +58,35 @@ def test_cache_key_covers_params_and_code(tmp_path):
     before = efficacy.code_digest(tmp_path)
     (tmp_path / "stages" / "train.py").write_text("EPOCHS = 20\n")
     assert efficacy.code_digest(tmp_path) != before
+
+
+def test_sweep_cells_run_0_percent_once_and_name_what_the_demo_cannot_make():
+    cells, skipped = efficacy.sweep_cells([0.0, 0.1, 0.3], ["uniform", "class_conditional"])
+    assert cells == [("uniform", 0.0), ("uniform", 0.1), ("class_conditional", 0.1), ("uniform", 0.3)]
+    assert skipped == ["class_conditional 30%: not made (the demo's rates are fixed)"]
+
+
+def cell(default_acc, default_wga, f1=0.97):
+    figures = {"flagged_rate": 0.5, "dropped": 0, "kept_flags": 0}
+    return {
+        "default": {"accuracy": default_acc, "worst_group_accuracy": default_wga, "detect_f1": f1, **figures},
+        "naive": {"accuracy": 0.90, "worst_group_accuracy": 0.80, "detect_f1": f1, **figures},
+    }
+
+
+def test_issue_23_targets_per_cell():
+    # 50%: at least naive - 0.3 and a gain of 1 / 2 points; at 0% no detection target.
+    assert [passed for _, passed in efficacy.targets_23("uniform", 0.5, cell(0.915, 0.83))] == [
+        True,
+        True,
+        True,
+    ]
+    assert [passed for _, passed in efficacy.targets_23("uniform", 0.5, cell(0.905, 0.81))] == [
+        True,
+        False,
+        True,
+    ]
+    assert [passed for _, passed in efficacy.targets_23("uniform", 0.0, cell(0.896, 0.80, 0.0))] == [False]
+    # 10%: today's gains are the floor, per noise model.
+    checks = efficacy.targets_23("class_conditional", 0.1, cell(0.903, 0.812))
+    assert [passed for _, passed in checks] == [True, True, True] and "+0.28 / +1.12" in checks[1][0]

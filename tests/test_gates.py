@@ -134,6 +134,28 @@ def test_gate_stage_writes_card_and_enforces(workdir, capsys):
     ]
 
 
+def test_a_high_flagged_rate_is_said_first_with_its_numbers_and_named_in_the_failure(workdir, capsys):
+    clean = {"flagged_rate": 0.5, "flagged": 50, "dropped": 30, "relabelled": 0, "held_back": 20}
+    write_metrics(workdir, METRICS | {"clean": clean})
+    set_params(workdir / "params.yaml", gates={"enforce": True}, clean={"cap": "absolute"})
+    assert gate.main([]) == 1
+    note = (
+        "50 train rows flagged (50.0%, over gates.max_flagged_rate 0.2): 30 removed, 0 relabelled, 20 held "
+        "back by the removal cap and trained on with their given labels (clean.cap absolute, "
+        "clean.max_drop_fraction 0.3, clean.action drop). A rate this high means noise throughout or fold "
+        "models too weak to judge: look at the flagged samples. clean.cap and clean.max_drop_fraction "
+        "decide how many go; clean.action keep removes none"
+    )
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert (
+        lines[0]
+        == f"gate failed: clean.flagged_rate (gates.max_flagged_rate): observed 0.5, required ≤ 0.2: {note}"
+    )
+    card = (workdir / "reports/index.md").read_text()
+    assert card.index(note[:60]) < card.index("## The DAG")
+    assert note[:60] in (workdir / "reports/gate.md").read_text()
+
+
 def test_a_gate_may_judge_a_detail(workdir, monkeypatch):
     # evaluate.accuracy_ratio is in reports/details/evaluate.json, not in its metrics.
     monkeypatch.setitem(GATES, "min_accuracy", Gate("evaluate", "accuracy_ratio", "min"))

@@ -52,14 +52,16 @@ def test_relabel_needs_confidence_else_drop():
 
 
 def test_cap_holds_back_least_suspicious_and_says_where():
-    # Class 0 has 4 rows, 3 flagged: a 0.5 cap allows 2 removals, the most suspicious two.
+    # Class 0 has 4 rows, 3 flagged: an absolute 0.5 cap allows 2 removals, the most suspicious two.
     table = train_table(
         [True, True, True, False, True, False],
         [0.3, 0.1, 0.2, 0.9, 0.1, 0.9],
         [0, 0, 0, 0, 1, 1],
         ["a", "a", "a", "a", "b", "b"],
     )
-    actions, notes = decide_actions(table, action="drop", relabel_min_confidence=0.9, max_drop_fraction=0.5)
+    actions, notes = decide_actions(
+        table, action="drop", relabel_min_confidence=0.9, max_drop_fraction=0.5, cap="absolute"
+    )
     assert actions.tolist() == ["keep", "drop", "drop", "none", "drop", "none"]
     assert notes == ["group a: 1 removal(s) held back", "label 0: 1 removal(s) held back"]
 
@@ -72,6 +74,62 @@ def test_cap_applies_per_group_too():
     actions, notes = decide_actions(table, action="drop", relabel_min_confidence=0.9, max_drop_fraction=0.5)
     assert actions.tolist()[:2] == ["drop", "keep"]
     assert "group small: 1 removal(s) held back" in notes
+
+
+def _global_noise(n_classes=4, rows=10, flagged=5):
+    """Every class flagged alike (``flagged`` of ``rows``), most suspicious first within a class."""
+    flags = ([True] * flagged + [False] * (rows - flagged)) * n_classes
+    quality = [i / rows for i in range(rows)] * n_classes
+    return train_table(flags, quality, np.repeat(np.arange(n_classes), rows), ["a"] * (n_classes * rows))
+
+
+def test_relative_cap_removes_global_noise_that_the_absolute_cap_keeps():
+    # 50% of every class flagged: noise, not a hard class. The absolute 0.3 cap keeps the 2 least
+    # suspicious flags of each class (the ambiguous images the model then learns); the relative
+    # budget, (0.5 + 0.3) x 10 = 8 per class, removes them all.
+    table = _global_noise()
+    before, notes = decide_actions(
+        table, action="drop", relabel_min_confidence=0.9, max_drop_fraction=0.3, cap="absolute"
+    )
+    assert (before == "keep").sum() == 8 and len(notes) == 5
+    after, notes = decide_actions(table, action="drop", relabel_min_confidence=0.9, max_drop_fraction=0.3)
+    assert (after == "drop").sum() == 20 and notes == []
+
+
+def test_relative_cap_still_protects_a_class_flagged_far_more_than_the_rest():
+    # Class 3 (a hard class) is flagged at 9 of 10 while the others are not flagged: overall 9/40,
+    # so class 3 may lose floor((0.225 + 0.3) x 10) = 5; its 4 least suspicious flags stay.
+    table = train_table(
+        [False] * 30 + [True] * 9 + [False],
+        [0.9] * 30 + [i / 10 for i in range(10)],
+        np.repeat(np.arange(4), 10),
+        ["a"] * 40,
+    )
+    actions, notes = decide_actions(table, action="drop", relabel_min_confidence=0.9, max_drop_fraction=0.3)
+    assert actions[30:35].eq("drop").all() and actions[35:39].eq("keep").all()
+    assert notes == ["label 3: 4 removal(s) held back"]
+
+
+def test_relative_cap_still_protects_a_small_group():
+    # A 4-row group, all flagged, among 36 clean rows: overall 4/40, budget floor(0.4 x 4) = 1.
+    table = train_table(
+        [True] * 4 + [False] * 36, [0.1] * 4 + [0.9] * 36, [0, 1] * 20, ["small"] * 4 + ["big"] * 36
+    )
+    actions, notes = decide_actions(table, action="drop", relabel_min_confidence=0.9, max_drop_fraction=0.3)
+    assert actions[:4].tolist().count("drop") == 1 and actions[:4].tolist().count("keep") == 3
+    assert notes == ["group small: 3 removal(s) held back"]
+
+
+def test_relative_cap_leaves_min_rows_of_every_class():
+    # 90% flagged everywhere: (0.9 + 0.3) x 10 would remove every row; 2 stay per class.
+    table = _global_noise(n_classes=2, rows=10, flagged=9)
+    actions, _ = decide_actions(
+        table, action="drop", relabel_min_confidence=0.9, max_drop_fraction=0.3, min_rows=2
+    )
+    assert (actions == "drop").sum() == 16 and (actions != "drop").groupby(table["label"]).sum().tolist() == [
+        2,
+        2,
+    ]
 
 
 def test_detection_scores():

@@ -82,7 +82,8 @@ def test_push_then_pull_into_a_fresh_clone(tiny, s3_endpoint, tmp_path):  # noqa
     run("dvc", "push", cwd=tiny, env=env)
     assert json.loads(run("dvc", "status", "--cloud", "--json", cwd=tiny, env=env)) == {}
     outs = tracked_outs(tiny)
-    assert {"data/raw/images", "data/balanced/samples.parquet", "models/model.pt"} <= set(outs)
+    assert {"data/raw/images/index.json", "data/balanced/samples.parquet", "models/model.pt"} <= set(outs)
+    assert any(name.startswith("data/raw/images/") and name.endswith(".npy") for name in outs)  # segments
     stored = s3_client(s3_endpoint).list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/")
     assert stored["KeyCount"] >= len(outs)  # content-addressed objects in the bucket, one per file at least
 

@@ -51,6 +51,7 @@ def clean_table(raw: pd.DataFrame) -> pd.DataFrame:
     train = clean["split"] == "train"
     clean["given_label"] = clean["label"]
     clean["action"] = [CLEAN[i][0] if i in CLEAN else "none" for i in clean["sample_id"]]
+    clean["auto_action"] = clean["action"]
     clean["is_label_issue"] = [CLEAN[i][1] if i in CLEAN else False for i in clean["sample_id"]]
     clean["predicted_label"] = [CLEAN[i][2] if i in CLEAN else -1 for i in clean["sample_id"]]
     probs = np.array([CLEAN[i][3] for i in clean.loc[train, "sample_id"]])
@@ -144,8 +145,9 @@ def test_relabelled_and_reweighted_samples(made, capsys):
 def test_capped_sample_and_its_augmented_copy(made, capsys):
     out = trace(capsys, "x/1.png")[1]
     assert (
-        "held back by the max_drop_fraction cap: class &lt;b&gt;x&lt;/b&gt; already lost 0 of its 2 train "
-        "rows; group g2 already lost 0 of its 1 train rows (clean.max_drop_fraction 0.3)"
+        # Class x (2 rows) may lose 1 under the relative cap; group g2 (1 row) none: 1 row stays.
+        "held back by the removal cap: group g2 already lost 0 of its 1 train rows (clean.cap relative: "
+        "50.0% of train rows asked to go + clean.max_drop_fraction 0.3)"
     ) in out
     assert "- weight 2.000, copies 1" in out
     assert "- 1 augmented copy (e2~a1); its weight is shared with them: 1.000 each" in out

@@ -98,9 +98,12 @@ def gate_checks(
     return checks
 
 
-def failures(checks: list[Check]) -> list[str]:
-    """One line per failed gate, for the error output of an enforcing ``gate`` stage."""
+def failures(checks: list[Check], causes: Mapping[str, str] | None = None) -> list[str]:
+    """One line per failed gate, for the error output of an enforcing ``gate`` stage; a gate's
+    cause (by gate name in ``causes``), where one is known, follows its figures."""
+    causes = causes or {}
     return [f"gate failed: {c.name}: observed {_show(c.observed)}, required {c.threshold}"
+            + (f": {causes[c.key]}" if c.key in causes else "")
             for c in checks if not c.passed]  # fmt: skip
 
 

@@ -13,6 +13,8 @@ import pandas as pd
 from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
 
+from curate.removal_cap import removal_budgets
+
 
 def fit_temperature(log_probs: np.ndarray, labels: np.ndarray) -> float:
     """The temperature T minimising the negative log-likelihood of ``softmax(log_probs / T)``.
@@ -125,14 +127,16 @@ def decide_actions(
     action: str,
     relabel_min_confidence: float,
     max_drop_fraction: float,
+    cap: str = "relative",
+    min_rows: int = 1,
 ) -> tuple[pd.Series, list[str]]:
     """One action per train row: ``none`` | ``keep`` | ``drop`` | ``relabel``; and where the cap bound.
 
     ``train`` needs ``is_label_issue``, ``label_quality``, ``predicted_confidence``,
     ``label``, ``group`` and ``drop_candidate`` (a removal asked for by something
     other than the label check, e.g. a near-duplicate). Removals are granted most
-    suspicious first while every class and group stays within
-    ``max_drop_fraction`` of its train rows; the rest are kept and flagged.
+    suspicious first while every class and group stays within its budget
+    (:func:`curate.removal_cap.removal_budgets`); the rest are kept and flagged.
     """
     actions = pd.Series("none", index=train.index, dtype=object)
     flagged = train["is_label_issue"].to_numpy()
@@ -143,11 +147,13 @@ def decide_actions(
     wants_drop = (flagged & (action != "keep")) | train["drop_candidate"].to_numpy()
     wants_drop &= (actions != "relabel").to_numpy()
 
-    budgets = {
-        (kind, key): int(np.floor(max_drop_fraction * count))
-        for kind in ("label", "group")
-        for key, count in train[kind].value_counts().items()
-    }
+    budgets = removal_budgets(
+        train,
+        float(wants_drop.mean()) if len(train) else 0.0,
+        max_drop_fraction=max_drop_fraction,
+        cap=cap,
+        min_rows=min_rows,
+    )
     bound: dict[tuple[str, object], int] = {}
     for index in train.index[wants_drop][np.argsort(train["label_quality"][wants_drop], kind="stable")]:
         keys = [("label", train.at[index, "label"]), ("group", train.at[index, "group"])]

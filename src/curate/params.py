@@ -142,6 +142,9 @@ class CleanParams(Section):
     action: Literal["drop", "relabel", "keep"] = "drop"
     relabel_min_confidence: float = Field(0.9, ge=0, le=1)
     max_drop_fraction: float = Field(0.3, ge=0, le=1)
+    # relative: a class or group may lose max_drop_fraction MORE than the overall removal rate
+    # (label_issues.removal_budgets); absolute: max_drop_fraction of its rows, whatever the noise.
+    cap: Literal["relative", "absolute"] = "relative"
     drop_near_duplicates: bool = False
     # The review ledger (curate.ledger): people's keep / drop / relabel decisions, applied last.
     decisions: str = "data/review/decisions.csv"

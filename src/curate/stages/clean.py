@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
-from curate import label_issues, ledger
+from curate import label_issues, ledger, removal_cap
 from curate.dataset import (
     CLEAN_DIR,
     EMBEDDINGS,
@@ -115,7 +115,8 @@ def read_predictions(lineage: Lineage, n_train: int, n_classes: int) -> FoldOutp
 class Cleaned:
     samples: pd.DataFrame  # every input row, input order; test rows get neutral clean columns
     classes: list[str]  # (K,) class names by label
-    cap_notes: list[str]  # where max_drop_fraction held removals back
+    cap_notes: list[str]  # where the removal cap held removals back, per class and group
+    held_back: int  # rows the removal cap held back (kept with their given labels)
     orphans: pd.DataFrame  # ledger decisions whose sample is not in the data (ledger.ORPHAN_COLUMNS)
     images: Store | np.ndarray  # the raw store (the report's thumbnails)
     environment: list[tuple[str, object]]  # what computed the predictions
@@ -174,13 +175,18 @@ def compute(
         action=settings.action,
         relabel_min_confidence=settings.relabel_min_confidence,
         max_drop_fraction=settings.max_drop_fraction,
+        cap=settings.cap,
+        min_rows=settings.min_examples_per_class,
     )
+    held = int(removal_cap.held_back(train["action"], train["is_label_issue"], settings.action).sum())
     relabel = train["action"] == "relabel"
     train.loc[relabel, "label"] = train.loc[relabel, "predicted_label"]
     train = ledger.apply(train.drop(columns="drop_candidate"), review, class_names)
     train["action_reason"] = action_reasons(train, settings, class_names)
     merged = _merge_back(samples, train)
-    return Cleaned(merged, class_names, cap_notes, review.orphans, inputs.images, predictions.environment)
+    return Cleaned(
+        merged, class_names, cap_notes, held, review.orphans, inputs.images, predictions.environment
+    )
 
 
 def _flag(
@@ -209,14 +215,21 @@ def action_reasons(train: pd.DataFrame, settings: CleanParams, class_names: list
     decided it; rows neither flagged nor acted on are ``not flagged``."""
     reasons = pd.Series("not flagged", index=train.index, dtype=object)
     acted = (train["action"] != "none") | train["is_label_issue"].astype(bool)
-    spent = _spent_budgets(train, settings.max_drop_fraction, class_names)
+    asked = removal_cap.asked_rate(train, settings.action)
+    spent = _spent_budgets(train, settings, asked, class_names)
+    basis = f"{asked:.1%} of train rows asked to go + " if settings.cap == "relative" else ""
+    cap = f" (clean.cap {settings.cap}: {basis}clean.max_drop_fraction {settings.max_drop_fraction:g})"
     for index, row in train[acted].iterrows():
-        reasons[index] = _reason(row, settings, class_names, spent)
+        reasons[index] = _reason(row, settings, class_names, spent, cap)
     return reasons
 
 
 def _reason(
-    row: pd.Series, settings: CleanParams, class_names: list[str], spent: dict[tuple[str, object], str]
+    row: pd.Series,
+    settings: CleanParams,
+    class_names: list[str],
+    spent: dict[tuple[str, object], str],
+    cap: str,
 ) -> str:
     action, flagged, confidence = row["action"], bool(row["is_label_issue"]), row["predicted_confidence"]
     if row.get("action_source") == "review":  # a person's decision in the ledger wins
@@ -239,21 +252,27 @@ def _reason(
         return "flagged by cleanlab, kept: clean.action is keep (flag only)"
     asked = "flagged by cleanlab" if flagged else "an extra near-duplicate"
     budgets = [spent[key] for key in (("class", row["given_label"]), ("group", row["group"])) if key in spent]
-    cap = "; ".join(budgets) + f" (clean.max_drop_fraction {settings.max_drop_fraction:g})"
-    return f"{asked}, held back by the max_drop_fraction cap: {cap}"
+    return f"{asked}, held back by the removal cap: " + "; ".join(budgets) + cap
 
 
 def _spent_budgets(
-    train: pd.DataFrame, fraction: float, class_names: list[str]
+    train: pd.DataFrame, settings: CleanParams, asked: float, class_names: list[str]
 ) -> dict[tuple[str, object], str]:
-    """The removal budgets, floor(max_drop_fraction x train rows) per given class and per group,
-    that are spent: ``("class", label) | ("group", name) -> what it already lost``."""
+    """The removal budgets (:func:`curate.removal_cap.removal_budgets`) per given class and per
+    group that are spent: ``("class", label) | ("group", name) -> what it already lost``."""
+    budgets = removal_cap.removal_budgets(
+        train.assign(label=train["given_label"]),
+        asked,
+        max_drop_fraction=settings.max_drop_fraction,
+        cap=settings.cap,
+        min_rows=settings.min_examples_per_class,
+    )
     spent = {}
-    dropped = train["action"] == "drop"
-    for kind, column in (("class", "given_label"), ("group", "group")):
+    dropped = train["auto_action"] == "drop"
+    for kind, column, key_kind in (("class", "given_label", "label"), ("group", "group", "group")):
         for key, members in train.groupby(column).size().items():
             lost = int((dropped & (train[column] == key)).sum())
-            if lost >= np.floor(fraction * members):
+            if lost >= budgets[(key_kind, key)]:
                 shown = class_names[int(key)] if kind == "class" else key
                 spent[(kind, key)] = f"{kind} {shown} already lost {lost} of its {members} train rows"
     return spent
@@ -280,6 +299,7 @@ def metrics(result: Cleaned) -> dict:
         "flagged": int(flagged.sum()),
         "dropped": int((train["action"] == "drop").sum()),
         "relabelled": int((train["action"] == "relabel").sum()),
+        "held_back": result.held_back,
         "flagged_rate": float(flagged.mean()) if len(train) else 0.0,
         "near_duplicates": int(train["is_near_duplicate"].sum()),
         "outliers": int(train["is_outlier"].sum()),
@@ -306,8 +326,11 @@ def report_context(params: Params, result: Cleaned) -> dict:
     headers += ["injected flips", "flips caught"] if has_truth else []
     headline = HEADLINE_ROWS + (DETECTION_HEADLINE_ROWS if has_truth else ())
     cap = f"max_drop_fraction {settings.max_drop_fraction} bound"
+    note = removal_cap.curation_note(figures, settings, params.gates.max_flagged_rate)
     return {
-        "verdict": Verdict(warnings=[f"{cap}: {note}" for note in result.cap_notes]),
+        "verdict": Verdict(
+            warnings=[*filter(None, [note]), *(f"{cap}: {line}" for line in result.cap_notes)]
+        ),
         "settings": settings,
         "folds": params.folds,  # how the predictions were made, which the report states
         "headline": [(key, figures[key]) for key in headline],

@@ -32,6 +32,7 @@ from curate.dataset import REPORTS_DIR, write_text
 from curate.gates import GATES, Check, Verdict, failures, gate_checks, stale_stages
 from curate.lineage import LINEAGE_DIR, file_digest
 from curate.params import GatesParams, Params, load_params
+from curate.removal_cap import curation_note
 from curate.report.render import (
     DETAILS_DIR,
     DVC_METRIC_KEYS,
@@ -75,7 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_stage("gate", params, metrics(result), context, None)
     write_index(params, result, context["verdict"])
     stale, checks = result.stale, result.checks
-    failed = [f"gate failed: {stage} is stale: {why}" for stage, why in stale.items()] + failures(checks)
+    causes = {"max_flagged_rate": note} if (note := flag_note(params, result)) else {}
+    failed = [f"gate failed: {stage} is stale: {why}" for stage, why in stale.items()]
+    failed += failures(checks, causes)
     for line in failed:
         print(line, file=sys.stderr)
     if failed and params.gates.enforce:
@@ -110,11 +113,21 @@ def metrics(result: Gated) -> dict[str, Any]:
 
 def report_context(params: Params, result: Gated) -> dict[str, Any]:
     verdict = Verdict(checks=[*map(stale_check, result.stale), *result.checks])
+    # What clean did with a high flagged rate or a binding cap comes first, on the data card too.
+    verdict.warnings += [note] if (note := flag_note(params, result)) else []
     verdict.warnings += [f"{stage} is stale: {reason}" for stage, reason in result.stale.items()]
     if not result.checks:
         verdict.warnings.append("no gate is configured (every gates.* param is null)")
     stale, enforce = result.stale, params.gates.enforce
     return {"verdict": verdict, "enforce": enforce, "gates": result.checks, "stale": stale}
+
+
+def flag_note(params: Params, result: Gated) -> str | None:
+    """clean's :func:`curate.removal_cap.curation_note`, unless its figures are stale or predate it."""
+    figures = result.figures.get("clean", {})
+    if "clean" in result.stale or "held_back" not in figures:
+        return None
+    return curation_note(figures, params.clean, params.gates.max_flagged_rate)
 
 
 def stale_check(stage: str) -> Check:
