@@ -73,8 +73,8 @@ STAGES = (
     ("clean", ("seed", "image", "clean"), ("data/clean",)),
     ("rebalance", ("seed", "rebalance"), ("data/balanced",)),
     ("augment", ("seed", "image", "augment"), ("data/augmented",)),
-    ("fit", ("seed", "image", "train"), ("models", "dvclive")),
-    ("train", ("seed", "image", "train"), ()),
+    ("train", ("seed", "image", "train"), ("models", "dvclive")),
+    ("train_report", ("seed", "image", "train"), ()),
     ("evaluate", ("evaluate",), ("reports/metrics", "reports/details")),
 )
 

@@ -7,7 +7,7 @@ affine variant (rotation, shift, scale) of a demo image (MNIST digits and scikit
 demo's group gap and 10 % label noise, each variant keeping its parent's label, group and
 split), written as an ImageFolder with a ``metadata.csv`` (path, group, split): the
 bring-your-own-data path, files decoded by ingest. 1,500 is about a fifth of the demo: 16x
-(24,000 images) is 3.5 demos, whose training stages (5 folds x 8 epochs, 20 epochs of fit)
+(24,000 images) is 3.5 demos, whose training stages (5 folds x 8 epochs, 20 epochs of train)
 dominate the run on 2 cores, and even 1x trains every stage on enough rows (about 1,100 train
 rows) that fixed costs (imports, report rendering) are not all there is. Params are the
 template's, but ``train.patience`` is set to ``train.epochs``: early stopping at one size and
@@ -26,18 +26,18 @@ the data set's images over the stage's wall; the cost exponent between two sizes
 
 **Streaming.** A raw store of ``--stream-gb`` GiB of 64 px RGB images (about 350,000 at
 4 GiB), written chunk by chunk through a memory-map (never whole in memory), and its sample
-table, trained for one epoch by the fit stage (``python -m curate.stages.fit``) with
+table, trained for one epoch by the train stage (``python -m curate.stages.train``) with
 ``train.data_on_device: never``. Peak RSS is reported with its anonymous and file-backed
 parts as ``/proc/<pid>/status`` shows them (file-backed: shared libraries and memory-mapped files,
 the image file's pages among them: page cache, reclaimable).
 
-**Processes.** With ``train.nproc`` in params, the fit stage on the largest size's data with 1
+**Processes.** With ``train.nproc`` in params, the train stage on the largest size's data with 1
 and 2 processes (DDP over gloo), the images/s of each, and the share of the 2-process training
 time the gradient all-reduce takes: 2 gloo processes on loopback all-reduce a tensor of the
 model's parameter count, timed alone (the communication itself; a DDP comm hook that times each
 bucket from launch to completion also counts the wait for the slower rank), times the steps.
 
-Targets on this machine: every stage's exponent from 4x to 16x <= 1.1; the streaming fit's peak
+Targets on this machine: every stage's exponent from 4x to 16x <= 1.1; the streaming train stage's peak
 RSS <= 2 GiB; DVC's overhead at 16x <= 5 s. Run on an otherwise idle machine (the full run:
 ``python benchmarks/scale.py``; small: ``--base 300 --sizes 1 4 --stream-gb 0.25``).
 """
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 # used: the --time-stage wrapper runs before each stage and must start in milliseconds.
 REPO = Path(__file__).resolve().parents[1]
 
-STAGES = ("ingest", "folds", "clean", "rebalance", "augment", "fit", "train", "evaluate", "gate")
+STAGES = ("ingest", "folds", "clean", "rebalance", "augment", "train", "train_report", "evaluate", "gate")
 LOG_ENV = "CURATE_SCALE_LOG"
 MAX_EXPONENT = 1.1
 MAX_STREAM_RSS = 2 * 2**30
@@ -268,19 +268,19 @@ def train_fields() -> set[str]:
 
 
 def run_fit(root: Path, train: dict) -> dict:
-    """The fit stage in ``root`` with ``train`` params, timed by the wrapper; its run record too."""
+    """The train stage in ``root`` with ``train`` params, timed by the wrapper; its run record too."""
     from tests.conftest import set_params
 
     set_params(root / "params.yaml", train=train)
-    log = root / "fit.jsonl"
+    log = root / "train.jsonl"
     log.unlink(missing_ok=True)
-    command = [sys.executable, str(Path(__file__).resolve()), "--time-stage", "fit", "--",
-               "python", "-m", "curate.stages.fit"]  # fmt: skip
+    command = [sys.executable, str(Path(__file__).resolve()), "--time-stage", "train", "--",
+               "python", "-m", "curate.stages.train"]  # fmt: skip
     done = subprocess.run(command, cwd=root, env={**ENV, LOG_ENV: str(log)}, capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": (done.stderr.strip() or done.stdout.strip()).splitlines()[-1]}
     record = json.loads(log.read_text().splitlines()[-1])
-    return record | {"run": json.loads((root / "models/fit.json").read_text())}
+    return record | {"run": json.loads((root / "models/train.json").read_text())}
 
 
 def stream_case(workdir: Path, gib: float, seed: int) -> dict:
@@ -347,7 +347,7 @@ def model_parameters(root: Path) -> int:
 
 
 def nproc_case(root: Path, epochs: int) -> dict:
-    """The fit stage on ``root``'s data with 1 and 2 processes, and the all-reduce's share."""
+    """The train stage on ``root``'s data with 1 and 2 processes, and the all-reduce's share."""
     import yaml
 
     if "nproc" not in train_fields():
@@ -412,23 +412,25 @@ def print_sizes(runs: list[SizeRun]) -> list[str]:
 
 def print_stream(result: dict) -> list[str]:
     print(f"\nstreaming: {result['images']:,} images of {STREAM_SIDE} px RGB ({result['gib']:g} GiB, "
-          f"written in {result['write_seconds']:.0f} s), one epoch of the fit stage")  # fmt: skip
+          f"written in {result['write_seconds']:.0f} s), one epoch of the train stage")  # fmt: skip
     if result["no_data_on_device"]:
         print("  train.data_on_device is not in params yet: run without it (the images gathered in memory)")
     if "error" in result:
-        print(f"  fit failed: {result['error']}")
-        return ["streaming fit: FAIL (the stage failed)"]
+        print(f"  train failed: {result['error']}")
+        return ["streaming train: FAIL (the stage failed)"]
     speed = result["run"]["summary"]["images_per_second"]
     print(f"  stage wall {result['wall']:.0f} s, training {speed:,.0f} images/s")
     print(f"  peak RSS {mib(result['rss'])} MiB (sampled: anonymous {mib(result['rss_anon'])} MiB, "
           f"file-backed {mib(result['rss_file'])} MiB: shared libraries, torch's some 0.5 GiB, and "
           "the pages of memory-mapped files, the image file's among them)")  # fmt: skip
     ok = result["rss"] <= MAX_STREAM_RSS
-    return [f"streaming fit peak RSS: {mib(result['rss'])} MiB (<= {mib(MAX_STREAM_RSS)} MiB): {verdict(ok)}"]
+    return [
+        f"streaming train, peak RSS {mib(result['rss'])} MiB (<= {mib(MAX_STREAM_RSS)} MiB): {verdict(ok)}"
+    ]
 
 
 def print_nproc(result: dict) -> None:
-    print("\nprocesses (fit stage on the largest size's data):")
+    print("\nprocesses (train stage on the largest size's data):")
     if "skipped" in result:
         print(f"  skipped: {result['skipped']}")
         return
@@ -462,7 +464,7 @@ def main() -> None:
     parser.add_argument("--base", type=int, default=1500, help="images at 1x (default 1500)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16], help="multiples of --base")
     parser.add_argument("--stream-gb", type=float, default=4.0, help="GiB of the streaming set (0: skip)")
-    parser.add_argument("--nproc-epochs", type=int, default=3, help="fit epochs, 1 vs 2 processes (0: skip)")
+    parser.add_argument("--nproc-epochs", type=int, default=3, help="train epochs, 1 / 2 processes (0: skip)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, help="work here and keep it (default: a temp folder, removed)")
     args = parser.parse_args()

@@ -22,15 +22,15 @@ COMMANDS = {
     "clean": "curate.stages.clean",
     "rebalance": "curate.stages.rebalance",
     "augment": "curate.stages.augment",
-    "fit": "curate.stages.fit",
     "train": "curate.stages.train",
+    "train_report": "curate.stages.train_report",
     "evaluate": "curate.stages.evaluate",
     "gate": "curate.stages.gate",
     "compare": "curate.compare",
     "trace": "curate.trace",
 }
 # The stages that train nothing and need neither torch nor cleanlab (clean needs cleanlab).
-LIGHT = {"ingest", "rebalance", "train", "gate", "compare", "trace"}
+LIGHT = {"ingest", "rebalance", "train_report", "gate", "compare", "trace"}
 TARGET_SECONDS = 1.5
 HEAVY_MODULES = ("torch", "torchvision", "cleanlab")
 PROBE = (

@@ -6,8 +6,8 @@ split, expanded by ``copies``) with the same batch size and, when ``train.online
 is on, the same per-batch augmentation call. The bare loop has nothing else: images
 converted to float once up front, a shuffled index, forward, loss, backward, AdamW; no
 weights, LR schedule, validation, early stopping, logging or progress bar. The stage's figure
-is what it reports in ``reports/details/train.json``: images per second over the training
-passes. Then the whole stage (``curate fit``, imports and report included) runs in a temp
+is what it reports in ``reports/details/train_report.json``: images per second over the training
+passes. Then the whole stage (``curate train``, imports and report included) runs in a temp
 copy of the data, timed against the 60 s target.
 
 Run: ``python benchmarks/train.py [--epochs 4] [--threads 2]``.
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from curate import feeding, networks, training
 from curate.dataset import AUGMENTED_DIR, RAW_DIR, gather_images, read_samples
 from curate.params import Params, load_params
-from curate.stages.fit import INPUT, fit_config, split_validation
+from curate.stages.train import INPUT, fit_config, split_validation
 
 TARGET_RATIO = 0.95
 TARGET_STAGE_SECONDS = 60.0
@@ -100,7 +100,7 @@ def stage_loop(
 
 
 def whole_stage(params_file: Path) -> tuple[float, str]:
-    """Wall time of ``curate fit`` in a temp folder holding the stage's inputs, and its last line."""
+    """Wall time of ``curate train`` in a temp folder holding the stage's inputs, and its last line."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for path in (params_file, RAW_DIR / "images", AUGMENTED_DIR / "images", INPUT):
@@ -108,7 +108,7 @@ def whole_stage(params_file: Path) -> tuple[float, str]:
             (shutil.copytree if path.is_dir() else shutil.copy)(path, root / path)
         start = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "curate.stages.fit", "--params", str(params_file)],
+            [sys.executable, "-m", "curate.stages.train", "--params", str(params_file)],
             cwd=root,
             capture_output=True,
             text=True,

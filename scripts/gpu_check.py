@@ -134,14 +134,14 @@ def assert_on_device(
             "data_on_device never, but no batch was read by the background reader"
         )
         return
-    # The placement rule fit applies: the uint8 data set on the GPU when it fits in half the free memory.
+    # The train stage's placement rule: the uint8 data set on the GPU when it fits in half the free memory.
     assert training.keeps_in_memory(x_train, config), f"the data set would not be kept on the {device}"
     placed = feeding.place(x_train, config.device).device.type
     assert placed == device, f"the data set would be on the {placed}, not the {device}"
 
 
 def watch_reader(seen: dict[str, object]) -> None:
-    """Note in ``seen["streamed"]`` whether fit read batches through the background reader (pinned)."""
+    """Note in ``seen["streamed"]`` whether training read batches through the background reader (pinned)."""
     seen["streamed"] = False
     prefetched = feeding.prefetched
 

@@ -96,8 +96,8 @@ def test_input_size_defaults_to_the_weights_side_and_resnet18_keeps_its_small_in
 
 
 def test_cnn_takes_neither_imagenet_weights_nor_an_input_size():
-    with pytest.raises(CurateError, match=r"^clean\.weights: imagenet, but clean\.model cnn has no"):
-        Backbone("cnn", "imagenet", section="clean").resolved_input_size()
+    with pytest.raises(CurateError, match=r"^folds\.weights: imagenet, but folds\.model cnn has no"):
+        Backbone("cnn", "imagenet", section="folds").resolved_input_size()
     with pytest.raises(CurateError, match=r"^train\.input_size: 64, but train\.model cnn"):
         Backbone("cnn", input_size=64).resolved_input_size()
 
@@ -111,7 +111,7 @@ def test_imagenet_weights_load_from_the_torch_cache(name, offline):
     cached.parent.mkdir(parents=True)
     torch.save(state, cached)
     torch.manual_seed(0)
-    net = Backbone(name, "imagenet", SIDE, section="clean").initial_model(5, 3, 20)
+    net = Backbone(name, "imagenet", SIDE, section="folds").initial_model(5, 3, 20)
     assert_body_equals(net, state)
     assert net.head.out_features == 5  # a new head for the project's classes
     assert offline == []  # found in the cache: nothing was fetched
@@ -156,8 +156,8 @@ def test_init_weights_loads_a_torchvision_file_or_a_body_alone(tmp_path, offline
 def test_init_weights_that_match_nothing_stop(tmp_path):
     path = tmp_path / "other.pt"
     torch.save({"unrelated.weight": torch.zeros(3)}, path)
-    with pytest.raises(CurateError, match=r"^clean\.init_weights: .*other\.pt: no tensor matches"):
-        Backbone("efficientnet_b0", input_size=SIDE, init_weights=str(path), section="clean").initial_model(
+    with pytest.raises(CurateError, match=r"^folds\.init_weights: .*other\.pt: no tensor matches"):
+        Backbone("efficientnet_b0", input_size=SIDE, init_weights=str(path), section="folds").initial_model(
             2, 3, 20
         )
 

@@ -148,22 +148,22 @@ def test_a_killed_writer_leaves_a_temp_file_that_the_next_write_removes(tmp_path
 def test_read_json_names_the_stage_to_rerun(tmp_path):
     from curate.dataset import read_json
 
-    path = tmp_path / "models" / "fit.json"
+    path = tmp_path / "models" / "train.json"
     path.parent.mkdir()
-    with pytest.raises(CurateError, match=r"fit.json: not found \(run the fit stage first: dvc repro\)"):
+    with pytest.raises(CurateError, match=r"train.json: not found \(run the train stage first: dvc repro\)"):
         read_json(path)
     path.write_text("{truncated")
-    with pytest.raises(CurateError, match=r"fit.json: not readable as JSON \(.*\); re-run the fit stage"):
+    with pytest.raises(CurateError, match=r"train.json: not readable as JSON \(.*\); re-run the train stage"):
         read_json(path)
     path.write_text('{"a": 1}')
     assert read_json(path) == {"a": 1}
 
 
 def test_messages_name_the_stage_that_writes_the_file(tmp_path):
-    # One map: folds writes beside clean's table, fit writes the model evaluate reads.
+    # One map: folds writes beside clean's table, train writes the model evaluate reads.
     from curate.dataset import producer_of
 
     assert producer_of("data/clean/samples.parquet") == "clean"
     assert producer_of(tmp_path / "data/clean/embedder.pt") == "folds"
-    assert producer_of("models/model.pt") == producer_of("models/fit.json") == "fit"
+    assert producer_of("models/model.pt") == producer_of("models/train.json") == "train"
     assert producer_of("data/augmented/images") == "augment"

@@ -13,7 +13,7 @@ import torch
 
 from curate.checkpoint import load_checkpoint
 from curate.report.render import read_figures
-from curate.stages import augment, clean, evaluate, fit, folds, ingest, rebalance, train
+from curate.stages import augment, clean, evaluate, folds, ingest, rebalance, train, train_report
 from tests.conftest import REPO, set_params
 from tests.test_experiments import TINY
 from tests.test_train import OUTPUTS
@@ -63,11 +63,11 @@ def test_folds_spread_over_two_processes_give_the_one_process_bytes(tiny):
 def run_fit(root, nproc):
     set_params(root / "params.yaml", train={"nproc": nproc})
     try:
-        assert fit.main([]) == 0
+        assert train.main([]) == 0
     finally:
         set_params(root / "params.yaml", train={"nproc": 1})
-    assert train.main([]) == 0 and evaluate.main([]) == 0
-    return read_figures("train", root / "reports"), read_figures("evaluate", root / "reports")
+    assert train_report.main([]) == 0 and evaluate.main([]) == 0
+    return read_figures("train_report", root / "reports"), read_figures("evaluate", root / "reports")
 
 
 def test_fit_on_two_processes_passes_the_one_process_checks(tiny):
@@ -77,7 +77,7 @@ def test_fit_on_two_processes_passes_the_one_process_checks(tiny):
         assert (tiny / path).is_file(), path
     # Rank 0 alone logged: one line per epoch under the header, not two.
     assert len((tiny / "dvclive/train/plots/metrics/val/loss.tsv").read_text().splitlines()) == 1 + 8
-    run = json.loads((tiny / "models/fit.json").read_text())
+    run = json.loads((tiny / "models/train.json").read_text())
     assert run["environment"]["processes"] == 2 and run["environment"]["threads"] == 1
     assert [stats["epoch"] for stats in run["history"]] == list(range(1, 9))
     assert all(stats["images"] == run["n_fit"] for stats in run["history"])  # every row, once per epoch

@@ -28,8 +28,8 @@ TINY = {
     "augment": {"copies": 1},
     "train": {"epochs": 1},
 }
-STAGES = ("ingest", "folds", "clean", "rebalance", "augment", "fit", "train", "evaluate", "gate")
-TRAINING = {"folds", "fit"}
+STAGES = ("ingest", "folds", "clean", "rebalance", "augment", "train", "train_report", "evaluate", "gate")
+TRAINING = {"folds", "train"}
 COLUMNS = (
     "clean.detect_f1", "clean.dropped", "rebalance.group_share_ratio_after",
     "evaluate.accuracy", "evaluate.worst_group_accuracy", "evaluate.accuracy_gap",
@@ -106,7 +106,7 @@ def test_noop_repro_runs_nothing(tiny):
 def test_train_param_reruns_exactly_fit_train_evaluate_gate(tiny):
     set_params(tiny / "params.yaml", train={"epochs": 2})
     try:
-        assert ran(run("dvc", "repro", cwd=tiny)) == {"fit", "train", "evaluate", "gate"}
+        assert ran(run("dvc", "repro", cwd=tiny)) == {"train", "train_report", "evaluate", "gate"}
     finally:
         restore(tiny)
 

@@ -18,7 +18,7 @@ METRICS = {
     "clean": {"flagged_rate": 0.3, "detect_f1": None},
     "rebalance": {"group_share_ratio_after": 0.5},
     "augment": {"frechet_distance": 0.1},
-    "train": {"images_per_second": 1234.5, "best_val_accuracy": 0.9},
+    "train_report": {"images_per_second": 1234.5, "best_val_accuracy": 0.9},
     "evaluate": {"accuracy": 0.97, "worst_group_accuracy": 0.85, "accuracy_gap": 0.02,
                  "accuracy_ratio": 0.875, "by_group": {"<b>x": {"accuracy": 0.85}}},
 }  # fmt: skip
@@ -68,13 +68,13 @@ def test_each_stage_in_dvc_yaml_reads_exactly_its_gates():
 def test_dvc_yaml_keeps_details_out_of_the_metrics_and_gate_reads_them():
     # Details are plain outs in git: no dvc exp show column, and a change re-runs the gate.
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    reporting = {name: stage for name, stage in stages.items() if name not in ("folds", "fit")}
+    reporting = {name: stage for name, stage in stages.items() if name not in ("folds", "train")}
     assert set(reporting) == {*PIPELINE, "gate"}
     for name, stage in reporting.items():
         details = f"reports/details/{name}.json"
         assert {details: {"cache": False}} in stage["outs"], name
         assert [{f"reports/metrics/{name}.json": {"cache": False}}] == stage["metrics"], name
-    for name in ("folds", "fit"):  # they train: no report, no figures, only their lineage
+    for name in ("folds", "train"):  # they train: no report, no figures, only their lineage
         assert (
             "metrics" not in stages[name]
             and {f"reports/lineage/{name}.json": {"cache": False}} in stages[name]["outs"]
@@ -99,7 +99,7 @@ def write_metrics(root, metrics=METRICS, split=True):
         (root / "reports" / "metrics" / f"{stage}.json").write_text(json.dumps(headline))
         if details is not None:
             (root / "reports" / "details" / f"{stage}.json").write_text(json.dumps(details))
-    for stage in DAG:  # the training stages (folds, fit) record a lineage and no figures
+    for stage in DAG:  # the training stages (folds, train) record a lineage and no figures
         (root / "reports" / "lineage" / f"{stage}.json").write_text('{"inputs": {}, "outputs": {}}')
 
 
@@ -179,8 +179,8 @@ def test_gate_reads_outputs_from_before_the_split(workdir):
 
 
 def test_gate_stage_needs_every_metrics_file(workdir):
-    write_metrics(workdir, {k: v for k, v in METRICS.items() if k != "train"})
-    with pytest.raises(CurateError, match="reports/metrics/train.json: not found"):
+    write_metrics(workdir, {k: v for k, v in METRICS.items() if k != "train_report"})
+    with pytest.raises(CurateError, match="reports/metrics/train_report.json: not found"):
         gate.main([])
 
 

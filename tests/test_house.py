@@ -13,7 +13,7 @@ KNOWN_LONG = {"stages/augment.py", "trace.py"}
 
 
 def module_name(path: Path) -> str:
-    """``src/curate/stages/fit.py`` -> ``curate.stages.fit``; a package is its ``__init__``'s name."""
+    """``src/curate/stages/train.py`` -> ``curate.stages.train``; a package is its ``__init__``'s name."""
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
@@ -78,7 +78,7 @@ def test_no_import_cycle_among_curate_modules():
 def test_the_graph_sees_imports_inside_functions():
     graph = import_graph()
     assert "curate.training" in graph["curate.fold_training"]  # imported inside fold_model
-    assert "curate.model_choice" in graph["curate.stages.fit"]  # imported inside initial_model
+    assert "curate.model_choice" in graph["curate.stages.train"]  # imported inside initial_model
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 

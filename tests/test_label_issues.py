@@ -227,7 +227,7 @@ def test_knn_evidence_points_to_the_neighbours_class():
 def tiny_training(**overrides):
     fields = dict(
         n_classes=2,
-        backbone=Backbone("cnn", section="clean"),
+        backbone=Backbone("cnn", section="folds"),
         epochs=1,
         batch_size=16,
         lr=0.01,
@@ -286,7 +286,7 @@ def test_fold_epochs_raise_small_data_to_min_steps_and_leave_large_data_alone():
 
     training = FoldTraining(
         n_classes=4,
-        backbone=Backbone("cnn", section="clean"),
+        backbone=Backbone("cnn", section="folds"),
         epochs=12,
         batch_size=128,
         lr=0.01,

@@ -125,6 +125,7 @@ def test_gate_marks_stale_stages_and_leaves_their_figures_out(workdir, capsys):
         (workdir / path).write_bytes(path.encode())
     write_lineage(workdir, "augment", outputs=["data/augmented/samples.parquet"])
     write_lineage(workdir, "train", ["data/augmented/samples.parquet"], ["models/model.pt"])
+    write_lineage(workdir, "train_report", ["models/model.pt"])  # the report of what train wrote
     write_lineage(workdir, "evaluate", ["data/augmented/samples.parquet", "models/model.pt"])
     assert gate.main([]) == 0
     assert "stale" not in capsys.readouterr().err
@@ -136,8 +137,9 @@ def test_gate_marks_stale_stages_and_leaves_their_figures_out(workdir, capsys):
     set_params(workdir / "params.yaml", gates={"enforce": True})
     assert gate.main([]) == 1
     lines = capsys.readouterr().err.splitlines()
-    assert lines[:2] == [
+    assert lines[:3] == [
         "gate failed: train is stale: its input data/augmented/samples.parquet changed since it ran",
+        "gate failed: train_report is stale: upstream stage train is stale",
         "gate failed: evaluate is stale: its input data/augmented/samples.parquet changed since it ran",
     ]
     assert "gate failed: evaluate.accuracy (gates.min_accuracy): observed stale, required ≥ 0.95" in lines
@@ -146,7 +148,7 @@ def test_gate_marks_stale_stages_and_leaves_their_figures_out(workdir, capsys):
     assert result["gates"]["min_accuracy"] == {"observed": "stale", "passed": False, "threshold": 0.95}
     assert result["gates"]["max_frechet_distance"]["observed"] == 0.1  # augment is current
     card = (workdir / "reports/index.md").read_text()
-    assert "## train: stale" in card and "## evaluate: stale" in card and "## augment: pass" in card
+    assert "## train_report: stale" in card and "## evaluate: stale" in card and "## augment: pass" in card
     assert "| best_val_accuracy |" not in card and "| accuracy_gap |" not in card  # figures left out
     assert "| evaluate.accuracy (gates.min_accuracy) | stale | ≥ 0.95 | **FAIL** |" in card
     gate_md = (workdir / "reports/gate.md").read_text()
@@ -210,7 +212,7 @@ def test_stages_run_by_hand_leave_stale_figures_marked(tmp_path):
     set_params(root / "params.yaml", clean={"action": "keep"})
     curate(root, "clean")
     stale = stale_in(root)
-    assert set(stale) == {"rebalance", "augment", "fit", "train", "evaluate"}
+    assert set(stale) == {"rebalance", "augment", "train", "train_report", "evaluate"}
     assert stale["rebalance"] == "its input data/clean/samples.parquet changed since it ran"
     assert stale["augment"] == "upstream stage rebalance is stale"
 
@@ -218,7 +220,7 @@ def test_stages_run_by_hand_leave_stale_figures_marked(tmp_path):
     for stage in ("rebalance", "augment"):
         curate(root, stage)
     stale = stale_in(root)
-    assert set(stale) == {"fit", "train", "evaluate"}
+    assert set(stale) == {"train", "train_report", "evaluate"}
     assert "data/augmented/samples.parquet changed since it ran" in stale["evaluate"]
     result = read_figures("gate", root / "reports")
     assert result["gates"]["min_accuracy"] == {"observed": "stale", "passed": False, "threshold": 0.95}
@@ -230,7 +232,7 @@ def test_stages_run_by_hand_leave_stale_figures_marked(tmp_path):
     assert enforced.returncode == 1 and "gate failed: train is stale: " in enforced.stderr
     set_params(root / "params.yaml", gates={"enforce": False})
 
-    for stage in ("fit", "train", "evaluate"):
+    for stage in ("train", "train_report", "evaluate"):
         curate(root, stage)
     assert stale_in(root) == {}
     card = (root / "reports/index.md").read_text()

@@ -32,15 +32,15 @@ def reproduced(tmp_path_factory):
     return root
 
 
-# The fit stage measures its throughput (seconds, images per second): the figures that
+# The train stage measures its throughput (seconds, images per second): the figures that
 # differ between two runs on the same inputs, in these files alone.
 MEASURED = {
-    "reports/details/train.json",
-    "reports/train.html",
-    "reports/train.md",
-    "models/fit.json",  # the fit stage's run record, which the train report shows
-    "reports/lineage/fit.json",  # the lineages that hash it
-    "reports/lineage/train.json",
+    "reports/details/train_report.json",
+    "reports/train_report.html",
+    "reports/train_report.md",
+    "models/train.json",  # the train stage's run record, which train_report shows
+    "reports/lineage/train.json",  # the lineages that hash it
+    "reports/lineage/train_report.json",
 }
 # Ingest trains nothing: its data and report are the same bytes on any machine.
 MACHINE_INDEPENDENT = {

@@ -14,7 +14,7 @@ from curate.stage import DAG
 from tests.conftest import REPO
 
 STAGES = (*DAG, "gate")
-NO_REPORT = {"folds", "fit"}  # trainings: their record is what the next stage reports
+NO_REPORT = {"folds", "train"}  # trainings: their record is what the next stage reports
 
 
 def positional(function) -> list[str]:

@@ -1,4 +1,4 @@
-"""Streaming: fit, predict and the stages read batches from the memory-mapped image stores instead
+"""Streaming: train, predict and the stages read batches from the memory-mapped image stores instead
 of a gathered copy (train.data_on_device), with the same results as the in-memory fast path."""
 
 import io
@@ -10,7 +10,7 @@ import torch
 
 from curate import dataset, feeding, inference, networks, training
 from curate.dataset import ImageRows, gather_images, image_rows, write_images
-from curate.stages import evaluate, fit
+from curate.stages import evaluate, train
 from tests.conftest import set_params
 from tests.test_train import TINY, digit_like, make_inputs
 
@@ -115,11 +115,11 @@ def test_predict_reads_a_lazy_source_as_it_reads_an_array(tmp_path):
 def test_fit_stage_streams_without_a_gathered_copy(workdir, monkeypatch):
     make_inputs(workdir)
     set_params(workdir / "params.yaml", train=TINY)
-    assert fit.main([]) == 0
+    assert train.main([]) == 0
     kept = (workdir / "models/model.pt").read_bytes()
-    monkeypatch.setattr(dataset, "gather_images", lambda *a, **k: pytest.fail("fit gathered the images"))
+    monkeypatch.setattr(dataset, "gather_images", lambda *a, **k: pytest.fail("train gathered the images"))
     set_params(workdir / "params.yaml", train={**TINY, "data_on_device": "never"})
-    assert fit.main([]) == 0
+    assert train.main([]) == 0
     # The same weights; the meta differs in its params digest only (data_on_device is a train param).
     streamed = torch.load(workdir / "models/model.pt", weights_only=True)
     reference = torch.load(io.BytesIO(kept), weights_only=True)

@@ -9,7 +9,7 @@ from curate.dataset import write_images, write_samples
 from curate.errors import CurateError
 from curate.params import TrainParams, load_params
 from curate.report.render import read_figures
-from curate.stages import fit, train
+from curate.stages import train, train_report
 from tests.conftest import set_params
 
 OUTPUTS = [
@@ -18,10 +18,10 @@ OUTPUTS = [
     "dvclive/train/plots/metrics/val/loss.tsv",
     "dvclive/train/plots/metrics/train/accuracy.tsv",
     "dvclive/train/plots/metrics/val/accuracy.tsv",
-    "reports/train.html",
-    "reports/train.md",
-    "reports/metrics/train.json",
-    "reports/details/train.json",
+    "reports/train_report.html",
+    "reports/train_report.md",
+    "reports/metrics/train_report.json",
+    "reports/details/train_report.json",
 ]
 TINY = {"epochs": 2, "batch_size": 32, "val_fraction": 0.2, "device": "cpu"}
 CPU = torch.device("cpu")
@@ -76,12 +76,12 @@ def make_inputs(root, big=60, small=12, n_test=30, copies_per_small=2, seed=0, s
 
 def run_train(workdir, **train_params):
     set_params(workdir / "params.yaml", train={**TINY, **train_params})
-    assert fit.main([]) == 0
     assert train.main([]) == 0
+    assert train_report.main([]) == 0
 
 
 def spy_on_training_batches(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """(labels, loss weights or None) of every batch ``fit`` trains on, validation excluded."""
+    """(labels, loss weights or None) of every batch ``train`` trains on, validation excluded."""
     batches = []
     batch_loss = training._batch_loss
 
@@ -203,7 +203,7 @@ def test_fit_is_a_function_of_the_seed_on_cpu():
 def test_validation_split_keeps_copies_of_validation_images_out_of_training(workdir):
     samples = make_inputs(workdir)
     samples.loc[samples["sample_id"] == f"{3:016x}", "copies"] = 3  # resampled row: used 3 times
-    fit_rows, val_rows = fit.split_validation(samples, 0.25, seed=0)
+    fit_rows, val_rows = train.split_validation(samples, 0.25, seed=0)
     assert (val_rows["store"] == "raw").all() and (val_rows["split"] == "train").all()
     assert "drop" not in set(fit_rows["action"]) | set(val_rows["action"])
     assert not set(val_rows["sample_id"]) & set(fit_rows["sample_id"])
@@ -224,21 +224,21 @@ def test_train_stage_writes_a_loadable_checkpoint_and_deterministic_outputs(work
     payload = torch.load(workdir / "models/model.pt", map_location="cpu", weights_only=True)
     meta = payload["meta"]
     assert meta["class_names"] == ["c0", "c1", "c2"] and (meta["size"], meta["channels"]) == (16, 1)
-    assert meta["params_digest"] == fit.params_digest(TrainParams(**TINY))
+    assert meta["params_digest"] == train.params_digest(TrainParams(**TINY))
     assert meta["normalize_polarity"] == "auto"  # image.normalize_polarity, for evaluate to feed it the same
     model, _ = load_checkpoint(workdir / "models/model.pt")
     assert model(feeding.to_tensor(np.zeros((1, 16, 16, 1), np.uint8), "cpu", polarity="auto")).shape == (
         1,
         3,
     )
-    metrics = read_figures("train", workdir / "reports")
+    metrics = read_figures("train_report", workdir / "reports")
     assert metrics["epochs_run"] == 2 and 0 <= metrics["best_val_accuracy"] <= 1
     assert metrics["images_per_second"] > 0
     assert (workdir / "dvclive/train/plots/metrics/val/loss.tsv").read_text().splitlines()[0] == "step\tloss"
-    assert "<script" not in (workdir / "reports/train.html").read_text()
+    assert "<script" not in (workdir / "reports/train_report.html").read_text()
 
     run_train(workdir)
-    measured = {"reports/details/train.json", "reports/train.html", "reports/train.md"}
+    measured = {"reports/details/train_report.json", "reports/train_report.html", "reports/train_report.md"}
     for path in OUTPUTS:
         if path not in measured:  # throughput is measured; everything else repeats byte for byte
             assert (workdir / path).read_bytes() == first[path], path
@@ -246,7 +246,9 @@ def test_train_stage_writes_a_loadable_checkpoint_and_deterministic_outputs(work
     def strip(text):
         return [line for line in text.splitlines() if "per second" not in line and "seconds" not in line]
 
-    assert strip((workdir / "reports/train.md").read_text()) == strip(first["reports/train.md"].decode())
+    assert strip((workdir / "reports/train_report.md").read_text()) == strip(
+        first["reports/train_report.md"].decode()
+    )
 
 
 def test_train_stage_sampler_weighting_and_no_online_augmentation(workdir, monkeypatch):
@@ -266,9 +268,9 @@ def test_train_stage_sampler_weighting_and_no_online_augmentation(workdir, monke
     monkeypatch.setattr(feeding, "augment", lambda x, generator: pytest.fail("online_augment is off"))
     trained = spy_on_training_batches(monkeypatch)
     run_train(workdir, weighting="sampler", online_augment=False, epochs=1)
-    assert read_figures("train", workdir / "reports")["epochs_run"] == 1
+    assert read_figures("train_report", workdir / "reports")["epochs_run"] == 1
 
-    fit_rows, _ = fit.split_validation(samples, TINY["val_fraction"], load_params("params.yaml").seed)
+    fit_rows, _ = train.split_validation(samples, TINY["val_fraction"], load_params("params.yaml").seed)
     fit_weights = fit_rows["weight"].to_numpy()
     ((weights, order),) = draws  # one epoch: one draw of the whole order
     np.testing.assert_array_equal(weights.numpy(), fit_weights.astype(np.float32))  # the rows' own weights
@@ -303,7 +305,7 @@ def test_bad_train_input_is_one_line_naming_the_key(workdir, train_params, fragm
     make_inputs(workdir)
     set_params(workdir / "params.yaml", train={**TINY, **train_params})
     with pytest.raises(CurateError, match=fragment.replace(".", r"\.")):
-        fit.main([])
+        train.main([])
     assert not (workdir / "models/model.pt").exists()
 
 
@@ -311,7 +313,7 @@ def test_missing_input_column_names_the_file(workdir):
     samples = make_inputs(workdir).drop(columns="parent_id")
     write_samples(workdir / "data/augmented/samples.parquet", samples)
     with pytest.raises(CurateError, match="samples.parquet: missing column 'parent_id'"):
-        fit.main([])
+        train.main([])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
@@ -319,4 +321,4 @@ def test_asking_for_an_absent_device_fails_clearly(workdir):
     make_inputs(workdir)
     set_params(workdir / "params.yaml", train={**TINY, "device": "cuda"})
     with pytest.raises(CurateError, match="train.device = 'cuda', but this machine has no cuda"):
-        fit.main([])
+        train.main([])

@@ -29,7 +29,7 @@ REQUIRED_META = ("name", "n_classes", "channels", "size")
 POLARITY_KEY = "normalize_polarity"
 LEGACY_POLARITY = "auto"
 # The order of each stage's meta keys: torch.save keeps a dict's order, so the order is part of the
-# file's bytes (and of its DVC hash). The folds and fit stages have always written theirs apart.
+# file's bytes (and of its DVC hash). The folds and train stages have always written theirs apart.
 _FIRST = ("name", "weights", "input_size", "n_classes")
 EMBEDDER_META = (*_FIRST, "class_names", POLARITY_KEY, "channels", "size")
 MODEL_META = (*_FIRST, "channels", "size", "class_names", POLARITY_KEY, "params_digest")

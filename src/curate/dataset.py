@@ -64,9 +64,9 @@ ENVIRONMENT = CLEAN_DIR / "environment.json"
 # Which store a row's ``row`` points into: the ``store`` column names it;
 # tables without the column point into the raw store.
 IMAGE_STORES = {"raw": RAW_IMAGES, "augmented": AUGMENTED_DIR / "images"}
-# What the fit stage writes: the trained classifier and its run record (what the train stage reports).
+# What the train stage writes: the trained classifier and its run record (what train_report reports).
 MODEL = MODELS_DIR / "model.pt"
-RUN_RECORD = MODELS_DIR / "fit.json"
+RUN_RECORD = MODELS_DIR / "train.json"
 # The stage that writes each data file or folder: what a missing or broken file's message says
 # to run. A file named here wins over its folder (folds writes beside clean's table).
 PRODUCERS = {
@@ -75,7 +75,7 @@ PRODUCERS = {
     CLEAN_DIR: "clean",
     BALANCED_DIR: "rebalance",
     AUGMENTED_DIR: "augment",
-    **dict.fromkeys((MODEL, RUN_RECORD), "fit"),
+    **dict.fromkeys((MODEL, RUN_RECORD), "train"),
 }
 
 

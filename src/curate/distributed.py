@@ -1,17 +1,17 @@
 """Training on several processes: torchrun launches them, torch.distributed connects them.
 
-``train.nproc`` (the fit stage) and ``folds.nproc`` (the folds stage) above 1 make the stage
+``train.nproc`` (the train stage) and ``folds.nproc`` (the folds stage) above 1 make the stage
 relaunch itself under ``python -m torch.distributed.run --standalone --nproc-per-node N``
 (torchrun: a free port on this machine, one process per rank, every rank's environment set)
 and return torchrun's exit status. The stage relaunches itself, rather than dvc.yaml naming
 torchrun, so that dvc.yaml keeps one command per stage whatever the params say: ``dvc repro``
 starts one process and sees one exit status, a change of ``train.nproc`` is a param change
-like any other, and ``python -m curate.stages.fit`` runs the same way by hand. A stage that
+like any other, and ``python -m curate.stages.train`` runs the same way by hand. A stage that
 finds itself already under torchrun (``WORLD_SIZE`` set: several machines, see the README)
 does not relaunch; the ranks are what torchrun was told.
 
 Each rank joins the process group over gloo on a CPU and NCCL on CUDA, where it takes the GPU
-``cuda:LOCAL_RANK``. The fit stage trains one model with DistributedDataParallel
+``cuda:LOCAL_RANK``. The train stage trains one model with DistributedDataParallel
 (:func:`curate.training.fit` with ``distributed``, its batches split over the ranks by
 :func:`steps`); the folds stage spreads its K fold models over
 the ranks (:func:`curate.fold_training.out_of_sample_predictions`). In both, rank 0 alone writes

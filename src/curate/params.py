@@ -229,8 +229,8 @@ class AugmentParams(Section):
 
 
 class TrainParams(Section):
-    """The classifier trained on the balanced, augmented train rows (the fit stage trains it, the
-    train stage reports the run)."""
+    """The classifier trained on the balanced, augmented train rows (the train stage trains it, the
+    train_report stage reports the run)."""
 
     model: ModelName = "cnn"
     weights: WeightsName = "none"

@@ -15,10 +15,10 @@ from typing import Any
 from curate.errors import CurateError
 
 # The stages with a report and figures, in DAG order; ``gate`` closes the pipeline and reads them.
-PIPELINE = ("ingest", "clean", "rebalance", "augment", "train", "evaluate")
+PIPELINE = ("ingest", "clean", "rebalance", "augment", "train_report", "evaluate")
 # Every stage that records its lineage, in DAG order: also the two that only train (folds before
-# clean, fit before train), which are stages of their own so that a report's edit re-runs no training.
-DAG = ("ingest", "folds", "clean", "rebalance", "augment", "fit", "train", "evaluate")
+# clean, train before train_report), stages of their own so that a report's edit re-runs no training.
+DAG = ("ingest", "folds", "clean", "rebalance", "augment", "train", "train_report", "evaluate")
 
 
 def stage_parser(stage: str, description: str | None) -> argparse.ArgumentParser:

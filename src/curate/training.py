@@ -1,4 +1,4 @@
-"""Training a network: :func:`fit`, the loop the folds and fit stages share.
+"""Training a network: :func:`fit`, the loop the folds and train stages share.
 
 AdamW with a one-cycle schedule, seeded batch order and augmentation draws (on the CPU the same
 inputs give the same bytes), a weighted loss or a weighted sampler, validation with early

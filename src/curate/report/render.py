@@ -67,7 +67,7 @@ DVC_METRIC_KEYS: dict[str, tuple[str, ...]] = {
               "review_precision"),
     "rebalance": ("group_share_ratio_after",),
     "augment": ("frechet_distance",),
-    "train": ("best_val_accuracy",),
+    "train_report": ("best_val_accuracy",),
     "evaluate": ("accuracy", "macro_f1", "worst_group_accuracy", "accuracy_gap", "ece",
                  "dp_diff_ovr_max", "eo_diff_ovr_max"),
     "gate": ("passed",),

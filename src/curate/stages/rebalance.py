@@ -4,7 +4,7 @@ Measures how the groups (``rebalance.group_columns``, intersected) and labels
 are represented among the train rows in play, then rebalances them: method
 ``reweight`` writes a ``weight`` column (mean 1) for a weighted sampler or loss,
 method ``resample`` a ``copies`` count per row (0 for an under-sampled row,
-which stays in the table; the fit stage expands rows by it). Rows dropped by
+which stays in the table; the train stage expands rows by it). Rows dropped by
 clean are left out; test rows pass through untouched (weight 1, copies 1).
 
 A group with fewer than ``rebalance.min_group_size`` train rows is too small to rebalance:

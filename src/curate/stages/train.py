@@ -1,146 +1,340 @@
-"""train: ``models/fit.json`` (the ``fit`` stage's run record) -> the training report.
+"""train: ``data/augmented/samples.parquet`` -> ``models/model.pt`` + DVCLive curves + the run record.
 
-Turns the run of the ``fit`` stage into ``reports/train.{html,md}`` and its figures: the
-curves, the epochs, the best epoch and why training stopped, the rows by group, the speed and
-the environment that computed it. A stage of its own so that editing a report re-runs no
-training. The throughput figures (seconds, images per second) are measured: they are the only
-ones that change between two identical runs, and stay out of the DVC metrics.
+Trains the classifier (``train.model``) on the train rows in play: the originals kept by
+clean and their augmented copies, each repeated ``copies`` times (resampling) and
+weighted by ``weight`` (rebalancing) through a weighted loss or a weighted sampler
+(``train.weighting``). A validation split of ``train.val_fraction`` of the original train
+rows, stratified by group x label, is held out together with every augmented copy of
+those rows, so no copy of a validation image is trained on. The checkpoint keeps the
+epoch with the lowest validation loss; ``train.patience`` epochs without a new lowest
+stop training early.
+
+Outputs: ``models/model.pt`` (state_dict + meta, loadable with ``weights_only=True``),
+``dvclive/train/`` (per-epoch TSVs: train/val loss and accuracy) and ``models/train.json`` (the
+run record the ``train_report`` stage turns into its report: per-epoch stats, the summary, the rows by
+group, the environment). A stage of its own so that a report's edit re-runs no training: this
+module does not import the report kit. Everything is a function of the inputs, the params and
+the seed on the CPU except the throughput figures (seconds, images per second), which are measured.
+
+The images are never gathered into one copy here: ``train`` reads the rows from the raw and the
+augmented stores (:class:`curate.dataset.ImageRows`), whole onto the device or batch by batch
+(``train.data_on_device``). With ``train.nproc`` above 1 the stage relaunches itself under
+torchrun and trains with DistributedDataParallel (:mod:`curate.distributed`); rank 0 writes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from curate.dataset import RUN_RECORD, read_json, require_columns
+import numpy as np
+import pandas as pd
+
+from curate import distributed
+from curate.dataset import (
+    AUGMENTED_DIR,
+    MODEL,
+    RUN_RECORD,
+    ImageRows,
+    class_names_of,
+    image_rows,
+    read_samples,
+    require_columns,
+    store_files,
+    stratified_test_mask,
+    training_rows,
+    write_text,
+)
+from curate.errors import CurateError
 from curate.lineage import Lineage
 from curate.params import Params, TrainParams, load_params
-from curate.report import Verdict, line_chart
-from curate.report.writer import write_stage
 from curate.stage import guarded, stage_parser
 
-INPUT = RUN_RECORD
-RUN_KEYS = ("history", "summary", "group_rows", "n_fit", "n_val")
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
+    from curate.training import FitConfig
 
-@dataclass(frozen=True)
-class Run:
-    """The fit stage's run record, checked."""
-
-    history: list[dict[str, Any]]  # per epoch: epoch, train/val loss and accuracy, seconds, images
-    summary: dict[str, Any]  # epochs_run, best_epoch, best_val_loss/accuracy, device, the throughput
-    group_rows: list[list]  # per group: originals, copies, share of the training weight, validation
-    n_fit: int
-    n_val: int
-    digest: str  # SHA-256 of the train params that built the model ("n/a": an older record)
-    environment: dict[str, Any]  # what trained it
+INPUT = AUGMENTED_DIR / "samples.parquet"
+LIVE_DIR = Path("dvclive/train")
+REQUIRED_COLUMNS = ("weight", "copies", "store", "parent_id")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("train", __doc__).parse_args(argv)
     params = load_params(args.params)
     lineage = Lineage()
-    result = compute(read_json(lineage.input(INPUT)))
-    sizes = write_stage("train", params, metrics(result), report_context(params, result), lineage)
+    split = load_split(read_samples(lineage.input(INPUT)), params, args.params)
+    lineage.input_files(store_files(split.fit_rows) + store_files(split.val_rows))
+    if params.train.init_weights:
+        lineage.input(params.train.init_weights)
+
+    # torch and the models load only past the input checks.
+    from curate.checkpoint import save_checkpoint
+    from curate.devices import pick_device
+
+    device = pick_device(params.train.device, key=f"{args.params}: train.device")
+    nproc = params.train.nproc
+    if nproc > 1 and not distributed.launched():
+        check_gpus(device, nproc, f"{args.params}: train.nproc")
+        return distributed.relaunch("curate.stages.train", nproc, argv)
+    with distributed.process_group(device.type) as ranks:
+        device = distributed.rank_device(device, ranks, f"{args.params}: train.nproc")
+        net = initial_model(params, split)
+        with dvclive_epochs() if ranks.main else nullcontext(None) as log_epoch:
+            result = compute(net, split, params, device, on_epoch=log_epoch, processes=ranks.world)
+    if not ranks.main:
+        return 0  # rank 0 writes the outputs
+    save_checkpoint(lineage.output(MODEL), result.net, result.meta)
+    record = json.dumps(report_context(params, result), indent=2, sort_keys=True) + "\n"
+    write_text(lineage.output(RUN_RECORD), record)
+    lineage.record("train")
+    figures = metrics(result)
     print(
-        f"train: report of a {result.summary['epochs_run']}-epoch run; "
-        f"reports/train.html {sizes['html']:,} bytes"
+        f"train: {figures['epochs_run']} epochs (best {figures['best_epoch']}, val accuracy "
+        f"{figures['best_val_accuracy']:.4f}) on {figures['device']}, {figures['images_per_second']:,.0f} "
+        f"images/s, {figures['train_seconds']:.1f} s"
     )
     return 0
 
 
-def compute(record: dict[str, Any]) -> Run:
-    """The run record as the report reads it; one line when a key is missing (an older fit stage)."""
-    require_columns(record, INPUT, RUN_KEYS, kind="key")
-    return Run(
-        history=record["history"],
-        summary=record["summary"],
-        group_rows=record["group_rows"],
-        n_fit=record["n_fit"],
-        n_val=record["n_val"],
-        digest=record.get("digest", "n/a"),
-        environment=record.get("environment", {}),
+def check_gpus(device: torch.device, nproc: int, key: str) -> None:
+    """On CUDA, one GPU per process: stop before launching when there are fewer."""
+    import torch
+
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise CurateError(f"{key} = {nproc}, but this machine has {torch.cuda.device_count()} GPU(s)")
+
+
+@dataclass
+class Split:
+    """The stage's checked inputs: the rows to fit and to validate on, with their images."""
+
+    classes: list[str]  # (K,) class names by label
+    fit_rows: pd.DataFrame  # train rows in play, expanded by copies
+    val_rows: pd.DataFrame  # held-out original train rows
+    images: ImageRows  # fit_rows' images, uint8 N x H x W x C, read from the stores on demand
+    val_images: ImageRows  # val_rows' images
+
+
+@dataclass
+class Summary:
+    """The headline figures of a training run; the throughput ones are measured."""
+
+    epochs_run: int
+    best_epoch: int
+    best_val_loss: float
+    best_val_accuracy: float
+    device: str  # the device type: cpu, cuda or mps
+    train_seconds: float  # training passes only, validation excluded
+    images_per_second: float
+
+
+@dataclass
+class Trained:
+    """What :func:`compute` returns: the model to save, and all the report shows about its run."""
+
+    net: nn.Module  # the model, at the weights of its best epoch
+    meta: dict[str, Any]  # the checkpoint meta (see curate.checkpoint)
+    split: Split
+    history: list[dict]  # per-epoch stats from curate.training.fit
+    summary: Summary
+    environment: dict[str, object]  # what trained it: torch build, CPU kernels, threads, processes
+
+
+def load_split(samples: pd.DataFrame, params: Params, params_file: str) -> Split:
+    """Checks the table, splits off validation and reads both sets of images."""
+    require_columns(samples, INPUT, REQUIRED_COLUMNS)
+    class_names = class_names_of(samples)
+    fraction = params.train.val_fraction
+    fit_rows, val_rows = split_validation(samples, fraction, params.seed)
+    if fit_rows.empty or val_rows.empty:
+        raise CurateError(
+            f"{params_file}: train.val_fraction = {fraction:g} leaves {len(fit_rows)} train and "
+            f"{len(val_rows)} validation rows; both need at least one (more data or another fraction)"
+        )
+    return Split(class_names, fit_rows, val_rows, image_rows(fit_rows), image_rows(val_rows))
+
+
+def split_validation(
+    samples: pd.DataFrame, val_fraction: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(fit_rows, val_rows)`` from the train rows in play.
+
+    Validation: ``val_fraction`` of the original (``store == 'raw'``) train rows, stratified by
+    group x label. Their augmented copies (``parent_id``) are dropped, so no copy of a
+    validation image is trained on. ``fit_rows`` are expanded by ``copies`` (a row of
+    copies 3 appears three times; 0 leaves it out).
+
+    Validation is unweighted: the natural mix of the data. Weighted by the rebalance weights,
+    a small group's few held-out rows carry a large part of the validation loss, and the best
+    epoch picked on that is noise (measured on the demo: benchmarks/README.md).
+    """
+    train = training_rows(samples)
+    originals = train[train["store"] == "raw"]
+    strata = originals["group"].astype(str) + ":" + originals["label"].astype(str)
+    held_out = stratified_test_mask(strata.tolist(), val_fraction, seed)
+    val_ids = set(originals["sample_id"][held_out])
+    is_val = train["sample_id"].isin(val_ids).to_numpy()
+    is_val_copy = train["parent_id"].isin(val_ids).to_numpy()
+    val_rows = train[is_val]
+    fit_rows = train[~is_val & ~is_val_copy]
+    fit_rows = fit_rows.iloc[np.repeat(np.arange(len(fit_rows)), fit_rows["copies"].to_numpy())]
+    return fit_rows, val_rows
+
+
+def initial_model(params: Params, split: Split) -> nn.Module:
+    """The untrained network: seeded init, then ``train.init_weights`` when given, else the
+    ImageNet weights with ``train.weights: imagenet`` (:class:`curate.model_choice.Backbone`)."""
+    import torch
+
+    from curate.model_choice import Backbone
+
+    images = split.images
+    torch.manual_seed(params.seed)  # weight init
+    return Backbone.from_params(params.train, "train").initial_model(
+        len(split.classes), images.shape[3], images.shape[1]
     )
 
 
-def metrics(result: Run) -> dict[str, float]:
-    summary = result.summary
+@contextmanager
+def dvclive_epochs() -> Iterator[Callable[[dict], None]]:
+    """A DVCLive run in :data:`LIVE_DIR`; yields the ``on_epoch`` callback that logs each epoch."""
+    from dvclive import Live  # imported late: a heavy import, and not needed to check inputs
+
+    with Live(dir=str(LIVE_DIR), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+
+        def log_epoch(stats: dict) -> None:
+            # timestamp=False: the TSVs are a function of the run, not of the clock.
+            for split in ("train", "val"):
+                live.log_metric(f"{split}/loss", stats[f"{split}_loss"], timestamp=False)
+                live.log_metric(f"{split}/accuracy", stats[f"{split}_accuracy"], timestamp=False)
+            live.next_step()
+
+        yield log_epoch
+
+
+def fit_config(params: Params, device: torch.device, processes: int = 1) -> FitConfig:
+    """``train``'s params (and ``image.normalize_polarity``) as :func:`curate.training.fit` takes them;
+    ``processes``: the ranks training together (DDP when more than 1)."""
+    from curate.training import FitConfig
+
+    settings = params.train
+    return FitConfig(
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        seed=params.seed,
+        device=device,
+        polarity=params.image.normalize_polarity,
+        weighting=settings.weighting,
+        augment=settings.online_augment,
+        patience=settings.patience,
+        compile=settings.compile,
+        data_on_device=settings.data_on_device,
+        distributed=processes > 1,
+    )
+
+
+def compute(
+    net: nn.Module,
+    split: Split,
+    params: Params,
+    device: torch.device,
+    on_epoch: Callable[[dict], None] | None = None,
+    processes: int = 1,
+) -> Trained:
+    """Trains ``net`` in place on ``split`` as ``params.train`` says, the rows weighted per
+    ``train.weighting``; ``on_epoch`` receives each epoch's stats as they come. ``processes``
+    above 1: this is one rank of a torch.distributed group training ``net`` together."""
+    from curate.checkpoint import MODEL_META, checkpoint_meta
+    from curate.devices import environment
+    from curate.model_choice import Backbone
+    from curate.training import fit
+
+    settings = params.train
+    history = fit(
+        net,
+        split.images,
+        split.fit_rows["label"].to_numpy(),
+        fit_config(params, device, processes),
+        sample_weights=split.fit_rows["weight"].to_numpy(dtype=np.float64),
+        validation=(split.val_images, split.val_rows["label"].to_numpy(), None),
+        on_epoch=on_epoch,
+        progress="train",
+    )
+    network = Backbone.from_params(settings, "train").meta()
+    polarity, digest = params.image.normalize_polarity, params_digest(settings)
+    meta = checkpoint_meta(
+        network, split.classes, split.images.shape, polarity, MODEL_META, params_digest=digest
+    )
+    described = environment(device) | ({"processes": processes} if processes > 1 else {})
+    return Trained(net, meta, split, history, summarise(history, device.type), described)
+
+
+def params_digest(settings: TrainParams) -> str:
+    """SHA-256 of the train section as sorted JSON: which params built this checkpoint."""
+    text = json.dumps(settings.model_dump(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def summarise(history: list[dict], device: str) -> Summary:
+    best = min(history, key=lambda stats: stats["val_loss"])
+    seconds = sum(stats["seconds"] for stats in history)
+    images = sum(stats["images"] for stats in history)
+    return Summary(
+        epochs_run=len(history),
+        best_epoch=best["epoch"],
+        best_val_loss=best["val_loss"],
+        best_val_accuracy=best["val_accuracy"],
+        device=device,
+        train_seconds=seconds,
+        images_per_second=images / seconds if seconds > 0 else float("nan"),
+    )
+
+
+def metrics(result: Trained) -> dict[str, object]:
+    """Not DVC metrics (train has no report; train_report reports its run): the run line's figures."""
+    return asdict(result.summary)
+
+
+def report_context(params: Params, result: Trained) -> dict[str, object]:
+    """All the train_report stage shows about this run (``models/train.json``), as plain JSON types."""
+    split = result.split
     return {
-        "epochs_run": summary["epochs_run"],
-        "best_epoch": summary["best_epoch"],
-        "best_val_loss": summary["best_val_loss"],
-        "best_val_accuracy": summary["best_val_accuracy"],
-        "images_per_second": round(summary["images_per_second"]),
+        "history": result.history,
+        "summary": asdict(result.summary),
+        "group_rows": _group_rows(split.fit_rows, split.val_rows),
+        "n_fit": len(split.fit_rows),
+        "n_val": len(split.val_rows),
+        "digest": result.meta["params_digest"],
+        "environment": result.environment,
     }
 
 
-def report_context(params: Params, result: Run) -> dict[str, object]:
-    settings, summary = params.train, result.summary
-    return {
-        "settings": settings,
-        "seed": params.seed,
-        "verdict": _verdict(settings, summary),
-        "headline": [
-            ("epochs run", summary["epochs_run"]),
-            ("best epoch", summary["best_epoch"]),
-            ("best val accuracy", summary["best_val_accuracy"]),
-            ("best val loss", summary["best_val_loss"]),
-        ],
-        "speed": [
-            ("device", summary["device"]),
-            ("images per second", round(summary["images_per_second"])),
-            ("training seconds", f"{summary['train_seconds']:.1f}"),
-        ],
-        "environment": sorted(result.environment.items()),
-        "charts": _charts(result.history, summary["best_epoch"]),
-        "epoch_rows": _epoch_rows(result.history, summary["best_epoch"]),
-        "group_rows": result.group_rows,
-        "n_fit": result.n_fit,
-        "n_val": result.n_val,
-        "settings_rows": [[key, json.dumps(value)] for key, value in settings.model_dump().items()],
-        "digest": result.digest,
-    }
-
-
-def _verdict(settings: TrainParams, summary: dict[str, Any]) -> Verdict:
-    verdict = Verdict()
-    epochs_run, best = summary["epochs_run"], summary["best_epoch"]
-    if epochs_run < settings.epochs:
-        verdict.warnings.append(
-            f"stopped early after {epochs_run} of {settings.epochs} epochs: no lower validation "
-            f"loss for train.patience = {settings.patience} epochs"
+def _group_rows(fit_rows: pd.DataFrame, val_rows: pd.DataFrame) -> list[list]:
+    """Per group: originals, augmented copies (with repeats), share of the training weight, validation."""
+    total_weight = fit_rows["weight"].sum()
+    rows = []
+    for group in sorted(set(fit_rows["group"]) | set(val_rows["group"])):
+        mine = fit_rows[fit_rows["group"] == group]
+        rows.append(
+            [
+                group,
+                int((mine["store"] == "raw").sum()),
+                int((mine["store"] != "raw").sum()),
+                float(mine["weight"].sum() / total_weight) if total_weight else float("nan"),
+                int((val_rows["group"] == group).sum()),
+            ]
         )
-    elif best == epochs_run and epochs_run > 1:
-        verdict.warnings.append(
-            f"the best epoch is the last ({best}): validation loss was still falling; "
-            "more train.epochs may help"
-        )
-    return verdict
-
-
-def _charts(history: list[dict], best: int) -> list:
-    epochs = [stats["epoch"] for stats in history]
-    return [
-        line_chart(
-            epochs,
-            {split: [stats[f"{split}_{name}"] for stats in history] for split in ("train", "val")},
-            key=f"train-{name}",
-            xlabel="epoch",
-            ylabel=name,
-            title=f"{name.capitalize()} by epoch",
-            mark_x=best,
-            mark_label=f"best epoch ({best})",
-        )
-        for name in ("loss", "accuracy")
-    ]
-
-
-def _epoch_rows(history: list[dict], best: int) -> list[list]:
-    keys = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
-    return [[stats[key] for key in keys] + ["best" if stats["epoch"] == best else ""] for stats in history]
+    return rows
 
 
 if __name__ == "__main__":
