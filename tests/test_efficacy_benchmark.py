@@ -75,18 +75,15 @@ def cell(default_acc, default_wga, f1=0.97):
 
 
 def test_issue_23_targets_per_cell():
-    # 50%: at least naive - 0.3 and a gain of 1 / 2 points; at 0% no detection target.
-    assert [passed for _, passed in efficacy.targets_23("uniform", 0.5, cell(0.915, 0.83))] == [
-        True,
-        True,
-        True,
-    ]
-    assert [passed for _, passed in efficacy.targets_23("uniform", 0.5, cell(0.905, 0.81))] == [
-        True,
-        False,
-        True,
-    ]
-    assert [passed for _, passed in efficacy.targets_23("uniform", 0.0, cell(0.896, 0.80, 0.0))] == [False]
-    # 10%: today's gains are the floor, per noise model.
-    checks = efficacy.targets_23("class_conditional", 0.1, cell(0.903, 0.812))
-    assert [passed for _, passed in checks] == [True, True, True] and "+0.28 / +1.12" in checks[1][0]
+    def passed(model, level, figures):
+        return [ok for _, ok in efficacy.targets_23(model, level, figures)]
+
+    # 50%: at least naive - 0.3 and a gain of 1 / 2 points.
+    assert passed("uniform", 0.5, cell(0.915, 0.83)) == [True, True]
+    assert passed("uniform", 0.5, cell(0.905, 0.81)) == [True, False]
+    assert passed("uniform", 0.0, cell(0.896, 0.80, 0.0)) == [False]
+    # 10%: today's gains are the floor, per noise model; detect F1 is judged on the default demo's noise.
+    checks = efficacy.targets_23("class_conditional", 0.1, cell(0.903, 0.812, 0.90))
+    assert [ok for _, ok in checks] == [True, True] and "+0.28 / +1.12" in checks[1][0]
+    checks = efficacy.targets_23("uniform", 0.1, cell(0.904, 0.82, 0.94))
+    assert [ok for _, ok in checks] == [True, True, False] and "0.940" in checks[2][0]
