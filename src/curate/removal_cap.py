@@ -1,8 +1,9 @@
 """The removal cap: how many train rows each class and each group may lose to ``clean``.
 
 Pure pandas, no cleanlab or torch: ``clean`` spends these budgets
-(:func:`curate.label_issues.decide_actions`), ``curate trace`` explains a held-back row with them,
-and :func:`curation_note` is the line the clean report, the data card and the gate lead with.
+(:func:`curate.label_issues.decide_actions`) and explains a held-back row with them (its
+``action_reason``, which ``curate trace`` shows); :func:`curation_note` is the line the clean
+report, the data card and the gate lead with.
 """
 
 from __future__ import annotations
