@@ -49,15 +49,19 @@ def ran(output: str) -> set[str]:
     return {stage for stage in STAGES if f"Running stage '{stage}'" in output}
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A clone of the template on the tiny profile, reproduced and committed."""
-    root = template_copy(tmp_path_factory.mktemp("tiny"))
+def tiny_project(destination):
+    """A clone of the template at ``destination`` on the tiny profile, reproduced and committed."""
+    root = template_copy(destination)
     set_params(root / "params.yaml", **TINY)
     assert ran(run("dvc", "repro", cwd=root)) == set(STAGES)
     run(*GIT, "add", "-A", cwd=root)
     run(*GIT, "commit", "-q", "-m", "tiny profile", cwd=root)
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_project(tmp_path_factory.mktemp("tiny"))
 
 
 def restore(root):

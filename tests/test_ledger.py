@@ -20,9 +20,8 @@ from curate.gates import gate_checks
 from curate.params import CleanParams, GatesParams, Params
 from curate.report.writer import write_stage
 from curate.stages import clean
-from tests.conftest import set_params, template_copy
 from tests.test_clean import NAMES, _checks, _table, clean_rows
-from tests.test_experiments import GIT, STAGES, TINY, ran, run
+from tests.test_experiments import STAGES, ran, run, tiny_project
 
 LEDGER = "data/review/decisions.csv"
 HEADER = ",".join(ledger.COLUMNS)
@@ -218,11 +217,7 @@ def test_binary_file_is_not_a_csv(ledger_dir):
 
 @pytest.mark.slow
 def test_a_relabel_reaches_rebalance_and_augment_and_reruns_no_training_of_folds(tmp_path):
-    root = template_copy(tmp_path / "project")
-    set_params(root / "params.yaml", **TINY)
-    assert ran(run("dvc", "repro", cwd=root)) == set(STAGES)
-    run(*GIT, "add", "-A", cwd=root)
-    run(*GIT, "commit", "-q", "-m", "tiny", cwd=root)
+    root = tiny_project(tmp_path / "project")
     cleaned = pd.read_parquet(root / "data/clean/samples.parquet")
     sample = cleaned[(cleaned["split"] == "train") & (cleaned["action"] == "none")].iloc[0]
     target = str((int(sample["label"]) + 1) % 10)

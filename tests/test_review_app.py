@@ -28,8 +28,8 @@ from curate.dataset import write_images, write_samples
 from curate.review_app.guard import Guard
 from curate.review_app.journal import Journal
 from curate.review_app.server import Queue, build_app
-from tests.conftest import REPO, set_params, template_copy
-from tests.test_experiments import GIT, STAGES, TINY, ran, run
+from tests.conftest import REPO
+from tests.test_experiments import STAGES, ran, run, tiny_project
 from tests.test_trace import NASTY, clean_table, raw_table
 
 LEDGER = Path("data/review/decisions.csv")
@@ -354,11 +354,7 @@ def test_five_keyboard_decisions_reach_the_ledger_and_survive_a_restart(serve, b
 
 @pytest.mark.slow
 def test_dvc_repro_applies_the_apps_decisions_without_refitting_the_folds(tmp_path):
-    root = template_copy(tmp_path / "project")
-    set_params(root / "params.yaml", **TINY)
-    assert ran(run("dvc", "repro", cwd=root)) == set(STAGES)
-    run(*GIT, "add", "-A", cwd=root)
-    run(*GIT, "commit", "-q", "-m", "tiny", cwd=root)
+    root = tiny_project(tmp_path / "project")
     server = Server(root, "ann")
     first, second = server.client.get("/api/queue").json()["items"][:2]
     assert server.post("/api/decide", sample_id=first["sample_id"], decision="keep").status_code == 200
