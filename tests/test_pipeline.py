@@ -121,7 +121,7 @@ def test_same_machine_same_bytes(reproduced):
 
 
 def test_outputs_metrics_and_git_ignores(reproduced):
-    for path in ("data/raw/images", "data/raw/samples.parquet", "reports/ingest.html"):
+    for path in ("data/raw/images/index.json", "data/raw/samples.parquet", "reports/ingest.html"):
         assert (reproduced / path).is_file()
     shown = json.loads(dvc("metrics", "show", "--json", cwd=reproduced).stdout)
     metrics = next(iter(shown.values()))["data"]["reports/metrics/ingest.json"]["data"]
