@@ -96,6 +96,14 @@ def decode_in_order(
     # fork where there is one: the workers start in milliseconds and import nothing again.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
-    with context.Pool(workers, initializer=_init_worker, initargs=(image, rescale_16bit)) as pool:
+    pool = context.Pool(workers, initializer=_init_worker, initargs=(image, rescale_16bit))
+    try:
         for start in range(0, len(paths), WINDOW):
             yield from pool.imap(_decode_in_worker, paths[start : start + WINDOW], chunksize=CHUNK)
+    finally:
+        # close and join, not the context manager's terminate: when the reader stops early (a
+        # bad file in fail mode), terminate kills workers that may hold the result queue's lock
+        # and its join then waited minutes on a loaded machine; the at most WINDOW files in
+        # flight finish in seconds instead.
+        pool.close()
+        pool.join()
