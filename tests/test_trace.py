@@ -92,6 +92,7 @@ def augmented_table(balanced: pd.DataFrame) -> pd.DataFrame:
 def made(workdir):
     """Every table trace reads, written by hand: a kept, a dropped, a relabelled, a capped
     (and augmented) train sample, and two test samples (one predicted right, one wrong)."""
+    set_params(workdir / "params.yaml", clean={"cap": "relative"})  # the capped sample's reason names it
     raw = raw_table()
     write_samples("data/raw/samples.parquet", raw)
     write_images("data/raw/images", np.arange(6 * 64, dtype=np.uint8).reshape(6, 8, 8, 1))

@@ -144,7 +144,9 @@ class CleanParams(Section):
     max_drop_fraction: float = Field(0.3, ge=0, le=1)
     # relative: a class or group may lose max_drop_fraction MORE than the overall removal rate
     # (label_issues.removal_budgets); absolute: max_drop_fraction of its rows, whatever the noise.
-    cap: Literal["relative", "absolute"] = "relative"
+    # absolute stays the default: when the fold models are weak (the tiny profile's 2-epoch folds
+    # flag 266 of 310 train rows) relative would drop them all (README "When curation pays").
+    cap: Literal["relative", "absolute"] = "absolute"
     drop_near_duplicates: bool = False
     # The review ledger (curate.ledger): people's keep / drop / relabel decisions, applied last.
     decisions: str = "data/review/decisions.csv"
