@@ -225,7 +225,7 @@ def test_stages_run_by_hand_leave_stale_figures_marked(tmp_path):
     result = read_figures("gate", root / "reports")
     assert result["gates"]["min_accuracy"] == {"observed": "stale", "passed": False, "threshold": 0.95}
     card = (root / "reports/index.md").read_text()
-    assert "## evaluate: stale" in card and "## train: stale" in card
+    assert "## evaluate: stale" in card and "## train_report: stale" in card
     assert "| accuracy |" not in card and "| best_val_accuracy |" not in card
     set_params(root / "params.yaml", gates={"enforce": True})
     enforced = subprocess.run(["curate", "gate"], cwd=root, capture_output=True, text=True)
