@@ -95,7 +95,7 @@ def test_every_report_metric_and_plot_exists(tiny):
         stage: json.loads((tiny / f"reports/details/{stage}.json").read_text())
         for stage in set(STAGES) - TRAINING
     }
-    assert details["train"]["epochs_run"] == 1 and "images_per_second" in details["train"]
+    assert details["train_report"]["epochs_run"] == 1 and "images_per_second" in details["train_report"]
     evaluated = details["evaluate"]  # the per-class and per-group figures, out of dvc exp show
     assert len(evaluated["per_class"]) == 10 and set(evaluated["by_group"]) == {"mnist", "sklearn"}
     run("dvc", "plots", "show", cwd=tiny)
