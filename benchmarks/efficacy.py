@@ -65,6 +65,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the tests' params helper: one merge rule for tests and benchmarks
 from curate.report.render import read_figures  # noqa: E402
 from tests.conftest import parse_override, set_params  # noqa: E402
+from tests.test_house import import_graph, modules  # noqa: E402
 
 # (stage, params sections it reads, the folders it writes that later stages read).
 STAGES = (
@@ -79,21 +80,34 @@ STAGES = (
 )
 
 
-def code_digest(package: Path) -> str:
-    """SHA-256 over the package's Python files (names and bytes), in path order."""
-    digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
+def stage_code_digests() -> dict[str, str]:
+    """Each stage's code: SHA-256 over the ``curate`` modules ``curate.stages.<stage>`` imports,
+    directly or not (names and bytes, in name order). Changing clean's code re-runs clean and what
+    follows it, not the folds' hour of training."""
+    graph = import_graph()
+    paths = modules()
+    digests = {}
+    for stage, _, _ in STAGES:
+        closure, todo = set(), [f"curate.stages.{stage}"]
+        while todo:
+            name = todo.pop()
+            if name not in closure:
+                closure.add(name)
+                todo.extend(graph[name])
+        digest = hashlib.sha256()
+        for name in sorted(closure):
+            digest.update(name.encode() + b"\0" + paths[name].read_bytes() + b"\0")
+        digests[stage] = digest.hexdigest()
+    return digests
 
 
-def cache_key(stage: str, prefix: dict, code: str) -> str:
-    """A stage's cache entry: its name, the params it and the stages before it read, and the
+def cache_key(stage: str, prefix: dict, code: list[str]) -> str:
+    """A stage's cache entry: its name, the params it and the stages before it read, and their
     code. Keyed on params alone, a kept cache served outputs an older version had built."""
     return hashlib.sha256(json.dumps([stage, prefix, code], sort_keys=True).encode()).hexdigest()[:16]
 
 
-CODE_DIGEST = code_digest(REPO / "src" / "curate")
+CODE_DIGESTS = stage_code_digests()
 PIPELINES = {
     "default": {},
     "naive": {"clean": {"action": "keep"}, "rebalance": {"strategy": "none"}, "augment": {"copies": 0}},
@@ -122,9 +136,11 @@ def run_pipeline(folder: Path, cache: Path, overrides: list[dict], quiet: bool) 
         set_params(folder / "params.yaml", **override)
     params = yaml.safe_load((folder / "params.yaml").read_text())
     prefix: dict = {}
+    code: list[str] = []
     for stage, sections, outputs in STAGES:
         prefix |= {section: params.get(section) for section in sections}
-        key = cache_key(stage, prefix, CODE_DIGEST)
+        code.append(CODE_DIGESTS[stage])
+        key = cache_key(stage, prefix, code)
         stored = cache / f"{stage}-{key}"
         if not stored.exists():
             _run_stage(stage, folder, quiet)

@@ -70,8 +70,14 @@ def test_outputs_follow_the_contract(cleaned):
     # The test split is never cleaned.
     assert (test["action"] == "none").all() and not test["is_label_issue"].any()
     assert (test["label"] == raw.loc[test.index, "label"]).all()
-    # Default action drops flagged rows; labels of kept rows are untouched.
-    assert set(train.loc[train["is_label_issue"], "action"]) <= {"drop", "keep"}
+    # The default action relabels flagged rows it is confident of and drops the others; the
+    # labels of the rows it keeps as they are stay untouched.
+    assert set(train.loc[train["is_label_issue"], "action"]) <= {"relabel", "drop", "keep"}
+    relabelled = train[train["action"] == "relabel"]
+    assert (relabelled["label"] == relabelled["predicted_label"]).all()
+    unchanged = train[train["action"] != "relabel"]
+    assert (unchanged["label"] == unchanged["given_label"]).all()
+    assert relabelled["action_reason"].str.contains("confident-learning threshold").all()
     assert (train["given_label"] == raw.loc[train.index, "label"]).all()
     probs = np.load(cleaned / "data/clean/pred_probs.npy")
     assert probs.shape == (len(train), 10)
@@ -224,6 +230,7 @@ def clean_rows(
 
 
 def _clean_by_hand(**settings) -> clean.Cleaned:
+    settings.setdefault("action", "drop")  # the drop mechanics; relabel's tests say so
     samples = _table()
     train = samples[samples["split"] == "train"]
     checks = _checks(len(train), settings.pop("duplicate_set", None))

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from cleanlab.count import get_confident_thresholds
 from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
+from sklearn.metrics import cohen_kappa_score
 
 from curate.removal_cap import removal_budgets
 
@@ -121,32 +123,62 @@ def find_issues(
     return is_issue, np.asarray(quality, dtype=np.float64)
 
 
+def relabel_floors(pred_probs: np.ndarray, labels: np.ndarray, min_confidence: float | str) -> np.ndarray:
+    """The probability each train row's predicted class must reach for ``clean.action`` relabel
+    to move the row to it: ``min_confidence`` itself, or with ``auto`` confident learning's
+    threshold for that class (cleanlab's ``get_confident_thresholds``: the mean probability the
+    fold models give the class on the rows labelled with it). An absolute 0.9 never fires when
+    the noise is high: fold models trained on 50% uniform noise give their argmax about 0.48,
+    yet it is the true label for 94% of the train rows; their thresholds are then about 0.27, and
+    the flagged rows over them (92%) are relabelled 95-97% right (README "When curation pays").
+    """
+    predicted = pred_probs.argmax(axis=1)
+    if min_confidence != "auto":
+        return np.full(len(predicted), float(min_confidence))
+    thresholds = get_confident_thresholds(labels, pred_probs)
+    return np.asarray(thresholds, dtype=np.float64)[predicted]
+
+
+def fold_skill(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """How far the fold models' out-of-sample predictions agree with the given labels beyond
+    chance: Cohen's kappa, 1 for full agreement, 0 for chance. Noise lowers it (a perfect model on
+    50% uniform noise over 10 classes scores about 0.44), and so do fold models that learnt
+    nothing (the tiny profile's 2-epoch folds: 0.02): under ``clean.min_fold_skill`` their flags
+    are no evidence to act on."""
+    if len(np.unique(labels)) < 2:
+        return 1.0  # one class: nothing to disagree about
+    return float(cohen_kappa_score(labels, predicted))
+
+
 def decide_actions(
     train: pd.DataFrame,
     *,
     action: str,
-    relabel_min_confidence: float,
+    relabel_floor: float | np.ndarray,
     max_drop_fraction: float,
     cap: str = "relative",
     min_rows: int = 1,
 ) -> tuple[pd.Series, list[str]]:
     """One action per train row: ``none`` | ``keep`` | ``drop`` | ``relabel``; and where the cap bound.
 
-    ``train`` needs ``is_label_issue``, ``label_quality``, ``predicted_confidence``,
-    ``label``, ``group`` and ``drop_candidate`` (a removal asked for by something
-    other than the label check, e.g. a near-duplicate). Removals are granted most
-    suspicious first while every class and group stays within its budget
-    (:func:`curate.removal_cap.removal_budgets`); the rest are kept and flagged.
+    ``train`` needs ``is_label_issue``, ``label_quality``, ``predicted_label``,
+    ``predicted_confidence``, ``label``, ``group`` and ``drop_candidate`` (a removal asked for by
+    something other than the label check, e.g. a near-duplicate). With ``action`` relabel a
+    flagged row whose ``predicted_confidence`` reaches ``relabel_floor`` (one for all rows or one
+    per row: :func:`relabel_floors`) asks to move to its predicted class, any other asks to go.
+    Requests are granted most suspicious first while every class and group stays within its
+    budget (:func:`curate.removal_cap.removal_budgets`): a drop spends one row of its class and
+    of its group; a relabel one of the class it leaves and gives one to the class it joins (its
+    group keeps the row). The rest are kept and flagged.
     """
     actions = pd.Series("none", index=train.index, dtype=object)
     flagged = train["is_label_issue"].to_numpy()
     actions[flagged] = "keep"
+    wants_relabel = np.zeros(len(train), dtype=bool)
     if action == "relabel":
-        confident = flagged & (train["predicted_confidence"].to_numpy() >= relabel_min_confidence)
-        actions[confident] = "relabel"
-    wants_drop = (flagged & (action != "keep")) | train["drop_candidate"].to_numpy()
-    wants_drop &= (actions != "relabel").to_numpy()
-
+        wants_relabel = flagged & (train["predicted_confidence"].to_numpy() >= relabel_floor)
+    wants_drop = ((flagged & (action != "keep")) | train["drop_candidate"].to_numpy()) & ~wants_relabel
+    asked = wants_drop | wants_relabel
     budgets = removal_budgets(
         train,
         float(wants_drop.mean()) if len(train) else 0.0,
@@ -155,12 +187,18 @@ def decide_actions(
         min_rows=min_rows,
     )
     bound: dict[tuple[str, object], int] = {}
-    for index in train.index[wants_drop][np.argsort(train["label_quality"][wants_drop], kind="stable")]:
-        keys = [("label", train.at[index, "label"]), ("group", train.at[index, "group"])]
+    for index in train.index[asked][np.argsort(train["label_quality"][asked], kind="stable")]:
+        relabel = wants_relabel[train.index.get_loc(index)]
+        keys = [("label", train.at[index, "label"])] + (
+            [] if relabel else [("group", train.at[index, "group"])]
+        )
         if all(budgets[key] > 0 for key in keys):
             for key in keys:
                 budgets[key] -= 1
-            actions[index] = "drop"
+            if relabel:
+                joined = ("label", train.at[index, "predicted_label"])
+                budgets[joined] = budgets.get(joined, 0) + 1
+            actions[index] = "relabel" if relabel else "drop"
         else:
             actions[index] = "keep"
             for key in keys:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -139,8 +139,12 @@ class CleanParams(Section):
     frac_noise: float = Field(1.0, gt=0, le=1)
     min_examples_per_class: int = Field(1, ge=0)
     rank_by: Literal["self_confidence", "normalized_margin"] = "self_confidence"
-    action: Literal["drop", "relabel", "keep"] = "drop"
-    relabel_min_confidence: float = Field(0.9, ge=0, le=1)
+    action: Literal["drop", "relabel", "keep"] = "relabel"
+    # auto: confident learning's per-class threshold (label_issues.relabel_floors); a number: absolute.
+    relabel_min_confidence: Annotated[float, Field(ge=0, le=1)] | Literal["auto"] = "auto"
+    # Under this Cohen's kappa between the fold models' predictions and the given labels, clean
+    # acts on no flag (label_issues.fold_skill): the models learnt too little for their flags to count.
+    min_fold_skill: float = Field(0.2, ge=0, le=1)
     max_drop_fraction: float = Field(0.3, ge=0, le=1)
     # relative: a class or group may lose max_drop_fraction MORE than the overall removal rate
     # (label_issues.removal_budgets); absolute: max_drop_fraction of its rows, whatever the noise.
