@@ -26,12 +26,13 @@ mislabelled (``ingest.demo.noise``) instead of uniform flips. Issue 14's targets
 the default beats naive by >= 2 points of worst-group accuracy and 0.5 of accuracy; the
 default's worst-group accuracy >= unbalanced's, for at most 0.3 points of accuracy.
 
-``cap_absolute`` is the default with the removal cap as it was before issue 23
-(``clean.cap absolute``: no class or group loses more than ``max_drop_fraction`` of its rows,
-whatever the noise); the default's ``relative`` cap grants that share on top of the overall rate.
+``drop`` is the default as it was before issue 23: flagged rows dropped, none relabelled
+(``clean.action drop``), under the absolute cap (no class or group loses more than
+``max_drop_fraction`` of its rows, whatever the noise); ``drop_relative`` grants that share on
+top of the overall removal rate (``clean.cap relative``).
 
 ``--sweep`` runs issue 23's grid: label noise ``--levels`` (0 0.1 0.3 0.5) x noise ``--models``
-(uniform, class_conditional) x ``--seeds``, pipelines naive, default, unbalanced and cap_absolute
+(uniform, class_conditional) x ``--seeds``, pipelines naive, default, unbalanced and drop
 unless ``--pipelines`` says otherwise. It prints, after each cell, the mean accuracy and
 worst-group accuracy per pipeline with their differences to naive, clean's flagged rate, detect
 F1, rows dropped and flags left in, then issue 23's targets per cell. The full grid is 5 cells
@@ -114,14 +115,15 @@ PIPELINES = {
     "oracle": {"ingest": {"demo": {"label_noise": 0.0}}},
     "unbalanced": {"rebalance": {"strategy": "none"}},
     "polarity_off": {"image": {"normalize_polarity": "off"}},
-    "cap_absolute": {"clean": {"cap": "absolute"}},
+    "drop": {"clean": {"action": "drop"}},
+    "drop_relative": {"clean": {"action": "drop", "cap": "relative"}},
 }
 ISSUE_6 = ("default", "naive", "oracle", "unbalanced")  # the pipelines issue 6's targets compare
 ISSUE_14 = ("default", "naive", "unbalanced")  # the pipelines issue 14's targets compare
-# Issue 23's noise sweep: levels, noise models, pipelines (cap_absolute: the cap before issue 23).
+# Issue 23's noise sweep: levels, noise models, pipelines (drop: the default before issue 23).
 LEVELS = (0.0, 0.1, 0.3, 0.5)
 NOISE_MODELS = ("uniform", "class_conditional")
-SWEEP_PIPELINES = ("naive", "default", "unbalanced", "cap_absolute")
+SWEEP_PIPELINES = ("naive", "default", "unbalanced", "drop")
 SWEEP_KEYS = ("accuracy", "worst_group_accuracy", "flagged_rate", "detect_f1", "dropped", "kept_flags")
 CLASS_CONDITIONAL_LEVEL = 0.1  # the sweep level the demo's fixed class-conditional rates stand for
 TODAY_AT_10 = {"uniform": (0.26, 1.81), "class_conditional": (0.28, 1.12)}  # default - naive, points
