@@ -112,7 +112,7 @@ def test_gate_stage_writes_card_and_enforces(workdir, capsys):
     result = json.loads((workdir / "reports/details/gate.json").read_text())
     assert result["gates"]["max_flagged_rate"] == {"observed": 0.3, "passed": False, "threshold": 0.2}
     card = (workdir / "reports/index.md").read_text()
-    assert "| clean.action | drop | keep |" in card
+    assert "| clean.action | relabel | keep |" in card
     assert "images_per_second" not in card  # measured, not a property of the data
     assert "&lt;b&gt;x" in card and "<b>x" not in card
     # Headline figures first, each row saying which file it is in: the details are still on the card.
@@ -137,7 +137,7 @@ def test_gate_stage_writes_card_and_enforces(workdir, capsys):
 def test_a_high_flagged_rate_is_said_first_with_its_numbers_and_named_in_the_failure(workdir, capsys):
     clean = {"flagged_rate": 0.5, "flagged": 50, "dropped": 30, "relabelled": 0, "held_back": 20}
     write_metrics(workdir, METRICS | {"clean": clean})
-    set_params(workdir / "params.yaml", gates={"enforce": True}, clean={"cap": "absolute"})
+    set_params(workdir / "params.yaml", gates={"enforce": True}, clean={"cap": "absolute", "action": "drop"})
     assert gate.main([]) == 1
     note = (
         "50 train rows flagged (50.0%, over gates.max_flagged_rate 0.2): 30 removed, 0 relabelled, 20 held "
@@ -154,6 +154,23 @@ def test_a_high_flagged_rate_is_said_first_with_its_numbers_and_named_in_the_fai
     card = (workdir / "reports/index.md").read_text()
     assert card.index(note[:60]) < card.index("## The DAG")
     assert note[:60] in (workdir / "reports/gate.md").read_text()
+
+
+def test_flags_of_fold_models_that_learnt_nothing_are_named_as_such(workdir, capsys):
+    # The tiny profile's 2-epoch folds: 264 of 310 rows flagged, kappa 0.02, nothing acted on.
+    clean = {"flagged_rate": 0.852, "flagged": 264, "dropped": 0, "relabelled": 0, "held_back": 0}
+    write_metrics(workdir, METRICS | {"clean": clean | {"fold_skill": 0.017}})
+    set_params(workdir / "params.yaml", gates={"enforce": True})
+    assert gate.main([]) == 1
+    failure = capsys.readouterr().err.strip().splitlines()[0]
+    assert failure.startswith("gate failed: clean.flagged_rate (gates.max_flagged_rate): observed 0.852")
+    assert failure.endswith(
+        ": 264 train rows flagged (85.2%, over gates.max_flagged_rate 0.2) and none acted on: the fold "
+        "models agree with the given labels little more than chance (fold skill 0.02 < "
+        "clean.min_fold_skill 0.2), so their flags are no evidence. Train them longer (folds.epochs, "
+        "folds.min_steps) or look at the labels"
+    )
+    assert "and none acted on" in (workdir / "reports/index.md").read_text()
 
 
 def test_a_gate_may_judge_a_detail(workdir, monkeypatch):

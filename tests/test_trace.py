@@ -75,7 +75,9 @@ def with_reasons(clean: pd.DataFrame) -> pd.DataFrame:
     """The ``action_reason`` column as the clean stage writes it, under the workdir's params."""
     train = clean["split"] == "train"
     clean["action_reason"] = "test sample: the test split is never cleaned"
-    clean.loc[train, "action_reason"] = action_reasons(clean[train], load_params().clean, [NASTY, "cat"])
+    settings = load_params().clean
+    rows = clean[train].assign(relabel_floor=settings.relabel_min_confidence)
+    clean.loc[train, "action_reason"] = action_reasons(rows, settings, [NASTY, "cat"], skill=1.0)
     return clean
 
 
@@ -92,7 +94,10 @@ def augmented_table(balanced: pd.DataFrame) -> pd.DataFrame:
 def made(workdir):
     """Every table trace reads, written by hand: a kept, a dropped, a relabelled, a capped
     (and augmented) train sample, and two test samples (one predicted right, one wrong)."""
-    set_params(workdir / "params.yaml", clean={"cap": "relative"})  # the capped sample's reason names it
+    # The capped sample's reason names the cap; a relabel floor of 0.9 makes the drop's reason plain.
+    set_params(
+        workdir / "params.yaml", clean={"cap": "relative", "action": "drop", "relabel_min_confidence": 0.9}
+    )
     raw = raw_table()
     write_samples("data/raw/samples.parquet", raw)
     write_images("data/raw/images", np.arange(6 * 64, dtype=np.uint8).reshape(6, 8, 8, 1))
@@ -137,7 +142,10 @@ def test_sample_ids_match_exactly_not_by_prefix(made, capsys):
 
 def test_relabelled_and_reweighted_samples(made, capsys):
     out = trace(capsys, "x/0.png")[1]
-    assert "- action relabel: relabelled to cat with confidence 0.950" in out
+    assert (
+        "- action relabel: relabelled to cat: the fold models give it 0.950, at least "
+        "clean.relabel_min_confidence 0.9" in out
+    )
     assert "- weight 0.500, copies 1 (rebalance.strategy group; weights have mean 1)" in out
     assert "- no augmented copies; trains with weight 0.500" in out
     assert "- not evaluated: a train sample (evaluate scores the test split)" in out
@@ -146,8 +154,10 @@ def test_relabelled_and_reweighted_samples(made, capsys):
 def test_capped_sample_and_its_augmented_copy(made, capsys):
     out = trace(capsys, "x/1.png")[1]
     assert (
-        # Class x (2 rows) may lose 1 under the relative cap; group g2 (1 row) none: 1 row stays.
-        "held back by the removal cap: group g2 already lost 0 of its 1 train rows (clean.cap relative: "
+        # Class x (2 rows) may lose 1 under the relative cap, and lost e1 to its relabel to cat;
+        # group g2 (1 row) may lose none: 1 row stays.
+        "held back by the removal cap: class &lt;b&gt;x&lt;/b&gt; already lost 1 of its 2 train rows; "
+        "group g2 already lost 0 of its 1 train rows (clean.cap relative: "
         "50.0% of train rows asked to go + clean.max_drop_fraction 0.3)"
     ) in out
     assert "- weight 2.000, copies 1" in out

@@ -61,13 +61,22 @@ def curation_note(
     figures: Mapping[str, Any], settings: CleanParams, max_flagged_rate: float | None
 ) -> str | None:
     """The line a clean report, the data card and a failed ``max_flagged_rate`` gate lead with when
-    the flagged rate is over that gate or the cap held rows back: what was flagged, removed and
-    held back, what became of those, and the params that decide it. None otherwise."""
+    the fold models were too weak to act on (``clean.min_fold_skill``), the flagged rate is over
+    that gate or the cap held rows back: what was flagged, removed, relabelled and held back, what
+    became of those, and the params that decide it. None otherwise."""
     rate, held = figures["flagged_rate"], figures["held_back"]
     over = max_flagged_rate is not None and rate > max_flagged_rate
+    threshold = f", over gates.max_flagged_rate {max_flagged_rate:g}" if over else ""
+    skill = figures.get("fold_skill")  # absent from figures written before clean measured it
+    if skill is not None and skill < settings.min_fold_skill and figures["flagged"]:
+        return (
+            f"{figures['flagged']} train rows flagged ({rate:.1%}{threshold}) and none acted on: the fold "
+            f"models agree with the given labels little more than chance (fold skill {skill:.2f} < "
+            f"clean.min_fold_skill {settings.min_fold_skill:g}), so their flags are no evidence. Train them "
+            "longer (folds.epochs, folds.min_steps) or look at the labels"
+        )
     if not (over or held):
         return None
-    threshold = f", over gates.max_flagged_rate {max_flagged_rate:g}" if over else ""
     params = f"clean.cap {settings.cap}, clean.max_drop_fraction {settings.max_drop_fraction:g}"
     why = (
         "A rate this high means noise throughout or fold models too weak to judge"
