@@ -64,6 +64,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the tests' params helper: one merge rule for tests and benchmarks
+from curate.demo import MAX_FLIP_SHARE  # noqa: E402
 from curate.report.render import read_figures  # noqa: E402
 from tests.conftest import parse_override, set_params  # noqa: E402
 from tests.test_house import import_graph, modules  # noqa: E402
@@ -81,22 +82,25 @@ STAGES = (
 )
 
 
-def stage_code_digests() -> dict[str, str]:
-    """Each stage's code: SHA-256 over the ``curate`` modules ``curate.stages.<stage>`` imports,
-    directly or not (names and bytes, in name order). Changing clean's code re-runs clean and what
-    follows it, not the folds' hour of training."""
-    graph = import_graph()
-    paths = modules()
+def stage_modules(stage: str, graph: dict[str, set[str]]) -> set[str]:
+    """The ``curate`` modules ``curate.stages.<stage>`` imports, directly or not, itself included."""
+    closure, todo = set(), [f"curate.stages.{stage}"]
+    while todo:
+        name = todo.pop()
+        if name not in closure:
+            closure.add(name)
+            todo.extend(graph[name])
+    return closure
+
+
+def stage_code_digests(graph: dict[str, set[str]], paths: dict[str, Path]) -> dict[str, str]:
+    """Each stage's code: SHA-256 over the modules :func:`stage_modules` names (names and
+    bytes, in name order). Changing clean's code re-runs clean and what follows it, not the
+    folds' training."""
     digests = {}
     for stage, _, _ in STAGES:
-        closure, todo = set(), [f"curate.stages.{stage}"]
-        while todo:
-            name = todo.pop()
-            if name not in closure:
-                closure.add(name)
-                todo.extend(graph[name])
         digest = hashlib.sha256()
-        for name in sorted(closure):
+        for name in sorted(stage_modules(stage, graph)):
             digest.update(name.encode() + b"\0" + paths[name].read_bytes() + b"\0")
         digests[stage] = digest.hexdigest()
     return digests
@@ -108,7 +112,7 @@ def cache_key(stage: str, prefix: dict, code: list[str]) -> str:
     return hashlib.sha256(json.dumps([stage, prefix, code], sort_keys=True).encode()).hexdigest()[:16]
 
 
-CODE_DIGESTS = stage_code_digests()
+CODE_DIGESTS = stage_code_digests(import_graph(), modules())
 PIPELINES = {
     "default": {},
     "naive": {"clean": {"action": "keep"}, "rebalance": {"strategy": "none"}, "augment": {"copies": 0}},
@@ -125,7 +129,7 @@ LEVELS = (0.0, 0.1, 0.3, 0.5)
 NOISE_MODELS = ("uniform", "class_conditional")
 SWEEP_PIPELINES = ("naive", "default", "unbalanced", "drop")
 SWEEP_KEYS = ("accuracy", "worst_group_accuracy", "flagged_rate", "detect_f1", "dropped", "kept_flags")
-CLASS_CONDITIONAL_LEVEL = 0.1  # the sweep level the demo's fixed class-conditional rates stand for
+CLASS_CONDITIONAL_MAX = 0.3  # the highest sweep level class-conditional noise reaches (curate.demo)
 TODAY_AT_10 = {"uniform": (0.26, 1.81), "class_conditional": (0.28, 1.12)}  # default - naive, points
 
 
@@ -343,12 +347,12 @@ def compare(args: argparse.Namespace, per_seed: list[dict]) -> None:
 def sweep_cells(levels: list[float], models: list[str]) -> tuple[list[tuple[str, float]], list[str]]:
     """The sweep's (noise model, level) cells, and a line for each cell the demo cannot make.
 
-    0% is one cell: both noise models are the clean demo there. The demo's class-conditional
-    rates are fixed (:data:`curate.demo.CONFUSIONS`, about 11.5% of the train labels; its
-    ``label_noise`` only switches them off at 0), so its 10% cell runs at those rates. Scaled up
-    to a 30% mean, seven of ten classes would each need about 43% flipped, at the edge of what
-    is identifiable (a class flipped at 45% or more has its look-alike as the plurality label);
-    50% would need 70% of each: impossible for anyone, cleanlab included.
+    0% is one cell: both noise models are the clean demo there. Class-conditional noise flips
+    only the seven look-alike digits (:data:`curate.demo.CONFUSIONS`, about 70% of the train
+    labels), none past :data:`curate.demo.MAX_FLIP_SHARE` (past half, a class's look-alike is its
+    plurality label: its true label is identifiable by no one, cleanlab included): at most about
+    31% of the train labels, so its 30% cell has five of the seven classes at 44% and its 50%
+    cell cannot be made.
     """
     cells: list[tuple[str, float]] = []
     skipped = []
@@ -356,8 +360,11 @@ def sweep_cells(levels: list[float], models: list[str]) -> tuple[list[tuple[str,
         for model in models:
             if level == 0 and any(done == 0 for _, done in cells):
                 continue
-            if model == "class_conditional" and level not in (0.0, CLASS_CONDITIONAL_LEVEL):
-                skipped.append(f"class_conditional {level:.0%}: not made (the demo's rates are fixed)")
+            if model == "class_conditional" and level > CLASS_CONDITIONAL_MAX:
+                skipped.append(
+                    f"class_conditional {level:.0%}: impossible (the look-alike classes hold about 70% "
+                    f"of the train labels and none may flip past {MAX_FLIP_SHARE:.0%}: at most about 31%)"
+                )
                 continue
             cells.append((model, level))
     return cells, skipped

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from curate import demo
+from curate.errors import CurateError
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +22,14 @@ def test_flips_only_on_the_listed_pairs_at_their_rates(confused):
     flipped = train[train["label"] != train["true_label"]]
     pairs = set(zip(flipped["true_label"], flipped["label"], strict=True))
     assert pairs == {(source, target) for source, (target, _) in demo.CONFUSIONS.items()}
+    # The listed shares scaled alike, so that 10% of all train labels flip.
+    scale = demo.confusion_shares(0.1, {k: float((train["true_label"] == k).mean()) for k in demo.CONFUSIONS})
     for source, (_, share) in demo.CONFUSIONS.items():
         of_class = train[train["true_label"] == source]
         rate = (of_class["label"] != source).mean()
-        assert rate == pytest.approx(share, abs=1 / len(of_class))
+        assert rate == pytest.approx(scale[source], abs=1 / len(of_class))
+        assert scale[source] / share == pytest.approx(scale[1] / demo.CONFUSIONS[1][1])
+    assert len(flipped) / len(train) == pytest.approx(0.1, abs=0.005)
     untouched = train[~train["true_label"].isin(list(demo.CONFUSIONS))]
     assert (untouched["label"] == untouched["true_label"]).all()
     test = samples[samples["split"] == "test"]
@@ -46,3 +51,17 @@ def test_deterministic_under_seed_and_off_at_zero(confused):
     assert (uniform["label"] != uniform["true_label"]).sum() == round(
         0.1 * (uniform["split"] == "train").sum()
     )
+
+
+def test_shares_reach_the_asked_rate_with_no_class_past_the_ceiling():
+    equal = {k: 0.1 for k in demo.CONFUSIONS}  # seven classes of 10% each: 70% of the labels
+    shares = demo.confusion_shares(0.3, equal)
+    assert sum(0.1 * share for share in shares.values()) == pytest.approx(0.3)
+    assert max(shares.values()) == demo.MAX_FLIP_SHARE
+    # The classes under the ceiling keep the listed proportions between them.
+    free = [k for k, share in shares.items() if share < demo.MAX_FLIP_SHARE]
+    assert free and len({round(shares[k] / demo.CONFUSIONS[k][1], 9) for k in free}) == 1
+    with pytest.raises(
+        CurateError, match=r"^ingest.demo.label_noise 0.5: .* at most 30.8% of the train labels$"
+    ):
+        demo.confusion_shares(0.5, equal)

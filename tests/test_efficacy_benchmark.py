@@ -53,17 +53,34 @@ def test_cache_key_covers_params_and_code(tmp_path):
     # A kept cache must not serve what an older version of the stages built.
     assert efficacy.cache_key("train", prefix, "code-b") != key
 
-    (tmp_path / "stages").mkdir()
-    (tmp_path / "stages" / "train.py").write_text("EPOCHS = 10\n")
-    before = efficacy.code_digest(tmp_path)
-    (tmp_path / "stages" / "train.py").write_text("EPOCHS = 20\n")
-    assert efficacy.code_digest(tmp_path) != before
+
+def test_a_stage_is_keyed_on_the_code_it_imports_only(tmp_path):
+    # Every stage imports a shared module; only clean imports the label-issue module.
+    graph = {f"curate.stages.{stage}": {"curate.shared"} for stage, _, _ in efficacy.STAGES}
+    graph["curate.stages.clean"].add("curate.issues")
+    graph |= {"curate.shared": set(), "curate.issues": set()}
+    paths = {name: tmp_path / f"{name}.py" for name in graph}
+    for path in paths.values():
+        path.write_text("X = 1\n")
+    before = efficacy.stage_code_digests(graph, paths)
+    paths["curate.issues"].write_text("X = 2\n")
+    after = efficacy.stage_code_digests(graph, paths)
+    assert [stage for stage in before if before[stage] != after[stage]] == ["clean"]
+    paths["curate.shared"].write_text("X = 2\n")
+    assert all(efficacy.stage_code_digests(graph, paths)[stage] != after[stage] for stage in after)
+    # On the package itself: the folds' training does not depend on clean's code.
+    real = efficacy.import_graph()
+    assert "curate.label_issues" in efficacy.stage_modules("clean", real)
+    assert "curate.label_issues" not in efficacy.stage_modules("folds", real)
 
 
 def test_sweep_cells_run_0_percent_once_and_name_what_the_demo_cannot_make():
-    cells, skipped = efficacy.sweep_cells([0.0, 0.1, 0.3], ["uniform", "class_conditional"])
-    assert cells == [("uniform", 0.0), ("uniform", 0.1), ("class_conditional", 0.1), ("uniform", 0.3)]
-    assert skipped == ["class_conditional 30%: not made (the demo's rates are fixed)"]
+    cells, skipped = efficacy.sweep_cells([0.0, 0.1, 0.3, 0.5], ["uniform", "class_conditional"])
+    assert cells == [
+        ("uniform", 0.0), ("uniform", 0.1), ("class_conditional", 0.1), ("uniform", 0.3),
+        ("class_conditional", 0.3), ("uniform", 0.5),
+    ]  # fmt: skip
+    assert len(skipped) == 1 and skipped[0].startswith("class_conditional 50%: impossible (")
 
 
 def cell(default_acc, default_wga, f1=0.97):

@@ -13,8 +13,8 @@ labels uniformly to another class (the original stays in ``true_label``), and
 ``subsample`` keeps a stratified fraction of the whole demo (quick trials, tests).
 ``noise`` picks the noise model: ``uniform`` (above) or ``class_conditional``, what real
 annotators do: asymmetric flips between digits a person confuses, at a rate per class
-(:data:`CONFUSIONS`), none elsewhere; there ``label_noise`` only switches the flips off at 0
-(the oracle).
+(:data:`CONFUSIONS`, scaled so that ``label_noise`` of the train labels flip), none elsewhere;
+at most about 31% (:func:`confusion_shares`).
 Each knob draws from its own seeded stream, so changing one never changes
 which samples the other picks: the oracle run (``label_noise: 0``) holds
 exactly the default run's samples.
@@ -27,13 +27,15 @@ import pandas as pd
 from PIL import Image
 
 from curate.dataset import content_ids, stratified_test_mask
+from curate.errors import CurateError
 from curate.imaging import conform
 
 CLASS_NAMES = [str(digit) for digit in range(10)]
 MINORITY_GROUP = "sklearn"
-# The class-conditional noise model: true class -> (the class it is filed under, the share of
-# that class's train labels flipped). Asymmetric pairs of look-alike digits, 10-25% of those
-# seven classes and none of 0, 6 and 8: about 11.5% of all train labels, near uniform's 10%.
+# The class-conditional noise model: true class -> (the class it is filed under, its share of
+# that class's train labels flipped, before scaling to ``label_noise``). Asymmetric pairs of
+# look-alike digits, 10-25% of those seven classes and none of 0, 6 and 8: as listed, about 11.5%
+# of all train labels; :func:`confusion_shares` scales them to the asked rate.
 CONFUSIONS = {
     4: (9, 0.25),
     9: (4, 0.20),
@@ -44,6 +46,7 @@ CONFUSIONS = {
     2: (7, 0.10),
 }
 NOISE_MODELS = ("uniform", "class_conditional")
+MAX_FLIP_SHARE = 0.44  # the most of one class filed under its look-alike: under half, with a margin
 
 
 def _mnist() -> tuple[list[np.ndarray], np.ndarray]:
@@ -138,13 +141,41 @@ def _flip_labels(samples: pd.DataFrame, rate: float, rng: np.random.Generator) -
 
 def _confuse_labels(samples: pd.DataFrame, rate: float, rng: np.random.Generator) -> np.ndarray:
     """Flip exactly ``round(share * n)`` of the ``n`` train labels of each class of
-    :data:`CONFUSIONS` to its look-alike; ``rate`` 0 flips nothing (the oracle's switch)."""
+    :data:`CONFUSIONS` to its look-alike, the shares scaled so that ``rate`` of all train labels
+    flip (:func:`confusion_shares`); ``rate`` 0 flips nothing (the oracle's switch)."""
     labels = samples["label"].to_numpy().copy()
     if rate == 0:
         return labels
     is_train = samples["split"].to_numpy() == "train"
-    for source, (target, share) in sorted(CONFUSIONS.items()):
+    train_labels = labels[is_train]
+    class_share = {k: float(np.mean(train_labels == k)) for k in CONFUSIONS}
+    for source, share in sorted(confusion_shares(rate, class_share).items()):
         rows = np.flatnonzero(is_train & (samples["label"].to_numpy() == source))
         flipped = rng.choice(rows, size=round(share * len(rows)), replace=False)
-        labels[flipped] = target
+        labels[flipped] = CONFUSIONS[source][0]
     return labels
+
+
+def confusion_shares(rate: float, class_share: dict[int, float]) -> dict[int, float]:
+    """The share of each :data:`CONFUSIONS` class to flip so that ``rate`` of the train labels
+    flip (``class_share``: each class's share of the train rows): the table's shares scaled alike,
+    a class that would reach :data:`MAX_FLIP_SHARE` held just under it and the rest scaled further.
+    Past that share a class's look-alike becomes its plurality label: no one, cleanlab included,
+    could tell its true label from the data, so a rate that needs it is refused."""
+    base = {source: share for source, (_, share) in CONFUSIONS.items()}
+    capped: set[int] = set()
+    while True:
+        free = [k for k in base if k not in capped]
+        left = rate - sum(class_share[k] * MAX_FLIP_SHARE for k in capped)
+        scale = left / sum(class_share[k] * base[k] for k in free) if free else float("inf")
+        over = {k for k in free if base[k] * scale > MAX_FLIP_SHARE}
+        if not over:
+            return {k: MAX_FLIP_SHARE if k in capped else base[k] * scale for k in base}
+        if over == set(free):
+            most = sum(class_share[k] for k in base) * MAX_FLIP_SHARE
+            raise CurateError(
+                f"ingest.demo.label_noise {rate:g}: class-conditional noise flips only the look-alike "
+                f"digits {sorted(base)}, each at most {MAX_FLIP_SHARE:.0%} (past half a class's look-alike "
+                f"is its plurality label): at most {most:.1%} of the train labels"
+            )
+        capped |= over

@@ -66,7 +66,7 @@ class DemoParams(Section):
     minority_keep: float = Field(0.10, gt=0, le=1)
     subsample: float = Field(1.0, gt=0, le=1)
     # uniform: label_noise of the train labels to any other class; class_conditional: look-alike
-    # digits filed under each other at 10-25% per class (curate.demo.CONFUSIONS), none elsewhere.
+    # digits filed under each other (curate.demo.CONFUSIONS scaled to label_noise, at most ~31%).
     noise: Literal["uniform", "class_conditional"] = "uniform"
 
 
