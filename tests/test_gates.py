@@ -112,7 +112,7 @@ def test_gate_stage_writes_card_and_enforces(workdir, capsys):
     result = json.loads((workdir / "reports/details/gate.json").read_text())
     assert result["gates"]["max_flagged_rate"] == {"observed": 0.3, "passed": False, "threshold": 0.2}
     card = (workdir / "reports/index.md").read_text()
-    assert "| clean.action | relabel | keep |" in card
+    assert "| clean.action | auto | keep |" in card
     assert "images_per_second" not in card  # measured, not a property of the data
     assert "&lt;b&gt;x" in card and "<b>x" not in card
     # Headline figures first, each row saying which file it is in: the details are still on the card.

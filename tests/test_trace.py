@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from curate import cli
+from curate.clean_actions import action_reasons, choose_action
 from curate.dataset import read_samples, write_array, write_images, write_samples
 from curate.params import load_params
-from curate.stages.clean import action_reasons
 from tests.conftest import set_params, template_copy
 from tests.test_experiments import ENV, GIT, TINY, run
 from tests.test_report import assert_safe_html
@@ -77,7 +77,8 @@ def with_reasons(clean: pd.DataFrame) -> pd.DataFrame:
     clean["action_reason"] = "test sample: the test split is never cleaned"
     settings = load_params().clean
     rows = clean[train].assign(relabel_floor=settings.relabel_min_confidence)
-    clean.loc[train, "action_reason"] = action_reasons(rows, settings, [NASTY, "cat"], skill=1.0)
+    choice = choose_action(settings, skill=1.0, flagged_rate=0.75)
+    clean.loc[train, "action_reason"] = action_reasons(rows, settings, [NASTY, "cat"], choice)
     return clean
 
 

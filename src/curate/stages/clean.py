@@ -24,6 +24,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from curate import label_issues, ledger, removal_cap
+from curate.clean_actions import Choice, action_reasons, choose_action
 from curate.dataset import (
     CLEAN_DIR,
     EMBEDDINGS,
@@ -118,6 +119,7 @@ class Cleaned:
     cap_notes: list[str]  # where the removal cap held removals back, per class and group
     held_back: int  # rows the removal cap held back (kept with their given labels)
     fold_skill: float  # the fold models' agreement with the given labels beyond chance (kappa)
+    choice: Choice  # what clean did with its flags, and why
     orphans: pd.DataFrame  # ledger decisions whose sample is not in the data (ledger.ORPHAN_COLUMNS)
     images: Store | np.ndarray  # the raw store (the report's thumbnails)
     environment: list[tuple[str, object]]  # what computed the predictions
@@ -149,9 +151,40 @@ def compute(
     review = ledger.resolve(decisions, samples, class_names, settings.decisions)
     train = samples[samples["split"] == "train"].copy()
     labels = train["label"].to_numpy()
+    is_issue, quality = _detect(train, predictions, settings)
+    train = _flag(train, is_issue, quality, predictions, checks)
+    extras = label_issues.duplicate_extras(checks["duplicate_set"].to_numpy(), quality)
+    train["drop_candidate"] = extras & settings.drop_near_duplicates
+    skill = label_issues.fold_skill(train["predicted_label"].to_numpy(), labels)
+    choice = choose_action(settings, skill, float(is_issue.mean()) if len(train) else 0.0)
+    action = choice.action
+    train["relabel_floor"] = label_issues.relabel_floors(pred_probs, labels, settings.relabel_min_confidence)
+    train["action"], cap_notes = label_issues.decide_actions(
+        train,
+        action=action,
+        relabel_floor=train["relabel_floor"].to_numpy(),
+        max_drop_fraction=settings.max_drop_fraction,
+        cap=settings.cap,
+        min_rows=settings.min_examples_per_class,
+    )
+    held = int(removal_cap.held_back(train["action"], train["is_label_issue"], action).sum())
+    relabel = train["action"] == "relabel"
+    train.loc[relabel, "label"] = train.loc[relabel, "predicted_label"]
+    train = ledger.apply(train.drop(columns="drop_candidate"), review, class_names)
+    train["action_reason"] = action_reasons(train, settings, class_names, choice)
+    merged = _merge_back(samples, train.drop(columns="relabel_floor"))
+    return Cleaned(merged, class_names, cap_notes, held, skill, choice, review.orphans, inputs.images,
+                   predictions.environment)  # fmt: skip
+
+
+def _detect(
+    train: pd.DataFrame, predictions: FoldOutputs, settings: CleanParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """cleanlab's flags and label quality for the train rows (:func:`curate.label_issues.find_issues`)."""
+    labels = train["label"].to_numpy()
     # What cleanlab reads: the fold models' probabilities, calibrated and mixed with kNN evidence.
     evidence = label_issues.evidence(
-        pred_probs,
+        predictions.pred_probs,
         labels,
         predictions.fold_of_row,
         predictions.embeddings,
@@ -168,36 +201,7 @@ def compute(
         rank_by=settings.rank_by,
         groups=train["group"].to_numpy() if settings.thresholds == "per_group" else None,
     )
-    train = _flag(train, is_issue, quality, predictions, checks)
-    extras = label_issues.duplicate_extras(checks["duplicate_set"].to_numpy(), quality)
-    train["drop_candidate"] = extras & settings.drop_near_duplicates
-    skill = label_issues.fold_skill(train["predicted_label"].to_numpy(), labels)
-    action = acting_action(settings, skill)
-    train["relabel_floor"] = label_issues.relabel_floors(pred_probs, labels, settings.relabel_min_confidence)
-    train["action"], cap_notes = label_issues.decide_actions(
-        train,
-        action=action,
-        relabel_floor=train["relabel_floor"].to_numpy(),
-        max_drop_fraction=settings.max_drop_fraction,
-        cap=settings.cap,
-        min_rows=settings.min_examples_per_class,
-    )
-    held = int(removal_cap.held_back(train["action"], train["is_label_issue"], action).sum())
-    relabel = train["action"] == "relabel"
-    train.loc[relabel, "label"] = train.loc[relabel, "predicted_label"]
-    train = ledger.apply(train.drop(columns="drop_candidate"), review, class_names)
-    train["action_reason"] = action_reasons(train, settings, class_names, skill)
-    merged = _merge_back(samples, train.drop(columns="relabel_floor"))
-    return Cleaned(
-        merged, class_names, cap_notes, held, skill, review.orphans, inputs.images, predictions.environment
-    )
-
-
-def acting_action(settings: CleanParams, skill: float) -> str:
-    """``clean.action``, or keep (flag only) when the fold models' ``skill`` is under
-    ``clean.min_fold_skill``: flags from models that learnt next to nothing would remove or
-    relabel rows at random (the tiny profile's 2-epoch folds flag 85% of the rows)."""
-    return settings.action if skill >= settings.min_fold_skill else "keep"
+    return is_issue, quality
 
 
 def _flag(
@@ -219,93 +223,6 @@ def _flag(
     for column in checks.columns:
         train[column] = checks[column].to_numpy()
     return train
-
-
-def action_reasons(
-    train: pd.DataFrame, settings: CleanParams, class_names: list[str], skill: float
-) -> pd.Series:
-    """Why each train row got its ``action``, in words, from the row, the ``settings`` and the
-    fold models' ``skill`` that decided it; rows neither flagged nor acted on are ``not flagged``."""
-    reasons = pd.Series("not flagged", index=train.index, dtype=object)
-    acted = (train["action"] != "none") | train["is_label_issue"].astype(bool)
-    action = acting_action(settings, skill)
-    asked = removal_cap.asked_rate(train, action)
-    spent = _spent_budgets(train, settings, asked, class_names)
-    basis = f"{asked:.1%} of train rows asked to go + " if settings.cap == "relative" else ""
-    cap = f" (clean.cap {settings.cap}: {basis}clean.max_drop_fraction {settings.max_drop_fraction:g})"
-    unskilled = (
-        f"the fold models agree with the given labels little more than chance (fold skill "
-        f"{skill:.2f} < clean.min_fold_skill {settings.min_fold_skill:g}): train them longer (folds.epochs)"
-    )
-    for index, row in train[acted].iterrows():
-        reasons[index] = _reason(row, settings, action, class_names, spent, cap, unskilled)
-    return reasons
-
-
-def _reason(
-    row: pd.Series,
-    settings: CleanParams,
-    action: str,
-    class_names: list[str],
-    spent: dict[tuple[str, object], str],
-    cap: str,
-    unskilled: str,
-) -> str:
-    decided, flagged, confidence = row["action"], bool(row["is_label_issue"]), row["predicted_confidence"]
-    if row.get("action_source") == "review":  # a person's decision in the ledger wins
-        label = f" to {row['label_name']}" if decided == "relabel" else ""
-        automatic = row.get("auto_action", "n/a")
-        return (
-            f"decided by a reviewer ({decided}{label}, clean.decisions); the automatic action was {automatic}"
-        )
-    predicted = class_names[int(row["predicted_label"])]
-    floor = (
-        f"{predicted}'s confident-learning threshold {row['relabel_floor']:.3f}"
-        if settings.relabel_min_confidence == "auto"
-        else f"clean.relabel_min_confidence {row['relabel_floor']:g}"
-    )
-    if decided == "relabel":
-        return f"relabelled to {predicted}: the fold models give it {confidence:.3f}, at least {floor}"
-    if decided == "drop" and (not flagged or action == "keep"):  # keep: flags drop nothing
-        return "dropped as an extra near-duplicate (the best-labelled member of its set stays)"
-    if decided == "drop":
-        unsure = action == "relabel" and confidence < row["relabel_floor"]
-        return "flagged by cleanlab" + (
-            f", too unsure to relabel to {predicted} ({confidence:.3f} < {floor})" if unsure else ""
-        )
-    if decided == "keep" and flagged and action == "keep":
-        return "flagged by cleanlab, kept: " + (
-            "clean.action is keep (flag only)" if settings.action == "keep" else unskilled
-        )
-    asked = "flagged by cleanlab" if flagged else "an extra near-duplicate"
-    budgets = [spent[key] for key in (("class", row["given_label"]), ("group", row["group"])) if key in spent]
-    return f"{asked}, held back by the removal cap: " + "; ".join(budgets) + cap
-
-
-def _spent_budgets(
-    train: pd.DataFrame, settings: CleanParams, asked: float, class_names: list[str]
-) -> dict[tuple[str, object], str]:
-    """The removal budgets (:func:`curate.removal_cap.removal_budgets`) per given class and per
-    group that are spent: ``("class", label) | ("group", name) -> what it already lost``."""
-    budgets = removal_cap.removal_budgets(
-        train.assign(label=train["given_label"]),
-        asked,
-        max_drop_fraction=settings.max_drop_fraction,
-        cap=settings.cap,
-        min_rows=settings.min_examples_per_class,
-    )
-    spent = {}
-    dropped, relabelled = train["auto_action"] == "drop", train["auto_action"] == "relabel"
-    for kind, column, key_kind in (("class", "given_label", "label"), ("group", "group", "group")):
-        for key, members in train.groupby(column).size().items():
-            lost = int((dropped & (train[column] == key)).sum())
-            if kind == "class":  # a relabel moves a row from its given class to its predicted one
-                lost += int((relabelled & (train[column] == key)).sum())
-                lost -= int((relabelled & (train["predicted_label"] == key)).sum())
-            if lost >= budgets[(key_kind, key)]:
-                shown = class_names[int(key)] if kind == "class" else key
-                spent[(kind, key)] = f"{kind} {shown} already lost {lost} of its {members} train rows"
-    return spent
 
 
 def _merge_back(samples: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
@@ -363,6 +280,7 @@ def report_context(params: Params, result: Cleaned) -> dict:
             warnings=[*filter(None, [note]), *(f"{cap}: {line}" for line in result.cap_notes)]
         ),
         "settings": settings,
+        "choice": result.choice,
         "folds": params.folds,  # how the predictions were made, which the report states
         "headline": [(key, figures[key]) for key in headline],
         "class_headers": ["class", *headers],
