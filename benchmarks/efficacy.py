@@ -27,7 +27,8 @@ the default beats naive by >= 2 points of worst-group accuracy and 0.5 of accura
 default's worst-group accuracy >= unbalanced's, for at most 0.3 points of accuracy.
 
 ``drop`` is the default as it was before issue 23: flagged rows dropped, none relabelled
-(``clean.action drop``), under the absolute cap (no class or group loses more than
+(``clean.action drop``); ``relabel`` relabels every flag confident learning's threshold allows
+and drops the rest (``clean.action relabel``), whatever the flagged rate; under the absolute cap (no class or group loses more than
 ``max_drop_fraction`` of its rows, whatever the noise); ``drop_relative`` grants that share on
 top of the overall removal rate (``clean.cap relative``).
 
@@ -120,6 +121,7 @@ PIPELINES = {
     "unbalanced": {"rebalance": {"strategy": "none"}},
     "polarity_off": {"image": {"normalize_polarity": "off"}},
     "drop": {"clean": {"action": "drop"}},
+    "relabel": {"clean": {"action": "relabel"}},
     "drop_relative": {"clean": {"action": "drop", "cap": "relative"}},
 }
 ISSUE_6 = ("default", "naive", "oracle", "unbalanced")  # the pipelines issue 6's targets compare
