@@ -27,10 +27,11 @@ the default beats naive by >= 2 points of worst-group accuracy and 0.5 of accura
 default's worst-group accuracy >= unbalanced's, for at most 0.3 points of accuracy.
 
 ``drop`` is the default as it was before issue 23: flagged rows dropped, none relabelled
-(``clean.action drop``); ``relabel`` relabels every flag confident learning's threshold allows
-and drops the rest (``clean.action relabel``), whatever the flagged rate; under the absolute cap (no class or group loses more than
+(``clean.action drop``), under the absolute cap (no class or group loses more than
 ``max_drop_fraction`` of its rows, whatever the noise); ``drop_relative`` grants that share on
-top of the overall removal rate (``clean.cap relative``).
+top of the overall removal rate (``clean.cap relative``); ``relabel`` relabels every flag that
+clears confident learning's threshold and drops the rest (``clean.action relabel``), whatever
+the flagged rate.
 
 ``--sweep`` runs issue 23's grid: label noise ``--levels`` (0 0.1 0.3 0.5) x noise ``--models``
 (uniform, class_conditional) x ``--seeds``, pipelines naive, default, unbalanced and drop
