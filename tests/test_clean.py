@@ -317,3 +317,20 @@ def test_report_context_without_training():
     )
     assert context["verdict"].warnings[1].startswith("max_drop_fraction 0.05 bound: ")
     assert len(context["outliers"]) == 1
+
+
+def test_flags_of_fold_models_at_chance_are_not_acted_on():
+    # Fold models that learnt nothing: near-uniform probabilities, their argmax at random.
+    samples = _table()
+    train = samples[samples["split"] == "train"]
+    probs = np.random.default_rng(0).dirichlet(np.full(3, 50.0), size=len(train))
+    inputs = RawInputs(samples, np.zeros((len(samples), 8, 8, 1), dtype=np.uint8), NAMES, ())
+    predictions = clean.FoldOutputs(probs, np.arange(len(train)) % 3, None, [])
+    settings = CleanParams(max_drop_fraction=1.0)
+    result = clean.compute(inputs, predictions, _checks(len(train)), settings)
+    flagged = result.train[result.train["is_label_issue"]]
+    assert len(flagged) > 10 and set(flagged["action"]) == {"keep"} and result.held_back == 0
+    assert result.choice.action == "keep" and result.fold_skill < settings.min_fold_skill
+    assert flagged["action_reason"].str.contains("fold skill").all()
+    context = clean.report_context(Params(clean=settings), result)
+    assert " and none acted on: the fold models agree with the given labels" in context["verdict"].warnings[0]
