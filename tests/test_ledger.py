@@ -84,7 +84,12 @@ def test_people_override_automatic_drop_and_keep_and_relabel(ledger_dir):
 
 
 def test_keep_undoes_an_automatic_relabel(ledger_dir):
-    result = _clean("s003,,keep,,,\ns024,,relabel,b,,\n", action="relabel", max_drop_fraction=0.3)
+    result = _clean(
+        "s003,,keep,,,\ns024,,relabel,b,,\n",
+        action="relabel",
+        relabel_min_confidence=0.9,
+        max_drop_fraction=0.3,
+    )
     train = result.train
     assert train.loc[[3, 24], "auto_action"].tolist() == ["relabel", "relabel"]
     assert train.loc[[3, 24], "action"].tolist() == ["keep", "relabel"]

@@ -14,6 +14,7 @@ import pytest
 from curate import cli
 from curate.clean_actions import action_reasons, choose_action
 from curate.dataset import read_samples, write_array, write_images, write_samples
+from curate.label_issues import relabel_floors
 from curate.params import load_params
 from tests.conftest import set_params, template_copy
 from tests.test_experiments import ENV, GIT, TINY, run
@@ -76,7 +77,8 @@ def with_reasons(clean: pd.DataFrame) -> pd.DataFrame:
     train = clean["split"] == "train"
     clean["action_reason"] = "test sample: the test split is never cleaned"
     settings = load_params().clean
-    rows = clean[train].assign(relabel_floor=settings.relabel_min_confidence)
+    probs, given = np.load("data/clean/pred_probs.npy"), clean.loc[train, "given_label"].to_numpy()
+    rows = clean[train].assign(relabel_floor=relabel_floors(probs, given, settings.relabel_min_confidence))
     choice = choose_action(settings, skill=1.0, flagged_rate=0.75)
     clean.loc[train, "action_reason"] = action_reasons(rows, settings, [NASTY, "cat"], choice)
     return clean
