@@ -37,9 +37,10 @@ the flagged rate.
 (uniform, class_conditional) x ``--seeds``, pipelines naive, default, unbalanced and drop
 unless ``--pipelines`` says otherwise. It prints, after each cell, the mean accuracy and
 worst-group accuracy per pipeline with their differences to naive, clean's flagged rate, detect
-F1, rows dropped and flags left in, then issue 23's targets per cell. The full grid is 5 cells
-(0% once, class_conditional at 10% only: :func:`sweep_cells`) x 3 seeds x 4 pipelines: about
-5.5 h on 2 idle CPU cores (a cell's folds about 6 min, each pipeline after them about 4).
+F1, rows dropped and flags left in, then issue 23's targets per cell. The grid is 6 cells (0%
+once, class_conditional up to 30%: :func:`sweep_cells`); naive and default over 3 seeds took
+22 minutes on 2 CPU cores with ``--jobs 3`` (each seed's folds 2-3 minutes, each pipeline after
+them about a minute).
 
 Run: ``python benchmarks/efficacy.py [--seeds 0 1 2] [--noise class_conditional]
 [--pipelines default polarity_off] [--cache /tmp/efficacy] [-S train.epochs=8 ...]``, or
