@@ -418,9 +418,9 @@ def targets_23(model: str, level: float, mean: dict) -> list[tuple[str, bool]]:
     if not {"default", "naive"} <= set(mean):
         return []
     d, n = mean["default"], mean["naive"]
-    gain = (
-        100 * (d["accuracy"] - n["accuracy"]),
-        100 * (d["worst_group_accuracy"] - n["worst_group_accuracy"]),
+    gain = (  # in points, judged at the precision printed (+0.28 is +0.28, not +0.2799)
+        round(100 * (d["accuracy"] - n["accuracy"]), 2),
+        round(100 * (d["worst_group_accuracy"] - n["worst_group_accuracy"]), 2),
     )
     observed = f"{gain[0]:+.2f} / {gain[1]:+.2f} points"
     checks = [(f"default >= naive - 0.3 on accuracy and worst group: {observed}", min(gain) >= -0.3)]
