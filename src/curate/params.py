@@ -148,10 +148,11 @@ class CleanParams(Section):
     # acts on no flag (label_issues.fold_skill): the models learnt too little for their flags to count.
     min_fold_skill: float = Field(0.2, ge=0, le=1)
     max_drop_fraction: float = Field(0.3, ge=0, le=1)
-    # relative: a class or group may lose max_drop_fraction MORE than the overall removal rate
-    # (label_issues.removal_budgets); absolute: max_drop_fraction of its rows, whatever the noise.
-    # absolute stays the default: when the fold models are weak (the tiny profile's 2-epoch folds
-    # flag 266 of 310 train rows) relative would drop them all (README "When curation pays").
+    # absolute: no class or group ends with less than 1 - max_drop_fraction of its rows (a drop
+    # spends a row of its class and group, a relabel one of the class it leaves and gives one to the
+    # class it joins); relative: max_drop_fraction MORE than the overall removal rate
+    # (removal_cap.removal_budgets). With relabelling at high noise the absolute cap held nothing
+    # back in the uniform cells of the sweep, so relative is opt-in (README "When curation pays").
     cap: Literal["relative", "absolute"] = "absolute"
     drop_near_duplicates: bool = False
     # The review ledger (curate.ledger): people's keep / drop / relabel decisions, applied last.
