@@ -227,6 +227,28 @@ def run_size(workdir: Path, n: int, pool, seed: int) -> SizeRun:
 # --- the streaming case ------------------------------------------------------------------------
 
 
+def write_stream_store(folder: Path, gib: float, seed: int) -> np.ndarray:
+    """A pixel store of ``gib`` GiB of 64 px RGB images in 64 MiB segments, streamed chunk by
+    chunk (never whole in memory): noise over a colour per class, learnable and incompressible.
+    Each row's class."""
+    import numpy as np
+
+    from curate.store import StoreWriter, target_rows
+
+    n = int(gib * 2**30 / (STREAM_SIDE**2 * STREAM_CHANNELS))
+    shape = (STREAM_SIDE, STREAM_SIDE, STREAM_CHANNELS)
+    writer = StoreWriter(folder, shape, target_rows(64, shape))
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, STREAM_CLASSES, n)
+    colours = rng.integers(0, 128, (STREAM_CLASSES, STREAM_CHANNELS), dtype=np.uint8)
+    for first in range(0, n, CHUNK_IMAGES):
+        chunk = rng.integers(0, 128, (min(CHUNK_IMAGES, n - first), *shape), dtype=np.uint8)
+        chunk += colours[labels[first : first + len(chunk)], None, None]
+        writer.append(chunk, [str(i) for i in range(first, first + len(chunk))])
+    writer.close()
+    return labels
+
+
 def write_stream_set(root: Path, gib: float, seed: int) -> int:
     """A raw store of ``gib`` GiB of 64 px RGB images, streamed chunk by chunk into its segments,
     and the augment stage's table over it (every row train, weight 1, one copy)."""
@@ -234,22 +256,14 @@ def write_stream_set(root: Path, gib: float, seed: int) -> int:
     import pandas as pd
 
     from curate.dataset import write_images
-    from curate.store import StoreWriter, target_rows
 
-    n = int(gib * 2**30 / (STREAM_SIDE**2 * STREAM_CHANNELS))
     (root / "data/raw").mkdir(parents=True)
     (root / "data/augmented").mkdir(parents=True)
-    shape = (n, STREAM_SIDE, STREAM_SIDE, STREAM_CHANNELS)
-    writer = StoreWriter(root / "data/raw/images", shape[1:], target_rows(64, shape[1:]))
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, STREAM_CLASSES, n)
-    colours = rng.integers(0, 128, (STREAM_CLASSES, STREAM_CHANNELS), dtype=np.uint8)
-    for first in range(0, n, CHUNK_IMAGES):  # noise over a colour per class: learnable, incompressible
-        chunk = rng.integers(0, 128, (min(CHUNK_IMAGES, n - first), *shape[1:]), dtype=np.uint8)
-        chunk += colours[labels[first : first + len(chunk)], None, None]
-        writer.append(chunk, [str(i) for i in range(first, first + len(chunk))])
-    writer.close()
-    write_images(root / "data/augmented/images", np.zeros((0, *shape[1:]), dtype=np.uint8))
+    labels = write_stream_store(root / "data/raw/images", gib, seed)
+    n = len(labels)
+    write_images(
+        root / "data/augmented/images", np.zeros((0, STREAM_SIDE, STREAM_SIDE, STREAM_CHANNELS), np.uint8)
+    )
     ids = [f"{i:016x}" for i in range(n)]
     table = pd.DataFrame({
         "sample_id": ids, "path": [f"c{label}/{i}" for i, label in enumerate(labels)],

@@ -8,10 +8,13 @@ cameras name them), a new subfolder of 1%, relabel 1% (files moved between class
 (uuid) names. For each it prints the growth of ``.dvc/cache`` (bytes, and as ratios to the raw
 store and to the change's own decoded pixels), the store segments written anew, and the bytes
 ``dvc push`` sends to an S3 remote (moto on loopback, as in tests/test_remote.py) that holds the
-baseline. ``--ingest`` instead measures ingest's peak RSS at 1x and 4x the files and its
-throughput with 1 and 2 workers.
+baseline. ``--augment`` reproduces up to the augment stage instead of ingest (on 2-fold, 2-epoch
+folds) and also prints the augmented store's growth against the copies that are new.
+``--ingest`` instead measures ingest's peak RSS at 1x and 4x the files and its throughput with
+1 and 2 workers.
 
     python benchmarks/versioning.py --photos 3000 --size 64 --segment-mb 1
+    python benchmarks/versioning.py --photos 3000 --size 64 --segment-mb 1 --augment
     python benchmarks/versioning.py --ingest --photos 1000 --size 64
 """
 
@@ -145,8 +148,16 @@ def cache_files(root: Path) -> dict[str, int]:
     return {str(p.relative_to(cache)): p.stat().st_size for p in cache.rglob("*") if p.is_file()}
 
 
-def store_segments(root: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_size for p in (root / "data/raw/images").glob("*.npy")}
+def store_segments(root: Path, store: str = "raw") -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in (root / "data" / store / "images").glob("*.npy")}
+
+
+def copy_ids(root: Path) -> set[str]:
+    """The augmented copies' ids (``<parent sample_id>~a<k>``): one id, one image."""
+    import pandas as pd
+
+    table = pd.read_parquet(root / "data/augmented/samples.parquet", columns=["sample_id", "store"])
+    return set(table.loc[table["store"] == "augmented", "sample_id"])
 
 
 def remote_bytes(client, prefix: str) -> dict[str, int]:
@@ -180,10 +191,13 @@ def baseline(root: Path, args: argparse.Namespace) -> None:
         root / "params.yaml",
         image={"size": args.size, "channels": 3},
         ingest={"source": "photos", "segment_mb": args.segment_mb},
+        # --augment: folds short enough to run seven times; their skill on these photos (classes
+        # drawn at random) is nil, so clean acts on nothing and every train row gets its copy.
+        **({"folds": {"k": 2, "epochs": 2, "min_steps": 0}} if args.augment else {}),
     )
     started = time.perf_counter()
-    run("dvc", "repro", "ingest", cwd=root)
-    print(f"baseline: {args.photos:,} photos, dvc repro ingest {time.perf_counter() - started:.1f} s")
+    run("dvc", "repro", args.target, cwd=root)
+    print(f"baseline: {args.photos:,} photos, dvc repro {args.target} {time.perf_counter() - started:.1f} s")
 
 
 def measure(base: Path, work: Path, name: str, endpoint: str, args: argparse.Namespace) -> dict:
@@ -203,16 +217,18 @@ def measure(base: Path, work: Path, name: str, endpoint: str, args: argparse.Nam
     )
     run("dvc", "push", cwd=root)
     cache, remote, segments = cache_files(root), remote_bytes(client, prefix), store_segments(root)
+    augmented = store_segments(root, "augmented") if args.augment else {}
+    copies = copy_ids(root) if args.augment else set()
     n = max(1, round(args.photos / 100))
     CHANGES[name](root / "photos", n, args.photos, np.random.default_rng(7))
     started = time.perf_counter()
-    run("dvc", "repro", "ingest", cwd=root)
+    run("dvc", "repro", args.target, cwd=root)
     seconds = time.perf_counter() - started
     run("dvc", "push", cwd=root)
     after, after_segments = cache_files(root), store_segments(root)
     pushed = remote_bytes(client, prefix)
     new_segments = set(after_segments) - set(segments)
-    return {
+    row = {
         "change": name,
         "files": n,
         "decoded": n * args.size * args.size * 3,
@@ -224,6 +240,27 @@ def measure(base: Path, work: Path, name: str, endpoint: str, args: argparse.Nam
         "cache_growth": sum(size for path, size in after.items() if path not in cache),
         "pushed": sum(size for key, size in pushed.items() if key not in remote),
         "repro_s": seconds,
+    }
+    if args.augment:
+        row |= augmented_growth(root, augmented, copies, args.size)
+    return row
+
+
+def augmented_growth(root: Path, segments: dict[str, int], copies: set[str], size: int) -> dict:
+    """The augmented store's new segments against the copies that are new (a copy of the same
+    parent with the same index is the same image, so only new ids need new pixels)."""
+    after, after_copies = store_segments(root, "augmented"), copy_ids(root)
+    new = set(after) - set(segments)
+    return {
+        "copies": len(after_copies),
+        "new_copies": len(after_copies - copies),
+        "gone_copies": len(copies - after_copies),
+        "aug_store": sum(after.values()),
+        "aug_segments": len(after),
+        "aug_new_segments": len(new),
+        "aug_growth": sum(after[s] for s in new),
+        "aug_largest_segment": max(after.values(), default=0),
+        "copy_bytes": size * size * 3,
     }
 
 
@@ -239,6 +276,21 @@ def print_table(rows: list[dict]) -> None:
             f"{r['cache_growth']:,} B | "
             f"{r['cache_growth'] / r['store']:.3f} | {r['cache_growth'] / r['decoded']:.1f}x | "
             f"{r['pushed']:,} B | {r['largest_segment']:,} B |"
+        )
+
+
+def print_augmented(rows: list[dict]) -> None:
+    print(
+        "\n| change | copies new / gone (of) | new segments (of) | augmented store growth | / store | "
+        "/ new copies' pixels |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        pixels = max(r["new_copies"], 1) * r["copy_bytes"]
+        print(
+            f"| {r['change']} | {r['new_copies']} / {r['gone_copies']} ({r['copies']}) | "
+            f"{r['aug_new_segments']} ({r['aug_segments']}) | {r['aug_growth']:,} B | "
+            f"{r['aug_growth'] / r['aug_store']:.3f} | {r['aug_growth'] / pixels:.1f}x |"
         )
 
 
@@ -268,6 +320,8 @@ def versions(args: argparse.Namespace) -> None:
         rows = [measure(work / "base", work, name, endpoint, args) for name in CHANGES]
         print(json.dumps(rows, indent=1))
         print_table(rows)
+        if args.augment:
+            print_augmented(rows)
     finally:
         server.stop()
         if not args.keep:
@@ -360,8 +414,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="image.size of the store (default 64)")
     parser.add_argument("--segment-mb", type=float, default=1.0, help="ingest.segment_mb (default 1)")
     parser.add_argument("--ingest", action="store_true", help="ingest RSS and throughput instead")
+    parser.add_argument(
+        "--augment", action="store_true", help="reproduce up to augment, and measure its store too"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args()
+    args.target = "augment" if args.augment else "ingest"
     (ingest_figures if args.ingest else versions)(args)
 
 

@@ -12,6 +12,7 @@ from curate.dataset import (
     gather_images,
     read_images,
     read_samples,
+    keyed_test_mask,
     stratified_test_mask,
     training_rows,
     write_array,
@@ -105,6 +106,26 @@ def test_stratified_mask_per_stratum_and_seeded():
     np.testing.assert_array_equal(mask, stratified_test_mask(strata, 0.25, seed=3))
     other_seeds = [stratified_test_mask(strata, 0.25, seed=s) for s in range(10)]
     assert any(not np.array_equal(mask, other) for other in other_seeds)
+
+
+def test_keyed_mask_per_stratum_seeded_and_stable_as_data_grows():
+    strata = ["a"] * 80 + ["b"] * 40 + ["c"]
+    keys = [f"IMG_{i:05d}.jpg" for i in range(len(strata))]
+    mask = keyed_test_mask(strata, keys, 0.25, seed=3)
+    assert mask[:80].sum() == 20 and mask[80:120].sum() == 10 and not mask[120]
+    np.testing.assert_array_equal(mask, keyed_test_mask(strata, keys, 0.25, seed=3))
+    assert not np.array_equal(mask, keyed_test_mask(strata, keys, 0.25, seed=4))
+    # A row's split follows its key, not its position: the same rows shuffled keep theirs.
+    order = np.random.default_rng(0).permutation(len(keys))
+    shuffled = keyed_test_mask([strata[i] for i in order], [keys[i] for i in order], 0.25, seed=3)
+    np.testing.assert_array_equal(shuffled, mask[order])
+    # 8 new rows in stratum a move at most 8 + 1 of its old rows; b's rows keep their split.
+    grown = keyed_test_mask(strata + ["a"] * 8, keys + [f"NEW_{i}.jpg" for i in range(8)], 0.25, seed=3)
+    assert (grown[:80] != mask[:80]).sum() <= 9
+    np.testing.assert_array_equal(grown[80:121], mask[80:121])
+    # where a permutation of the stratum deals every row anew
+    permuted = stratified_test_mask(strata, 0.25, seed=3)
+    assert (stratified_test_mask(strata + ["a"] * 8, 0.25, seed=3)[:80] != permuted[:80]).sum() > 9
 
 
 def test_gather_images_reads_each_rows_store_in_table_order(tmp_path):

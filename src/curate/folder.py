@@ -40,7 +40,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from curate.csvfile import read_table
-from curate.dataset import CORE_COLUMNS, store_writer, stratified_test_mask, unique_ids
+from curate.dataset import CORE_COLUMNS, keyed_test_mask, store_writer, unique_ids
 from curate.decoding import decode_in_order, worker_count
 from curate.errors import CurateError
 from curate.imaging import FLOAT_MODES, WIDE_INTEGER_MODES
@@ -125,7 +125,10 @@ def read_image_folder(
     samples = _apply_metadata(samples, source / METADATA_FILE, settings, data)
     unassigned = samples["split"] == ""
     strata = samples["group"] + ":" + samples["label_name"]
-    is_test = stratified_test_mask(strata[unassigned], settings.test_fraction, seed)
+    # Keyed on the path without the class folder: a file keeps its split as the folder grows,
+    # and a relabelled one its rank (the key store_key cuts on).
+    keys = [store_key(path)[1] for path in samples.loc[unassigned, "path"]]
+    is_test = keyed_test_mask(strata[unassigned], keys, settings.test_fraction, seed)
     samples.loc[unassigned, "split"] = np.where(is_test, "test", "train")
     data.samples = samples[[*CORE_COLUMNS, *settings.extra_columns]]
     return data
