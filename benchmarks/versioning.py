@@ -152,6 +152,14 @@ def store_segments(root: Path, store: str = "raw") -> dict[str, int]:
     return {p.name: p.stat().st_size for p in (root / "data" / store / "images").glob("*.npy")}
 
 
+def raw_splits(root: Path) -> dict[str, str]:
+    """Each ingested sample's split, by sample id."""
+    import pandas as pd
+
+    table = pd.read_parquet(root / "data/raw/samples.parquet", columns=["sample_id", "split"])
+    return dict(zip(table["sample_id"], table["split"], strict=True))
+
+
 def copy_ids(root: Path) -> set[str]:
     """The augmented copies' ids (``<parent sample_id>~a<k>``): one id, one image."""
     import pandas as pd
@@ -218,7 +226,7 @@ def measure(base: Path, work: Path, name: str, endpoint: str, args: argparse.Nam
     run("dvc", "push", cwd=root)
     cache, remote, segments = cache_files(root), remote_bytes(client, prefix), store_segments(root)
     augmented = store_segments(root, "augmented") if args.augment else {}
-    copies = copy_ids(root) if args.augment else set()
+    copies, splits = (copy_ids(root), raw_splits(root)) if args.augment else (set(), {})
     n = max(1, round(args.photos / 100))
     CHANGES[name](root / "photos", n, args.photos, np.random.default_rng(7))
     started = time.perf_counter()
@@ -238,15 +246,18 @@ def measure(base: Path, work: Path, name: str, endpoint: str, args: argparse.Nam
         "new_segment_bytes": sum(after_segments[s] for s in new_segments),
         "largest_segment": max(after_segments.values()),
         "cache_growth": sum(size for path, size in after.items() if path not in cache),
+        "raw_growth": sum(after_segments[s] for s in new_segments),
         "pushed": sum(size for key, size in pushed.items() if key not in remote),
         "repro_s": seconds,
     }
     if args.augment:
-        row |= augmented_growth(root, augmented, copies, args.size)
+        row |= augmented_growth(root, augmented, copies)
+        after_splits = raw_splits(root)
+        row["split_moves"] = sum(after_splits.get(sid, split) != split for sid, split in splits.items())
     return row
 
 
-def augmented_growth(root: Path, segments: dict[str, int], copies: set[str], size: int) -> dict:
+def augmented_growth(root: Path, segments: dict[str, int], copies: set[str]) -> dict:
     """The augmented store's new segments against the copies that are new (a copy of the same
     parent with the same index is the same image, so only new ids need new pixels)."""
     after, after_copies = store_segments(root, "augmented"), copy_ids(root)
@@ -260,7 +271,6 @@ def augmented_growth(root: Path, segments: dict[str, int], copies: set[str], siz
         "aug_new_segments": len(new),
         "aug_growth": sum(after[s] for s in new),
         "aug_largest_segment": max(after.values(), default=0),
-        "copy_bytes": size * size * 3,
     }
 
 
@@ -281,16 +291,17 @@ def print_table(rows: list[dict]) -> None:
 
 def print_augmented(rows: list[dict]) -> None:
     print(
-        "\n| change | copies new / gone (of) | new segments (of) | augmented store growth | / store | "
-        "/ new copies' pixels |"
+        "\n| change | raw store growth | old rows that moved split | augmented copies new / gone (of) "
+        "| new segments (of) | augmented store growth | / store | segments new per copy changed |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        pixels = max(r["new_copies"], 1) * r["copy_bytes"]
+        changed = r["new_copies"] + r["gone_copies"]
         print(
-            f"| {r['change']} | {r['new_copies']} / {r['gone_copies']} ({r['copies']}) | "
+            f"| {r['change']} | {r['raw_growth']:,} B | {r['split_moves']} | "
+            f"{r['new_copies']} / {r['gone_copies']} ({r['copies']}) | "
             f"{r['aug_new_segments']} ({r['aug_segments']}) | {r['aug_growth']:,} B | "
-            f"{r['aug_growth'] / r['aug_store']:.3f} | {r['aug_growth'] / pixels:.1f}x |"
+            f"{r['aug_growth'] / r['aug_store']:.3f} | {r['aug_new_segments'] / max(changed, 1):.2f} |"
         )
 
 
@@ -317,7 +328,7 @@ def versions(args: argparse.Namespace) -> None:
         print(
             f"raw store: {sum(segments.values()):,} B, {len(segments)} segments ({args.segment_mb} MiB each)"
         )
-        rows = [measure(work / "base", work, name, endpoint, args) for name in CHANGES]
+        rows = [measure(work / "base", work, name, endpoint, args) for name in args.only or CHANGES]
         print(json.dumps(rows, indent=1))
         print_table(rows)
         if args.augment:
@@ -417,6 +428,7 @@ def main() -> None:
     parser.add_argument(
         "--augment", action="store_true", help="reproduce up to augment, and measure its store too"
     )
+    parser.add_argument("--only", nargs="+", choices=list(CHANGES), help="these changes alone")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args()
     args.target = "augment" if args.augment else "ingest"
