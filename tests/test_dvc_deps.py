@@ -116,8 +116,8 @@ def test_closure_follows_imports_inside_functions_and_templates():
 
 def test_lock_records_only_the_stages_of_dvc_yaml():
     # DVC keeps a renamed or removed stage's entry in dvc.lock for ever, and re-parses the whole
-    # lock with ruamel's pure-Python round-trip parser once per stage run (about 10 ms a KB
-    # here): a stale entry costs every `dvc repro` time and says something false about the DAG.
+    # lock with ruamel's pure-Python round-trip parser once per stage run (benchmarks/README.md:
+    # DVC's YAML): a stale entry costs every `dvc repro` time and says something false about the DAG.
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     locked = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
     assert sorted(locked) == sorted(stages), f"dvc.lock: stale stages {sorted(set(locked) - set(stages))}"
