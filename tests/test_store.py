@@ -121,6 +121,22 @@ def test_a_relabel_moves_no_pixels(workdir):
     assert {p.name for p in (workdir / "data/raw/images").glob("*.npy")} == before
 
 
+def test_an_append_keeps_the_split_of_the_files_already_there(workdir):
+    make_photos(workdir / "photos", n=80)
+    set_params(workdir / "params.yaml", ingest={"source": "photos", "segment_mb": 0.01})
+    assert ingest.main([]) == 0
+    before = read_samples(workdir / "data/raw/samples.parquet").set_index("path")["split"]
+    rng = np.random.default_rng(1)
+    for i in range(80, 88):  # 4 new files in each class
+        pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(workdir / "photos" / ("cat" if i % 2 else "dog") / f"p{i:03d}.jpg")
+    assert ingest.main([]) == 0
+    after = read_samples(workdir / "data/raw/samples.parquet").set_index("path")["split"]
+    moved = before[before != after.loc[before.index]]
+    assert len(moved) <= 2 * (4 + 1), moved  # at most k + 1 per class x group
+    assert (after == "test").sum() == 22  # round(0.25 * 44) in each class
+
+
 # --- broken files: one line naming the file and the stage to re-run, exit 2 ----------------------
 
 
