@@ -274,35 +274,37 @@ def augmented_growth(root: Path, segments: dict[str, int], copies: set[str]) -> 
     }
 
 
+def print_markdown(header: list[str], lines: list[list[str]]) -> None:
+    """A Markdown table, the first column left-aligned and the figures right-aligned."""
+    print("\n| " + " | ".join(header) + " |")
+    print("|---|" + "---:|" * (len(header) - 1))
+    for line in lines:
+        print("| " + " | ".join(line) + " |")
+
+
 def print_table(rows: list[dict]) -> None:
-    print(
-        "| change | files | new segments (of) | cache growth | / store | / change's pixels | "
-        "dvc push sends | largest segment |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['change']} | {r['files']} | {r['new_segments']} ({r['segments']}) | "
-            f"{r['cache_growth']:,} B | "
-            f"{r['cache_growth'] / r['store']:.3f} | {r['cache_growth'] / r['decoded']:.1f}x | "
-            f"{r['pushed']:,} B | {r['largest_segment']:,} B |"
-        )
+    header = ["change", "files", "new segments (of)", "cache growth", "/ store", "/ change's pixels",
+              "dvc push sends", "largest segment"]  # fmt: skip
+    print_markdown(header, [
+        [r["change"], str(r["files"]), f"{r['new_segments']} ({r['segments']})", f"{r['cache_growth']:,} B",
+         f"{r['cache_growth'] / r['store']:.3f}", f"{r['cache_growth'] / r['decoded']:.1f}x",
+         f"{r['pushed']:,} B", f"{r['largest_segment']:,} B"]
+        for r in rows
+    ])  # fmt: skip
 
 
 def print_augmented(rows: list[dict]) -> None:
-    print(
-        "\n| change | raw store growth | old rows that moved split | augmented copies new / gone (of) "
-        "| new segments (of) | augmented store growth | / store | segments new per copy changed |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        changed = r["new_copies"] + r["gone_copies"]
-        print(
-            f"| {r['change']} | {r['raw_growth']:,} B | {r['split_moves']} | "
-            f"{r['new_copies']} / {r['gone_copies']} ({r['copies']}) | "
-            f"{r['aug_new_segments']} ({r['aug_segments']}) | {r['aug_growth']:,} B | "
-            f"{r['aug_growth'] / r['aug_store']:.3f} | {r['aug_new_segments'] / max(changed, 1):.2f} |"
-        )
+    header = ["change", "raw store growth", "old rows that moved split",
+              "augmented copies new / gone (of)", "new segments (of)", "augmented store growth",
+              "/ store", "segments new per copy changed"]  # fmt: skip
+    print_markdown(header, [
+        [r["change"], f"{r['raw_growth']:,} B", str(r["split_moves"]),
+         f"{r['new_copies']} / {r['gone_copies']} ({r['copies']})",
+         f"{r['aug_new_segments']} ({r['aug_segments']})",
+         f"{r['aug_growth']:,} B", f"{r['aug_growth'] / r['aug_store']:.3f}",
+         f"{r['aug_new_segments'] / max(r['new_copies'] + r['gone_copies'], 1):.2f}"]
+        for r in rows
+    ])  # fmt: skip
 
 
 def versions(args: argparse.Namespace) -> None:

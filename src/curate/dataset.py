@@ -318,7 +318,7 @@ def keyed_test_mask(
     its split: adding ``k`` rows to a stratum moves at most ``k + 1`` of its old rows between
     train and test, where a permutation of the stratum (:func:`stratified_test_mask`) deals every
     row anew. Test rows of one version stay out of the next one's training, and figures of two
-    versions compare. Keys are unique (a path).
+    versions compare. Keys are unique within a stratum (a path).
     """
     salt = f"{seed}\0".encode()
     ranks = np.array([hashlib.sha256(salt + key.encode()).digest()[:8] for key in keys], dtype="S8")
