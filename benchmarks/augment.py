@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from curate.augmentation import augment, batched_kernel, build_transform, sample_keys
+from curate.curation.augmentation import augment, batched_kernel, build_transform, sample_keys
 from curate.params import Params
 
 TARGET = 2_000  # images per second on 2 CPU cores (issue 5)

@@ -14,7 +14,7 @@ accounted:
 ``--store-gb`` then swaps the raw and augmented pixel stores for stores of that many GiB each
 (64 MiB segments, ``dvc commit -f``: the pipeline's record follows) and times a no-op
 ``dvc repro`` against the same workspace's before, median of three each, and the lineage digest
-of such a store (:func:`curate.store.store_digest`).
+of such a store (:func:`curate.data.store.store_digest`).
 
 Each line splits the run into: the stage commands (``dvc.stage.run.cmd_run``: the stages
 themselves), DVC's start (interpreter and imports, before its ``main``), the directory trees it
@@ -144,7 +144,7 @@ def big_store_noop(root: Path, gib: float) -> None:
     """A no-op ``dvc repro`` with ``gib`` GiB raw and augmented stores, against as it was."""
     from scale import write_stream_store
 
-    from curate.store import store_digest
+    from curate.data.store import store_digest
 
     before = noop_seconds(root)
     for name in ("raw", "augmented"):

@@ -67,7 +67,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the tests' params helper: one merge rule for tests and benchmarks
-from curate.demo import MAX_FLIP_SHARE  # noqa: E402
+from curate.data.demo import MAX_FLIP_SHARE  # noqa: E402
 from curate.report.render import read_figures  # noqa: E402
 from tests.conftest import parse_override, set_params  # noqa: E402
 from tests.test_house import import_graph, modules  # noqa: E402
@@ -133,7 +133,7 @@ LEVELS = (0.0, 0.1, 0.3, 0.5)
 NOISE_MODELS = ("uniform", "class_conditional")
 SWEEP_PIPELINES = ("naive", "default", "unbalanced", "drop")
 SWEEP_KEYS = ("accuracy", "worst_group_accuracy", "flagged_rate", "detect_f1", "dropped", "kept_flags")
-CLASS_CONDITIONAL_MAX = 0.3  # the highest sweep level class-conditional noise reaches (curate.demo)
+CLASS_CONDITIONAL_MAX = 0.3  # the highest sweep level class-conditional noise reaches (curate.data.demo)
 TODAY_AT_10 = {"uniform": (0.26, 1.81), "class_conditional": (0.28, 1.12)}  # default - naive, points
 
 
@@ -172,8 +172,8 @@ def run_pipeline(folder: Path, cache: Path, overrides: list[dict], quiet: bool) 
 def clean_figures(folder: Path) -> dict:
     """What clean did in ``folder``: flagged rate, detect F1 against ``true_label``, rows dropped
     and flags left in (by the cap, or by action keep), from its samples table."""
-    from curate.dataset import read_samples
-    from curate.label_issues import detection_scores
+    from curate.curation.label_issues import detection_scores
+    from curate.data.dataset import read_samples
 
     train = read_samples(folder / "data" / "clean" / "samples.parquet")
     train = train[train["split"] == "train"]
@@ -352,8 +352,8 @@ def sweep_cells(levels: list[float], models: list[str]) -> tuple[list[tuple[str,
     """The sweep's (noise model, level) cells, and a line for each cell the demo cannot make.
 
     0% is one cell: both noise models are the clean demo there. Class-conditional noise flips
-    only the seven look-alike digits (:data:`curate.demo.CONFUSIONS`, about 70% of the train
-    labels), none past :data:`curate.demo.MAX_FLIP_SHARE` (past half, a class's look-alike is its
+    only the seven look-alike digits (:data:`curate.data.demo.CONFUSIONS`, about 70% of the train
+    labels), none past :data:`curate.data.demo.MAX_FLIP_SHARE` (past half, a class's look-alike is its
     plurality label: its true label is identifiable by no one, cleanlab included): at most about
     31% of the train labels, so its 30% cell has five of the seven classes at 44% and its 50%
     cell cannot be made.

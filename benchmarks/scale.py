@@ -140,7 +140,7 @@ class StatusSampler:
 
 def demo_pool(seed: int) -> tuple[np.ndarray, pd.DataFrame]:
     """The demo's images and sample table (label noise and group gap as the template has them)."""
-    from curate.demo import build_demo
+    from curate.data.demo import build_demo
 
     return build_demo(
         seed=seed, test_fraction=0.25, label_noise=0.10, minority_keep=0.10, size=28, channels=1
@@ -234,7 +234,7 @@ def write_stream_store(folder: Path, gib: float, seed: int) -> np.ndarray:
     Each row's class."""
     import numpy as np
 
-    from curate.store import StoreWriter, target_rows
+    from curate.data.store import StoreWriter, target_rows
 
     n = int(gib * 2**30 / (STREAM_SIDE**2 * STREAM_CHANNELS))
     shape = (STREAM_SIDE, STREAM_SIDE, STREAM_CHANNELS)
@@ -256,7 +256,7 @@ def write_stream_set(root: Path, gib: float, seed: int) -> int:
     import numpy as np
     import pandas as pd
 
-    from curate.dataset import write_images
+    from curate.data.dataset import write_images
 
     (root / "data/raw").mkdir(parents=True)
     (root / "data/augmented").mkdir(parents=True)

@@ -26,8 +26,8 @@ COMMANDS = {
     "train_report": "curate.stages.train_report",
     "evaluate": "curate.stages.evaluate",
     "gate": "curate.stages.gate",
-    "compare": "curate.compare",
-    "trace": "curate.trace",
+    "compare": "curate.people.compare",
+    "trace": "curate.people.trace",
 }
 # The stages that train nothing and need neither torch nor cleanlab (clean needs cleanlab).
 LIGHT = {"ingest", "rebalance", "train_report", "gate", "compare", "trace"}

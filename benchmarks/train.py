@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from curate import feeding, networks, training
-from curate.dataset import AUGMENTED_DIR, RAW_DIR, gather_images, read_samples
+from curate.data.dataset import AUGMENTED_DIR, RAW_DIR, gather_images, read_samples
+from curate.learning import feeding, networks, training
 from curate.params import Params, load_params
 from curate.stages.train import INPUT, fit_config, split_validation
 
@@ -83,7 +83,8 @@ def stage_loop(
     params: Params,
     epochs: int,
 ) -> float:
-    """Images per second of ``curate.training.fit`` as the stage calls it (best epoch after the first)."""
+    """Images per second of ``curate.learning.training.fit`` as the stage calls it (best epoch after the
+    first)."""
     torch.manual_seed(params.seed)
     net = networks.build_model(params.train.model, int(labels.max()) + 1, images.shape[3], images.shape[1])
     config = replace(fit_config(params, torch.device("cpu")), epochs=epochs + 1)

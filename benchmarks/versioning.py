@@ -366,7 +366,7 @@ def decode_throughput(root: Path, workers: int) -> tuple[float, float]:
     """Photos per second through ingest's read-decode-write path (no start-up, no report) and the
     CPU milliseconds per photo over all processes: equal CPU per photo with 1 and 2 workers means
     the speed-up is the cores free to run them."""
-    from curate.folder import read_image_folder
+    from curate.data.folder import read_image_folder
     from curate.params import load_params
 
     params = load_params(root / "params.yaml")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from curate import devices, feeding, inference, networks, training
+from curate.learning import devices, feeding, inference, networks, training
 
 DEMO_TRAIN, DEMO_TEST = 10_455, 1_700  # rows the default train stage sees on the demo
 SMOKE_TRAIN, SMOKE_TEST, SMOKE_EPOCHS, SMOKE_BATCH = 256, 128, 2, 64  # --smoke: 8 steps
@@ -39,7 +39,7 @@ def demo_arrays(n_train: int, n_test: int) -> tuple[np.ndarray, np.ndarray, np.n
         import pandas as pd
 
         samples = pd.read_parquet(raw / "samples.parquet")
-        from curate.store import Store
+        from curate.data.store import Store
 
         images = np.asarray(Store(raw / "images", "ingest"))
         train, test = samples[samples["split"] == "train"], samples[samples["split"] == "test"]

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from curate import augmentation as aug
-from curate.checkpoint import load_checkpoint, save_checkpoint
-from curate.dataset import gather_images, read_images, read_samples, write_images, write_samples
+from curate.curation import augmentation as aug
+from curate.data.dataset import gather_images, read_images, read_samples, write_images, write_samples
 from curate.errors import CurateError
-from curate.networks import build_model
+from curate.learning.checkpoint import load_checkpoint, save_checkpoint
+from curate.learning.networks import build_model
 from curate.params import load_params
 from curate.report.render import read_figures
 from curate.stages import augment

@@ -1,4 +1,4 @@
-"""Pretrained backbones (curate.backbones): every architecture builds, ImageNet weights come from
+"""Pretrained backbones (curate.learning.backbones): every architecture builds, ImageNet weights come from
 torchvision's cache or a local file and never from the network in tests, checkpoints rebuild
 without any weights, and ``folds.method: embeddings`` runs the clean half of the pipeline."""
 
@@ -13,14 +13,14 @@ import pytest
 import torch
 import torchvision
 
-from curate import backbones, fold_training
-from curate.backbones import ARCHITECTURES
-from curate.checkpoint import load_checkpoint, save_checkpoint
 from curate.errors import CurateError
-from curate.feeding import to_tensor
-from curate.inference import predict
-from curate.model_choice import Backbone
-from curate.networks import SmallInputResNet18, build_model
+from curate.learning import backbones, fold_training
+from curate.learning.backbones import ARCHITECTURES
+from curate.learning.checkpoint import load_checkpoint, save_checkpoint
+from curate.learning.feeding import to_tensor
+from curate.learning.inference import predict
+from curate.learning.model_choice import Backbone
+from curate.learning.networks import SmallInputResNet18, build_model
 from curate.params import ModelName, WeightsName
 from tests.conftest import set_params
 
@@ -227,7 +227,7 @@ def test_a_binary_probe_becomes_a_two_class_head():
 
 @pytest.mark.slow
 def test_embeddings_method_runs_the_clean_half_of_the_pipeline(workdir):
-    from curate.dataset import read_samples
+    from curate.data.dataset import read_samples
     from curate.stages import augment, clean, folds, ingest, rebalance
 
     set_params(

@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from curate.checkpoint import load_checkpoint
-from curate.dataset import RawInputs, read_samples
+from curate.data.dataset import RawInputs, read_samples
 from curate.errors import CurateError
+from curate.learning.checkpoint import load_checkpoint
 from curate.params import CleanParams, Params
 from curate.report.render import read_figures
 from curate.stages import clean, folds, ingest

@@ -3,7 +3,7 @@ is acted on when the fold models learnt too little."""
 
 import pytest
 
-from curate.clean_actions import choose_action
+from curate.curation.clean_actions import choose_action
 from curate.params import CleanParams
 
 

@@ -3,7 +3,7 @@
 import json
 import subprocess
 
-from curate.compare import added_decisions
+from curate.people.compare import added_decisions
 from curate.report.render import split_figures
 from tests.conftest import set_params, template_copy
 

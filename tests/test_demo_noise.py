@@ -4,7 +4,7 @@ about the listed rates, the same under a seed; the uniform model's draws are unt
 import numpy as np
 import pytest
 
-from curate import demo
+from curate.data import demo
 from curate.errors import CurateError
 
 

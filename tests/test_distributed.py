@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from curate.checkpoint import load_checkpoint
+from curate.learning.checkpoint import load_checkpoint
 from curate.report.render import read_figures
 from curate.stages import augment, clean, evaluate, folds, ingest, rebalance, train, train_report
 from tests.conftest import REPO, set_params

@@ -111,7 +111,7 @@ def test_closure_follows_imports_inside_functions_and_templates():
     assert Path("src/curate/__init__.py") in files
     assert Path("src/curate/params.py") in files
     assert TEMPLATES / "index.html" in files and TEMPLATES / "base.html" in files
-    assert Path("src/curate/training.py") not in files  # gate trains nothing
+    assert Path("src/curate/learning/training.py") not in files  # gate trains nothing
 
 
 def test_lock_records_only_the_stages_of_dvc_yaml():

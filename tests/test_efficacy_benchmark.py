@@ -70,8 +70,8 @@ def test_a_stage_is_keyed_on_the_code_it_imports_only(tmp_path):
     assert all(efficacy.stage_code_digests(graph, paths)[stage] != after[stage] for stage in after)
     # On the package itself: the folds' training does not depend on clean's code.
     real = efficacy.import_graph()
-    assert "curate.label_issues" in efficacy.stage_modules("clean", real)
-    assert "curate.label_issues" not in efficacy.stage_modules("folds", real)
+    assert "curate.curation.label_issues" in efficacy.stage_modules("clean", real)
+    assert "curate.curation.label_issues" not in efficacy.stage_modules("folds", real)
 
 
 def test_sweep_cells_run_0_percent_once_and_name_what_the_demo_cannot_make():

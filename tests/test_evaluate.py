@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from curate import evaluation
-from curate.checkpoint import save_checkpoint
-from curate.dataset import write_samples
+from curate.curation import evaluation
+from curate.data.dataset import write_samples
 from curate.errors import CurateError
-from curate.networks import build_model
+from curate.learning.checkpoint import save_checkpoint
+from curate.learning.networks import build_model
 from curate.report.render import read_figures
 from curate.stages import evaluate
 from tests.conftest import set_params

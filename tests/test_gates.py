@@ -4,10 +4,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from curate.compare import diff_tables
+from curate.curation.gates import GATES, Gate, failures, gate_checks
 from curate.errors import CurateError
-from curate.gates import GATES, Gate, failures, gate_checks
 from curate.params import GatesParams
+from curate.people.compare import diff_tables
 from curate.report.render import split_figures
 from curate.stage import DAG, PIPELINE
 from curate.stages import gate

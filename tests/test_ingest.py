@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curate.dataset import read_images, read_samples
+from curate.data.dataset import read_images, read_samples
 from curate.errors import CurateError
 from curate.report.render import read_figures
 from curate.stages import ingest

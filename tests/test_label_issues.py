@@ -2,9 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curate.errors import CurateError
-from curate.fold_training import FoldTraining, check_class_sizes, fold_model
-from curate.label_issues import (
+from curate.curation.label_issues import (
     decide_actions,
     detection_scores,
     duplicate_extras,
@@ -17,7 +15,9 @@ from curate.label_issues import (
     relabel_floors,
     temperature_scaled,
 )
-from curate.model_choice import Backbone
+from curate.errors import CurateError
+from curate.learning.fold_training import FoldTraining, check_class_sizes, fold_model
+from curate.learning.model_choice import Backbone
 
 
 def train_table(flagged, quality, labels, groups, confidence=None, predicted=None):
@@ -339,7 +339,7 @@ def test_per_group_thresholds_judge_each_large_group_alone():
 
 
 def test_fold_epochs_raise_small_data_to_min_steps_and_leave_large_data_alone():
-    from curate.fold_training import fold_epochs
+    from curate.learning.fold_training import fold_epochs
 
     training = FoldTraining(
         n_classes=4,

@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from curate import ledger
+from curate.curation.gates import gate_checks
+from curate.data import ledger
 from curate.errors import CurateError
-from curate.gates import gate_checks
 from curate.params import CleanParams, GatesParams, Params
 from curate.report.writer import write_stage
 from curate.stages import clean
@@ -146,7 +146,7 @@ def test_an_undo_line_takes_back_a_decision_and_the_sample_may_be_decided_again(
 
 
 def test_formula_cells_round_trip_neutralised(ledger_dir):
-    from curate import csvfile
+    from curate.data import csvfile
 
     rows = [["s003", "=HYPERLINK(1)", "keep", "", "@ann", "-1 is odd"], ["s010", "+x", "drop", "", "", "\tx"]]
     text = csvfile.csv_text(ledger.COLUMNS, rows)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import yaml
 
-from curate.dataset import read_images, read_samples, write_bytes, write_images, write_samples
-from curate.gates import stale_stages
-from curate.lineage import Lineage, file_digest
+from curate.curation.gates import stale_stages
+from curate.data.dataset import read_images, read_samples, write_bytes, write_images, write_samples
+from curate.data.lineage import Lineage, file_digest
 from curate.params import Params
 from curate.report import Verdict
 from curate.report.render import read_figures
@@ -176,8 +176,8 @@ def test_dvc_yaml_keeps_lineage_out_of_the_metrics_and_gate_depends_on_it():
 
 def test_a_checkpoint_named_as_input_is_recorded(tmp_path, monkeypatch):
     # The checkpoint loader is a reader of the data contract too (evaluate reads models/model.pt).
-    from curate.checkpoint import load_checkpoint, save_checkpoint
-    from curate.networks import build_model
+    from curate.learning.checkpoint import load_checkpoint, save_checkpoint
+    from curate.learning.networks import build_model
 
     monkeypatch.chdir(tmp_path)
     meta = {"name": "cnn", "n_classes": 2, "channels": 1, "size": 8}

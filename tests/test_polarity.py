@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from curate import feeding, inference, networks, training
-from curate.checkpoint import load_checkpoint, polarity_of, save_checkpoint
+from curate.data.polarity import light_background
 from curate.errors import CurateError
-from curate.polarity import light_background
+from curate.learning import feeding, inference, networks, training
+from curate.learning.checkpoint import load_checkpoint, polarity_of, save_checkpoint
 from curate.stages import augment, evaluate
 from tests.conftest import set_params
 from tests.test_augment import make_inputs as augment_inputs
@@ -129,7 +129,7 @@ def test_checkpoint_without_the_key_means_auto_and_a_bad_value_is_refused(tmp_pa
 
 
 def spy_predict(monkeypatch) -> list[str]:
-    """The ``polarity`` every :func:`curate.inference.predict` call is given."""
+    """The ``polarity`` every :func:`curate.learning.inference.predict` call is given."""
     modes = []
     predict = inference.predict
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from curate.curation.gates import Check, Verdict
 from curate.errors import CurateError
-from curate.gates import Check, Verdict
 from curate.params import Params
 from curate.report import bar_chart, thumbnail
 from curate.report import render as render_module

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from curate import cli
-from curate.dataset import write_images, write_samples
+from curate.data.dataset import write_images, write_samples
 from tests.test_report import assert_safe_html
 from tests.test_trace import NASTY, clean_table, raw_table
 
@@ -120,5 +120,5 @@ def test_deterministic_escaped_and_self_contained(made, capsys):
 
 
 def test_review_starts_without_torch():
-    code = "import sys, curate.review; sys.exit('torch' in sys.modules)"
+    code = "import sys, curate.people.review; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curate import ledger
-from curate.dataset import write_images, write_samples
-from curate.review_app.guard import Guard
-from curate.review_app.journal import Journal
-from curate.review_app.server import Queue, build_app
+from curate.data import ledger
+from curate.data.dataset import write_images, write_samples
+from curate.people.review_app.guard import Guard
+from curate.people.review_app.journal import Journal
+from curate.people.review_app.server import Queue, build_app
 from tests.conftest import REPO
 from tests.test_experiments import STAGES, ran, run, tiny_project
 from tests.test_trace import NASTY, clean_table, raw_table

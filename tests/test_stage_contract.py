@@ -9,7 +9,7 @@ import inspect
 
 import pytest
 
-from curate import dataset
+from curate.data import dataset
 from curate.stage import DAG
 from tests.conftest import REPO
 

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from curate import store
-from curate.dataset import read_images, read_samples, write_images, write_samples
+from curate.data import store
+from curate.data.dataset import read_images, read_samples, write_images, write_samples
 from curate.errors import CurateError
 from curate.stages import ingest
 from tests.conftest import file_or_tree_bytes, set_params

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from curate import dataset, feeding, inference, networks, training
-from curate.dataset import ImageRows, gather_images, image_rows, write_images
+from curate.data import dataset
+from curate.data.dataset import ImageRows, gather_images, image_rows, write_images
+from curate.learning import feeding, inference, networks, training
 from curate.stages import evaluate, train
 from tests.conftest import set_params
 from tests.test_train import TINY, digit_like, make_inputs

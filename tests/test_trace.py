@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from curate import cli
-from curate.clean_actions import action_reasons, choose_action
-from curate.dataset import read_samples, write_array, write_images, write_samples
-from curate.label_issues import relabel_floors
+from curate.curation.clean_actions import action_reasons, choose_action
+from curate.curation.label_issues import relabel_floors
+from curate.data.dataset import read_samples, write_array, write_images, write_samples
 from curate.params import load_params
 from tests.conftest import set_params, template_copy
 from tests.test_experiments import ENV, GIT, TINY, run
@@ -228,7 +228,7 @@ def test_html_escapes_class_names_and_shows_thumbnails(made, capsys):
 
 def test_trace_starts_without_torch():
     heavy = "{'torch', 'torchvision', 'cleanlab'}"
-    code = f"import sys, curate.cli, curate.trace; print(sorted({heavy} & set(sys.modules)))"
+    code = f"import sys, curate.cli, curate.people.trace; print(sorted({heavy} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "[]\n"
 
 

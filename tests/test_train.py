@@ -3,10 +3,10 @@ import pandas as pd
 import pytest
 import torch
 
-from curate import feeding, inference, networks, training
-from curate.checkpoint import load_checkpoint, load_initial_weights, save_checkpoint
-from curate.dataset import write_images, write_samples
+from curate.data.dataset import write_images, write_samples
 from curate.errors import CurateError
+from curate.learning import feeding, inference, networks, training
+from curate.learning.checkpoint import load_checkpoint, load_initial_weights, save_checkpoint
 from curate.params import TrainParams, load_params
 from curate.report.render import read_figures
 from curate.stages import train, train_report

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from curate.cli import COMMANDS
-from curate.compare import build_parser
+from curate.people.compare import build_parser
 from tests.conftest import REPO
 
 WORKFLOW = REPO / ".github" / "workflows" / "data-review.yml"

@@ -13,9 +13,9 @@ from curate.stage import guarded
 # Every module in curate/stages is a stage: adding a file adds a command.
 STAGES = tuple(sorted(m.name for m in pkgutil.iter_modules(curate.stages.__path__)))
 COMMANDS = {stage: f"curate.stages.{stage}" for stage in STAGES} | {
-    "compare": "curate.compare",
-    "review": "curate.review",
-    "trace": "curate.trace",
+    "compare": "curate.people.compare",
+    "review": "curate.people.review",
+    "trace": "curate.people.trace",
 }
 
 

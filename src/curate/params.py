@@ -47,7 +47,7 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-# folds.model / train.model: the compact CNN or a torchvision backbone (curate.backbones.MODELS);
+# folds.model / train.model: the compact CNN or a torchvision backbone (curate.learning.backbones.MODELS);
 # weights: how a backbone starts (imagenet: torchvision's cache, $TORCH_HOME/hub/checkpoints).
 ModelName = Literal["cnn", "resnet18", "resnet50", "efficientnet_b0", "convnext_tiny"]
 WeightsName = Literal["none", "imagenet"]
@@ -66,7 +66,7 @@ class DemoParams(Section):
     minority_keep: float = Field(0.10, gt=0, le=1)
     subsample: float = Field(1.0, gt=0, le=1)
     # uniform: label_noise of the train labels to any other class; class_conditional: look-alike
-    # digits filed under each other (curate.demo.CONFUSIONS scaled to label_noise, at most ~31%).
+    # digits filed under each other (curate.data.demo.CONFUSIONS scaled to label_noise, at most ~31%).
     noise: Literal["uniform", "class_conditional"] = "uniform"
 
 
@@ -83,7 +83,7 @@ class IngestParams(Section):
     unlisted: Literal["error", "default_group"] = "error"
     default_group: str = Field("unlisted", min_length=1)
     extra_columns: list[str] = Field(default_factory=list)  # metadata.csv columns kept for later stages
-    # Decoded MiB per store segment on average (curate.store): a data change rewrites about one
+    # Decoded MiB per store segment on average (curate.data.store): a data change rewrites about one
     # segment; smaller segments cost less per version but mean more files for DVC to track.
     segment_mb: float = Field(64.0, gt=0, le=4096)
     # Processes that decode source images: auto (one per CPU core) or a count; same bytes either way.
@@ -155,7 +155,7 @@ class CleanParams(Section):
     # back in the uniform cells of the sweep, so relative is opt-in (README "When curation pays").
     cap: Literal["relative", "absolute"] = "absolute"
     drop_near_duplicates: bool = False
-    # The review ledger (curate.ledger): people's keep / drop / relabel decisions, applied last.
+    # The review ledger (curate.data.ledger): people's keep / drop / relabel decisions, applied last.
     decisions: str = "data/review/decisions.csv"
 
 
@@ -256,7 +256,8 @@ class TrainParams(Section):
     compile: bool = False
     init_weights: str | None = None  # a local state_dict (or curate checkpoint); nothing is downloaded
     # always: the whole set copied onto the device; never: read batch by batch from the image
-    # stores (memory-mapped); auto: always when it fits (curate.training.keeps_in_memory). Same results.
+    # stores (memory-mapped); auto: always when it fits (curate.learning.training.keeps_in_memory). Same
+    # results.
     data_on_device: Literal["auto", "always", "never"] = "auto"
     nproc: int = Field(1, ge=1, le=1024)  # > 1: DDP over that many processes (torchrun), one per GPU
 
@@ -270,7 +271,7 @@ class EvaluateParams(Section):
 
 
 class GatesParams(Section):
-    """Quality gates: each optional (null: not checked). See ``curate.gates.GATES``."""
+    """Quality gates: each optional (null: not checked). See ``curate.curation.gates.GATES``."""
 
     enforce: bool = False
     max_flagged_rate: float | None = Field(0.2, ge=0, le=1)
@@ -302,7 +303,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
     """Read and validate ``path``; raise :class:`CurateError` with one line on any fault.
 
     ``augment.transforms`` are checked by name and argument names here; their argument values
-    where torchvision builds them (:func:`curate.augmentation.build_transform`), in the augment
+    where torchvision builds them (:func:`curate.curation.augmentation.build_transform`), in the augment
     stage, the one that imports torchvision (a bad value stops it before any output; the stages
     before it are cached).
     """

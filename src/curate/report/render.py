@@ -42,9 +42,9 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from curate.dataset import REPORTS_DIR
+from curate.data.dataset import REPORTS_DIR
+from curate.data.imaging import to_pil
 from curate.errors import CurateError
-from curate.imaging import to_pil
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)

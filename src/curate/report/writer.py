@@ -1,11 +1,11 @@
 """The one writer of a stage's report: every stage with a report hands its figures, its report
-context and its :class:`curate.lineage.Lineage` to :func:`write_stage`, and nothing else writes
+context and its :class:`curate.data.lineage.Lineage` to :func:`write_stage`, and nothing else writes
 ``reports/<stage>.{html,md}``, its figures or its lineage.
 
 In that order: the stage's gates join its verdict (one place, so each stage shows its gates the
 same way), the report is rendered and checked for size, then written with its figures, split into
 the headline DVC metrics and the details (:func:`curate.report.render.split_figures`), and the
-lineage goes last (see :meth:`curate.lineage.Lineage.record`).
+lineage goes last (see :meth:`curate.data.lineage.Lineage.record`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from curate.dataset import REPORTS_DIR, write_text
+from curate.curation.gates import gate_checks
+from curate.data.dataset import REPORTS_DIR, write_text
+from curate.data.lineage import Lineage
 from curate.errors import CurateError
-from curate.gates import gate_checks
-from curate.lineage import Lineage
 from curate.params import Params
 from curate.report import render as kit
 

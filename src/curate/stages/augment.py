@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from curate.dataset import (
+from curate.data.dataset import (
     AUGMENTED_DIR,
     BALANCED_DIR,
     EMBEDDER,
@@ -43,13 +43,13 @@ from curate.dataset import (
     training_rows,
     write_samples,
 )
+from curate.data.lineage import Lineage
+from curate.data.store import Store
 from curate.errors import CurateError
-from curate.lineage import Lineage
 from curate.params import AugmentParams, Params, load_params
 from curate.report import Verdict, bar_chart, thumbnail
 from curate.report.writer import write_stage
 from curate.stage import guarded, stage_parser
-from curate.store import Store
 
 if TYPE_CHECKING:
     import torch
@@ -70,9 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     samples = read_samples(lineage.input(INPUT))
     require_columns(samples, INPUT, ("weight", "copies"))
     # torch loads only past the cheap input checks (the checkpoint and the model need it).
-    from curate.checkpoint import load_checkpoint, polarity_of
-    from curate.devices import pick_device
-    from curate.inference import predict
+    from curate.learning.checkpoint import load_checkpoint, polarity_of
+    from curate.learning.devices import pick_device
+    from curate.learning.inference import predict
 
     embedder, meta = load_checkpoint(lineage.input(EMBEDDER))
     size, channels = params.image.size, params.image.channels
@@ -169,7 +169,7 @@ def compute(
     ``embed``: ``N x H x W x C`` uint8 images (read on demand) -> ``N x D`` features from a fixed network,
     whose checkpoint meta is ``embedder``.
     """
-    from curate.augmentation import batched_kernel, sample_keys  # torch: only when run
+    from curate.curation.augmentation import batched_kernel, sample_keys  # torch: only when run
 
     parents = training_rows(samples)
     n_copies = copies_per_parent(parents, params.augment)
@@ -217,7 +217,7 @@ def _make_copies(
 ) -> np.ndarray:
     """Make the copies a chunk at a time and stream them into the store ``target`` in ``order``;
     each copy's row in the store."""
-    from curate.augmentation import augment  # torch: only when run
+    from curate.curation.augmentation import augment  # torch: only when run
 
     writing = store_writer(target, raw.row_shape, params.ingest.segment_mb)
     with writing as writer, tqdm(total=len(order), desc="augment", unit="img", disable=None) as bar:
@@ -234,7 +234,7 @@ def _make_copies(
 
 def build_pipeline(params: Params, params_file: str | Path) -> list[v2.Transform]:
     """The v2 transforms of ``augment.transforms``, each checked to keep the image shape and dtype."""
-    from curate.augmentation import build_transform, check_preserves_image  # torch: only when run
+    from curate.curation.augmentation import build_transform, check_preserves_image  # torch: only when run
 
     shape = (params.image.channels, params.image.size, params.image.size)
     pipeline = []
@@ -257,7 +257,7 @@ def build_pipeline(params: Params, params_file: str | Path) -> list[v2.Transform
 def applied_specs(params: Params) -> list[dict[str, Any]]:
     """``augment.transforms`` as applied: each ``{"name", "args"}`` with the arguments filled
     from ``image`` (a left-out ``size`` is ``image.size``), so a recipe says exactly what ran."""
-    from curate.augmentation import effective_args  # torch: only when run
+    from curate.curation.augmentation import effective_args  # torch: only when run
 
     size = params.image.size
     return [
@@ -339,7 +339,7 @@ def distribution_check(
     distance is in units of the originals' spread and ``gates.max_frechet_distance`` does
     not depend on the embedder's scale: 0 means the same mean and covariance.
     """
-    from curate.augmentation import frechet_distance, mean_pairwise_distance  # torch: only when run
+    from curate.curation.augmentation import frechet_distance, mean_pairwise_distance  # torch: only when run
 
     total_variance = np.trace(np.atleast_2d(np.cov(original, rowvar=False))) if len(original) > 1 else 1.0
     scale = max(float(np.sqrt(total_variance)), 1e-12)

@@ -6,7 +6,7 @@ Reads ``data/raw`` and what the ``folds`` stage wrote into ``data/clean/`` (``pr
 ``action``, ``fold``, ...; a row's ``pred_row`` indexes ``pred_probs.npy``; test rows untouched)
 and the report. No training here: changing how the predictions are read re-runs only this stage.
 
-People have the last word: the review ledger (``clean.decisions``, :mod:`curate.ledger`) is
+People have the last word: the review ledger (``clean.decisions``, :mod:`curate.data.ledger`) is
 applied after cleanlab's actions and the cap. ``action_source`` says who decided a train row
 (``auto`` | ``review``), ``auto_action`` what cleanlab would have done; test rows, never
 cleaned nor reviewed, have ``none`` in both. ``action_reason`` says in words why a row got its
@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
-from curate import label_issues, ledger, removal_cap
-from curate.clean_actions import Choice, action_reasons, choose_action
-from curate.dataset import (
+from curate.curation import label_issues, removal_cap
+from curate.curation.clean_actions import Choice, action_reasons, choose_action
+from curate.data import ledger
+from curate.data.dataset import (
     CLEAN_DIR,
     EMBEDDINGS,
     ENVIRONMENT,
@@ -39,13 +40,13 @@ from curate.dataset import (
     read_raw,
     write_samples,
 )
+from curate.data.lineage import Lineage
+from curate.data.store import Store
 from curate.errors import CurateError
-from curate.lineage import Lineage
 from curate.params import CleanParams, Params, load_params
 from curate.report import Verdict, bar_chart, thumbnail
 from curate.report.writer import write_stage
 from curate.stage import guarded, stage_parser
-from curate.store import Store
 
 OUTPUT = CLEAN_DIR / "samples.parquet"
 SUSPICIOUS_SHOWN = 40
@@ -140,8 +141,8 @@ def compute(
     """Flag, then act on, the train rows of the raw table; no training, no I/O.
 
     ``predictions`` are out-of-sample K-fold predictions and ``checks`` the near-duplicate and
-    outlier columns of :func:`curate.label_issues.duplicates_and_outliers`, all in the order of
-    the train rows. ``decisions``: the review ledger as :func:`curate.ledger.read_ledger` reads it
+    outlier columns of :func:`curate.curation.label_issues.duplicates_and_outliers`, all in the order of
+    the train rows. ``decisions``: the review ledger as :func:`curate.data.ledger.read_ledger` reads it
     (None: none), checked against the table and applied last, over the automatic actions.
     ``predictions.embeddings`` (the shared model's): the kNN evidence cleanlab reads beside
     ``pred_probs`` (``clean.knn_weight``). ``predicted_label`` stays the fold model's.
@@ -180,7 +181,8 @@ def compute(
 def _detect(
     train: pd.DataFrame, predictions: FoldOutputs, settings: CleanParams
 ) -> tuple[np.ndarray, np.ndarray]:
-    """cleanlab's flags and label quality for the train rows (:func:`curate.label_issues.find_issues`)."""
+    """cleanlab's flags and label quality for the train rows
+    (:func:`curate.curation.label_issues.find_issues`)."""
     labels = train["label"].to_numpy()
     # What cleanlab reads: the fold models' probabilities, calibrated and mixed with kNN evidence.
     evidence = label_issues.evidence(

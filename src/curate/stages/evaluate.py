@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from curate import evaluation
-from curate.dataset import (
+from curate.curation import evaluation
+from curate.data.dataset import (
     AUGMENTED_DIR,
     MODEL,
     ImageRows,
@@ -35,8 +35,8 @@ from curate.dataset import (
     store_files,
     write_text,
 )
+from curate.data.lineage import Lineage
 from curate.errors import CurateError
-from curate.lineage import Lineage
 from curate.params import Params, load_params
 from curate.report import Verdict, bar_chart, matrix_chart, thumbnail
 from curate.report.writer import write_stage
@@ -67,9 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise CurateError(f"{INPUT}: no rows with split 'test' to evaluate on")
     class_names = class_names_of(samples)
     # torch loads only past the cheap input checks (the checkpoint and the model need it).
-    from curate.checkpoint import load_checkpoint, polarity_of
-    from curate.devices import pick_device
-    from curate.inference import predict
+    from curate.learning.checkpoint import load_checkpoint, polarity_of
+    from curate.learning.devices import pick_device
+    from curate.learning.inference import predict
 
     model, meta = load_checkpoint(lineage.input(MODEL))
     lineage.input_files(store_files(test))

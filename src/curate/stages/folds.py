@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from curate import distributed, fold_training
-from curate.dataset import (
+from curate.data.dataset import (
     EMBEDDER,
     EMBEDDINGS,
     ENVIRONMENT,
@@ -36,14 +35,15 @@ from curate.dataset import (
     write_array,
     write_text,
 )
-from curate.lineage import Lineage
+from curate.data.lineage import Lineage
+from curate.learning import distributed, fold_training
 from curate.params import Params, load_params
 from curate.stage import guarded, stage_parser
 
 if TYPE_CHECKING:
     import torch
 
-    from curate.model_choice import Backbone
+    from curate.learning.model_choice import Backbone
 
 
 @dataclass
@@ -64,9 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     lineage.input_files(inputs.files)
     fold_training.check_class_sizes(inputs.train["label"].to_numpy(), inputs.class_names, settings.k)
     # torch loads only once the inputs have passed their checks: a bad input fails fast.
-    from curate.checkpoint import save_checkpoint
-    from curate.devices import pick_device
-    from curate.model_choice import Backbone
+    from curate.learning.checkpoint import save_checkpoint
+    from curate.learning.devices import pick_device
+    from curate.learning.model_choice import Backbone
 
     backbone = Backbone.from_params(settings, "folds")
     backbone.resolved_input_size()  # a model choice that does not go together stops here
@@ -113,8 +113,8 @@ def compute(params: Params, inputs: RawInputs, backbone: Backbone, device: torch
     if predictions is None:
         return None
     seconds = time.perf_counter() - started
-    from curate.checkpoint import EMBEDDER_META, checkpoint_meta
-    from curate.devices import environment
+    from curate.learning.checkpoint import EMBEDDER_META, checkpoint_meta
+    from curate.learning.devices import environment
 
     polarity = params.image.normalize_polarity
     meta = checkpoint_meta(backbone.meta(), class_names, inputs.images.shape, polarity, EMBEDDER_META)
@@ -160,7 +160,7 @@ def frozen_embeddings(
 ) -> fold_training.FoldPredictions:
     """``folds.method: embeddings``: the backbone as ``folds.weights`` / ``init_weights`` start it,
     frozen, and an out-of-fold logistic regression on its features
-    (:func:`curate.fold_training.embedding_predictions`)."""
+    (:func:`curate.learning.fold_training.embedding_predictions`)."""
     import torch
 
     settings = params.folds

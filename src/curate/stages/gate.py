@@ -11,7 +11,7 @@ line per failed gate.
 
 Before any threshold, it checks that each stage's figures are those of the current
 data: every file in ``reports/lineage/<stage>.json`` must still have the SHA-256 the
-stage recorded (see :func:`curate.gates.stale_stages`). A stale stage (say train and
+stage recorded (see :func:`curate.curation.gates.stale_stages`). A stale stage (say train and
 evaluate after ``curate augment`` alone) shows as ``stale`` with the reason, its figures
 are left out of the data card, and it fails the gate, its gates with it.
 """
@@ -28,11 +28,11 @@ from typing import Any
 
 import yaml
 
-from curate.dataset import REPORTS_DIR, write_text
-from curate.gates import GATES, Check, Verdict, failures, gate_checks, stale_stages
-from curate.lineage import LINEAGE_DIR, file_digest
+from curate.curation.gates import GATES, Check, Verdict, failures, gate_checks, stale_stages
+from curate.curation.removal_cap import curation_note
+from curate.data.dataset import REPORTS_DIR, write_text
+from curate.data.lineage import LINEAGE_DIR, file_digest
 from curate.params import GatesParams, Params, load_params
-from curate.removal_cap import curation_note
 from curate.report.render import (
     DETAILS_DIR,
     DVC_METRIC_KEYS,
@@ -94,7 +94,7 @@ def compute(
     lineages: Mapping[str, Mapping[str, Mapping[str, str]] | None],
     digest: Callable[[str], str | None],
 ) -> Gated:
-    """The staleness of each stage (:func:`curate.gates.stale_stages`), then every gate."""
+    """The staleness of each stage (:func:`curate.curation.gates.stale_stages`), then every gate."""
     stale = stale_stages(lineages, digest)
     return Gated(params.gates, figures, stale, gate_checks(params.gates, None, figures, stale))
 
@@ -123,7 +123,8 @@ def report_context(params: Params, result: Gated) -> dict[str, Any]:
 
 
 def flag_note(params: Params, result: Gated) -> str | None:
-    """clean's :func:`curate.removal_cap.curation_note`, unless its figures are stale or predate it."""
+    """clean's :func:`curate.curation.removal_cap.curation_note`, unless its figures are stale or predate
+    it."""
     figures = result.figures.get("clean", {})
     if "clean" in result.stale or "held_back" not in figures:
         return None

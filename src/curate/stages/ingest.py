@@ -2,7 +2,7 @@
 
 The source is the embedded demo (``ingest.source: data/demo``) or an ImageFolder, whose files
 are decoded over ``ingest.workers`` processes and streamed into the store segment by segment
-(:mod:`curate.store`): memory does not grow with the number of files.
+(:mod:`curate.data.store`): memory does not grow with the number of files.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from curate import demo
-from curate.dataset import RAW_IMAGES, RAW_SAMPLES, class_names_of, write_images, write_samples
-from curate.folder import (
+from curate.data import demo
+from curate.data.dataset import RAW_IMAGES, RAW_SAMPLES, class_names_of, write_images, write_samples
+from curate.data.folder import (
     NOT_AN_IMAGE,
     OUTSIDE_CLASSES,
     SKIP_REASONS,
@@ -26,13 +26,13 @@ from curate.folder import (
     FolderData,
     read_image_folder,
 )
-from curate.lineage import Lineage
+from curate.data.lineage import Lineage
+from curate.data.polarity import light_background
+from curate.data.store import Store
 from curate.params import DEMO_SOURCE, Params, load_params
-from curate.polarity import light_background
 from curate.report import Verdict, bar_chart, thumbnail
 from curate.report.writer import write_stage
 from curate.stage import guarded, stage_parser
-from curate.store import Store
 
 THUMBS_PER_CELL = 8
 POLARITY_CHUNK = 4096  # rows read at a time when counting light backgrounds

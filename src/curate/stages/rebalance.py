@@ -25,10 +25,17 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from curate import balance
-from curate.dataset import BALANCED_DIR, CLEAN_DIR, class_names_of, read_samples, training_rows, write_samples
+from curate.curation import balance
+from curate.data.dataset import (
+    BALANCED_DIR,
+    CLEAN_DIR,
+    class_names_of,
+    read_samples,
+    training_rows,
+    write_samples,
+)
+from curate.data.lineage import Lineage
 from curate.errors import CurateError
-from curate.lineage import Lineage
 from curate.params import Params, RebalanceParams, load_params
 from curate.report import Verdict, bar_chart
 from curate.report.writer import write_stage

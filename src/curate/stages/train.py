@@ -17,9 +17,9 @@ module does not import the report kit. Everything is a function of the inputs, t
 the seed on the CPU except the throughput figures (seconds, images per second), which are measured.
 
 The images are never gathered into one copy here: ``train`` reads the rows from the raw and the
-augmented stores (:class:`curate.dataset.ImageRows`), whole onto the device or batch by batch
+augmented stores (:class:`curate.data.dataset.ImageRows`), whole onto the device or batch by batch
 (``train.data_on_device``). With ``train.nproc`` above 1 the stage relaunches itself under
-torchrun and trains with DistributedDataParallel (:mod:`curate.distributed`); rank 0 writes.
+torchrun and trains with DistributedDataParallel (:mod:`curate.learning.distributed`); rank 0 writes.
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from curate import distributed
-from curate.dataset import (
+from curate.data.dataset import (
     AUGMENTED_DIR,
     MODEL,
     RUN_RECORD,
@@ -51,8 +50,9 @@ from curate.dataset import (
     training_rows,
     write_text,
 )
+from curate.data.lineage import Lineage
 from curate.errors import CurateError
-from curate.lineage import Lineage
+from curate.learning import distributed
 from curate.params import Params, TrainParams, load_params
 from curate.stage import guarded, stage_parser
 
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from curate.training import FitConfig
+    from curate.learning.training import FitConfig
 
 INPUT = AUGMENTED_DIR / "samples.parquet"
 LIVE_DIR = Path("dvclive/train")
@@ -77,8 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         lineage.input(params.train.init_weights)
 
     # torch and the models load only past the input checks.
-    from curate.checkpoint import save_checkpoint
-    from curate.devices import pick_device
+    from curate.learning.checkpoint import save_checkpoint
+    from curate.learning.devices import pick_device
 
     device = pick_device(params.train.device, key=f"{args.params}: train.device")
     nproc = params.train.nproc
@@ -142,9 +142,9 @@ class Trained:
     """What :func:`compute` returns: the model to save, and all the report shows about its run."""
 
     net: nn.Module  # the model, at the weights of its best epoch
-    meta: dict[str, Any]  # the checkpoint meta (see curate.checkpoint)
+    meta: dict[str, Any]  # the checkpoint meta (see curate.learning.checkpoint)
     split: Split
-    history: list[dict]  # per-epoch stats from curate.training.fit
+    history: list[dict]  # per-epoch stats from curate.learning.training.fit
     summary: Summary
     environment: dict[str, object]  # what trained it: torch build, CPU kernels, threads, processes
 
@@ -192,10 +192,10 @@ def split_validation(
 
 def initial_model(params: Params, split: Split) -> nn.Module:
     """The untrained network: seeded init, then ``train.init_weights`` when given, else the
-    ImageNet weights with ``train.weights: imagenet`` (:class:`curate.model_choice.Backbone`)."""
+    ImageNet weights with ``train.weights: imagenet`` (:class:`curate.learning.model_choice.Backbone`)."""
     import torch
 
-    from curate.model_choice import Backbone
+    from curate.learning.model_choice import Backbone
 
     images = split.images
     torch.manual_seed(params.seed)  # weight init
@@ -222,9 +222,10 @@ def dvclive_epochs() -> Iterator[Callable[[dict], None]]:
 
 
 def fit_config(params: Params, device: torch.device, processes: int = 1) -> FitConfig:
-    """``train``'s params (and ``image.normalize_polarity``) as :func:`curate.training.fit` takes them;
+    """``train``'s params (and ``image.normalize_polarity``) as :func:`curate.learning.training.fit` takes
+    them;
     ``processes``: the ranks training together (DDP when more than 1)."""
-    from curate.training import FitConfig
+    from curate.learning.training import FitConfig
 
     settings = params.train
     return FitConfig(
@@ -254,10 +255,10 @@ def compute(
     """Trains ``net`` in place on ``split`` as ``params.train`` says, the rows weighted per
     ``train.weighting``; ``on_epoch`` receives each epoch's stats as they come. ``processes``
     above 1: this is one rank of a torch.distributed group training ``net`` together."""
-    from curate.checkpoint import MODEL_META, checkpoint_meta
-    from curate.devices import environment
-    from curate.model_choice import Backbone
-    from curate.training import fit
+    from curate.learning.checkpoint import MODEL_META, checkpoint_meta
+    from curate.learning.devices import environment
+    from curate.learning.model_choice import Backbone
+    from curate.learning.training import fit
 
     settings = params.train
     history = fit(

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from curate.dataset import RUN_RECORD, read_json, require_columns
-from curate.lineage import Lineage
+from curate.data.dataset import RUN_RECORD, read_json, require_columns
+from curate.data.lineage import Lineage
 from curate.params import Params, TrainParams, load_params
 from curate.report import Verdict, line_chart
 from curate.report.writer import write_stage

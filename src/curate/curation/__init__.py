@@ -1,0 +1,2 @@
+"""Data-quality decisions: label issues, clean actions, the removal cap, balance, augmentation, evaluation,
+gates."""

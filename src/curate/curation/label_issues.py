@@ -1,0 +1,275 @@
+"""Label-issue detection as cleanlab intends it: out-of-sample predicted probabilities (from the
+folds stage, :mod:`curate.learning.fold_training`), ``find_label_issues`` on them, then one action per
+flagged sample.
+
+The functions are pure, numpy/pandas in and numpy/pandas out; none needs torch. The clean stage
+strings them together.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from cleanlab.count import get_confident_thresholds
+from cleanlab.filter import find_label_issues
+from cleanlab.rank import get_label_quality_scores
+from sklearn.metrics import cohen_kappa_score
+
+from curate.curation.removal_cap import removal_budgets
+
+
+def fit_temperature(log_probs: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T minimising the negative log-likelihood of ``softmax(log_probs / T)``.
+
+    ``log_probs`` are log-probabilities (logits up to a per-row constant, which softmax ignores);
+    T is searched on a log scale within [0.05, 20].
+    """
+    from scipy.optimize import minimize_scalar
+
+    def nll(log_t: float) -> float:
+        return float(-_log_softmax(log_probs / np.exp(log_t))[np.arange(len(labels)), labels].mean())
+
+    found = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(found.x))
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def temperature_scaled(pred_probs: np.ndarray, labels: np.ndarray, fold_of_row: np.ndarray) -> np.ndarray:
+    """``pred_probs`` with one temperature per fold, each fitted on that fold's held-out rows.
+
+    Each fold's model is over- or under-confident in its own way (it saw other rows, stopped at
+    another loss); one scalar per fold fitted on thousands of given labels cannot learn which
+    rows are wrong, only how sharp that model's probabilities should be.
+    """
+    log_probs = np.log(np.clip(pred_probs.astype(np.float64), 1e-12, None))
+    scaled = np.empty_like(log_probs)
+    for fold in np.unique(fold_of_row):
+        rows = fold_of_row == fold
+        temperature = fit_temperature(log_probs[rows], labels[rows])
+        scaled[rows] = np.exp(_log_softmax(log_probs[rows] / temperature))
+    return scaled.astype(np.float32)
+
+
+def knn_probs(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, k: int) -> np.ndarray:
+    """Each row's share of given labels among its ``k`` nearest other rows (cosine), smoothed by
+    one pseudo-count per class: the neighbourhood evidence Datalab's label check reads from
+    features. A mislabelled row sits among rows of its true class."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(k, len(labels) - 1)
+    unit = embeddings / np.clip(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12, None)
+    _, index = NearestNeighbors(n_neighbors=k + 1).fit(unit).kneighbors(unit)
+    neighbours = np.array([row[row != i][:k] for i, row in enumerate(index)])  # drop the row itself
+    counts = np.zeros((len(labels), n_classes))
+    np.add.at(counts, (np.repeat(np.arange(len(labels)), k), labels[neighbours].ravel()), 1.0)
+    return ((counts + 1.0) / (k + n_classes)).astype(np.float32)
+
+
+def evidence(
+    pred_probs: np.ndarray,
+    labels: np.ndarray,
+    fold_of_row: np.ndarray,
+    embeddings: np.ndarray | None,
+    *,
+    calibrate: str,
+    knn_weight: float,
+    knn_k: int,
+) -> np.ndarray:
+    """The probabilities cleanlab reads: the out-of-fold ``pred_probs``, temperature-scaled per
+    fold when ``calibrate`` is ``temperature``, mixed with ``knn_weight`` of :func:`knn_probs`
+    (none without ``embeddings``)."""
+    probs = temperature_scaled(pred_probs, labels, fold_of_row) if calibrate == "temperature" else pred_probs
+    if knn_weight > 0 and embeddings is not None:
+        neighbours = knn_probs(embeddings, labels, pred_probs.shape[1], knn_k)
+        probs = (1 - knn_weight) * probs + knn_weight * neighbours
+    return np.asarray(probs, dtype=np.float32)
+
+
+NEIGHBOUR_BLOCK_MB = 128  # scikit-learn working_memory for the duplicate and outlier search
+
+PER_GROUP_MIN_ROWS = 50  # fewer rows than this: too few to estimate a group's own thresholds
+
+
+def find_issues(
+    labels: np.ndarray,
+    pred_probs: np.ndarray,
+    *,
+    filter_by: str,
+    frac_noise: float,
+    min_examples_per_class: int,
+    rank_by: str,
+    groups: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(is_label_issue, label_quality)`` from cleanlab; quality is in [0, 1], low is suspicious.
+
+    With ``groups``, each group of at least :data:`PER_GROUP_MIN_ROWS` rows is judged on its own:
+    confident learning's per-class thresholds and noise counts are estimated from that group's
+    rows alone. Pooled, the big group sets them, and a small group, of which the fold models saw
+    few examples and are less sure, keeps its flips under them (recall 0.64 against 0.91 on the
+    demo's class-conditional noise; 0.91 and 0.93 per group). Smaller groups stay pooled.
+    """
+    options = {"filter_by": filter_by, "frac_noise": frac_noise, "n_jobs": 1}
+    options["min_examples_per_class"] = min_examples_per_class
+    is_issue = np.asarray(find_label_issues(labels, pred_probs, **options), dtype=bool)
+    for group in [] if groups is None else np.unique(groups):
+        rows = groups == group
+        if rows.sum() >= PER_GROUP_MIN_ROWS:
+            is_issue[rows] = find_label_issues(labels[rows], pred_probs[rows], **options)
+    quality = get_label_quality_scores(labels, pred_probs, method=rank_by)
+    return is_issue, np.asarray(quality, dtype=np.float64)
+
+
+def relabel_floors(pred_probs: np.ndarray, labels: np.ndarray, min_confidence: float | str) -> np.ndarray:
+    """The probability each train row's predicted class must reach for ``clean.action`` relabel
+    to move the row to it: ``min_confidence`` itself, or with ``auto`` confident learning's
+    threshold for that class (cleanlab's ``get_confident_thresholds``: the mean probability the
+    fold models give the class on the rows labelled with it). An absolute 0.9 never fires when
+    the noise is high: fold models trained on 50% uniform noise give their argmax about 0.48,
+    yet it is the true label for 94% of the train rows; their thresholds are then about 0.27, and
+    the flagged rows over them (92%) are relabelled 95-97% right (README "When curation pays").
+    """
+    predicted = pred_probs.argmax(axis=1)
+    if min_confidence != "auto":
+        return np.full(len(predicted), float(min_confidence))
+    thresholds = get_confident_thresholds(labels, pred_probs)
+    return np.asarray(thresholds, dtype=np.float64)[predicted]
+
+
+def fold_skill(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """How far the fold models' out-of-sample predictions agree with the given labels beyond
+    chance: Cohen's kappa, 1 for full agreement, 0 for chance. Noise lowers it (a perfect model on
+    50% uniform noise over 10 classes scores about 0.44), and so do fold models that learnt
+    nothing (the tiny profile's 2-epoch folds: 0.02): under ``clean.min_fold_skill`` their flags
+    are no evidence to act on."""
+    if len(np.unique(labels)) < 2:
+        return 1.0  # one class: nothing to disagree about
+    return float(cohen_kappa_score(labels, predicted))
+
+
+def decide_actions(
+    train: pd.DataFrame,
+    *,
+    action: str,
+    relabel_floor: float | np.ndarray,
+    max_drop_fraction: float,
+    cap: str = "relative",
+    min_rows: int = 1,
+) -> tuple[pd.Series, list[str]]:
+    """One action per train row: ``none`` | ``keep`` | ``drop`` | ``relabel``; and where the cap bound.
+
+    ``train`` needs ``is_label_issue``, ``label_quality``, ``predicted_label``,
+    ``predicted_confidence``, ``label``, ``group`` and ``drop_candidate`` (a removal asked for by
+    something other than the label check, e.g. a near-duplicate). With ``action`` relabel a
+    flagged row whose ``predicted_confidence`` reaches ``relabel_floor`` (one for all rows or one
+    per row: :func:`relabel_floors`) asks to move to its predicted class, any other asks to go.
+    Requests are granted most suspicious first while every class and group stays within its
+    budget (:func:`curate.curation.removal_cap.removal_budgets`): a drop spends one row of its class and
+    of its group; a relabel one of the class it leaves and gives one to the class it joins (its
+    group keeps the row). The rest are kept and flagged.
+    """
+    actions = pd.Series("none", index=train.index, dtype=object)
+    flagged = train["is_label_issue"].to_numpy()
+    actions[flagged] = "keep"
+    wants_relabel = np.zeros(len(train), dtype=bool)
+    if action == "relabel":
+        wants_relabel = flagged & (train["predicted_confidence"].to_numpy() >= relabel_floor)
+    wants_drop = ((flagged & (action != "keep")) | train["drop_candidate"].to_numpy()) & ~wants_relabel
+    asked = wants_drop | wants_relabel
+    budgets = removal_budgets(
+        train,
+        float(wants_drop.mean()) if len(train) else 0.0,
+        max_drop_fraction=max_drop_fraction,
+        cap=cap,
+        min_rows=min_rows,
+    )
+    bound: dict[tuple[str, object], int] = {}
+    for index in train.index[asked][np.argsort(train["label_quality"][asked], kind="stable")]:
+        relabel = wants_relabel[train.index.get_loc(index)]
+        keys = [("label", train.at[index, "label"])] + (
+            [] if relabel else [("group", train.at[index, "group"])]
+        )
+        if all(budgets[key] > 0 for key in keys):
+            for key in keys:
+                budgets[key] -= 1
+            if relabel:
+                joined = ("label", train.at[index, "predicted_label"])
+                budgets[joined] = budgets.get(joined, 0) + 1
+            actions[index] = "relabel" if relabel else "drop"
+        else:
+            actions[index] = "keep"
+            for key in keys:
+                if budgets[key] == 0:
+                    bound[key] = bound.get(key, 0) + 1
+    notes = [f"{kind} {key}: {n} removal(s) held back" for (kind, key), n in sorted(bound.items(), key=str)]
+    return actions, notes
+
+
+def detection_scores(flagged: np.ndarray, truly_noisy: np.ndarray) -> dict[str, float]:
+    """Precision, recall and F1 of ``flagged`` against the known flips (NaN where undefined)."""
+    hits = int((flagged & truly_noisy).sum())
+    precision = hits / flagged.sum() if flagged.sum() else float("nan")
+    recall = hits / truly_noisy.sum() if truly_noisy.sum() else float("nan")
+    f1 = 2 * precision * recall / (precision + recall) if hits else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def duplicates_and_outliers(embeddings: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+    """Near-duplicates and outliers from cleanlab's Datalab on the shared model's embeddings.
+
+    Returns one row per sample: ``is_near_duplicate``, ``duplicate_set`` (an id shared
+    by the members of one near-duplicate set, -1 when none), ``is_outlier``,
+    ``outlier_score`` (low is unusual).
+    """
+    import sklearn
+    from cleanlab import Datalab
+
+    lab = Datalab(data={"label": labels}, label_name="label", verbosity=0)
+    # Datalab's neighbour search computes distances in blocks of scikit-learn's working_memory
+    # (1 GiB by default): clean's peak RSS went 0.65 -> 1.8 GiB from 6,000 to 24,000 rows of 64-d
+    # embeddings, the block filling up. 128 MiB blocks: 0.43, 0.44 and 0.47 GiB at 6,000, 24,000 and
+    # 96,000 rows, the same issues found.
+    with sklearn.config_context(working_memory=NEIGHBOUR_BLOCK_MB):
+        lab.find_issues(features=embeddings, issue_types={"near_duplicate": {}, "outlier": {}})
+    duplicates = lab.get_issues("near_duplicate")
+    outliers = lab.get_issues("outlier")
+    return pd.DataFrame(
+        {
+            "is_near_duplicate": duplicates["is_near_duplicate_issue"].to_numpy(dtype=bool),
+            "duplicate_set": _set_ids(duplicates["near_duplicate_sets"].tolist()),
+            "is_outlier": outliers["is_outlier_issue"].to_numpy(dtype=bool),
+            "outlier_score": outliers["outlier_score"].to_numpy(dtype=np.float64),
+        }
+    )
+
+
+def _set_ids(neighbours: list) -> np.ndarray:
+    """Connected components of Datalab's per-row near-duplicate lists; id = smallest member."""
+    parent = list(range(len(neighbours)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, others in enumerate(neighbours):
+        for j in others:
+            a, b = root(i), root(int(j))
+            parent[max(a, b)] = min(a, b)
+    roots = np.array([root(i) for i in range(len(neighbours))])
+    in_set = np.array([len(others) > 0 for others in neighbours])
+    return np.where(in_set, roots, -1)
+
+
+def duplicate_extras(duplicate_set: np.ndarray, label_quality: np.ndarray) -> np.ndarray:
+    """Mask of all but one member of each near-duplicate set: the best-labelled one stays."""
+    extras = np.zeros(len(duplicate_set), dtype=bool)
+    for set_id in np.unique(duplicate_set[duplicate_set >= 0]):
+        members = np.flatnonzero(duplicate_set == set_id)
+        keeper = members[np.argmax(label_quality[members])]
+        extras[members[members != keeper]] = True
+    return extras

@@ -1,0 +1,1 @@
+"""The on-disk data: pixel stores, sample tables, source folders, decoding, lineage, the review ledger."""

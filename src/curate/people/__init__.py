@@ -1,0 +1,1 @@
+"""The commands people run between repros: review, the review app, trace, compare."""

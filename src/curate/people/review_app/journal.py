@@ -1,0 +1,127 @@
+"""The review app's writer of the ledger: one line per decision, appended under a file lock.
+
+Several servers (two reviewers, two browser tabs) may share one ledger, so every write is
+read-check-append under an exclusive ``fcntl`` lock on the ledger itself: the lines other
+writers appended since this server last looked are read first (the whole file, strictly,
+through :func:`curate.data.ledger.read_ledger`, when its size or inode changed), then the new
+decision is checked against the decisions that stand (:func:`curate.data.ledger.standing`) and
+written with one ``write`` of a whole line, flushed and fsynced before the page is told.
+A server killed mid-review therefore leaves whole lines only; each acknowledged decision is
+on disk. Nothing is ever rewritten: an undo is one more line.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from curate.data import ledger
+from curate.data.csvfile import csv_text
+
+
+class Conflict(Exception):
+    """The sample already has a standing decision (or, for an undo, none to take back)."""
+
+    def __init__(self, message: str, first: dict | None) -> None:
+        super().__init__(message)
+        self.first = first  # the decision that stands, as :meth:`Journal.decide` returns it
+
+
+@dataclass
+class _Seen:
+    size: int = -1
+    inode: int = -1
+    lines: int = 0  # lines in the file, the header included
+
+
+class Journal:
+    """The ledger at ``path`` for classes ``names``; ``reviewer`` signs every line written."""
+
+    def __init__(self, path: Path, names: list[str], reviewer: str) -> None:
+        self.path, self.names, self.reviewer = Path(path), names, reviewer
+        self.standing: dict[str, dict] = {}  # sample key -> its standing decision
+        self.version = 0  # bumped on every change seen, so callers can cache what they derive
+        self._seen = _Seen()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the ledger if it changed since last seen (another server appended)."""
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        if (status.st_size, status.st_ino) == (self._seen.size, self._seen.inode):
+            return
+        table = ledger.read_ledger(self.path)
+        kept = ledger.standing(table, self.names, str(self.path))
+        self.standing = {ledger.sample_key(row): self._record(line, row) for line, row in kept.iterrows()}
+        self._seen = _Seen(status.st_size, status.st_ino, self.path.read_bytes().count(b"\n"))
+        self.version += 1
+
+    def decide(self, sample_id: str, path: str, decision: str, label: str = "", note: str = "") -> dict:
+        """Append ``decision`` on ``sample_id``; its standing record. Raises ``CurateError``
+        (the ledger's own message) on a bad decision or label, :class:`Conflict` when the
+        sample is decided already (or has nothing to undo)."""
+        row = {"sample_id": sample_id, "path": path, "decision": decision, "label": label}
+        ledger.check_entry(row, self.names, f"{self.path} (new line)")
+        with self._locked() as handle:
+            first = self.standing.get(sample_id)
+            if decision == ledger.UNDO and first is None:
+                raise Conflict(f"sample {sample_id} has no decision standing: nothing to undo", None)
+            if decision != ledger.UNDO and first is not None:
+                raise Conflict(
+                    f"sample {sample_id} was decided already on line {first['line']} "
+                    f"({first['decision']}{' to ' + first['label'] if first['label'] else ''}"
+                    f" by {first['reviewer'] or 'someone'}): undo it first",
+                    first,
+                )
+            cells = [sample_id, path, decision, label, self.reviewer, " ".join(note.split())]
+            self._append(handle, csv_text(None, [cells]))
+            record = self._record(self._seen.lines, dict(zip(ledger.COLUMNS, cells, strict=True)))
+            if decision == ledger.UNDO:
+                del self.standing[sample_id]
+            else:
+                self.standing[sample_id] = record
+            self.version += 1
+            return record
+
+    @contextmanager
+    def _locked(self) -> Iterator:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab", buffering=0) as handle:  # unbuffered: one write() per call
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                if os.fstat(handle.fileno()).st_size == 0:  # a new ledger starts with its header
+                    self._append(handle, csv_text(ledger.COLUMNS, []))
+                self.refresh()
+                yield handle
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _append(self, handle, text: str) -> None:
+        data = text.encode("utf-8")
+        size = os.fstat(handle.fileno()).st_size
+        if size and not _ends_with_newline(self.path, size):
+            data = b"\n" + data  # a hand-edited last line without its newline stays its own line
+        handle.write(data)  # one write of whole lines: a kill leaves them whole or absent
+        os.fsync(handle.fileno())
+        status = os.fstat(handle.fileno())
+        before = self._seen.lines if size else 0
+        self._seen = _Seen(status.st_size, status.st_ino, before + data.count(b"\n"))
+
+    @staticmethod
+    def _record(line: int, row) -> dict:
+        return {
+            "line": int(line),
+            **{key: str(row[key]) for key in ("decision", "label", "reviewer", "note")},
+        }
+
+
+def _ends_with_newline(path: Path, size: int) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(size - 1)
+        return handle.read(1) == b"\n"
