@@ -45,7 +45,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests/: the synthetic RGB folder and the params helper
 from curate.curation import label_issues  # noqa: E402
-from curate.data.dataset import read_images  # noqa: E402
+from curate.data.image_rows import read_images  # noqa: E402
 from curate.params import load_params  # noqa: E402
 from curate.stages import clean, folds, ingest  # noqa: E402
 from tests.conftest import parse_override, set_params  # noqa: E402

@@ -173,7 +173,7 @@ def clean_figures(folder: Path) -> dict:
     """What clean did in ``folder``: flagged rate, detect F1 against ``true_label``, rows dropped
     and flags left in (by the cap, or by action keep), from its samples table."""
     from curate.curation.label_issues import detection_scores
-    from curate.data.dataset import read_samples
+    from curate.data.samples import read_samples
 
     train = read_samples(folder / "data" / "clean" / "samples.parquet")
     train = train[train["split"] == "train"]

@@ -25,7 +25,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curate.data.dataset import write_images, write_samples  # noqa: E402
+from curate.data.image_rows import write_images  # noqa: E402
+from curate.data.samples import write_samples  # noqa: E402
 from tests.test_review_app import CHROMIUM, CHROMIUM_ARGS, Server  # noqa: E402
 
 FILES = ("params.yaml", "data/clean/samples.parquet", "data/raw/images")

@@ -256,7 +256,7 @@ def write_stream_set(root: Path, gib: float, seed: int) -> int:
     import numpy as np
     import pandas as pd
 
-    from curate.data.dataset import write_images
+    from curate.data.image_rows import write_images
 
     (root / "data/raw").mkdir(parents=True)
     (root / "data/augmented").mkdir(parents=True)

@@ -29,7 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from curate.data.dataset import AUGMENTED_DIR, RAW_DIR, gather_images, read_samples
+from curate.data.image_rows import gather_images
+from curate.data.paths import AUGMENTED_DIR, RAW_DIR
+from curate.data.samples import read_samples
 from curate.learning import feeding, networks, training
 from curate.params import Params, load_params
 from curate.stages.train import INPUT, fit_config, split_validation

@@ -12,8 +12,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch) -> Path:
-    """A temp project folder holding the template's params.yaml; stages run inside it."""
+    """A temp project folder holding the template's params.yaml and dvc.yaml (the stages read the
+    DAG from it); stages run inside it."""
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
     (tmp_path / "data" / "demo").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     return tmp_path

@@ -9,7 +9,8 @@ import torch
 from torchvision.transforms import v2
 
 from curate.curation import augmentation as aug
-from curate.data.dataset import gather_images, read_images, read_samples, write_images, write_samples
+from curate.data.image_rows import gather_images, read_images, write_images
+from curate.data.samples import read_samples, write_samples
 from curate.errors import CurateError
 from curate.learning.checkpoint import load_checkpoint, save_checkpoint
 from curate.learning.networks import build_model

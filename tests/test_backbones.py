@@ -227,7 +227,7 @@ def test_a_binary_probe_becomes_a_two_class_head():
 
 @pytest.mark.slow
 def test_embeddings_method_runs_the_clean_half_of_the_pipeline(workdir):
-    from curate.data.dataset import read_samples
+    from curate.data.samples import read_samples
     from curate.stages import augment, clean, folds, ingest, rebalance
 
     set_params(

@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from curate import cli
-from curate.data.dataset import read_images, read_samples
+from curate.data.image_rows import read_images
+from curate.data.samples import read_samples
 from curate.report.render import read_figures
 from tests.conftest import file_or_tree_bytes, set_params
 from tests.test_ingest import OUTPUTS

@@ -9,7 +9,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from curate.data.dataset import read_images
+from curate.data.image_rows import read_images
 from tests.conftest import set_params, template_copy
 from tests.synthetic import make_folder
 

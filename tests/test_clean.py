@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from curate.data.dataset import RawInputs, read_samples
+from curate.data.samples import RawInputs, read_samples
 from curate.errors import CurateError
 from curate.learning.checkpoint import load_checkpoint
 from curate.params import CleanParams, Params

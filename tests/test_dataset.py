@@ -5,20 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curate.data.dataset import (
-    atomic_path,
-    class_names_of,
-    content_ids,
-    gather_images,
-    keyed_test_mask,
-    read_images,
-    read_samples,
-    stratified_test_mask,
-    training_rows,
-    write_array,
-    write_images,
-    write_samples,
-)
+from curate.data.atomic import atomic_path, write_array
+from curate.data.image_rows import gather_images, read_images, write_images
+from curate.data.samples import class_names_of, content_ids, read_samples, write_samples
+from curate.data.splits import keyed_test_mask, stratified_test_mask, training_rows
 from curate.errors import CurateError
 
 
@@ -149,7 +139,7 @@ def test_a_killed_writer_leaves_a_temp_file_that_the_next_write_removes(tmp_path
     # The writer dies inside atomic_path: no finally runs, as under SIGKILL or an OOM kill.
     killed = (
         "import os, sys\n"
-        "from curate.data.dataset import atomic_path\n"
+        "from curate.data.atomic import atomic_path\n"
         "with atomic_path(sys.argv[1]) as tmp:\n"
         "    tmp.write_bytes(b'half')\n"
         "    os._exit(9)\n"
@@ -167,7 +157,7 @@ def test_a_killed_writer_leaves_a_temp_file_that_the_next_write_removes(tmp_path
 
 
 def test_read_json_names_the_stage_to_rerun(tmp_path):
-    from curate.data.dataset import read_json
+    from curate.data.inputs import read_json
 
     path = tmp_path / "models" / "train.json"
     path.parent.mkdir()
@@ -182,7 +172,7 @@ def test_read_json_names_the_stage_to_rerun(tmp_path):
 
 def test_messages_name_the_stage_that_writes_the_file(tmp_path):
     # One map: folds writes beside clean's table, train writes the model evaluate reads.
-    from curate.data.dataset import producer_of
+    from curate.data.paths import producer_of
 
     assert producer_of("data/clean/samples.parquet") == "clean"
     assert producer_of(tmp_path / "data/clean/embedder.pt") == "folds"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from curate.curation import evaluation
-from curate.data.dataset import write_samples
+from curate.data.samples import write_samples
 from curate.errors import CurateError
 from curate.learning.checkpoint import save_checkpoint
 from curate.learning.networks import build_model

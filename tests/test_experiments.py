@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curate.report.render import DVC_METRIC_KEYS
+from curate.people.declared import declarations
 from curate.stage import flatten
 from tests.conftest import REPO, set_params, template_copy
 
@@ -40,6 +40,8 @@ COLUMNS = (
 MAX_METRIC_COLUMNS = 20
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1"}
 GIT = ["git", "-c", "user.name=curate tests", "-c", "user.email=tests@curate.invalid"]
+
+HEADLINE = {name: stage.metrics for name, stage in declarations(REPO / "dvc.yaml").items()}
 
 
 def run(*args, cwd, env=ENV):
@@ -83,7 +85,7 @@ def test_every_report_metric_and_plot_exists(tiny):
         assert (tiny / "reports" / f"{stage}.html").is_file()
         assert (tiny / "reports" / f"{stage}.md").is_file()
         headline = json.loads((tiny / "reports" / "metrics" / f"{stage}.json").read_text())
-        assert headline and set(headline) <= set(DVC_METRIC_KEYS[stage]), stage
+        assert headline and set(headline) <= set(HEADLINE[stage]), stage
         assert json.loads((tiny / "reports" / "details" / f"{stage}.json").read_text()), stage
     for path in ("reports/index.html", "reports/index.md", "models/model.pt", "reports/plots/confusion.json"):
         assert (tiny / path).is_file(), path
@@ -92,7 +94,7 @@ def test_every_report_metric_and_plot_exists(tiny):
             assert (tiny / f"dvclive/train/plots/metrics/{split}/{name}.tsv").is_file()
     shown = json.loads(run("dvc", "metrics", "show", "--json", cwd=tiny))
     data = next(iter(shown.values()))["data"]
-    assert set(data["reports/metrics/evaluate.json"]["data"]) == set(DVC_METRIC_KEYS["evaluate"])
+    assert set(data["reports/metrics/evaluate.json"]["data"]) == set(HEADLINE["evaluate"])
     assert len(metric_columns(data)) <= MAX_METRIC_COLUMNS
     details = {
         stage: json.loads((tiny / f"reports/details/{stage}.json").read_text())
@@ -156,8 +158,8 @@ def exp_metrics(show: list, name: str) -> tuple[str, dict]:
 
 
 def readme_exp_show_views() -> list[str]:
-    """The ``dvc exp show`` commands the README gives for a 120-column terminal."""
-    readme = (REPO / "README.md").read_text()
+    """The ``dvc exp show`` commands docs/pipeline.md gives for a 120-column terminal."""
+    readme = (REPO / "docs" / "pipeline.md").read_text()
     views = re.findall(r"^(dvc exp show --only-changed --drop '.+')$", readme, flags=re.MULTILINE)
     assert len(views) == 2, views
     return views
@@ -186,7 +188,7 @@ def test_experiments_show_data_quality_next_to_model_metrics(tiny):
     columns = set().union(*(metric_columns(rev["data"].get("metrics") or {}) for rev in exp_revisions(show)))
     assert len(columns) <= MAX_METRIC_COLUMNS, sorted(columns)
 
-    # The README's views fit a 120-column terminal: through the pager DVC draws the table at its
+    # The docs' views fit a 120-column terminal: through the pager DVC draws the table at its
     # full width (wider would scroll), without it rich squeezes it to COLUMNS (wider would show …).
     for view in readme_exp_show_views():
         for pager in ([], ["--no-pager"]):

@@ -4,14 +4,21 @@ import pandas as pd
 import pytest
 import yaml
 
-from curate.curation.gates import GATES, Gate, failures, gate_checks
+from curate import dag
+from curate.curation.gates import failures, gate_checks
 from curate.errors import CurateError
 from curate.params import GatesParams
 from curate.people.compare import diff_tables
+from curate.people.declared import declarations
 from curate.report.render import split_figures
-from curate.stage import DAG, PIPELINE
+from curate.stage import Gate
 from curate.stages import gate
 from tests.conftest import REPO, set_params
+
+STAGES = declarations(REPO / "dvc.yaml")
+DECLARED = {name: stage.gates for name, stage in STAGES.items()}
+PIPELINE = dag.reporting(REPO / "dvc.yaml")
+DAG = dag.lineage_stages(REPO / "dvc.yaml")
 
 METRICS = {
     "ingest": {"n_train": 10},
@@ -28,13 +35,13 @@ def test_checks_compare_in_the_right_direction():
     gates = GatesParams(max_flagged_rate=0.2, min_accuracy=0.95, min_worst_group_accuracy=0.9,
                         max_accuracy_gap=0.05, min_group_share_ratio=None,
                         max_frechet_distance=None)  # fmt: skip
-    checks = {c.name.split(" ")[0]: c for c in gate_checks(gates, None, METRICS)}
+    checks = {c.name.split(" ")[0]: c for c in gate_checks(gates, DECLARED, METRICS)}
     assert set(checks) == {"clean.flagged_rate", "evaluate.accuracy", "evaluate.worst_group_accuracy",
                            "evaluate.accuracy_gap"}  # fmt: skip
     assert not checks["clean.flagged_rate"].passed and checks["clean.flagged_rate"].threshold == "≤ 0.2"
     assert checks["evaluate.accuracy"].passed and checks["evaluate.accuracy_gap"].passed
     assert not checks["evaluate.worst_group_accuracy"].passed
-    assert [c.name for c in gate_checks(gates, "clean", METRICS)] == [
+    assert [c.name for c in gate_checks(gates, {"clean": DECLARED["clean"]}, METRICS)] == [
         "clean.flagged_rate (gates.max_flagged_rate)"
     ]
     assert failures(list(checks.values())) == [
@@ -46,7 +53,7 @@ def test_checks_compare_in_the_right_direction():
 
 def test_a_metric_that_cannot_be_measured_fails_its_gate():
     (check,) = gate_checks(GatesParams(min_detect_f1=0.9, **{k: None for k in _others("min_detect_f1")}),
-                           None, METRICS)  # fmt: skip
+                           DECLARED, METRICS)  # fmt: skip
     assert not check.passed and check.observed == "not measured"
 
 
@@ -62,7 +69,7 @@ def test_each_stage_in_dvc_yaml_reads_exactly_its_gates():
         if name == "gate":
             continue
         listed = {key for key in stage.get("params", []) if isinstance(key, str) and key.startswith("gates.")}
-        assert listed == {f"gates.{gate}" for gate, spec in GATES.items() if spec.stage == name}, name
+        assert listed == {f"gates.{gate}" for gate in DECLARED.get(name, {})}, name
 
 
 def test_dvc_yaml_keeps_details_out_of_the_metrics_and_gate_reads_them():
@@ -85,22 +92,30 @@ def test_dvc_yaml_keeps_details_out_of_the_metrics_and_gate_reads_them():
 
 def test_gate_checks_carry_their_param_key():
     defaults = GatesParams()
-    checks = gate_checks(defaults, None, METRICS)
-    assert {check.key for check in checks} == {name for name in GATES if getattr(defaults, name) is not None}
+    checks = gate_checks(defaults, DECLARED, METRICS)
+    declared = {key for gates in DECLARED.values() for key in gates}
+    assert {check.key for check in checks} == {key for key in declared if defaults.threshold(key) is not None}
 
 
-def write_metrics(root, metrics=METRICS, split=True):
+def write_metrics(root, metrics=METRICS, split=True, gates=None):
     """Each stage's figures as ``write_stage`` writes them (headline metrics + details; ``split=False``:
-    all in the metrics file, as before the split), with a lineage that names no file: all current."""
+    all in the metrics file, as before the split), with a lineage that names no file: all current,
+    and a run record of the gates each stage declares (``gates``: other declarations by stage)."""
+    gates = DECLARED | (gates or {})
     for folder in ("metrics", "details", "lineage"):
         (root / "reports" / folder).mkdir(parents=True, exist_ok=True)
     for stage, values in metrics.items():
-        headline, details = split_figures(stage, values) if split else (values, None)
+        headline, details = split_figures(STAGES[stage].metrics, values) if split else (values, None)
         (root / "reports" / "metrics" / f"{stage}.json").write_text(json.dumps(headline))
         if details is not None:
             (root / "reports" / "details" / f"{stage}.json").write_text(json.dumps(details))
     for stage in DAG:  # the training stages (folds, train) record a lineage and no figures
-        (root / "reports" / "lineage" / f"{stage}.json").write_text('{"inputs": {}, "outputs": {}}')
+        run = {
+            "metrics": list(STAGES[stage].metrics),
+            "gates": {key: {"metric": g.metric, "bound": g.bound} for key, g in gates.get(stage, {}).items()},
+        }
+        lineage = {"inputs": {}, "outputs": {}, "run": run}
+        (root / "reports" / "lineage" / f"{stage}.json").write_text(json.dumps(lineage))
 
 
 def test_gate_stage_writes_card_and_enforces(workdir, capsys):
@@ -173,10 +188,9 @@ def test_flags_of_fold_models_that_learnt_nothing_are_named_as_such(workdir, cap
     assert "and none acted on" in (workdir / "reports/index.md").read_text()
 
 
-def test_a_gate_may_judge_a_detail(workdir, monkeypatch):
+def test_a_gate_may_judge_a_detail(workdir):
     # evaluate.accuracy_ratio is in reports/details/evaluate.json, not in its metrics.
-    monkeypatch.setitem(GATES, "min_accuracy", Gate("evaluate", "accuracy_ratio", "min"))
-    write_metrics(workdir)
+    write_metrics(workdir, gates={"evaluate": {"min_accuracy": Gate("accuracy_ratio", "min")}})
     assert "accuracy_ratio" not in (workdir / "reports/metrics/evaluate.json").read_text()
     gate.main([])
     result = json.loads((workdir / "reports/details/gate.json").read_text())

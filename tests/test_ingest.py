@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curate.data.dataset import read_images, read_samples
+from curate.data.image_rows import read_images
+from curate.data.samples import read_samples
 from curate.errors import CurateError
 from curate.report.render import read_figures
 from curate.stages import ingest

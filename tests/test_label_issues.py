@@ -35,30 +35,34 @@ def train_table(flagged, quality, labels, groups, confidence=None, predicted=Non
     )
 
 
+def decided(table: pd.DataFrame, **options) -> tuple[pd.Series, list[str]]:
+    """:func:`decide_actions`' actions and where the cap bound."""
+    decision = decide_actions(table, **options)
+    return decision.actions, decision.notes
+
+
 def test_drop_removes_flagged_within_budget():
     table = train_table([True, False, True, False], [0.1, 0.9, 0.2, 0.8], [0, 0, 1, 1], ["a"] * 4)
-    actions, notes = decide_actions(table, action="drop", relabel_floor=0.9, max_drop_fraction=0.5)
+    actions, notes = decided(table, action="drop", relabel_floor=0.9, max_drop_fraction=0.5)
     assert actions.tolist() == ["drop", "none", "drop", "none"]
     assert notes == []
 
 
 def test_keep_only_flags():
     table = train_table([True, False], [0.1, 0.9], [0, 0], ["a", "a"])
-    actions, _ = decide_actions(table, action="keep", relabel_floor=0.9, max_drop_fraction=1.0)
+    actions, _ = decided(table, action="keep", relabel_floor=0.9, max_drop_fraction=1.0)
     assert actions.tolist() == ["keep", "none"]
 
 
 def test_relabel_needs_confidence_else_drop():
     table = train_table([True, True, False], [0.1, 0.2, 0.9], [0, 0, 1], ["a"] * 3, [0.95, 0.6, 0.99])
-    actions, _ = decide_actions(
-        table, action="relabel", relabel_floor=0.9, max_drop_fraction=1.0, cap="absolute"
-    )
+    actions, _ = decided(table, action="relabel", relabel_floor=0.9, max_drop_fraction=1.0, cap="absolute")
     assert actions.tolist() == ["relabel", "drop", "none"]
 
 
 def test_relabel_floor_per_row():
     table = train_table([True, True], [0.1, 0.2], [0, 0], ["a"] * 2, [0.4, 0.4])
-    actions, _ = decide_actions(
+    actions, _ = decided(
         table, action="relabel", relabel_floor=np.array([0.3, 0.5]), max_drop_fraction=1.0, cap="absolute"
     )
     assert actions.tolist() == ["relabel", "drop"]
@@ -88,13 +92,11 @@ def test_relabels_within_a_class_cost_nothing_when_classes_swap_alike():
     labels = np.repeat([0, 1], 10)
     flagged = ([True] * 5 + [False] * 5) * 2
     table = train_table(flagged, [i / 10 for i in range(10)] * 2, labels, ["a"] * 20, [0.6] * 20)
-    actions, notes = decide_actions(
+    actions, notes = decided(
         table, action="relabel", relabel_floor=0.5, max_drop_fraction=0.3, cap="absolute"
     )
     assert (actions == "relabel").sum() == 10 and notes == []
-    dropped, notes = decide_actions(
-        table, action="drop", relabel_floor=0.5, max_drop_fraction=0.3, cap="absolute"
-    )
+    dropped, notes = decided(table, action="drop", relabel_floor=0.5, max_drop_fraction=0.3, cap="absolute")
     assert (dropped == "keep").sum() == 4 and "label 0: 2 removal(s) held back" in notes
 
 
@@ -103,7 +105,7 @@ def test_cap_still_protects_a_hard_class_from_relabels():
     labels = np.repeat([0, 1], 10)
     flagged = [False] * 10 + [True] * 8 + [False] * 2
     table = train_table(flagged, [0.9] * 10 + [i / 10 for i in range(10)], labels, ["a"] * 20, [0.95] * 20)
-    actions, notes = decide_actions(
+    actions, notes = decided(
         table, action="relabel", relabel_floor=0.9, max_drop_fraction=0.3, cap="absolute"
     )
     assert actions[10:13].eq("relabel").all() and actions[13:18].eq("keep").all()
@@ -118,9 +120,7 @@ def test_cap_holds_back_least_suspicious_and_says_where():
         [0, 0, 0, 0, 1, 1],
         ["a", "a", "a", "a", "b", "b"],
     )
-    actions, notes = decide_actions(
-        table, action="drop", relabel_floor=0.9, max_drop_fraction=0.5, cap="absolute"
-    )
+    actions, notes = decided(table, action="drop", relabel_floor=0.9, max_drop_fraction=0.5, cap="absolute")
     assert actions.tolist() == ["keep", "drop", "drop", "none", "drop", "none"]
     assert notes == ["group a: 1 removal(s) held back", "label 0: 1 removal(s) held back"]
 
@@ -130,7 +130,7 @@ def test_cap_applies_per_group_too():
     table = train_table(
         [True, True] + [False] * 8, [0.1, 0.2] + [0.9] * 8, [0] * 10, ["small"] * 2 + ["big"] * 8
     )
-    actions, notes = decide_actions(table, action="drop", relabel_floor=0.9, max_drop_fraction=0.5)
+    actions, notes = decided(table, action="drop", relabel_floor=0.9, max_drop_fraction=0.5)
     assert actions.tolist()[:2] == ["drop", "keep"]
     assert "group small: 1 removal(s) held back" in notes
 
@@ -147,11 +147,9 @@ def test_relative_cap_removes_global_noise_that_the_absolute_cap_keeps():
     # suspicious flags of each class (the ambiguous images the model then learns); the relative
     # budget, (0.5 + 0.3) x 10 = 8 per class, removes them all.
     table = _global_noise()
-    before, notes = decide_actions(
-        table, action="drop", relabel_floor=0.9, max_drop_fraction=0.3, cap="absolute"
-    )
+    before, notes = decided(table, action="drop", relabel_floor=0.9, max_drop_fraction=0.3, cap="absolute")
     assert (before == "keep").sum() == 8 and len(notes) == 5
-    after, notes = decide_actions(table, action="drop", relabel_floor=0.9, max_drop_fraction=0.3)
+    after, notes = decided(table, action="drop", relabel_floor=0.9, max_drop_fraction=0.3)
     assert (after == "drop").sum() == 20 and notes == []
 
 
@@ -164,7 +162,7 @@ def test_relative_cap_still_protects_a_class_flagged_far_more_than_the_rest():
         np.repeat(np.arange(4), 10),
         ["a"] * 40,
     )
-    actions, notes = decide_actions(table, action="drop", relabel_floor=0.9, max_drop_fraction=0.3)
+    actions, notes = decided(table, action="drop", relabel_floor=0.9, max_drop_fraction=0.3)
     assert actions[30:35].eq("drop").all() and actions[35:39].eq("keep").all()
     assert notes == ["label 3: 4 removal(s) held back"]
 
@@ -174,7 +172,7 @@ def test_relative_cap_still_protects_a_small_group():
     table = train_table(
         [True] * 4 + [False] * 36, [0.1] * 4 + [0.9] * 36, [0, 1] * 20, ["small"] * 4 + ["big"] * 36
     )
-    actions, notes = decide_actions(table, action="drop", relabel_floor=0.9, max_drop_fraction=0.3)
+    actions, notes = decided(table, action="drop", relabel_floor=0.9, max_drop_fraction=0.3)
     assert actions[:4].tolist().count("drop") == 1 and actions[:4].tolist().count("keep") == 3
     assert notes == ["group small: 3 removal(s) held back"]
 
@@ -182,7 +180,7 @@ def test_relative_cap_still_protects_a_small_group():
 def test_relative_cap_leaves_min_rows_of_every_class():
     # 90% flagged everywhere: (0.9 + 0.3) x 10 would remove every row; 2 stay per class.
     table = _global_noise(n_classes=2, rows=10, flagged=9)
-    actions, _ = decide_actions(table, action="drop", relabel_floor=0.9, max_drop_fraction=0.3, min_rows=2)
+    actions, _ = decided(table, action="drop", relabel_floor=0.9, max_drop_fraction=0.3, min_rows=2)
     assert (actions == "drop").sum() == 16 and (actions != "drop").groupby(table["label"]).sum().tolist() == [
         2,
         2,

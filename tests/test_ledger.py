@@ -27,6 +27,8 @@ LEDGER = "data/review/decisions.csv"
 HEADER = ",".join(ledger.COLUMNS)
 ONE = "(one decision per sample: append an undo line to change it)"
 
+CLEAN_GATES = {"clean": clean.STAGE.gates}
+
 
 @pytest.fixture
 def ledger_dir(tmp_path, monkeypatch):
@@ -104,12 +106,12 @@ def test_unflagged_keep_confirms_and_nothing_flagged_reviewed_is_not_measured(le
     assert (figures["confirmed"], figures["overturned"], figures["reviewed_flags"]) == (1, 0, 0)
     assert math.isnan(figures["review_precision"])
     # A null gate does not judge it; a set gate cannot pass on nothing measured.
-    assert gate_checks(GatesParams(), "clean", {"clean": figures}) == gate_checks(
-        GatesParams(min_review_precision=None), "clean", {"clean": figures}
+    assert gate_checks(GatesParams(), CLEAN_GATES, {"clean": figures}) == gate_checks(
+        GatesParams(min_review_precision=None), CLEAN_GATES, {"clean": figures}
     )
     (check,) = [
         c
-        for c in gate_checks(GatesParams(min_review_precision=0.5), "clean", {"clean": figures})
+        for c in gate_checks(GatesParams(min_review_precision=0.5), CLEAN_GATES, {"clean": figures})
         if c.key == "min_review_precision"
     ]
     assert not check.passed and check.observed == "not measured"

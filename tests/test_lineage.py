@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import yaml
 
+from curate import dag
 from curate.curation.gates import stale_stages
-from curate.data.dataset import read_images, read_samples, write_bytes, write_images, write_samples
+from curate.data.atomic import write_bytes
+from curate.data.image_rows import read_images, write_images
 from curate.data.lineage import Lineage, file_digest
+from curate.data.samples import read_samples, write_samples
 from curate.params import Params
 from curate.report import Verdict
 from curate.report.render import read_figures
 from curate.report.writer import write_stage
-from curate.stage import DAG, PIPELINE
 from curate.stages import gate
 from tests.conftest import REPO, set_params, template_copy
 from tests.test_dataset import table
@@ -106,7 +108,7 @@ def test_stale_stages_on_hand_made_records():
     # Read from a stale stage: stale too, even when the file itself is the one recorded.
     lineages["augment"]["inputs"] = {"bal": None, "clean": "c1"}
     assert stale_stages(lineages, now.get)["augment"] == "upstream stages clean, rebalance are stale"
-    current = {stage: {"inputs": {"raw": "r1"}, "outputs": {}} for stage in PIPELINE}
+    current = {stage: {"inputs": {"raw": "r1"}, "outputs": {}} for stage in dag.reporting(REPO / "dvc.yaml")}
     assert stale_stages(current, now.get) == {}
 
 
@@ -163,14 +165,14 @@ def test_gate_marks_stale_stages_and_leaves_their_figures_out(workdir, capsys):
 def test_dvc_yaml_keeps_lineage_out_of_the_metrics_and_gate_depends_on_it():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     data_outs = set()
-    for stage in PIPELINE:
+    for stage in dag.reporting(REPO / "dvc.yaml"):
         outs = {next(iter(out)) if isinstance(out, dict) else out: out for out in stages[stage]["outs"]}
         lineage = f"reports/lineage/{stage}.json"
         assert outs[lineage] == {lineage: {"cache": False}}, stage  # git carries it next to dvc.lock
         assert lineage not in json.dumps(stages[stage].get("metrics", [])), stage  # no dvc exp show column
         data_outs |= {path for path in outs if path.startswith(("data/", "models/")) and "." in path}
     gate_deps = set(stages["gate"]["deps"])
-    assert {f"reports/lineage/{stage}.json" for stage in PIPELINE} <= gate_deps
+    assert {f"reports/lineage/{stage}.json" for stage in dag.reporting(REPO / "dvc.yaml")} <= gate_deps
     assert data_outs <= gate_deps  # dvc repro re-runs gate when any file it hashes changes
 
 
@@ -204,7 +206,7 @@ def stale_in(root: Path) -> dict[str, str]:
 def test_stages_run_by_hand_leave_stale_figures_marked(tmp_path):
     root = template_copy(tmp_path / "template")
     set_params(root / "params.yaml", **TINY)
-    for stage in (*DAG, "gate"):
+    for stage in dag.names(REPO / "dvc.yaml"):
         curate(root, stage)
     assert stale_in(root) == {}
 

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from curate import cli
 from curate.curation import balance
-from curate.data.dataset import read_samples, write_samples
+from curate.data.samples import read_samples, write_samples
 from curate.errors import CurateError
 from curate.params import Params, RebalanceParams, load_params
 from curate.report.render import read_figures

@@ -3,7 +3,7 @@
 A docstring that cites a function which was renamed or moved sends a reader to nothing; this
 test reads every ``:func:``, ``:class:``, ``:meth:``, ``:mod:``, ``:data:`` and ``:attr:``
 reference in ``src/curate`` and resolves it the way a reader would: a dotted name from the top
-(``curate.data.dataset.ImageRows``), else from the citing module's own namespace (``ImageRows``
+(``curate.data.image_rows.ImageRows``), else from the citing module's own namespace (``ImageRows``
 in a module that defines or imports it), else from the package (``ledger.read_ledger``).
 A bare ``:meth:`` name must be a method of some class of the citing module.
 """
@@ -83,5 +83,5 @@ def test_reference_resolves(citing, kind, target):
 
 
 def test_a_missing_name_is_caught():
-    assert not resolves("curate.data.dataset", "func", "curate.curation.augmentation.no_such_function")
-    assert not resolves("curate.data.dataset", "meth", "no_such_method")
+    assert not resolves("curate.data.samples", "func", "curate.curation.augmentation.no_such_function")
+    assert not resolves("curate.data.samples", "meth", "no_such_method")

@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from curate import dag
 from curate.curation.gates import Check, Verdict
 from curate.errors import CurateError
 from curate.params import Params
+from curate.people.declared import declarations
 from curate.report import bar_chart, thumbnail
 from curate.report import render as render_module
 from curate.report.render import (
     CSP,
-    DVC_METRIC_KEYS,
     ENV,
     merge_figures,
     metrics_json,
@@ -20,9 +21,8 @@ from curate.report.render import (
     split_figures,
 )
 from curate.report.writer import write_stage
-from curate.stage import PIPELINE
-from curate.stages import ingest
-from tests.conftest import set_params
+from curate.stages import evaluate, ingest
+from tests.conftest import REPO, set_params
 
 NASTY_CLASS = "<img src=x onerror=alert(1)>"
 NASTY_GROUP = "<b>x"
@@ -77,20 +77,21 @@ def test_metrics_json_sorted_rounded_plain():
 
 def test_headline_is_a_fixed_few_columns_per_stage():
     # The columns of dvc exp show: at most 20 in all, whatever the number of classes or groups.
-    assert set(DVC_METRIC_KEYS) == {*PIPELINE, "gate"}
-    assert sum(map(len, DVC_METRIC_KEYS.values())) <= 20
-    assert "images_per_second" not in DVC_METRIC_KEYS["train_report"]  # measured: it differs on every run
+    headline = {name: stage.metrics for name, stage in declarations(REPO / "dvc.yaml").items()}
+    assert {name for name, keys in headline.items() if keys} == {*dag.reporting(REPO / "dvc.yaml"), "gate"}
+    assert sum(map(len, headline.values())) <= 20
+    assert "images_per_second" not in headline["train_report"]  # measured: it differs on every run
 
 
 def test_write_stage_splits_headline_metrics_from_details(workdir):
     figures = {"accuracy": np.float64(0.5), "n_test": 4, "ece": float("nan"),
                "by_group": {"a": {"accuracy": 0.25}}, "confusion_matrix": [[1, 0], [0, 3]]}  # fmt: skip
-    write_stage("ingest", Params(), {"n_train": 7, "n_classes": 2}, _ingest_like_context(), None)
+    write_stage(ingest.STAGE, Params(), {"n_train": 7, "n_classes": 2}, _ingest_like_context(), None)
     metrics = json.loads((workdir / "reports/metrics/ingest.json").read_text())
     details = json.loads((workdir / "reports/details/ingest.json").read_text())
     assert (metrics, details) == ({"n_train": 7}, {"n_classes": 2})
     assert read_figures("ingest") == {"n_train": 7, "n_classes": 2}
-    headline, rest = split_figures("evaluate", figures)
+    headline, rest = split_figures(evaluate.STAGE.metrics, figures)
     assert headline == {"accuracy": 0.5, "ece": figures["ece"]}
     assert set(rest) == {"n_test", "by_group", "confusion_matrix"}
     assert merge_figures(headline, rest) == figures
@@ -101,7 +102,7 @@ def test_write_stage_splits_headline_metrics_from_details(workdir):
 def test_write_stage_refuses_oversized_html(tmp_path, monkeypatch):
     monkeypatch.setattr(render_module, "MAX_REPORT_BYTES", 100)
     with pytest.raises(CurateError, match=r"reports/ingest.html: .* over the 100-byte cap"):
-        write_stage("ingest", Params(), {}, _ingest_like_context(), None, reports_dir=tmp_path)
+        write_stage(ingest.STAGE, Params(), {}, _ingest_like_context(), None, reports_dir=tmp_path)
     assert not list(tmp_path.rglob("*.html"))
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from curate import cli
-from curate.data.dataset import write_images, write_samples
+from curate.data.image_rows import write_images
+from curate.data.samples import write_samples
 from tests.test_report import assert_safe_html
 from tests.test_trace import NASTY, clean_table, raw_table
 

@@ -24,7 +24,8 @@ import pandas as pd
 import pytest
 
 from curate.data import ledger
-from curate.data.dataset import write_images, write_samples
+from curate.data.image_rows import write_images
+from curate.data.samples import write_samples
 from curate.people.review_app.guard import Guard
 from curate.people.review_app.journal import Journal
 from curate.people.review_app.server import Queue, build_app

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from curate.data import store
-from curate.data.dataset import read_images, read_samples, write_images, write_samples
+from curate.data.image_rows import read_images, write_images
+from curate.data.samples import read_samples, write_samples
 from curate.errors import CurateError
 from curate.stages import ingest
 from tests.conftest import file_or_tree_bytes, set_params

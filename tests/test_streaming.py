@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from curate.data import dataset
-from curate.data.dataset import ImageRows, gather_images, image_rows, write_images
+from curate.data import image_rows as image_rows_module
+from curate.data.image_rows import ImageRows, gather_images, image_rows, write_images
 from curate.learning import feeding, inference, networks, training
 from curate.stages import evaluate, train
 from tests.conftest import set_params
@@ -71,7 +71,7 @@ def test_streaming_trains_the_same_model_as_the_in_memory_path(tmp_path, monkeyp
     rng = np.random.default_rng(1)
     labels = np.arange(100) % 3
     write_images(tmp_path / "images", digit_like(labels, rng), segment_mb=0.01)
-    images = dataset.read_images(tmp_path / "images")  # memory-mapped segments
+    images = image_rows_module.read_images(tmp_path / "images")  # memory-mapped segments
     weights = rng.uniform(0.2, 3.0, len(labels))
     validation = (images[80:], labels[80:], None)
     read = []
@@ -118,7 +118,8 @@ def test_fit_stage_streams_without_a_gathered_copy(workdir, monkeypatch):
     set_params(workdir / "params.yaml", train=TINY)
     assert train.main([]) == 0
     kept = (workdir / "models/model.pt").read_bytes()
-    monkeypatch.setattr(dataset, "gather_images", lambda *a, **k: pytest.fail("train gathered the images"))
+    gathered = lambda *a, **k: pytest.fail("train gathered the images")  # noqa: E731
+    monkeypatch.setattr(image_rows_module, "gather_images", gathered)
     set_params(workdir / "params.yaml", train={**TINY, "data_on_device": "never"})
     assert train.main([]) == 0
     # The same weights; the meta differs in its params digest only (data_on_device is a train param).

@@ -14,7 +14,9 @@ import pytest
 from curate import cli
 from curate.curation.clean_actions import action_reasons, choose_action
 from curate.curation.label_issues import relabel_floors
-from curate.data.dataset import read_samples, write_array, write_images, write_samples
+from curate.data.atomic import write_array
+from curate.data.image_rows import write_images
+from curate.data.samples import read_samples, write_samples
 from curate.params import load_params
 from tests.conftest import set_params, template_copy
 from tests.test_experiments import ENV, GIT, TINY, run

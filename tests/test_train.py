@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 import torch
 
-from curate.data.dataset import write_images, write_samples
+from curate.data.image_rows import write_images
+from curate.data.samples import write_samples
 from curate.errors import CurateError
 from curate.learning import feeding, inference, networks, training
 from curate.learning.checkpoint import load_checkpoint, load_initial_weights, save_checkpoint

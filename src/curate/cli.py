@@ -14,6 +14,7 @@ from curate.stage import guarded
 STAGES = tuple(sorted(m.name for m in pkgutil.iter_modules(curate.stages.__path__)))
 COMMANDS = {stage: f"curate.stages.{stage}" for stage in STAGES} | {
     "compare": "curate.people.compare",
+    "deps": "curate.people.deps",
     "review": "curate.people.review",
     "trace": "curate.people.trace",
 }

@@ -12,20 +12,22 @@ import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     PositiveInt,
+    PrivateAttr,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
 )
-from pydantic.fields import FieldInfo
 
+from curate import dag
 from curate.errors import CurateError
 from curate.transform_specs import signature_problem, transform_signatures
+from curate.validation import read_yaml, refuse_unknown, validated
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 # The placeholder folder that stands for the embedded demo (MNIST 5k from
@@ -271,7 +273,9 @@ class EvaluateParams(Section):
 
 
 class GatesParams(Section):
-    """Quality gates: each optional (null: not checked). See ``curate.curation.gates.GATES``."""
+    """Quality gates: each optional (null: not checked). What each one bounds is declared by its
+    stage (``Stage.gates`` in the stage's module); an added stage's gates are the ``gates.*`` keys
+    its ``dvc.yaml`` entry reads, kept in :attr:`added`."""
 
     enforce: bool = False
     max_flagged_rate: float | None = Field(0.2, ge=0, le=1)
@@ -284,6 +288,15 @@ class GatesParams(Section):
     min_accuracy: float | None = Field(0.95, ge=0, le=1)
     min_worst_group_accuracy: float | None = Field(0.9, ge=0, le=1)
     max_accuracy_gap: float | None = Field(0.05, ge=0, le=1)
+    _added: dict[str, float | None] = PrivateAttr(default_factory=dict)
+
+    def threshold(self, key: str) -> float | None:
+        """The threshold of gate ``key``: a field above, or an added stage's gate (None: unset)."""
+        return getattr(self, key) if key in type(self).model_fields else self._added.get(key)
+
+    @property
+    def added(self) -> dict[str, float | None]:
+        return dict(self._added)
 
 
 class Params(Section):
@@ -297,6 +310,16 @@ class Params(Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     gates: GatesParams = GatesParams()
+    # The sections of stages added to dvc.yaml (raw: their own module validates them,
+    # curate.stage.Stage.settings).
+    _added: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def added_section(self, name: str) -> Any:
+        return self._added.get(name)
+
+
+# An added gate's threshold: a number >= 0, or null (not checked).
+_THRESHOLD = TypeAdapter(Annotated[float | None, Field(ge=0)])
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
@@ -308,131 +331,43 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE) -> Params:
     before it are cached).
     """
     path = Path(path)
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     if raw is None:
         raise CurateError(f"{path}: empty (expected the sections {', '.join(Params.model_fields)})")
     if not isinstance(raw, dict):
         raise CurateError(f"{path}: expected a mapping of sections at the top level")
-    try:
-        params = Params.model_validate(raw)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        message = describe_error(errors[0])
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise CurateError(f"{path}: {message}{more}") from None
+    raw, sections, gates = _split_added(raw, path)
+    params = validated(Params, raw, path, moved=MOVED_KEYS)
+    params._added.update(sections)
+    params.gates._added.update(gates)
     return params
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys; a second ``ingest:`` section would silently win."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise CurateError(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.load(path.read_bytes().decode("utf-8"), Loader=_UniqueKeyLoader)
-    except FileNotFoundError:
-        raise CurateError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise CurateError(f"{path}: is a folder, not a params file") from None
-    except PermissionError:
-        raise CurateError(f"{path}: not readable (permission denied)") from None
-    except UnicodeDecodeError as exc:
-        raise CurateError(
-            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
-        ) from None
-    except CurateError as exc:
-        raise CurateError(f"{path} {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise CurateError(f"{path}: invalid YAML{where}") from None
-
-
-def dotted(loc: tuple[Any, ...]) -> str:
-    """``('augment', 'transforms', 2, 'name')`` -> ``augment.transforms[2].name``."""
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def describe_error(error: dict[str, Any]) -> str:
-    """One readable line for one pydantic error: the dotted key, what is wrong, what is allowed."""
-    loc = tuple(error["loc"])
-    key = dotted(loc)
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        siblings = list(_fields_at(loc[:-1]))
-        close = difflib.get_close_matches(str(loc[-1]), siblings, n=1, cutoff=0.6)
-        hint = f" (did you mean {dotted(loc[:-1] + (close[0],))}?)" if close else ""
-        if key in MOVED_KEYS:
-            hint = f" (moved to {MOVED_KEYS[key]})"
-        return f"{key}: unknown key{hint}"
-    field = _field_at(loc)
-    allowed = _allowed(field) if field is not None else ""
-    value = error.get("input")
-    shown = f"{value!r}" if not isinstance(value, dict) else "a mapping"
-    if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
-        return f"{key}: {shown} is out of range (allowed: {allowed})"
-    if kind.startswith("literal"):
-        return f"{key}: {shown} is not allowed (allowed: {allowed})"
-    if kind == "missing":
-        return f"{key}: required key is missing"
-    if kind == "value_error":  # our own validators already say what is wrong
-        return f"{key}: {error['ctx']['error']}"
-    detail = error["msg"][0].lower() + error["msg"][1:]
-    suffix = f" (allowed: {allowed})" if allowed else ""
-    return f"{key}: {shown}: {detail}{suffix}"
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = Params
-    for part in loc:
-        if isinstance(part, int) and model is not None:
-            continue  # an item of a list of sections: the item's section (see below)
-        if model is None or part not in model.model_fields:
-            return None
-        annotation = model.model_fields[part].annotation
-        if getattr(annotation, "__origin__", None) is list:  # list[Section]: walk into the items
-            annotation = annotation.__args__[0]
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-    return model
-
-
-def _fields_at(loc: tuple[Any, ...]) -> dict[str, FieldInfo]:
-    model = _model_at(loc)
-    return dict(model.model_fields) if model is not None else {}
-
-
-def _field_at(loc: tuple[Any, ...]) -> FieldInfo | None:
-    keys = [part for part in loc if not isinstance(part, int)]
-    if not keys:
-        return None
-    return _fields_at(tuple(keys[:-1])).get(keys[-1])
-
-
-def _allowed(field: FieldInfo) -> str:
-    """The range or choices a field accepts, e.g. ``0 < value <= 1`` or ``'skip', 'fail'``."""
-    choices = getattr(field.annotation, "__args__", None)
-    if getattr(field.annotation, "__origin__", None) is Literal and choices:
-        return ", ".join(repr(choice) for choice in choices)
-    low = high = ""
-    for rule in field.metadata:
-        if getattr(rule, "ge", None) is not None:
-            low = f"{rule.ge} <= "
-        if getattr(rule, "gt", None) is not None:
-            low = f"{rule.gt} < "
-        if getattr(rule, "le", None) is not None:
-            high = f" <= {rule.le}"
-        if getattr(rule, "lt", None) is not None:
-            high = f" < {rule.lt}"
-    return f"{low}value{high}" if low or high else ""
+def _split_added(raw: dict, path: Path) -> tuple[dict, dict[str, Any], dict[str, float | None]]:
+    """Take out of ``raw`` the sections and gates of stages added to dvc.yaml (those keys that a
+    stage's ``params:`` list names and :class:`Params` does not know); what is left, typos
+    included, is for :class:`Params` to judge. dvc.yaml is read only when such a key is there."""
+    unknown = set(raw) - set(Params.model_fields)
+    gates = raw.get("gates")
+    unknown_gates = set(gates) - set(GatesParams.model_fields) if isinstance(gates, dict) else set()
+    if not unknown and not unknown_gates:
+        return raw, {}, {}
+    dvc_file = path.parent / dag.DVC_FILE
+    declared = dag.declared_params(dvc_file) if dvc_file.exists() else {}
+    sections = {key: raw[key] for key in unknown if any(k.split(".")[0] == key for k in declared)}
+    added_gates = {key: gates[key] for key in unknown_gates if f"gates.{key}" in declared}
+    for key, value in added_gates.items():
+        try:
+            added_gates[key] = _THRESHOLD.validate_python(value)
+        except ValidationError:
+            message = f"{path}: gates.{key}: {value!r} is not a threshold (a number >= 0, or null)"
+            raise CurateError(message) from None
+    refuse_unknown(
+        unknown - set(sections), [*Params.model_fields, *{k.split(".")[0] for k in declared}], "", path
+    )
+    known_gates = [*GatesParams.model_fields, *(k[6:] for k in declared if k.startswith("gates."))]
+    refuse_unknown(unknown_gates - set(added_gates), known_gates, "gates.", path)
+    left = {key: value for key, value in raw.items() if key not in sections}
+    if added_gates:
+        left["gates"] = {key: value for key, value in gates.items() if key not in added_gates}
+    return left, sections, added_gates

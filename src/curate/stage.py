@@ -1,8 +1,12 @@
-"""What every stage shares: its argument parser, the error guard, the pipeline order.
+"""What every stage shares: its declaration, its argument parser, the error guard.
 
-A kit module: stages and the CLI import it, it imports no stage. Each stage module ends with
-``if __name__ == "__main__": sys.exit(guarded(main))``, so ``python -m curate.stages.<stage>``
-behaves as ``curate <stage>``.
+A kit module: stages and the CLI import it, it imports no stage. Each stage module declares
+what is its own once, as ``STAGE = Stage(...)`` (its headline metrics, its gates, its params
+section), and ends with ``if __name__ == "__main__": sys.exit(guarded(main))``, so
+``python -m curate.stages.<stage>`` behaves as ``curate <stage>``. Where it sits in the DAG,
+what it writes and which params it reads are in ``dvc.yaml`` (:mod:`curate.dag`); what it
+declared here, each run records in its lineage file (:meth:`Stage.record`), where the gate
+stage and the data card read it: no other module keeps a list of stages.
 """
 
 from __future__ import annotations
@@ -10,15 +14,58 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
 
 from curate.errors import CurateError
+from curate.params import Params
+from curate.validation import validated
 
-# The stages with a report and figures, in DAG order; ``gate`` closes the pipeline and reads them.
-PIPELINE = ("ingest", "clean", "rebalance", "augment", "train_report", "evaluate")
-# Every stage that records its lineage, in DAG order: also the two that only train (folds before
-# clean, train before train_report), stages of their own so that a report's edit re-runs no training.
-DAG = ("ingest", "folds", "clean", "rebalance", "augment", "train", "train_report", "evaluate")
+
+@dataclass(frozen=True)
+class Gate:
+    """A bound on one of the stage's figures (a headline metric or a detail), set by a ``gates.*`` param."""
+
+    metric: str
+    bound: Literal["min", "max"]  # min: observed >= threshold; max: observed <= threshold
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What a stage is, declared once in its module.
+
+    ``metrics``: its headline figures, the columns of ``dvc exp show`` (reports/metrics/<name>.json);
+    every other figure it computes goes to reports/details/<name>.json. ``gates``: ``gates.<key>``
+    -> the figure it bounds. ``section``: the model of its own ``params.yaml`` section, for a stage
+    added to the template (the template's own sections are typed in :mod:`curate.params`).
+    """
+
+    name: str
+    metrics: tuple[str, ...] = ()
+    gates: Mapping[str, Gate] = field(default_factory=dict)
+    section: type[BaseModel] | None = None
+
+    def settings(self, params: Params, params_file: str | Path = "params.yaml") -> Any:
+        """This stage's own params section, validated (a typo is refused with the dotted key)."""
+        if self.section is None:
+            return getattr(params, self.name, None)
+        raw = params.added_section(self.name)
+        return validated(self.section, {} if raw is None else raw, Path(params_file), (self.name,))
+
+    def record(self, params: Params, params_file: str | Path = "params.yaml") -> dict[str, Any]:
+        """What this run used, for its lineage file: its params section, its headline metrics, and
+        its gates with their thresholds (the gate stage checks them; the reports show them)."""
+        settings = self.settings(params, params_file)
+        return {
+            "params": settings.model_dump(mode="json") if settings is not None else {},
+            "metrics": list(self.metrics),
+            "gates": {key: {"metric": gate.metric, "bound": gate.bound,
+                            "threshold": params.gates.threshold(key)}
+                      for key, gate in self.gates.items()},
+        }  # fmt: skip
 
 
 def stage_parser(stage: str, description: str | None) -> argparse.ArgumentParser:

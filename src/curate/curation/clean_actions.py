@@ -5,11 +5,12 @@ train row's ``action_reason``, which ``curate trace`` shows. Pure pandas, no cle
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pandas as pd
 
-from curate.curation import removal_cap
+from curate.curation.removal_cap import Budget, Hold, Sizing
 from curate.params import CleanParams
 
 
@@ -55,29 +56,30 @@ def choose_action(settings: CleanParams, skill: float, flagged_rate: float) -> C
 
 
 def action_reasons(
-    train: pd.DataFrame, settings: CleanParams, class_names: list[str], choice: Choice
+    train: pd.DataFrame,
+    settings: CleanParams,
+    class_names: list[str],
+    choice: Choice,
+    holds: Mapping[object, Hold] | None = None,
 ) -> pd.Series:
     """Why each train row got its ``action``, in words, from the row, the ``settings`` and the
-    ``choice`` that decided it; rows neither flagged nor acted on are ``not flagged``."""
+    ``choice`` that decided it; rows neither flagged nor acted on are ``not flagged``.
+
+    ``holds``: the decision's record of each row the removal cap held back
+    (:attr:`curate.curation.label_issues.Decision.holds`, by train index); its reason formats that
+    record (which budgets were spent, their sizes, the rate they were sized from) and derives
+    nothing again.
+    """
+    holds = {} if holds is None else holds
     reasons = pd.Series("not flagged", index=train.index, dtype=object)
     acted = (train["action"] != "none") | train["is_label_issue"].astype(bool)
-    action = choice.action
-    asked = removal_cap.asked_rate(train, action)
-    spent = _spent_budgets(train, settings, asked, class_names)
-    basis = f"{asked:.1%} of train rows asked to go + " if settings.cap == "relative" else ""
-    cap = f" (clean.cap {settings.cap}: {basis}clean.max_drop_fraction {settings.max_drop_fraction:g})"
     for index, row in train[acted].iterrows():
-        reasons[index] = _reason(row, settings, choice, class_names, spent, cap)
+        reasons[index] = _reason(row, settings, choice, class_names, holds.get(index))
     return reasons
 
 
 def _reason(
-    row: pd.Series,
-    settings: CleanParams,
-    choice: Choice,
-    class_names: list[str],
-    spent: dict[tuple[str, object], str],
-    cap: str,
+    row: pd.Series, settings: CleanParams, choice: Choice, class_names: list[str], hold: Hold | None
 ) -> str:
     action = choice.action
     decided, flagged, confidence = row["action"], bool(row["is_label_issue"]), row["predicted_confidence"]
@@ -102,34 +104,36 @@ def _reason(
         return "flagged by cleanlab" + (
             f", too unsure to relabel to {predicted} ({confidence:.3f} < {floor})" if unsure else ""
         )
-    if decided == "keep" and flagged and action == "keep":
+    asked = "flagged by cleanlab" if flagged and action != "keep" else "an extra near-duplicate"
+    if hold is not None:
+        return f"{asked}, {_held_back(hold, predicted, class_names)}"
+    if flagged and action == "keep":
         return f"flagged by cleanlab, kept: {choice.why}"
-    asked = "flagged by cleanlab" if flagged else "an extra near-duplicate"
-    budgets = [spent[key] for key in (("class", row["given_label"]), ("group", row["group"])) if key in spent]
-    return f"{asked}, held back by the removal cap: " + "; ".join(budgets) + cap
+    return f"{asked}, held back by the removal cap (its budgets were not recorded)"
 
 
-def _spent_budgets(
-    train: pd.DataFrame, settings: CleanParams, asked: float, class_names: list[str]
-) -> dict[tuple[str, object], str]:
-    """The removal budgets (:func:`curate.curation.removal_cap.removal_budgets`) per given class and per
-    group that are spent: ``("class", label) | ("group", name) -> what it already lost``."""
-    budgets = removal_cap.removal_budgets(
-        train.assign(label=train["given_label"]),
-        asked,
-        max_drop_fraction=settings.max_drop_fraction,
-        cap=settings.cap,
-        min_rows=settings.min_examples_per_class,
-    )
-    spent = {}
-    dropped, relabelled = train["auto_action"] == "drop", train["auto_action"] == "relabel"
-    for kind, column, key_kind in (("class", "given_label", "label"), ("group", "group", "group")):
-        for key, members in train.groupby(column).size().items():
-            lost = int((dropped & (train[column] == key)).sum())
-            if kind == "class":  # a relabel moves a row from its given class to its predicted one
-                lost += int((relabelled & (train[column] == key)).sum())
-                lost -= int((relabelled & (train["predicted_label"] == key)).sum())
-            if lost >= budgets[(key_kind, key)]:
-                shown = class_names[int(key)] if kind == "class" else key
-                spent[(kind, key)] = f"{kind} {shown} already lost {lost} of its {members} train rows"
-    return spent
+def _held_back(hold: Hold, predicted: str, class_names: list[str]) -> str:
+    """A :class:`~curate.curation.removal_cap.Hold` in words: what the row asked for, each budget
+    that was spent (whose, its size, of how many rows) and how the budgets were sized."""
+    request = f"relabelling it to {predicted}" if hold.request == "relabel" else "dropping it"
+    spent = "; ".join(_budget(budget, hold.sizing, class_names) for budget in hold.spent)
+    return f"held back from {request} by the removal cap: {spent} ({_sizing(hold.sizing)})"
+
+
+def _budget(budget: Budget, sizing: Sizing, class_names: list[str]) -> str:
+    whose = f"class {class_names[int(budget.key)]}" if budget.kind == "label" else f"group {budget.key}"
+    rows = f"{budget.rows} train row{'' if budget.rows == 1 else 's'}"
+    stay = f", clean.min_examples_per_class {sizing.min_rows} to stay" if budget.min_rows_bound else ""
+    back = f" + the {budget.given_back} relabelled into it" if budget.given_back else ""
+    return f"{whose}'s budget, {budget.size} of its {rows}{stay}{back}, is spent"
+
+
+def _sizing(sizing: Sizing) -> str:
+    """How the budgets were sized: the share of its rows a class or group may lose, and whence."""
+    share = f"clean.cap {sizing.cap}: a class or group may lose floor({sizing.share:.1%} x its rows)"
+    if sizing.cap == "relative":
+        return (
+            f"{share}, {sizing.asked_rate:.1%} of the train rows asked to be dropped + "
+            f"clean.max_drop_fraction {sizing.max_drop_fraction:g}"
+        )
+    return f"{share}, clean.max_drop_fraction {sizing.max_drop_fraction:g}"

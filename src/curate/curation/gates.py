@@ -2,6 +2,8 @@
 
 A gate is a ``gates.<name>`` param (null: not checked) on one figure of one stage: a
 headline metric or a detail (``gate`` reads both files: :func:`curate.report.render.read_figures`).
+Each stage declares its gates (``Stage.gates``) and records them with each run in its lineage
+file, where the gate stage finds them (:func:`recorded_gates`).
 The stage that produces the metric shows the gate in its report's verdict; the final
 ``gate`` stage checks them all and, with ``gates.enforce: true``, fails ``dvc repro``.
 
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from curate.params import GatesParams
+from curate.stage import Gate
 
 
 @dataclass(frozen=True)
@@ -44,58 +47,50 @@ class Verdict:
         return "warn" if self.warnings else "pass"
 
 
-@dataclass(frozen=True)
-class Gate:
-    stage: str
-    metric: str
-    bound: str  # "min": observed >= threshold; "max": observed <= threshold
-
-
-GATES = {
-    "max_flagged_rate": Gate("clean", "flagged_rate", "max"),
-    "min_detect_f1": Gate("clean", "detect_f1", "min"),
-    "min_review_precision": Gate("clean", "review_precision", "min"),
-    "min_group_share_ratio": Gate("rebalance", "group_share_ratio_after", "min"),
-    "max_frechet_distance": Gate("augment", "frechet_distance", "max"),
-    "min_accuracy": Gate("evaluate", "accuracy", "min"),
-    "min_worst_group_accuracy": Gate("evaluate", "worst_group_accuracy", "min"),
-    "max_accuracy_gap": Gate("evaluate", "accuracy_gap", "max"),
-}
-
-
 def gate_checks(
-    gates: GatesParams,
-    stage: str | None,
-    metrics_by_stage: Mapping[str, Mapping],
+    thresholds: GatesParams,
+    gates: Mapping[str, Mapping[str, Gate]],
+    figures: Mapping[str, Mapping],
     stale: Collection[str] = (),
 ) -> list[Check]:
-    """One :class:`Check` per configured gate of ``stage`` (every stage when None).
+    """One :class:`Check` per configured gate: ``gates`` maps each stage to what it declared
+    (``gates.<key>`` -> :class:`curate.stage.Gate`), ``figures`` each stage to its figures.
 
     A metric that is missing or null (e.g. ``detect_f1`` without a ``true_label``
     column) fails its gate: a gate that cannot be measured does not pass silently.
     Nor does one whose stage is in ``stale``: its figures are of other data (observed ``stale``).
     """
     checks = []
-    for name, gate in GATES.items():
-        threshold = getattr(gates, name)
-        if threshold is None or (stage is not None and gate.stage != stage):
-            continue
-        observed = metrics_by_stage.get(gate.stage, {}).get(gate.metric)
-        measurable = isinstance(observed, int | float) and not math.isnan(observed)
-        if gate.stage in stale:
-            passed, observed = False, "stale"
-        else:
-            passed = measurable and (observed >= threshold if gate.bound == "min" else observed <= threshold)
-            observed = observed if measurable else "not measured"
-        sign = "≥" if gate.bound == "min" else "≤"  # not >= / <=: those need escaping in Markdown
-        checks.append(Check(
-            name=f"{gate.stage}.{gate.metric} (gates.{name})",
-            observed=observed,
-            threshold=f"{sign} {threshold:g}",
-            passed=bool(passed),
-            key=name,
-        ))  # fmt: skip
+    for stage, declared in gates.items():
+        for key, gate in declared.items():
+            threshold = thresholds.threshold(key)
+            if threshold is not None:
+                observed = figures.get(stage, {}).get(gate.metric)
+                checks.append(_check(stage, key, gate, threshold, observed, stage in stale))
     return checks
+
+
+def _check(stage: str, key: str, gate: Gate, threshold: float, observed: Any, stale: bool) -> Check:
+    measurable = isinstance(observed, int | float) and not math.isnan(observed)
+    if stale:
+        passed, observed = False, "stale"
+    else:
+        passed = measurable and (observed >= threshold if gate.bound == "min" else observed <= threshold)
+        observed = observed if measurable else "not measured"
+    sign = "≥" if gate.bound == "min" else "≤"  # not >= / <=: those need escaping in Markdown
+    return Check(
+        name=f"{stage}.{gate.metric} (gates.{key})",
+        observed=observed,
+        threshold=f"{sign} {threshold:g}",
+        passed=bool(passed),
+        key=key,
+    )
+
+
+def recorded_gates(lineage: Mapping[str, Any] | None) -> dict[str, Gate]:
+    """The gates a stage declared, as its run recorded them in its lineage file (none: no record)."""
+    run = (lineage or {}).get("run") or {}
+    return {key: Gate(spec["metric"], spec["bound"]) for key, spec in (run.get("gates") or {}).items()}
 
 
 def failures(checks: list[Check], causes: Mapping[str, str] | None = None) -> list[str]:

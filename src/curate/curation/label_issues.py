@@ -8,6 +8,9 @@ strings them together.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
 import numpy as np
 import pandas as pd
 from cleanlab.count import get_confident_thresholds
@@ -15,7 +18,7 @@ from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
 from sklearn.metrics import cohen_kappa_score
 
-from curate.curation.removal_cap import removal_budgets
+from curate.curation.removal_cap import Hold, Sizing, cap_lines, removal_budgets
 
 
 def fit_temperature(log_probs: np.ndarray, labels: np.ndarray) -> float:
@@ -150,6 +153,20 @@ def fold_skill(predicted: np.ndarray, labels: np.ndarray) -> float:
     return float(cohen_kappa_score(labels, predicted))
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What clean decided for each train row, and, for each row the removal cap held back, why."""
+
+    actions: pd.Series  # on the train index: none | keep | drop | relabel
+    holds: Mapping[object, Hold]  # train index -> the budgets that held the row back, as sized
+    sizing: Sizing  # how every budget was sized: the params and the rate the decision used
+
+    @property
+    def notes(self) -> list[str]:
+        """Where the cap bound, per class and group (:func:`curate.curation.removal_cap.cap_lines`)."""
+        return cap_lines(self.holds)
+
+
 def decide_actions(
     train: pd.DataFrame,
     *,
@@ -158,8 +175,9 @@ def decide_actions(
     max_drop_fraction: float,
     cap: str = "relative",
     min_rows: int = 1,
-) -> tuple[pd.Series, list[str]]:
-    """One action per train row: ``none`` | ``keep`` | ``drop`` | ``relabel``; and where the cap bound.
+) -> Decision:
+    """One action per train row: ``none`` | ``keep`` | ``drop`` | ``relabel``; and why the cap held
+    rows back.
 
     ``train`` needs ``is_label_issue``, ``label_quality``, ``predicted_label``,
     ``predicted_confidence``, ``label``, ``group`` and ``drop_candidate`` (a removal asked for by
@@ -167,9 +185,11 @@ def decide_actions(
     flagged row whose ``predicted_confidence`` reaches ``relabel_floor`` (one for all rows or one
     per row: :func:`relabel_floors`) asks to move to its predicted class, any other asks to go.
     Requests are granted most suspicious first while every class and group stays within its
-    budget (:func:`curate.curation.removal_cap.removal_budgets`): a drop spends one row of its class and
-    of its group; a relabel one of the class it leaves and gives one to the class it joins (its
-    group keeps the row). The rest are kept and flagged.
+    budget (:func:`curate.curation.removal_cap.removal_budgets`, sized from the share of rows
+    asked to be dropped): a drop spends one row of its class and of its group; a relabel one of
+    the class it leaves and gives one to the class it joins (its group keeps the row). The rest
+    are kept and flagged, each with its :class:`~curate.curation.removal_cap.Hold`: the budgets
+    that were spent when its turn came, as sized.
     """
     actions = pd.Series("none", index=train.index, dtype=object)
     flagged = train["is_label_issue"].to_numpy()
@@ -179,33 +199,31 @@ def decide_actions(
         wants_relabel = flagged & (train["predicted_confidence"].to_numpy() >= relabel_floor)
     wants_drop = ((flagged & (action != "keep")) | train["drop_candidate"].to_numpy()) & ~wants_relabel
     asked = wants_drop | wants_relabel
-    budgets = removal_budgets(
-        train,
-        float(wants_drop.mean()) if len(train) else 0.0,
-        max_drop_fraction=max_drop_fraction,
-        cap=cap,
-        min_rows=min_rows,
-    )
-    bound: dict[tuple[str, object], int] = {}
+    sizing = Sizing(cap, max_drop_fraction, float(wants_drop.mean()) if len(train) else 0.0, min_rows)
+    budgets = removal_budgets(train, sizing)
+    left = {key: budget.size for key, budget in budgets.items()}
+    given_back: dict[tuple[str, object], int] = {}
+    holds: dict[object, Hold] = {}
     for index in train.index[asked][np.argsort(train["label_quality"][asked], kind="stable")]:
         relabel = wants_relabel[train.index.get_loc(index)]
         keys = [("label", train.at[index, "label"])] + (
             [] if relabel else [("group", train.at[index, "group"])]
         )
-        if all(budgets[key] > 0 for key in keys):
+        if all(left[key] > 0 for key in keys):
             for key in keys:
-                budgets[key] -= 1
+                left[key] -= 1
             if relabel:
                 joined = ("label", train.at[index, "predicted_label"])
-                budgets[joined] = budgets.get(joined, 0) + 1
+                left[joined] = left.get(joined, 0) + 1
+                given_back[joined] = given_back.get(joined, 0) + 1
             actions[index] = "relabel" if relabel else "drop"
         else:
             actions[index] = "keep"
-            for key in keys:
-                if budgets[key] == 0:
-                    bound[key] = bound.get(key, 0) + 1
-    notes = [f"{kind} {key}: {n} removal(s) held back" for (kind, key), n in sorted(bound.items(), key=str)]
-    return actions, notes
+            spent = tuple(
+                replace(budgets[key], given_back=given_back.get(key, 0)) for key in keys if left[key] == 0
+            )
+            holds[index] = Hold("relabel" if relabel else "drop", spent, sizing)
+    return Decision(actions, holds, sizing)
 
 
 def detection_scores(flagged: np.ndarray, truly_noisy: np.ndarray) -> dict[str, float]:

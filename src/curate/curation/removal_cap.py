@@ -1,14 +1,17 @@
 """The removal cap: how many train rows each class and each group may lose to ``clean``.
 
-Pure pandas, no cleanlab or torch: ``clean`` spends these budgets
-(:func:`curate.curation.label_issues.decide_actions`) and explains a held-back row with them (its
-``action_reason``, which ``curate trace`` shows); :func:`curation_note` is the line the clean
-report, the data card and the gate lead with.
+Pure pandas, no cleanlab or torch: ``clean`` sizes and spends these budgets
+(:func:`curate.curation.label_issues.decide_actions`), recording for each row it holds back which
+budgets were spent and the rate they were sized from (:class:`Hold`); a held-back row's
+``action_reason`` (which ``curate trace`` shows) and the clean report's cap lines
+(:func:`cap_lines`) format that record. :func:`curation_note` is the line the clean report, the
+data card and the gate lead with.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,42 +22,83 @@ from curate.params import CleanParams
 KINDS = ("label", "group")  # a budget per class and per group
 
 
-def removal_budgets(
-    train: pd.DataFrame, asked_rate: float, *, max_drop_fraction: float, cap: str, min_rows: int
-) -> dict[tuple[str, object], int]:
+@dataclass(frozen=True)
+class Sizing:
+    """How clean sized the removal budgets, as the decision used it: ``clean.cap``,
+    ``clean.max_drop_fraction``, ``clean.min_examples_per_class`` (``min_rows``) and
+    ``asked_rate``, the share of the train rows asked to be dropped (a relabel request keeps its
+    row), which the relative cap adds."""
+
+    cap: str
+    max_drop_fraction: float
+    asked_rate: float
+    min_rows: int
+
+    @property
+    def share(self) -> float:
+        """The share of its rows a class or group may lose, before rounding down (and, under the
+        relative cap, before ``min_rows`` stay)."""
+        return self.max_drop_fraction + (self.asked_rate if self.cap == "relative" else 0.0)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How many of its ``rows`` train rows a class (``kind`` label, ``key`` its label) or a group
+    (``kind`` group) may lose: ``size``, ``floor(share x rows)``, or ``rows - min_rows`` where that
+    is less under the relative cap (``min_rows_bound``). ``given_back``: the rows relabelled into
+    the class before the budget was spent, each of which gave one removal back."""
+
+    kind: str
+    key: object
+    rows: int
+    size: int
+    min_rows_bound: bool = False
+    given_back: int = 0
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Why the cap held one train row back, recorded where it was decided
+    (:func:`curate.curation.label_issues.decide_actions`): what the row asked for (``drop`` |
+    ``relabel``), the budgets already ``spent`` when its turn came (its class's, and for a drop its
+    group's), and how all budgets were sized."""
+
+    request: str
+    spent: tuple[Budget, ...]
+    sizing: Sizing
+
+
+def removal_budgets(train: pd.DataFrame, sizing: Sizing) -> dict[tuple[str, object], Budget]:
     """How many rows each class (``("label", k)``) and each group (``("group", g)``) of ``train`` may lose.
 
     ``absolute``: ``floor(max_drop_fraction x rows)``. ``relative``: ``floor((asked_rate +
     max_drop_fraction) x rows)``, where ``asked_rate`` is the share of all train rows asked to
-    be removed, and at least ``min_rows`` rows stay. A class or group is then held back only
+    be dropped, and at least ``min_rows`` rows stay. A class or group is then held back only
     when it is flagged far more than the rest (a hard class, a small group the models know
     badly), never because the noise is global: at 50% uniform noise the absolute cap kept the
     least suspicious flips, the ambiguous images, and the model learnt them (README, "When
     curation pays").
     """
-    share = max_drop_fraction + (asked_rate if cap == "relative" else 0.0)
+    share = sizing.share
     budgets = {}
     for kind in KINDS:
         for key, count in train[kind].value_counts().items():
-            budget = int(np.floor(share * count))
-            if cap == "relative":
-                budget = min(budget, count - min_rows)
-            budgets[(kind, key)] = max(budget, 0)
+            size = int(np.floor(share * count))
+            bound = sizing.cap == "relative" and count - sizing.min_rows < size
+            if bound:
+                size = count - sizing.min_rows
+            budgets[(kind, key)] = Budget(kind, key, int(count), max(size, 0), bound)
     return budgets
 
 
-def held_back(actions: pd.Series, flagged: pd.Series, action: str) -> pd.Series:
-    """The rows the cap held back, from clean's automatic ``actions``: kept though asked to go.
-    With ``clean.action`` keep, a flagged row is kept by choice; only a near-duplicate was asked."""
-    return (actions == "keep") & (~flagged | (action != "keep"))
-
-
-def asked_rate(train: pd.DataFrame, action: str) -> float:
-    """The share of ``train`` (clean's output rows) that clean asked to remove: the rows it
-    dropped and those the cap held back, by ``auto_action`` (people's decisions left aside)."""
-    auto = train["auto_action"]
-    asked = (auto == "drop") | held_back(auto, train["is_label_issue"], action)
-    return float(asked.mean()) if len(train) else 0.0
+def cap_lines(holds: Mapping[object, Hold]) -> list[str]:
+    """Where the cap bound, from the decision's ``holds``: per class (``label k``) and per group,
+    how many removals its spent budget held back."""
+    bound: dict[tuple[str, object], int] = {}
+    for hold in holds.values():
+        for budget in hold.spent:
+            bound[(budget.kind, budget.key)] = bound.get((budget.kind, budget.key), 0) + 1
+    return [f"{kind} {key}: {n} removal(s) held back" for (kind, key), n in sorted(bound.items(), key=str)]
 
 
 def curation_note(

@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from curate.data.dataset import content_ids, stratified_test_mask
 from curate.data.imaging import conform
+from curate.data.samples import content_ids
+from curate.data.splits import stratified_test_mask
 from curate.errors import CurateError
 
 CLASS_NAMES = [str(digit) for digit in range(10)]

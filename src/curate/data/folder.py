@@ -40,9 +40,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from curate.data.csvfile import read_table
-from curate.data.dataset import CORE_COLUMNS, keyed_test_mask, store_writer, unique_ids
 from curate.data.decoding import decode_in_order, worker_count
+from curate.data.image_rows import store_writer
 from curate.data.imaging import FLOAT_MODES, WIDE_INTEGER_MODES
+from curate.data.samples import CORE_COLUMNS, unique_ids
+from curate.data.splits import keyed_test_mask
 from curate.data.store import Store
 from curate.errors import CurateError
 from curate.params import ImageParams, IngestParams

@@ -15,10 +15,12 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
-from curate.data.dataset import REPORTS_DIR, write_text
+from curate.data.atomic import write_text
+from curate.data.paths import REPORTS_DIR
 from curate.data.store import is_store, store_digest
 
 LINEAGE_DIR = "lineage"  # under the reports folder: reports/lineage/<stage>.json
@@ -62,13 +64,17 @@ class Lineage:
             record[kind] = {name: digest for name, digest in digests.items() if digest is not None}
         return record
 
-    def record(self, stage: str, reports_dir: str | Path = REPORTS_DIR) -> None:
-        """Write ``<reports_dir>/lineage/<stage>.json``: the digests of what the stage read and wrote.
+    def record(
+        self, stage: str, reports_dir: str | Path = REPORTS_DIR, run: Mapping[str, Any] | None = None
+    ) -> None:
+        """Write ``<reports_dir>/lineage/<stage>.json``: the digests of what the stage read and wrote,
+        and ``run``, what the run used (its params section, its declared metrics and gates).
 
         Written last by a stage: one killed before it keeps its previous record, whose digests no
         longer match its half-new outputs, so its figures read as stale, never as current.
         """
-        files = json.dumps(self.digests(exclude=reports_dir), indent=2, sort_keys=True) + "\n"
+        record = self.digests(exclude=reports_dir) | ({"run": dict(run)} if run is not None else {})
+        files = json.dumps(record, indent=2, sort_keys=True) + "\n"
         write_text(Path(reports_dir) / LINEAGE_DIR / f"{stage}.json", files)
 
 

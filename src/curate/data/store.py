@@ -304,7 +304,7 @@ class Store:
         return out
 
     def read(self, index: np.ndarray | None = None) -> np.ndarray:
-        """The images at ``index`` (all when None), as :class:`curate.data.dataset.ImageRows` reads."""
+        """The images at ``index`` (all when None), as :class:`curate.data.image_rows.ImageRows` reads."""
         return self.take(np.arange(len(self)) if index is None else index)
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:

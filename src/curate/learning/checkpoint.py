@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from curate.data.dataset import producer_of, write_bytes
+from curate.data.atomic import write_bytes
+from curate.data.paths import producer_of
 from curate.data.polarity import MODES
 from curate.errors import CurateError
 from curate.learning.networks import build_model

@@ -32,7 +32,7 @@ PREFETCH = 2  # batches the background reader keeps ready ahead of the one in us
 
 class Images(Protocol):
     """uint8 ``N x H x W x C`` images as training and prediction take them: a numpy array
-    (a memory-map too), or a lazy source such as :class:`curate.data.dataset.ImageRows`, which reads the
+    (a memory-map too), or a lazy source such as :class:`curate.data.image_rows.ImageRows`, which reads the
     rows asked of its ``read(index)`` and materialises under ``np.asarray``."""
 
     shape: tuple[int, ...]

@@ -137,7 +137,7 @@ def out_of_sample_predictions(
 ) -> FoldPredictions | None:
     """Train one CNN per fold on the other folds and predict the held-out fold (:func:`fold_model`);
     fold 0's model embeds every row. ``strata``: see :func:`fold_splits`. ``images``: an array or
-    a :class:`curate.data.dataset.ImageRows` (each fold reads its rows from it).
+    a :class:`curate.data.image_rows.ImageRows` (each fold reads its rows from it).
 
     Under torchrun with several processes (``folds.nproc``), the folds are spread over the ranks
     (fold f on rank f % world, each on its own GPU on CUDA) and rank 0 gathers the held-out

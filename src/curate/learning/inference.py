@@ -1,7 +1,7 @@
 """A trained network applied to images: class probabilities and embeddings, in one loop.
 
 The images are read batch by batch (a background reader keeps the next ones ready), so a
-memory-map or an :class:`curate.data.dataset.ImageRows` is never copied whole; each batch is fed as
+memory-map or an :class:`curate.data.image_rows.ImageRows` is never copied whole; each batch is fed as
 training fed it (:mod:`curate.learning.feeding`), in eval mode, bf16 autocast on CUDA.
 """
 

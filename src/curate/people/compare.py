@@ -25,15 +25,17 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from curate.data.dataset import BALANCED_DIR, IMAGE_STORES, write_text
+from curate import dag
+from curate.data.atomic import write_text
 from curate.data.ledger import COLUMNS as LEDGER_COLUMNS
 from curate.data.ledger import parse_ledger
+from curate.data.paths import BALANCED_DIR, IMAGE_STORES
 from curate.data.store import RevisionRows
 from curate.errors import CurateError
 from curate.params import CleanParams
 from curate.report import Verdict, thumbnail
 from curate.report.render import DETAILS_DIR, METRICS_DIR, REPORTS_DIR, merge_figures, render, render_markdown
-from curate.stage import PIPELINE, flatten, guarded
+from curate.stage import flatten, guarded
 
 WORKSPACE = "workspace"
 TABLE = BALANCED_DIR / "samples.parquet"  # the train rows in play, with weights, plus test
@@ -144,7 +146,7 @@ def _effective_weight(table: pd.DataFrame) -> pd.Series:
 
 def metric_rows(a: Revision, b: Revision) -> list[list]:
     rows = []
-    for stage in PIPELINE:  # gate verdicts have their own table
+    for stage in dag.reporting():  # gate verdicts have their own table
         before, after = flatten(a.figures(stage)), flatten(b.figures(stage))
         for key in sorted(set(before) | set(after)):
             old, new = before.get(key), after.get(key)
@@ -263,7 +265,7 @@ def scope_line(a: Revision, b: Revision, table_a: pd.DataFrame | None, table_b: 
 def digest_rows(a: Revision, b: Revision) -> list[list[str]]:
     """Which stage digests (``reports/<stage>.md``, in git) differ between the two versions."""
     rows = []
-    for stage in (*PIPELINE, "gate"):
+    for stage in (*dag.reporting(), "gate"):
         before, after = a.read(f"reports/{stage}.md"), b.read(f"reports/{stage}.md")
         state = "missing" if before is None or after is None else "same" if before == after else "changed"
         rows.append([f"reports/{stage}.md", state])

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from curate.data.dataset import CLEAN_DIR, read_samples
+from curate.data.paths import CLEAN_DIR
+from curate.data.samples import read_samples
 from curate.errors import CurateError
 
 CLEAN_TABLE = CLEAN_DIR / "samples.parquet"

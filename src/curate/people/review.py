@@ -25,8 +25,10 @@ import numpy as np
 import pandas as pd
 
 from curate.data import ledger as review_ledger
+from curate.data.atomic import write_text
 from curate.data.csvfile import csv_text
-from curate.data.dataset import IMAGE_STORES, read_images, write_text
+from curate.data.image_rows import read_images
+from curate.data.paths import IMAGE_STORES
 from curate.errors import CurateError
 from curate.params import load_params
 from curate.people.flags import CLEAN_TABLE, class_names, decided_mask, flag_table, load_clean

@@ -30,18 +30,17 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from curate.data.dataset import (
+from curate.data.atomic import write_text
+from curate.data.paths import (
     AUGMENTED_DIR,
     BALANCED_DIR,
     CLEAN_DIR,
-    CORE_COLUMNS,
     IMAGE_STORES,
     PRED_PROBS,
     RAW_DIR,
-    class_names_of,
     producer_of,
-    write_text,
 )
+from curate.data.samples import CORE_COLUMNS, class_names_of
 from curate.data.store import RevisionRows, Store
 from curate.errors import CurateError
 from curate.params import RebalanceParams

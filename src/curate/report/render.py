@@ -1,6 +1,7 @@
 """Render stage reports: ``reports/<stage>.{html,md}`` and the stage's figures as JSON.
 
-A stage's figures go to two files, split by :data:`DVC_METRIC_KEYS`: ``reports/metrics/<stage>.json``
+A stage's figures go to two files, split by the headline metrics it declares (``Stage.metrics``):
+``reports/metrics/<stage>.json``
 (the DVC metrics, the columns of ``dvc exp show`` and ``dvc metrics diff``: a fixed few per
 stage, whatever the number of classes or groups) and ``reports/details/<stage>.json``
 (everything else: per-class and per-group figures, counts, the measured throughput; a plain
@@ -42,8 +43,8 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
-from curate.data.dataset import REPORTS_DIR
 from curate.data.imaging import to_pil
+from curate.data.paths import REPORTS_DIR
 from curate.errors import CurateError
 
 matplotlib.use("Agg")
@@ -54,24 +55,6 @@ MAX_REPORT_BYTES = 2_000_000
 METRICS_DIR = "metrics"  # under the reports folder: the DVC metrics
 DETAILS_DIR = "details"  # under the reports folder: every other figure, not a DVC metric
 
-# Each stage's headline figures: what ``dvc exp show`` puts side by side, one column per key
-# below (fewer without a true_label column, which clean's detect_* scores need). A fixed list,
-# so the column count does not grow with classes or groups; every other figure goes to
-# reports/details/<stage>.json.
-# train.images_per_second is a detail: measured, it differs on every run, so as a metric it
-# would show every experiment as changed. ingest keeps n_train, the size of what every later
-# figure is computed on; the other counts (classes, groups, files skipped) are in its report.
-DVC_METRIC_KEYS: dict[str, tuple[str, ...]] = {
-    "ingest": ("n_train",),
-    "clean": ("flagged_rate", "dropped", "detect_f1", "detect_precision", "detect_recall",
-              "review_precision"),
-    "rebalance": ("group_share_ratio_after",),
-    "augment": ("frechet_distance",),
-    "train_report": ("best_val_accuracy",),
-    "evaluate": ("accuracy", "macro_f1", "worst_group_accuracy", "accuracy_gap", "ece",
-                 "dp_diff_ovr_max", "eo_diff_ovr_max"),
-    "gate": ("passed",),
-}  # fmt: skip
 
 # Characters that would change a Markdown digest's structure (table cells,
 # links, code spans, emphasis), written as numeric entities: they render as
@@ -139,17 +122,20 @@ def render_markdown(template: str, **context: Any) -> str:
     return re.sub(r"\n{3,}", "\n\n", render(template, **context))
 
 
-def split_figures(stage: str, figures: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(headline, details)``: the stage's :data:`DVC_METRIC_KEYS` keys it has, and everything else.
+def split_figures(
+    headline: Sequence[str], figures: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(headline, details)``: the figures named in ``headline`` (a stage's declared metrics), and
+    everything else.
 
     A headline key the stage did not compute (clean's detect_* without a true_label) is simply
-    absent, as it was before the split. A stage missing from :data:`DVC_METRIC_KEYS` is a bug, not a
-    reason to put all its figures in ``dvc exp show``.
+    absent. The list is fixed per stage, so the columns of ``dvc exp show`` do not grow with the
+    classes or groups; train_report's images_per_second stays a detail: measured, it differs on
+    every run, and as a metric it would show every experiment as changed.
     """
-    keys = DVC_METRIC_KEYS[stage]
     return (
-        {key: value for key, value in figures.items() if key in keys},
-        {key: value for key, value in figures.items() if key not in keys},
+        {key: value for key, value in figures.items() if key in headline},
+        {key: value for key, value in figures.items() if key not in headline},
     )
 
 

@@ -28,28 +28,26 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from curate.data.dataset import (
-    AUGMENTED_DIR,
-    BALANCED_DIR,
-    EMBEDDER,
-    IMAGE_STORES,
-    ImageRows,
-    check_image_shape,
-    class_names_of,
-    read_images,
-    read_samples,
-    require_columns,
-    store_writer,
-    training_rows,
-    write_samples,
-)
+from curate.data.image_rows import ImageRows, read_images, store_writer
+from curate.data.inputs import check_image_shape, require_columns
 from curate.data.lineage import Lineage
+from curate.data.paths import AUGMENTED_DIR, BALANCED_DIR, EMBEDDER, IMAGE_STORES
+from curate.data.samples import class_names_of, read_samples, write_samples
+from curate.data.splits import training_rows
 from curate.data.store import Store
 from curate.errors import CurateError
 from curate.params import AugmentParams, Params, load_params
 from curate.report import Verdict, bar_chart, thumbnail
 from curate.report.writer import write_stage
-from curate.stage import guarded, stage_parser
+from curate.stage import Gate, Stage, guarded, stage_parser
+
+STAGE = Stage(
+    "augment",
+    metrics=("frechet_distance",),
+    gates={
+        "max_frechet_distance": Gate("frechet_distance", "max"),
+    },
+)
 
 if TYPE_CHECKING:
     import torch
@@ -86,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = read_images(lineage.input(IMAGE_STORES["raw"]))
     result = compute(samples, raw, params, pipeline, embed, device, lineage.output(OUTPUT_IMAGES), meta)
     write_samples(lineage.output(OUTPUT), result.table)
-    sizes = write_stage("augment", params, metrics(result), report_context(params, result), lineage)
+    sizes = write_stage(STAGE, params, metrics(result), report_context(params, result), lineage)
     print(
         f"augment: {result.n_new:,} new images from {result.n_augmented_parents:,} samples; "
         f"reports/augment.html {sizes['html']:,} bytes"

@@ -26,27 +26,34 @@ from markupsafe import Markup
 from curate.curation import label_issues, removal_cap
 from curate.curation.clean_actions import Choice, action_reasons, choose_action
 from curate.data import ledger
-from curate.data.dataset import (
+from curate.data.inputs import read_array, read_json
+from curate.data.lineage import Lineage
+from curate.data.paths import (
     CLEAN_DIR,
     EMBEDDINGS,
     ENVIRONMENT,
     FOLD_OF_ROW,
     PRED_PROBS,
     RAW_SAMPLES,
-    RawInputs,
     producer_of,
-    read_array,
-    read_json,
-    read_raw,
-    write_samples,
 )
-from curate.data.lineage import Lineage
+from curate.data.samples import RawInputs, read_raw, write_samples
 from curate.data.store import Store
 from curate.errors import CurateError
 from curate.params import CleanParams, Params, load_params
 from curate.report import Verdict, bar_chart, thumbnail
 from curate.report.writer import write_stage
-from curate.stage import guarded, stage_parser
+from curate.stage import Gate, Stage, guarded, stage_parser
+
+STAGE = Stage(
+    "clean",
+    metrics=("flagged_rate", "dropped", "detect_f1", "detect_precision", "detect_recall", "review_precision"),
+    gates={
+        "max_flagged_rate": Gate("flagged_rate", "max"),
+        "min_detect_f1": Gate("detect_f1", "min"),
+        "min_review_precision": Gate("review_precision", "min"),
+    },
+)
 
 OUTPUT = CLEAN_DIR / "samples.parquet"
 SUSPICIOUS_SHOWN = 40
@@ -78,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = compute(inputs, predictions, checks, settings, decisions)
     write_samples(lineage.output(OUTPUT), result.samples)
     figures = metrics(result)
-    sizes = write_stage("clean", params, figures, report_context(params, result), lineage)
+    sizes = write_stage(STAGE, params, figures, report_context(params, result), lineage)
     print(
         f"clean: {figures['flagged']:,} flagged, {figures['dropped']:,} dropped, "
         f"{figures['relabelled']:,} relabelled of {len(result.train):,} train samples; "
@@ -160,7 +167,7 @@ def compute(
     choice = choose_action(settings, skill, float(is_issue.mean()) if len(train) else 0.0)
     action = choice.action
     train["relabel_floor"] = label_issues.relabel_floors(pred_probs, labels, settings.relabel_min_confidence)
-    train["action"], cap_notes = label_issues.decide_actions(
+    decision = label_issues.decide_actions(
         train,
         action=action,
         relabel_floor=train["relabel_floor"].to_numpy(),
@@ -168,14 +175,15 @@ def compute(
         cap=settings.cap,
         min_rows=settings.min_examples_per_class,
     )
-    held = int(removal_cap.held_back(train["action"], train["is_label_issue"], action).sum())
+    train["action"] = decision.actions
     relabel = train["action"] == "relabel"
     train.loc[relabel, "label"] = train.loc[relabel, "predicted_label"]
     train = ledger.apply(train.drop(columns="drop_candidate"), review, class_names)
-    train["action_reason"] = action_reasons(train, settings, class_names, choice)
+    # A held-back row's reason formats what the cap recorded as it held the row (decision.holds).
+    train["action_reason"] = action_reasons(train, settings, class_names, choice, decision.holds)
     merged = _merge_back(samples, train.drop(columns="relabel_floor"))
-    return Cleaned(merged, class_names, cap_notes, held, skill, choice, review.orphans, inputs.images,
-                   predictions.environment)  # fmt: skip
+    return Cleaned(merged, class_names, decision.notes, len(decision.holds), skill, choice, review.orphans,
+                   inputs.images, predictions.environment)  # fmt: skip
 
 
 def _detect(

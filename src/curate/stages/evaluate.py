@@ -23,24 +23,35 @@ import numpy as np
 import pandas as pd
 
 from curate.curation import evaluation
-from curate.data.dataset import (
-    AUGMENTED_DIR,
-    MODEL,
-    ImageRows,
-    check_image_shape,
-    class_names_of,
-    image_rows,
-    producer_of,
-    read_samples,
-    store_files,
-    write_text,
-)
+from curate.data.atomic import write_text
+from curate.data.image_rows import ImageRows, image_rows, store_files
+from curate.data.inputs import check_image_shape
 from curate.data.lineage import Lineage
+from curate.data.paths import AUGMENTED_DIR, MODEL, producer_of
+from curate.data.samples import class_names_of, read_samples
 from curate.errors import CurateError
 from curate.params import Params, load_params
 from curate.report import Verdict, bar_chart, matrix_chart, thumbnail
 from curate.report.writer import write_stage
-from curate.stage import guarded, stage_parser
+from curate.stage import Gate, Stage, guarded, stage_parser
+
+STAGE = Stage(
+    "evaluate",
+    metrics=(
+        "accuracy",
+        "macro_f1",
+        "worst_group_accuracy",
+        "accuracy_gap",
+        "ece",
+        "dp_diff_ovr_max",
+        "eo_diff_ovr_max",
+    ),
+    gates={
+        "min_accuracy": Gate("accuracy", "min"),
+        "min_worst_group_accuracy": Gate("worst_group_accuracy", "min"),
+        "max_accuracy_gap": Gate("accuracy_gap", "max"),
+    },
+)
 
 INPUT = AUGMENTED_DIR / "samples.parquet"
 CONFUSION_PLOT = "reports/plots/confusion.json"
@@ -79,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     probs, _ = predict(model, images, batch_size=1024, device=device, polarity=polarity_of(meta))
     result = compute(test, probs, class_names, settings.calibration_bins, images, meta)
     write_text(CONFUSION_PLOT, confusion_records(result.y_true, result.y_pred, class_names))
-    sizes = write_stage("evaluate", params, metrics(result), report_context(params, result), lineage)
+    sizes = write_stage(STAGE, params, metrics(result), report_context(params, result), lineage)
     figures = result.headline
     print(
         f"evaluate: accuracy {figures['accuracy']:.4f}, worst group {figures['worst_group_accuracy']:.4f}, "

@@ -22,23 +22,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from curate.data.dataset import (
-    EMBEDDER,
-    EMBEDDINGS,
-    ENVIRONMENT,
-    FOLD_OF_ROW,
-    PRED_PROBS,
-    RAW_IMAGES,
-    RawInputs,
-    image_rows,
-    read_raw,
-    write_array,
-    write_text,
-)
+from curate.data.atomic import write_array, write_text
+from curate.data.image_rows import image_rows
 from curate.data.lineage import Lineage
+from curate.data.paths import EMBEDDER, EMBEDDINGS, ENVIRONMENT, FOLD_OF_ROW, PRED_PROBS, RAW_IMAGES
+from curate.data.samples import RawInputs, read_raw
 from curate.learning import distributed, fold_training
 from curate.params import Params, load_params
-from curate.stage import guarded, stage_parser
+from curate.stage import Stage, guarded, stage_parser
+
+STAGE = Stage(
+    "folds",
+    metrics=(),
+)
 
 if TYPE_CHECKING:
     import torch
@@ -85,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     save_checkpoint(lineage.output(EMBEDDER), result.predictions.embedder, result.meta)
     described = json.dumps(report_context(params, result), indent=2, sort_keys=True) + "\n"
     write_text(lineage.output(ENVIRONMENT), described)
-    lineage.record("folds")
+    lineage.record("folds", run=STAGE.record(params))
     figures = metrics(result)
     embedded = settings.method == "embeddings"
     how = f"{settings.model} embeddings + logistic regression" if embedded else "models"

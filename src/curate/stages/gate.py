@@ -23,31 +23,35 @@ import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from curate.curation.gates import GATES, Check, Verdict, failures, gate_checks, stale_stages
+from curate import dag
+from curate.curation.gates import Check, Verdict, failures, gate_checks, recorded_gates, stale_stages
 from curate.curation.removal_cap import curation_note
-from curate.data.dataset import REPORTS_DIR, write_text
+from curate.data.atomic import write_text
 from curate.data.lineage import LINEAGE_DIR, file_digest
+from curate.data.paths import REPORTS_DIR
 from curate.params import GatesParams, Params, load_params
 from curate.report.render import (
     DETAILS_DIR,
-    DVC_METRIC_KEYS,
     METRICS_DIR,
     read_figures,
     render,
     render_markdown,
 )
 from curate.report.writer import write_stage
-from curate.stage import DAG, PIPELINE, flatten, guarded, stage_parser
+from curate.stage import Gate, Stage, flatten, guarded, stage_parser
+
+STAGE = Stage(
+    "gate",
+    metrics=("passed",),
+)
 
 # Measured on the machine, so different on every run: left out of the data card,
 # which must only change when the data or params do.
 MEASURED = {("train_report", "images_per_second")}
-DVC_FILE = Path("dvc.yaml")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class Gated:
     """Every gate on every stage's figures, after the staleness check."""
 
     gates: GatesParams  # the thresholds
+    declared: dict[str, dict[str, Gate]]  # stage -> the gates its run recorded (curate.stage.Stage.gates)
+    headline: dict[str, set[str]]  # stage -> its headline metrics, as its run recorded them
     figures: dict[str, dict[str, Any]]  # stage -> its figures (metrics merged with details), DAG order
     stale: dict[str, str]  # stage -> why its figures are not those of the current data
     checks: list[Check]  # one per configured gate
@@ -67,13 +73,14 @@ class Gated:
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("gate", __doc__).parse_args(argv)
     params = load_params(args.params)
-    figures = {stage: read_figures(stage) for stage in PIPELINE}
+    # The stages and their order come from dvc.yaml; what each declared, from its run's record.
+    figures = {stage: read_figures(stage) for stage in dag.reporting()}
+    lineages = {stage: read_lineage(stage) for stage in dag.lineage_stages()}
     # Each file once, though several stages name it (data/raw/images: five of them).
-    lineages = {stage: read_lineage(stage) for stage in DAG}
     result = compute(params, figures, lineages, functools.cache(file_digest))
     context = report_context(params, result)
     # No lineage: the gate reads every stage's figures and writes no data.
-    write_stage("gate", params, metrics(result), context, None)
+    write_stage(STAGE, params, metrics(result), context, None)
     write_index(params, result, context["verdict"])
     stale, checks = result.stale, result.checks
     causes = {"max_flagged_rate": note} if (note := flag_note(params, result)) else {}
@@ -94,19 +101,28 @@ def compute(
     lineages: Mapping[str, Mapping[str, Mapping[str, str]] | None],
     digest: Callable[[str], str | None],
 ) -> Gated:
-    """The staleness of each stage (:func:`curate.curation.gates.stale_stages`), then every gate."""
+    """The staleness of each stage (:func:`curate.curation.gates.stale_stages`), then every gate
+    that a stage with figures declared (as its lineage file records it)."""
     stale = stale_stages(lineages, digest)
-    return Gated(params.gates, figures, stale, gate_checks(params.gates, None, figures, stale))
+    for stage in figures:
+        if stage not in stale and "run" not in (lineages.get(stage) or {}):
+            stale[stage] = "no run record (it ran before runs were recorded): re-run it"
+    declared = {stage: recorded_gates(lineages.get(stage)) for stage in figures}
+    runs = {stage: (lineages.get(stage) or {}).get("run") or {} for stage in figures}
+    headline = {stage: set(run.get("metrics") or ()) for stage, run in runs.items()}
+    checks = gate_checks(params.gates, declared, figures, stale)
+    return Gated(params.gates, declared, headline, figures, stale, checks)
 
 
 def metrics(result: Gated) -> dict[str, Any]:
     """``passed``, the DVC metric; and per gate: threshold, observed figure (``stale``: none to
     trust), verdict."""
     results = {}
+    owners = {key: (stage, gate) for stage, gates in result.declared.items() for key, gate in gates.items()}
     for check in result.checks:
-        gate = GATES[check.key]
-        observed = "stale" if gate.stage in result.stale else result.figures[gate.stage].get(gate.metric)
-        results[check.key] = {"threshold": getattr(result.gates, check.key), "observed": observed,
+        stage, gate = owners[check.key]
+        observed = "stale" if stage in result.stale else result.figures[stage].get(gate.metric)
+        results[check.key] = {"threshold": result.gates.threshold(check.key), "observed": observed,
                               "passed": check.passed}  # fmt: skip
     return {"passed": result.passed, "gates": results}
 
@@ -156,15 +172,15 @@ def write_index(params: Params, result: Gated, verdict: Verdict) -> None:
     """The data card, ``reports/index.{html,md}``: a stale stage's figures are left out."""
     figures, stale = result.figures, result.stale
     stages = []
-    for stage in PIPELINE:
-        checks = gate_checks(params.gates, stage, figures, stale)
+    for stage in figures:
+        checks = gate_checks(params.gates, {stage: result.declared[stage]}, figures, stale)
         status = "stale" if stage in stale else "fail" if any(not c.passed for c in checks) else "pass"
         stages.append({
             "name": stage,
             "status": status,
             "stale": stale.get(stage, ""),
             "checks": checks,
-            "numbers": [] if stage in stale else card_numbers(stage, figures[stage]),
+            "numbers": [] if stage in stale else card_numbers(stage, figures[stage], result.headline[stage]),
         })  # fmt: skip
     context = {
         "verdict": verdict,
@@ -176,12 +192,12 @@ def write_index(params: Params, result: Gated, verdict: Verdict) -> None:
     write_text(REPORTS_DIR / "index.md", render_markdown("index.md", stage="index", **context))
 
 
-def card_numbers(stage: str, figures: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+def card_numbers(stage: str, figures: Mapping[str, Any], headline: set[str]) -> list[tuple[str, Any, str]]:
     """The data card's rows ``(figure, value, file)``: the headline metrics first, then the details.
 
     Lists (a confusion matrix) are for the stage report; measured figures are left out.
     """
-    rows = [(key, value, METRICS_DIR if key in DVC_METRIC_KEYS[stage] else DETAILS_DIR)
+    rows = [(key, value, METRICS_DIR if key in headline else DETAILS_DIR)
             for key, value in flatten(figures).items()
             if (stage, key) not in MEASURED and not isinstance(value, list)]  # fmt: skip
     return sorted(rows, key=lambda row: row[2] != METRICS_DIR)  # stable: each file's own order
@@ -193,7 +209,9 @@ def dag_rows() -> list[list[str]]:
     DVC refuses dvc.yaml as a dependency; an edit that matters changes some stage's
     command, deps or params, which re-runs it and then this stage.
     """
-    stages = yaml.safe_load(DVC_FILE.read_text(encoding="utf-8"))["stages"] if DVC_FILE.exists() else {}
+    stages = (
+        yaml.safe_load(dag.DVC_FILE.read_text(encoding="utf-8"))["stages"] if dag.DVC_FILE.exists() else {}
+    )
 
     def data(paths: list) -> str:
         names = [next(iter(p)) if isinstance(p, dict) else p for p in paths or []]

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from curate.data import demo
-from curate.data.dataset import RAW_IMAGES, RAW_SAMPLES, class_names_of, write_images, write_samples
 from curate.data.folder import (
     NOT_AN_IMAGE,
     OUTSIDE_CLASSES,
@@ -26,13 +25,21 @@ from curate.data.folder import (
     FolderData,
     read_image_folder,
 )
+from curate.data.image_rows import write_images
 from curate.data.lineage import Lineage
+from curate.data.paths import RAW_IMAGES, RAW_SAMPLES
 from curate.data.polarity import light_background
+from curate.data.samples import class_names_of, write_samples
 from curate.data.store import Store
 from curate.params import DEMO_SOURCE, Params, load_params
 from curate.report import Verdict, bar_chart, thumbnail
 from curate.report.writer import write_stage
-from curate.stage import guarded, stage_parser
+from curate.stage import Stage, guarded, stage_parser
+
+STAGE = Stage(
+    "ingest",
+    metrics=("n_train",),
+)
 
 THUMBS_PER_CELL = 8
 POLARITY_CHUNK = 4096  # rows read at a time when counting light backgrounds
@@ -57,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lineage = Lineage()
     result = compute(params, lineage.output(RAW_IMAGES))
     write_samples(lineage.output(RAW_SAMPLES), result.samples)
-    sizes = write_stage("ingest", params, metrics(result), report_context(params, result), lineage)
+    sizes = write_stage(STAGE, params, metrics(result), report_context(params, result), lineage)
     print(f"ingest: {len(result.samples):,} samples; reports/ingest.html {sizes['html']:,} bytes")
     return 0
 

@@ -26,20 +26,23 @@ import numpy as np
 import pandas as pd
 
 from curate.curation import balance
-from curate.data.dataset import (
-    BALANCED_DIR,
-    CLEAN_DIR,
-    class_names_of,
-    read_samples,
-    training_rows,
-    write_samples,
-)
 from curate.data.lineage import Lineage
+from curate.data.paths import BALANCED_DIR, CLEAN_DIR
+from curate.data.samples import class_names_of, read_samples, write_samples
+from curate.data.splits import training_rows
 from curate.errors import CurateError
 from curate.params import Params, RebalanceParams, load_params
 from curate.report import Verdict, bar_chart
 from curate.report.writer import write_stage
-from curate.stage import guarded, stage_parser
+from curate.stage import Gate, Stage, guarded, stage_parser
+
+STAGE = Stage(
+    "rebalance",
+    metrics=("group_share_ratio_after",),
+    gates={
+        "min_group_share_ratio": Gate("group_share_ratio_after", "min"),
+    },
+)
 
 INPUT = CLEAN_DIR / "samples.parquet"
 OUTPUT = BALANCED_DIR / "samples.parquet"
@@ -93,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lineage = Lineage()
     result = compute(read_samples(lineage.input(INPUT)), params.rebalance, params.seed)
     write_samples(lineage.output(OUTPUT), result.samples)
-    sizes = write_stage("rebalance", params, metrics(result), report_context(params, result), lineage)
+    sizes = write_stage(STAGE, params, metrics(result), report_context(params, result), lineage)
     print(
         f"rebalance: {result.n_train:,} train rows in {len(result.before.groups)} group(s), "
         f"share ratio {result.share_ratio_before:.3f} -> {result.share_ratio_after:.3f}; "

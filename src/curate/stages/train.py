@@ -17,7 +17,7 @@ module does not import the report kit. Everything is a function of the inputs, t
 the seed on the CPU except the throughput figures (seconds, images per second), which are measured.
 
 The images are never gathered into one copy here: ``train`` reads the rows from the raw and the
-augmented stores (:class:`curate.data.dataset.ImageRows`), whole onto the device or batch by batch
+augmented stores (:class:`curate.data.image_rows.ImageRows`), whole onto the device or batch by batch
 (``train.data_on_device``). With ``train.nproc`` above 1 the stage relaunches itself under
 torchrun and trains with DistributedDataParallel (:mod:`curate.learning.distributed`); rank 0 writes.
 """
@@ -36,25 +36,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from curate.data.dataset import (
-    AUGMENTED_DIR,
-    MODEL,
-    RUN_RECORD,
-    ImageRows,
-    class_names_of,
-    image_rows,
-    read_samples,
-    require_columns,
-    store_files,
-    stratified_test_mask,
-    training_rows,
-    write_text,
-)
+from curate.data.atomic import write_text
+from curate.data.image_rows import ImageRows, image_rows, store_files
+from curate.data.inputs import require_columns
 from curate.data.lineage import Lineage
+from curate.data.paths import AUGMENTED_DIR, MODEL, RUN_RECORD
+from curate.data.samples import class_names_of, read_samples
+from curate.data.splits import stratified_test_mask, training_rows
 from curate.errors import CurateError
 from curate.learning import distributed
 from curate.params import Params, TrainParams, load_params
-from curate.stage import guarded, stage_parser
+from curate.stage import Stage, guarded, stage_parser
+
+STAGE = Stage(
+    "train",
+    metrics=(),
+)
 
 if TYPE_CHECKING:
     import torch
@@ -95,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     save_checkpoint(lineage.output(MODEL), result.net, result.meta)
     record = json.dumps(report_context(params, result), indent=2, sort_keys=True) + "\n"
     write_text(lineage.output(RUN_RECORD), record)
-    lineage.record("train")
+    lineage.record("train", run=STAGE.record(params))
     figures = metrics(result)
     print(
         f"train: {figures['epochs_run']} epochs (best {figures['best_epoch']}, val accuracy "

@@ -15,12 +15,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from curate.data.dataset import RUN_RECORD, read_json, require_columns
+from curate.data.inputs import read_json, require_columns
 from curate.data.lineage import Lineage
+from curate.data.paths import RUN_RECORD
 from curate.params import Params, TrainParams, load_params
 from curate.report import Verdict, line_chart
 from curate.report.writer import write_stage
-from curate.stage import guarded, stage_parser
+from curate.stage import Stage, guarded, stage_parser
+
+STAGE = Stage(
+    "train_report",
+    metrics=("best_val_accuracy",),
+)
 
 INPUT = RUN_RECORD
 RUN_KEYS = ("history", "summary", "group_rows", "n_fit", "n_val")
@@ -44,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = load_params(args.params)
     lineage = Lineage()
     result = compute(read_json(lineage.input(INPUT)))
-    sizes = write_stage("train_report", params, metrics(result), report_context(params, result), lineage)
+    sizes = write_stage(STAGE, params, metrics(result), report_context(params, result), lineage)
     print(
         f"train_report: report of a {result.summary['epochs_run']}-epoch run; "
         f"reports/train_report.html {sizes['html']:,} bytes"

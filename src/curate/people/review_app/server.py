@@ -39,21 +39,20 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from curate import dag
 from curate.data import ledger
-from curate.data.dataset import image_rows
+from curate.data.image_rows import image_rows
 from curate.errors import CurateError
 from curate.people import flags as review_flags
 from curate.people.flags import load_clean
 from curate.people.review_app.guard import Guard, GuardMiddleware, page_policy
 from curate.people.review_app.journal import Conflict, Journal
 from curate.report.render import ENV
-from curate.stage import DAG
 
 DEFAULT_PORT = 8642
 PAGE_LIMIT = 200  # flags per queue request, at most
 MEMBERS_SHOWN = 6  # other members of a near-duplicate set shown beside a card
 STATUSES = ("all", "undecided", "decided")
-RERUN = [*DAG[DAG.index("clean") :], "gate"]  # what dvc repro re-runs after a ledger change
 
 
 class Queue:
@@ -145,7 +144,7 @@ def build_app(queue: Queue, guard: Guard, ledger_name: str) -> Starlette:
             statuses=STATUSES,
             ledger=ledger_name,
             reviewer=queue.journal.reviewer,
-            rerun=RERUN,
+            rerun=list(dag.after("clean")),  # what dvc repro re-runs after a ledger change
         )
         response = HTMLResponse(html, headers={"Content-Security-Policy": page_policy(nonce)})
         guard.remember(request, response)
