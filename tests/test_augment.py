@@ -8,6 +8,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
+from curate.curation import augment_plan, drift
 from curate.curation import augmentation as aug
 from curate.data.image_rows import gather_images, read_images, write_images
 from curate.data.samples import read_samples, write_samples
@@ -119,7 +120,7 @@ def outputs_bytes(root):
 def test_params_validation_names_the_transform(workdir, transforms, message):
     set_params(workdir / "params.yaml", augment={"transforms": transforms})
     with pytest.raises(CurateError) as caught:
-        augment.build_pipeline(
+        augment_plan.build_pipeline(
             load_params("params.yaml"), "params.yaml"
         )  # values: when the stage builds them
     assert str(caught.value).startswith("params.yaml: " + message)
@@ -299,7 +300,7 @@ def test_deterministic_per_sample_and_seeded(workdir, channels, tmp_path_factory
     keys = aug.sample_keys(
         0, table["parent_id"].dropna(), [int(s[-1]) for s in table["sample_id"][-len(parents) :]]
     )
-    pipeline = augment.build_pipeline(load_params(workdir / "params.yaml"), "params.yaml")
+    pipeline = augment_plan.build_pipeline(load_params(workdir / "params.yaml"), "params.yaml")
     assert (aug.augment(parents[5:], keys[5:], pipeline, batch_size=7) == new_images[5:]).all()
     set_params(workdir / "params.yaml", seed=1)
     assert augment.main([]) == 0
@@ -360,9 +361,9 @@ def test_frechet_distance_matches_the_textbook_formula():
     a, b = rng.normal(size=(400, 5)), rng.normal(0.5, 2.0, size=(300, 5)) @ rng.normal(size=(5, 5))
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(cov_a + cov_b - 2 * sqrtm(cov_a @ cov_b).real)
-    assert aug.frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
-    assert aug.frechet_distance(a, a) == pytest.approx(0, abs=1e-9)
-    assert aug.frechet_distance(a[:3], b[:3]) >= 0  # rank-deficient covariances stay real
+    assert drift.frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    assert drift.frechet_distance(a, a) == pytest.approx(0, abs=1e-9)
+    assert drift.frechet_distance(a[:3], b[:3]) >= 0  # rank-deficient covariances stay real
 
 
 def test_report_shows_previews_drift_and_warns(workdir):

@@ -333,38 +333,3 @@ def augment(
         if progress is not None:
             progress(len(chunk))
     return out
-
-
-# --- distribution check ----------------------------------------------------------------------
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to features ``a`` (N x D) and ``b`` (M x D).
-
-    ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))``. The trace of the matrix square
-    root is taken as the sum of square roots of the eigenvalues of ``S_a^(1/2) S_b S_a^(1/2)``
-    (symmetric, same spectrum as ``S_a S_b``), with tiny negative eigenvalues from
-    round-off clipped to 0: stable where ``scipy.linalg.sqrtm`` goes complex on
-    rank-deficient covariances (fewer samples than feature dimensions).
-    """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    cov_a = np.atleast_2d(np.cov(a, rowvar=False))
-    cov_b = np.atleast_2d(np.cov(b, rowvar=False))
-    values, vectors = np.linalg.eigh(cov_a)
-    root_a = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
-    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum()
-    mean_gap = float(np.sum((a.mean(0) - b.mean(0)) ** 2))
-    return max(0.0, mean_gap + float(np.trace(cov_a) + np.trace(cov_b) - 2 * cross))
-
-
-def mean_pairwise_distance(features: np.ndarray, max_points: int = 1500, seed: int = 0) -> float:
-    """Mean Euclidean distance over all pairs of rows (a fixed random subset past ``max_points``)."""
-    features = np.asarray(features, dtype=np.float64)
-    if len(features) > max_points:
-        features = features[np.random.default_rng(seed).choice(len(features), max_points, replace=False)]
-    if len(features) < 2:
-        return float("nan")
-    squared = (features**2).sum(1)
-    d2 = np.clip(squared[:, None] + squared[None, :] - 2 * features @ features.T, 0, None)
-    upper = np.triu_indices(len(features), k=1)
-    return float(np.sqrt(d2[upper]).mean())
