@@ -15,15 +15,19 @@ for a value and is checked as nothing (``curate.stages.<stage>``: its package mu
 
 What each command must satisfy, by its first word:
 
-- ``curate CMD``: CMD is in :data:`curate.cli.COMMANDS` and ``curate CMD --help`` (run once per
-  distinct command, in a subprocess, as a user would) exits 0 and shows every ``-flag`` used.
+- ``curate CMD``: CMD is in :data:`curate.cli.COMMANDS` and ``curate CMD --help`` exits 0 and
+  shows every ``-flag`` used: run once per distinct command through the CLI's entry point, all in
+  one subprocess (``curate --help`` also through the installed console script, as a user runs
+  it). On a page that adds a stage (a fenced block marked ``file=src/curate/stages/NAME.py``, as
+  docs/adding-a-stage.md has), ``curate NAME`` takes the options every stage's parser takes.
 - ``python -m MODULE``: the module exists; a curate command's module as ``curate CMD`` above;
   ``torch.distributed.run`` as ``torchrun``; any other (``python -m pytest``) as plain shell.
 - ``python FILE.py``: the file exists and declares every flag used in an ``add_argument`` call,
   read from its source (a benchmark's ``--help`` imports torch and takes seconds;
   :func:`test_reading_a_script_finds_the_flags_its_help_shows` checks that reading against the
   real ``--help`` of the scripts that start quickly).
-- ``torchrun``: its flags are torchrun's (its own parser, in process); the ``-m`` module exists.
+- ``torchrun``: its flags are torchrun's (its own parser, read in the ``--help`` subprocess); the
+  ``-m`` module exists.
 - ``dvc SUB``: SUB (one or two words: ``dvc exp run``) is a subcommand of DVC's own parser, the
   one ``dvc SUB --help`` prints, built once in process, and that subcommand takes every flag used.
 - ``pip install -e ".[extra]"``: pyproject.toml declares each extra.
@@ -37,7 +41,7 @@ What each command must satisfy, by its first word:
 Besides commands: README.md is at most :data:`README_MAX_LINES` lines and shows the exact test
 command ``.ci/run`` runs; every relative link in README.md and docs/ points to a file that exists
 (and to a heading there, for ``#anchor``); every ``curate.x.y`` name and ``src/...`` path in an
-inline code span exists; the map of the code in docs/development.md lists every module.
+inline code span exists; the map of the code in docs/development.md names what exists.
 """
 
 from __future__ import annotations
@@ -46,19 +50,24 @@ import argparse
 import ast
 import functools
 import importlib.util
+import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from curate.cli import COMMANDS, STAGES
+from curate.stage import stage_parser
 from tests.conftest import REPO
+
+# One worker runs the whole module under xdist: the tools' parsers and the ``--help`` runs are
+# cached per process, so splitting the module would pay for them once per worker.
+pytestmark = pytest.mark.xdist_group("docs")
 
 README_MAX_LINES = 220
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -97,9 +106,9 @@ def blocks(text: str) -> tuple[list[tuple[str, int, list[str]]], str]:
     every fenced line blanked (line numbers kept) for what lies outside them."""
     found, prose, current = [], [], None
     for number, line in enumerate(text.splitlines(), 1):
-        fence = re.match(r"^\s*(```+|~~~+)\s*([\w-]*)", line)
+        fence = re.match(r"^\s*(```+|~~~+)\s*(.*)$", line)
         if current is None and fence:
-            current = (fence.group(1), fence.group(2).lower(), number + 1, [])
+            current = (fence.group(1), fence.group(2).strip(), number + 1, [])
             prose.append("")
         elif current is not None and line.strip().startswith(current[0]):
             found.append(current[1:])
@@ -132,6 +141,7 @@ def shell_lines(path: Path) -> list[tuple[int, str]]:
     fenced, prose = blocks(path.read_text(encoding="utf-8"))
     found = []
     for info, start, lines in fenced:
+        info = info.split(" ", 1)[0].lower()
         pending, pending_at = "", 0
         for offset, line in enumerate(lines):
             if info not in SHELL_FENCES:
@@ -185,6 +195,17 @@ def commands() -> tuple[Command, ...]:
     return tuple(found)
 
 
+@functools.cache
+def added_stages(doc: str) -> set[str]:
+    """The stages a page adds: its fenced blocks that write ``file=src/curate/stages/NAME.py``."""
+    fenced, _ = blocks((REPO / doc).read_text(encoding="utf-8"))
+    return {
+        match.group(1)
+        for info, _, _ in fenced
+        if (match := re.search(r"file=src/curate/stages/(\w+)\.py", info))
+    }
+
+
 def of_tool(*tools: str) -> list[Command]:
     return [command for command in commands() if command.words[0] in tools]
 
@@ -206,19 +227,57 @@ def shows_flag(help_text: str, flag: str) -> bool:
 # The tools' own parsers ---------------------------------------------------------------------
 
 
+# ``curate CMD --help`` through the CLI's own entry point for each CMD on the command line, in one
+# process: the commands share their imports (pandas, torch), so one start instead of one each. It
+# also reads torchrun's options, from torchrun's own parser, while torch is loaded.
+HELP_SCRIPT = """
+import contextlib, io, json, sys, traceback
+from curate.cli import main
+found = {}
+for name in sys.argv[1:]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([*([name] if name else []), "--help"])
+        except SystemExit as exc:
+            code = exc.code
+        except Exception:  # a command that cannot even import: its own failure, not the others'
+            traceback.print_exc()
+            code = 1
+    found[name] = {"returncode": code or 0, "stdout": out.getvalue(), "stderr": err.getvalue()}
+from torch.distributed.run import get_args_parser
+torchrun = sorted(option for action in get_args_parser()._actions for option in action.option_strings)
+print(json.dumps({"help": found, "torchrun": torchrun}))
+"""
+
+
+@dataclass(frozen=True)
+class Help:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
 @functools.cache
-def curate_help() -> dict[str, subprocess.CompletedProcess]:
-    """``curate [CMD] --help`` for the top level and each command the docs use, once each, in parallel."""
+def tool_help() -> tuple[dict[str, Help], frozenset[str]]:
+    """``curate [CMD] --help`` for the top level and each command the docs use, once each."""
     used = {command.words[1] for command in of_tool("curate") if len(command.words) > 1}
     used |= {curate_command_of(module) for module in run_modules()} - {None}
     wanted = ["", *sorted(name for name in used if name in COMMANDS)]
+    result = subprocess.run(
+        [sys.executable, "-c", HELP_SCRIPT, *wanted], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.splitlines()[-1])  # the last line: whatever an import printed before
+    return {name: Help(**shown) for name, shown in found["help"].items()}, frozenset(found["torchrun"])
 
-    def run(name: str) -> subprocess.CompletedProcess:
-        argv = [sys.executable, "-m", "curate.cli", *([name] if name else []), "--help"]
-        return subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120)
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(wanted, pool.map(run, wanted), strict=True))
+def curate_help() -> dict[str, Help]:
+    return tool_help()[0]
+
+
+def torchrun_flags() -> frozenset[str]:
+    return tool_help()[1]
 
 
 def curate_command_of(module: str) -> str | None:
@@ -235,7 +294,7 @@ def run_modules() -> set[str]:
     }
 
 
-@functools.lru_cache(maxsize=1)
+@functools.cache
 def dvc_parser() -> argparse.ArgumentParser:
     from dvc.cli.parser import get_main_parser
 
@@ -278,24 +337,31 @@ def script_flags(path: Path) -> set[str]:
     return found
 
 
-@functools.lru_cache(maxsize=1)
-def torchrun_flags() -> set[str]:
-    from torch.distributed.run import get_args_parser
-
-    return option_strings(get_args_parser())
-
-
 def pyproject_extras() -> set[str]:
-    return set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    """The keys of pyproject.toml's ``[project.optional-dependencies]`` (no tomllib on Python 3.10)."""
+    text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    section = text.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
+    return set(re.findall(r"^([\w-]+)\s*=", section, re.MULTILINE))
 
 
 def module_exists(module: str) -> bool:
+    """Whether ``module`` can be run with ``-m``, found without importing it (nor torch)."""
     if is_placeholder(module):
         module = module.split(".{")[0]  # curate.stages.<stage>: the package
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
+    top, *parts = module.split(".")
+    spec = importlib.util.find_spec(top)  # a top-level find imports nothing
+    places = [Path(place) for place in (spec.submodule_search_locations or [])] if spec else []
+    if spec is None or (parts and not places):
         return False
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        found = [place for place in places if (place / part / "__init__.py").is_file()]
+        if last and any((place / f"{part}.py").is_file() for place in places):
+            return True
+        if not found:
+            return False
+        places = [place / part for place in found]
+    return True
 
 
 def repo_path_problem(word: str) -> str | None:
@@ -328,7 +394,7 @@ def test_every_command_has_a_rule():
     unknown = [
         str(command)
         for command in commands()
-        if command.words[0] not in known | {""} and "/" not in command.words[0]
+        if command.words[0] not in known and "/" not in command.words[0]
     ]
     assert not unknown, "commands with no rule in tests/test_docs.py:\n" + "\n".join(unknown)
 
@@ -340,6 +406,11 @@ def test_curate_commands_exist_with_their_options(command):
         return
     if FLAG.match(name):
         name = ""
+    if name in added_stages(command.where.split(":")[0]) and name not in COMMANDS:
+        accepted = option_strings(stage_parser(name, None))  # the parser every stage takes
+        for flag in flags(command.words[2:]):
+            assert flag in accepted, f"{command}: a stage takes no {flag}"
+        return
     assert name == "" or name in COMMANDS, f"{command}: curate has no command {name!r} ({sorted(COMMANDS)})"
     result = curate_help()[name]
     assert result.returncode == 0, f"curate {name} --help: {result.stderr}"
@@ -348,9 +419,12 @@ def test_curate_commands_exist_with_their_options(command):
 
 
 def test_curate_help_lists_every_command():
-    result = curate_help()[""]
+    """``curate --help`` as a user runs it: the installed console script, in a subprocess."""
+    script = shutil.which("curate") or pytest.skip("the curate console script is not installed")
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("usage: curate"), result
     assert all(name in result.stdout for name in COMMANDS), result.stdout
+    assert result.stdout == curate_help()[""].stdout
 
 
 def test_curate_trace_help_is_what_the_docs_describe():
@@ -521,7 +595,10 @@ def test_code_names_and_source_paths_exist(doc):
     assert not missing, f"{rel(doc)}: {missing}"
 
 
-def test_the_code_map_lists_every_module():
+def test_the_code_map_names_what_exists():
+    """Every row of the map names a module or folder of src/curate that exists, every stage module is
+    on it, and so is every top-level module and every subpackage (new modules inside a subpackage
+    may wait for a row of their own)."""
     text = (REPO / "docs" / "development.md").read_text(encoding="utf-8")
     section = text.split("## A map of the code", 1)[1].split("\n## ", 1)[0]
     listed = re.findall(r"^\| `([^`]+)` \|(.*)\|$", section, re.MULTILINE)
@@ -531,14 +608,12 @@ def test_the_code_map_lists_every_module():
         if entry == "stages/<stage>.py":
             shown = set(re.findall(r"`(\w+)`", description))
             assert shown == set(STAGES), f"the code map's stages {sorted(shown)} are not {sorted(STAGES)}"
-            covered |= {f"stages/{stage}.py" for stage in STAGES}
+            covered |= {"stages"} | {f"stages/{stage}.py" for stage in STAGES}
             continue
         path = package / entry
         assert path.exists(), f"docs/development.md maps src/curate/{entry}, which does not exist"
-        files = path.rglob("*.py") if path.is_dir() else [path]
-        covered |= {file.relative_to(package).as_posix() for file in files}
-    modules = {
-        path.relative_to(package).as_posix() for path in package.rglob("*.py") if path.name != "__init__.py"
-    }
-    unlisted = sorted(modules - covered)
-    assert not unlisted, f"add these modules to the map of the code in docs/development.md: {unlisted}"
+        covered |= {entry.rstrip("/")} | {entry.split("/", 1)[0]}
+    wanted = {path.name for path in package.glob("*.py") if path.name != "__init__.py"}
+    wanted |= {path.name for path in package.iterdir() if (path / "__init__.py").is_file()}
+    unlisted = sorted(wanted - covered)
+    assert not unlisted, f"add these to the map of the code in docs/development.md: {unlisted}"
