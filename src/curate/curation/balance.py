@@ -180,6 +180,51 @@ def share_ratio(share: np.ndarray, among: np.ndarray) -> float:
     return float(chosen.min() / chosen.max()) if chosen.max() > 0 else float("nan")
 
 
+@dataclass
+class Rebalanced:
+    """What the rebalance stage decided and measured: its output table and the representation
+    of the train rows in play before (weight 1) and after (weight x copies)."""
+
+    samples: pd.DataFrame  # the output table: train rows in play + test rows, with weight and copies
+    classes: list[str]  # (K,) class names by label
+    before: Representation
+    after: Representation
+    train_sizes: np.ndarray  # (G,) train rows per group
+    cell_sizes: np.ndarray  # (G, K) train rows per group x label cell
+    n_dropped: int  # train rows the clean stage dropped
+    n_clipped: int  # rows whose weight hit max_weight
+    passed_through: bool  # one group only: nothing to rebalance
+    too_small: np.ndarray  # (G,) bool: under rebalance.min_group_size train rows, kept at weight 1
+
+    @property
+    def n_train(self) -> int:
+        return int(self.train_sizes.sum())
+
+    @property
+    def share_ratio_before(self) -> float:
+        """The group share ratio over the groups large enough to rebalance (all when none is)."""
+        return share_ratio(self.before.share, ~self.too_small)
+
+    @property
+    def share_ratio_after(self) -> float:
+        return share_ratio(self.after.share, ~self.too_small)
+
+    @property
+    def too_small_names(self) -> list[str]:
+        return [group for group, small in zip(self.before.groups, self.too_small, strict=True) if small]
+
+    @property
+    def empty_cells(self) -> list[str]:
+        """Group x label cells with no train rows, for classes that do have train rows."""
+        present = self.cell_sizes.sum(axis=0) > 0
+        return [
+            f"{group} x {name}"
+            for g, group in enumerate(self.before.groups)
+            for k, name in enumerate(self.classes)
+            if present[k] and self.cell_sizes[g, k] == 0
+        ]
+
+
 def measure(groups: pd.Series, labels: np.ndarray, weights: np.ndarray, n_classes: int) -> Representation:
     """Measure representation with a fairlearn MetricFrame over the group names ``groups`` ``(n,)``.
 
