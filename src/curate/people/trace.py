@@ -22,7 +22,7 @@ import re
 import sys
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -30,11 +30,15 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
+from curate import dag
 from curate.data.atomic import write_text
 from curate.data.paths import (
     AUGMENTED_DIR,
     BALANCED_DIR,
     CLEAN_DIR,
+    FORMER_PRED_PROBS,
+    FORMER_PRED_PROBS,
+    FORMER_PRED_PROBS,
     IMAGE_STORES,
     PRED_PROBS,
     RAW_DIR,
@@ -71,6 +75,8 @@ COLUMNS = {
     "rebalance": ("weight", "copies"),
     "augment": ("weight", "copies", "parent_id", "recipe"),
 }  # fmt: skip
+# Columns a table of another stage (one added to dvc.yaml) shows without being asked: the rest.
+SHOWN_ELSEWHERE = {"sample_id", "path", "row", "store"}
 T = TypeVar("T")
 TWIN_SUFFIX = re.compile(r"-\d+$")  # content_ids' suffix for the 2nd, 3rd, ... file of identical bytes
 
@@ -84,6 +90,9 @@ class Tables:
     frames: dict[str, pd.DataFrame | None]  # stage -> its samples.parquet
     pred_probs: np.ndarray | None
     confusion: list[dict] | None
+    # Other stages' Parquet outs in dvc.yaml with a sample_id column (a stage added to the
+    # template): (stage, path) -> the table, shown as it is.
+    others: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -124,9 +133,41 @@ def load_tables(rev: Revision) -> Tables:
         rev=rev.name,
         params=rev.params(),
         frames=frames,
-        pred_probs=_load(rev, PRED_PROBS, _npy),
+        pred_probs=_pred_probs(rev),
         confusion=_load(rev, CONFUSION, json.loads),
+        others=_other_tables(rev),
     )
+
+
+def _other_tables(rev: Revision) -> dict[tuple[str, str], pd.DataFrame]:
+    """The Parquet outs of dvc.yaml's stages beyond :data:`TABLES` that list samples by id."""
+    known = {path.as_posix() for path in TABLES.values()}
+    wanted = [(s.name, out) for s in dag.stages() if dag.DVC_FILE.exists() for out in s.outs]
+    found = {}
+    for stage, out in wanted:
+        if out.endswith(".parquet") and out not in known:
+            frame = _load(rev, Path(out), _parquet)
+            if frame is not None and "sample_id" in frame.columns:
+                found[(stage, out)] = frame
+    return found
+
+
+def _pred_probs(rev: Revision) -> np.ndarray | None:
+    """The folds stage's predictions; a revision from before ``data/folds/`` has them beside clean's table."""
+    found = _load(rev, PRED_PROBS, _npy)
+    return found if found is not None else _load(rev, FORMER_PRED_PROBS, _npy)
+
+
+def _pred_probs(rev: Revision) -> np.ndarray | None:
+    """The folds stage's predictions; a revision from before ``data/folds/`` has them beside clean's table."""
+    found = _load(rev, PRED_PROBS, _npy)
+    return found if found is not None else _load(rev, FORMER_PRED_PROBS, _npy)
+
+
+def _pred_probs(rev: Revision) -> np.ndarray | None:
+    """The folds stage's predictions; a revision from before ``data/folds/`` has them beside clean's table."""
+    found = _load(rev, PRED_PROBS, _npy)
+    return found if found is not None else _load(rev, FORMER_PRED_PROBS, _npy)
 
 
 def _load(rev: Revision, path: Path, decode: Callable[[bytes], T]) -> T | None:
@@ -202,6 +243,7 @@ def trace(tables: Tables, sample: pd.Series, note: str = "") -> Trace:
         sections.append(build(tables, row) if row is not None else _absent(tables, stage, fate))
     evaluated, right = _evaluate(tables, sample, fate)
     sections.append(evaluated)
+    sections += [_listed(stage, path, frame, sample_id) for (stage, path), frame in tables.others.items()]
     children = _children(tables.frames["augment"], sample_id)
     if right is not None:
         summary = f"test sample: {evaluated.lines[0]}"
@@ -218,6 +260,15 @@ def trace(tables: Tables, sample: pd.Series, note: str = "") -> Trace:
         note=note,
         sample=sample,
     )
+
+
+def _listed(stage: str, path: str, frame: pd.DataFrame, sample_id: str) -> Section:
+    """A table trace knows nothing of: the sample's row, each column as it is, or its absence."""
+    row = _row(frame, sample_id)
+    if row is None:
+        return Section(stage, path, [f"not listed (of {len(frame):,} rows)"])
+    shown = [f"{column}: {row[column]}" for column in frame.columns if column not in SHOWN_ELSEWHERE]
+    return Section(stage, path, [f"listed: {', '.join(shown)}" if shown else "listed"])
 
 
 def _row(frame: pd.DataFrame | None, sample_id: str) -> pd.Series | None:
