@@ -39,7 +39,7 @@ bucket from launch to completion also counts the wait for the slower rank), time
 
 Targets on this machine: every stage's exponent from 4x to 16x <= 1.1; the streaming train stage's peak
 RSS <= 2 GiB; DVC's overhead at 16x <= 5 s (out of reach with DVC 3.67: ``benchmarks/dvc_overhead.py``
-says where it goes, README "DVC's own time"). Run on an otherwise idle machine (the full run:
+says where it goes, docs/storage.md, "DVC's own time"). Run on an otherwise idle machine (the full run:
 ``python benchmarks/scale.py``; small: ``--base 300 --sizes 1 4 --stream-gb 0.25``).
 """
 

@@ -154,7 +154,7 @@ class CleanParams(Section):
     # spends a row of its class and group, a relabel one of the class it leaves and gives one to the
     # class it joins); relative: max_drop_fraction MORE than the overall removal rate
     # (removal_cap.removal_budgets). With relabelling at high noise the absolute cap held nothing
-    # back in the uniform cells of the sweep, so relative is opt-in (README "When curation pays").
+    # back in the uniform cells of the sweep, so relative is opt-in (docs/curation.md, "When curation pays").
     cap: Literal["relative", "absolute"] = "absolute"
     drop_near_duplicates: bool = False
     # The review ledger (curate.data.ledger): people's keep / drop / relabel decisions, applied last.

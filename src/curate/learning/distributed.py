@@ -7,7 +7,7 @@ and return torchrun's exit status. The stage relaunches itself, rather than dvc.
 torchrun, so that dvc.yaml keeps one command per stage whatever the params say: ``dvc repro``
 starts one process and sees one exit status, a change of ``train.nproc`` is a param change
 like any other, and ``python -m curate.stages.train`` runs the same way by hand. A stage that
-finds itself already under torchrun (``WORLD_SIZE`` set: several machines, see the README)
+finds itself already under torchrun (``WORLD_SIZE`` set: several machines, see docs/scale-out.md)
 does not relaunch; the ranks are what torchrun was told.
 
 Each rank joins the process group over gloo on a CPU and NCCL on CUDA, where it takes the GPU
