@@ -106,9 +106,9 @@ def baseline(train: pd.DataFrame, labels: np.ndarray, filter_by: str, n_folds: i
 
 def lever_grid(labels: np.ndarray, noisy: np.ndarray, groups: np.ndarray, knn_k: int) -> dict:
     """Every filter_by x calibration x kNN weight x thresholds, scored on the folds stage's outputs."""
-    pred_probs = np.load("data/clean/pred_probs.npy")
-    fold_of = np.load("data/clean/folds.npy")
-    embeddings = np.load("data/clean/embeddings.npy")
+    pred_probs = np.load("data/folds/pred_probs.npy")
+    fold_of = np.load("data/folds/folds.npy")
+    embeddings = np.load("data/folds/embeddings.npy")
     grid = {}
     for calibrate in CALIBRATIONS:
         for weight in KNN_WEIGHTS:

@@ -74,7 +74,7 @@ def make_inputs(root, channels=1, size=28, big=40, small=8, seed=0):
         "size": size,
         "class_names": ["c0", "c1", "c2"],
     }
-    save_checkpoint(root / "data/clean/embedder.pt", model, meta)
+    save_checkpoint(root / "data/folds/embedder.pt", model, meta)
     return samples, images
 
 

@@ -241,10 +241,10 @@ def test_embeddings_method_runs_the_clean_half_of_the_pipeline(workdir):
         assert stage.main([]) == 0, stage.__name__
     samples = read_samples(workdir / "data/clean/samples.parquet")
     n_train = int((samples["split"] == "train").sum())
-    assert np.load(workdir / "data/clean/pred_probs.npy").shape == (n_train, 10)
-    assert set(np.load(workdir / "data/clean/folds.npy")) == {0, 1}
-    assert np.load(workdir / "data/clean/embeddings.npy").shape == (n_train, 512)
-    embedder, meta = load_checkpoint(workdir / "data/clean/embedder.pt")
+    assert np.load(workdir / "data/folds/pred_probs.npy").shape == (n_train, 10)
+    assert set(np.load(workdir / "data/folds/folds.npy")) == {0, 1}
+    assert np.load(workdir / "data/folds/embeddings.npy").shape == (n_train, 512)
+    embedder, meta = load_checkpoint(workdir / "data/folds/embedder.pt")
     assert (meta["name"], meta["weights"], meta["input_size"]) == ("resnet18", "none", SIDE)
     assert isinstance(embedder, backbones.TorchvisionBackbone)
     assert "is_label_issue" in samples.columns

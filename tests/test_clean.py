@@ -14,10 +14,10 @@ from tests.conftest import set_params
 
 CLEAN_OUTPUTS = [
     "data/clean/samples.parquet",
-    "data/clean/pred_probs.npy",
-    "data/clean/folds.npy",
-    "data/clean/embeddings.npy",
-    "data/clean/environment.json",
+    "data/folds/pred_probs.npy",
+    "data/folds/folds.npy",
+    "data/folds/embeddings.npy",
+    "data/folds/environment.json",
     "reports/clean.html",
     "reports/clean.md",
     "reports/metrics/clean.json",
@@ -79,13 +79,13 @@ def test_outputs_follow_the_contract(cleaned):
     assert (unchanged["label"] == unchanged["given_label"]).all()
     assert relabelled["action_reason"].str.contains("confident-learning threshold").all()
     assert (train["given_label"] == raw.loc[train.index, "label"]).all()
-    probs = np.load(cleaned / "data/clean/pred_probs.npy")
+    probs = np.load(cleaned / "data/folds/pred_probs.npy")
     assert probs.shape == (len(train), 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-4)
     assert (train["pred_row"].to_numpy() == np.arange(len(train))).all()
     assert set(train["fold"]) == {0, 1, 2}
     assert (train["predicted_label"] == probs.argmax(axis=1)).all()
-    model, meta = load_checkpoint(cleaned / "data/clean/embedder.pt")
+    model, meta = load_checkpoint(cleaned / "data/folds/embedder.pt")
     assert meta["class_names"] == [str(d) for d in range(10)]
     assert isinstance(model, torch.nn.Module)
 
@@ -114,8 +114,7 @@ def test_relabel_mode_and_cap(cleaned, workdir):
     shutil.copy(cleaned / "params.yaml", workdir / "params.yaml")
     shutil.copytree(cleaned / "data/raw", workdir / "data/raw")
     # The folds' predictions are reused: acting on them otherwise trains nothing.
-    shutil.copytree(cleaned / "data/clean", workdir / "data/clean")
-    (workdir / "data/clean/samples.parquet").unlink()
+    shutil.copytree(cleaned / "data/folds", workdir / "data/folds")
     set_params(
         workdir / "params.yaml",
         clean={
@@ -149,7 +148,7 @@ def test_class_smaller_than_folds_is_named(workdir):
     assert ingest.main([]) == 0
     with pytest.raises(CurateError, match="folds.k: class 'rare' has 2 train sample"):
         folds.main([])
-    assert not (workdir / "data/clean").exists()
+    assert not (workdir / "data/folds").exists()
 
 
 def test_missing_device_is_named(cleaned, workdir):
@@ -162,7 +161,7 @@ def test_missing_device_is_named(cleaned, workdir):
     set_params(workdir / "params.yaml", folds={"device": "cuda"})
     with pytest.raises(CurateError, match=r"params.yaml: folds.device = 'cuda', but .* no cuda"):
         folds.main([])
-    assert not (workdir / "data/clean").exists()
+    assert not (workdir / "data/folds").exists()
 
 
 NAMES = ["a", "b", "c"]

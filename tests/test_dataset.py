@@ -171,10 +171,12 @@ def test_read_json_names_the_stage_to_rerun(tmp_path):
 
 
 def test_messages_name_the_stage_that_writes_the_file(tmp_path):
-    # One map: folds writes beside clean's table, train writes the model evaluate reads.
+    # One map of folders: each stage writes into its own, train the model evaluate reads.
     from curate.data.paths import producer_of
 
     assert producer_of("data/clean/samples.parquet") == "clean"
-    assert producer_of(tmp_path / "data/clean/embedder.pt") == "folds"
+    assert producer_of(tmp_path / "data/folds/embedder.pt") == "folds"
+    assert producer_of("data/raw/images/index.json") == producer_of("data/raw/images") == "ingest"
+    assert producer_of("elsewhere/samples.parquet") == "upstream"
     assert producer_of("models/model.pt") == producer_of("models/train.json") == "train"
     assert producer_of("data/augmented/images") == "augment"

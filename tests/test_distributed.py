@@ -49,15 +49,15 @@ def tiny(tmp_path_factory):
 
 
 def test_folds_spread_over_two_processes_give_the_one_process_bytes(tiny):
-    one = {name: (tiny / "data/clean" / name).read_bytes() for name in FOLD_OUTPUTS}
+    one = {name: (tiny / "data/folds" / name).read_bytes() for name in FOLD_OUTPUTS}
     set_params(tiny / "params.yaml", folds={"nproc": 2})
     try:
         assert folds.main([]) == 0  # relaunched as 2 ranks: fold 0 on rank 0, fold 1 on rank 1
     finally:
         set_params(tiny / "params.yaml", folds={"nproc": 1})
     for name in FOLD_OUTPUTS:
-        assert (tiny / "data/clean" / name).read_bytes() == one[name], name
-    assert (np.load(tiny / "data/clean/folds.npy") >= 0).all()  # every row held out once
+        assert (tiny / "data/folds" / name).read_bytes() == one[name], name
+    assert (np.load(tiny / "data/folds/folds.npy") >= 0).all()  # every row held out once
 
 
 def run_fit(root, nproc):

@@ -159,8 +159,8 @@ def test_the_train_stage_records_the_setting_and_evaluate_follows_the_checkpoint
 def test_augment_embeds_as_the_clean_stage_trained(workdir, monkeypatch, meta, expected):
     augment_inputs(workdir)
     if meta:  # rewrite the embedder with the key; without it, the old behaviour (auto)
-        net, saved = load_checkpoint(workdir / "data/clean/embedder.pt")
-        save_checkpoint(workdir / "data/clean/embedder.pt", net, saved | meta)
+        net, saved = load_checkpoint(workdir / "data/folds/embedder.pt")
+        save_checkpoint(workdir / "data/folds/embedder.pt", net, saved | meta)
     modes = spy_predict(monkeypatch)
     assert augment.main([]) == 0
     assert modes and set(modes) == {expected}

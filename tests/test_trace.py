@@ -70,7 +70,7 @@ def clean_table(raw: pd.DataFrame) -> pd.DataFrame:
     relabel = clean["action"] == "relabel"
     clean.loc[relabel, "label"] = clean.loc[relabel, "predicted_label"]
     clean.loc[relabel, "label_name"] = "cat"
-    write_array("data/clean/pred_probs.npy", probs)
+    write_array("data/folds/pred_probs.npy", probs)
     return with_reasons(clean)
 
 
@@ -79,7 +79,7 @@ def with_reasons(clean: pd.DataFrame) -> pd.DataFrame:
     train = clean["split"] == "train"
     clean["action_reason"] = "test sample: the test split is never cleaned"
     settings = load_params().clean
-    probs, given = np.load("data/clean/pred_probs.npy"), clean.loc[train, "given_label"].to_numpy()
+    probs, given = np.load("data/folds/pred_probs.npy"), clean.loc[train, "given_label"].to_numpy()
     rows = clean[train].assign(relabel_floor=relabel_floors(probs, given, settings.relabel_min_confidence))
     choice = choose_action(settings, skill=1.0, flagged_rate=0.75)
     clean.loc[train, "action_reason"] = action_reasons(rows, settings, [NASTY, "cat"], choice)
@@ -179,6 +179,14 @@ def test_test_samples_right_and_wrong(made, capsys):
     assert "- test sample: the test split is never cleaned" in out
     out = trace(capsys, "data/demo/x/t.png")[1]  # under ingest.source
     assert "- predicted cat, actual &lt;b&gt;x&lt;/b&gt;: wrong" in out
+
+
+def test_a_revision_from_before_data_folds_has_its_predictions_beside_clean_s_table(made, capsys):
+    os.replace("data/folds/pred_probs.npy", "data/clean/pred_probs.npy")
+    assert "- out-of-fold probability of the given label cat: 0.100 (fold 1)" in trace(capsys, "cat/1.png")[1]
+    os.remove("data/clean/pred_probs.npy")
+    missing = "- out-of-fold probability of the given label: data/folds/pred_probs.npy is not in workspace"
+    assert missing in trace(capsys, "cat/1.png")[1]
 
 
 def test_unknown_sample_is_one_line(made, capsys):

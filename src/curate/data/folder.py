@@ -41,11 +41,10 @@ from tqdm import tqdm
 
 from curate.data.csvfile import read_table
 from curate.data.decoding import decode_in_order, worker_count
-from curate.data.image_rows import store_writer
+from curate.data.image_rows import read_images, store_writer
 from curate.data.imaging import FLOAT_MODES, WIDE_INTEGER_MODES
 from curate.data.samples import CORE_COLUMNS, unique_ids
 from curate.data.splits import keyed_test_mask
-from curate.data.store import Store
 from curate.errors import CurateError
 from curate.params import ImageParams, IngestParams
 
@@ -269,7 +268,7 @@ def _read_images(
                 {"digest": decoded.digest, "path": relative, "label_name": class_name, "row": len(rows)}
             )
     data.skipped.sort(key=lambda entry: entry.path.split("/"))
-    data.images = Store(target, "ingest")
+    data.images = read_images(target)
     table = pd.DataFrame(rows, columns=["digest", "path", "label_name", "row"])
     in_path_order = {relative: i for i, (_, relative, _) in enumerate(listing.files)}
     table = table.sort_values("path", key=lambda paths: paths.map(in_path_order)).reset_index(drop=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 RAW_DIR = Path("data/raw")
+FOLDS_DIR = Path("data/folds")
 CLEAN_DIR = Path("data/clean")
 BALANCED_DIR = Path("data/balanced")
 AUGMENTED_DIR = Path("data/augmented")
@@ -16,38 +17,39 @@ MODELS_DIR = Path("models")
 RAW_SAMPLES = RAW_DIR / "samples.parquet"
 RAW_IMAGES = RAW_DIR / "images"
 REPORTS_DIR = Path("reports")
-# What the folds stage leaves beside clean's table for clean, augment and trace: the out-of-sample
-# predictions (train rows in table order), each row's fold, the shared embedder and its embeddings,
-# and what computed them.
-PRED_PROBS = CLEAN_DIR / "pred_probs.npy"
-FOLD_OF_ROW = CLEAN_DIR / "folds.npy"
-EMBEDDINGS = CLEAN_DIR / "embeddings.npy"
-EMBEDDER = CLEAN_DIR / "embedder.pt"
-ENVIRONMENT = CLEAN_DIR / "environment.json"
+# What the folds stage writes for clean, augment and trace: the out-of-sample predictions (train
+# rows in table order), each row's fold, the shared embedder and its embeddings, and what computed
+# them.
+PRED_PROBS = FOLDS_DIR / "pred_probs.npy"
+FOLD_OF_ROW = FOLDS_DIR / "folds.npy"
+EMBEDDINGS = FOLDS_DIR / "embeddings.npy"
+EMBEDDER = FOLDS_DIR / "embedder.pt"
+ENVIRONMENT = FOLDS_DIR / "environment.json"
+# Where revisions from before data/folds/ kept the predictions: beside clean's table (what
+# `curate trace --rev` of such a revision reads instead).
+FORMER_PRED_PROBS = CLEAN_DIR / "pred_probs.npy"
 # Which store a row's ``row`` points into: the ``store`` column names it;
 # tables without the column point into the raw store.
 IMAGE_STORES = {"raw": RAW_IMAGES, "augmented": AUGMENTED_DIR / "images"}
 # What the train stage writes: the trained classifier and its run record (what train_report reports).
 MODEL = MODELS_DIR / "model.pt"
 RUN_RECORD = MODELS_DIR / "train.json"
-# The stage that writes each data file or folder: what a missing or broken file's message says
-# to run. A file named here wins over its folder (folds writes beside clean's table).
+# The folder each stage writes its data into: what a missing or broken file's message says to run.
 PRODUCERS = {
     RAW_DIR: "ingest",
-    **dict.fromkeys((PRED_PROBS, FOLD_OF_ROW, EMBEDDINGS, EMBEDDER, ENVIRONMENT), "folds"),
+    FOLDS_DIR: "folds",
     CLEAN_DIR: "clean",
     BALANCED_DIR: "rebalance",
     AUGMENTED_DIR: "augment",
-    **dict.fromkeys((MODEL, RUN_RECORD), "train"),
+    MODELS_DIR: "train",
 }
 
 
 def producer_of(path: str | Path) -> str:
-    """The stage that writes ``path`` (a file named in :data:`PRODUCERS`, else by its folder), for
-    error messages; a relative or absolute path under the project root alike."""
-    path = Path(path)
-    for candidate in (path.as_posix(), path.parent.as_posix()):
+    """The stage whose folder in :data:`PRODUCERS` holds ``path`` (the nearest such folder; a path
+    relative to the project root or an absolute one alike), for error messages."""
+    for folder in Path(path).parents:
         for written, stage in PRODUCERS.items():
-            if candidate == written.as_posix() or candidate.endswith(f"/{written.as_posix()}"):
+            if folder.parts[-len(written.parts) :] == written.parts:
                 return stage
     return "upstream"

@@ -37,8 +37,6 @@ from curate.data.paths import (
     BALANCED_DIR,
     CLEAN_DIR,
     FORMER_PRED_PROBS,
-    FORMER_PRED_PROBS,
-    FORMER_PRED_PROBS,
     IMAGE_STORES,
     PRED_PROBS,
     RAW_DIR,
@@ -150,18 +148,6 @@ def _other_tables(rev: Revision) -> dict[tuple[str, str], pd.DataFrame]:
             if frame is not None and "sample_id" in frame.columns:
                 found[(stage, out)] = frame
     return found
-
-
-def _pred_probs(rev: Revision) -> np.ndarray | None:
-    """The folds stage's predictions; a revision from before ``data/folds/`` has them beside clean's table."""
-    found = _load(rev, PRED_PROBS, _npy)
-    return found if found is not None else _load(rev, FORMER_PRED_PROBS, _npy)
-
-
-def _pred_probs(rev: Revision) -> np.ndarray | None:
-    """The folds stage's predictions; a revision from before ``data/folds/`` has them beside clean's table."""
-    found = _load(rev, PRED_PROBS, _npy)
-    return found if found is not None else _load(rev, FORMER_PRED_PROBS, _npy)
 
 
 def _pred_probs(rev: Revision) -> np.ndarray | None:

@@ -1,6 +1,6 @@
 """clean: flag label issues with cleanlab on the out-of-sample predictions of ``folds``, then act.
 
-Reads ``data/raw`` and what the ``folds`` stage wrote into ``data/clean/`` (``pred_probs.npy``,
+Reads ``data/raw`` and what the ``folds`` stage wrote into ``data/folds/`` (``pred_probs.npy``,
 ``folds.npy``, ``embeddings.npy``, ``environment.json``); writes ``data/clean/samples.parquet``
 (every raw row: train rows with ``label_quality``, ``is_label_issue``, ``predicted_label``,
 ``action``, ``fold``, ...; a row's ``pred_row`` indexes ``pred_probs.npy``; test rows untouched)

@@ -1,6 +1,6 @@
 """folds: out-of-sample K-fold predictions for the train rows, the expensive half of cleaning.
 
-Reads ``data/raw``; writes into ``data/clean/``: ``pred_probs.npy`` (train rows x classes,
+Reads ``data/raw``; writes into ``data/folds/``: ``pred_probs.npy`` (train rows x classes,
 sorted class order, each row predicted by the fold model that never saw it), ``folds.npy`` (the
 fold in which each train row was held out), ``embeddings.npy`` and ``embedder.pt`` (one shared
 model, whose embeddings drive the duplicate and outlier checks and augment's drift check), and

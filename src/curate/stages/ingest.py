@@ -25,7 +25,7 @@ from curate.data.folder import (
     FolderData,
     read_image_folder,
 )
-from curate.data.image_rows import write_images
+from curate.data.image_rows import read_images, write_images
 from curate.data.lineage import Lineage
 from curate.data.paths import RAW_IMAGES, RAW_SAMPLES
 from curate.data.polarity import light_background
@@ -104,7 +104,7 @@ def read_source(params: Params, target: Path) -> FolderData:
             channels=params.image.channels,
         )
         write_images(target, images, segment_mb=settings.segment_mb)  # keys: table order, row = position
-        return FolderData(images=Store(target, "ingest"), samples=samples)
+        return FolderData(images=read_images(target), samples=samples)
     return read_image_folder(Path(settings.source), params.image, settings, params.seed, target)
 
 
