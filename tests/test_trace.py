@@ -13,13 +13,12 @@ import pytest
 
 from curate import cli
 from curate.curation.clean_actions import action_reasons, choose_action
-from curate.curation.label_issues import relabel_floors
+from curate.curation.label_issues import decide_actions, relabel_floors
 from curate.data.atomic import write_array
 from curate.data.image_rows import write_images
 from curate.data.samples import read_samples, write_samples
 from curate.params import load_params
-from tests.conftest import set_params, template_copy
-from tests.test_experiments import ENV, GIT, TINY, run
+from tests.conftest import ENV, set_params
 from tests.test_report import assert_safe_html
 
 NASTY = "<b>x</b>"  # class 0; "cat" is class 1
@@ -82,7 +81,17 @@ def with_reasons(clean: pd.DataFrame) -> pd.DataFrame:
     probs, given = np.load("data/folds/pred_probs.npy"), clean.loc[train, "given_label"].to_numpy()
     rows = clean[train].assign(relabel_floor=relabel_floors(probs, given, settings.relabel_min_confidence))
     choice = choose_action(settings, skill=1.0, flagged_rate=0.75)
-    clean.loc[train, "action_reason"] = action_reasons(rows, settings, [NASTY, "cat"], choice)
+    # What the cap records as it holds rows back: the real decision on the given labels.
+    decision = decide_actions(
+        rows.assign(label=given, drop_candidate=False),
+        action=choice.action,
+        relabel_floor=rows["relabel_floor"].to_numpy(),
+        max_drop_fraction=settings.max_drop_fraction,
+        cap=settings.cap,
+        min_rows=settings.min_examples_per_class,
+    )
+    reasons = action_reasons(rows, settings, [NASTY, "cat"], choice, decision.holds)
+    clean.loc[train, "action_reason"] = reasons
     return clean
 
 
@@ -161,9 +170,11 @@ def test_capped_sample_and_its_augmented_copy(made, capsys):
     assert (
         # Class x (2 rows) may lose 1 under the relative cap, and lost e1 to its relabel to cat;
         # group g2 (1 row) may lose none: 1 row stays.
-        "held back by the removal cap: class &lt;b&gt;x&lt;/b&gt; already lost 1 of its 2 train rows; "
-        "group g2 already lost 0 of its 1 train rows (clean.cap relative: "
-        "50.0% of train rows asked to go + clean.max_drop_fraction 0.3)"
+        "held back from dropping it by the removal cap: class &lt;b&gt;x&lt;/b&gt;&#39;s budget, 1 of its 2 "
+        "train rows, clean.min_examples_per_class 1 to stay, is spent; group g2&#39;s budget, 0 of its 1 "
+        "train row, clean.min_examples_per_class 1 to stay, is spent (clean.cap relative: a class or "
+        "group may lose floor(105.0% x its rows), 75.0% of the train rows asked to be dropped + "
+        "clean.max_drop_fraction 0.3)"
     ) in out
     assert "- weight 2.000, copies 1" in out
     assert "- 1 augmented copy (e2~a1); its weight is shared with them: 1.000 each" in out
@@ -242,16 +253,11 @@ def test_trace_starts_without_torch():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "[]\n"
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """The template on the tiny profile, reproduced once and committed (so --rev HEAD has its data)."""
-    root = template_copy(tmp_path_factory.mktemp("trace"))
-    # The tiny sklearn group has about 10 train rows: let rebalance weigh it (default: 20 at least).
-    set_params(root / "params.yaml", **TINY)  # TINY rebalances its 7-row sklearn group too
-    run("dvc", "repro", cwd=root)
-    run(*GIT, "add", "-A", cwd=root)
-    run(*GIT, "commit", "-q", "-m", "tiny profile", cwd=root)
-    return root
+@pytest.fixture
+def tiny(tiny_copy):
+    """The template on the tiny profile, reproduced and committed (so --rev HEAD has its data; TINY
+    rebalances its 7-row sklearn group too): this test's own copy of the session's run."""
+    return tiny_copy
 
 
 def curate_trace(root, *args) -> str:
