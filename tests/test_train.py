@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,6 +10,7 @@ from curate.data.samples import write_samples
 from curate.errors import CurateError
 from curate.learning import feeding, inference, networks, training
 from curate.learning.checkpoint import load_checkpoint, load_initial_weights, save_checkpoint
+from curate.learning.run_record import RunRecord, Summary
 from curate.params import TrainParams, load_params
 from curate.report.render import read_figures
 from curate.stages import train, train_report
@@ -315,6 +318,29 @@ def test_missing_input_column_names_the_file(workdir):
     write_samples(workdir / "data/augmented/samples.parquet", samples)
     with pytest.raises(CurateError, match="samples.parquet: missing column 'parent_id'"):
         train.main([])
+
+
+def test_the_run_record_reads_back_as_written_and_an_older_one_is_named(tmp_path):
+    summary = Summary(2, 1, 0.5, 0.9, "cpu", 1.25, 80.0)
+    record = RunRecord(
+        [{"epoch": 1, "val_loss": 0.5}], summary, [["g", 3, 1, 1.0, 1]], 4, 1, "abc", {"threads": 1}
+    )
+    path = tmp_path / "models/train.json"
+    record.write(path)
+    assert RunRecord.read(path) == record
+    # The layout train_report has always read: sorted keys, two-space indent, the summary nested.
+    assert path.read_text().startswith('{\n  "digest": "abc",\n  "environment": {\n    "threads": 1\n  },\n')
+    assert json.loads(path.read_text())["summary"]["best_val_accuracy"] == 0.9
+    older = {
+        key: value
+        for key, value in json.loads(path.read_text()).items()
+        if key not in ("digest", "environment")
+    }
+    path.write_text(json.dumps(older))
+    assert (RunRecord.read(path).digest, RunRecord.read(path).environment) == ("n/a", {})
+    path.write_text(json.dumps({key: value for key, value in older.items() if key != "n_val"}))
+    with pytest.raises(CurateError, match=r"train.json: missing key 'n_val' \(written by the train stage"):
+        RunRecord.read(path)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")

@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from curate.data.atomic import write_text
 from curate.data.image_rows import ImageRows, image_rows, store_files
 from curate.data.inputs import require_columns
 from curate.data.lineage import Lineage
@@ -45,6 +44,7 @@ from curate.data.samples import class_names_of, read_samples
 from curate.data.splits import stratified_test_mask, training_rows
 from curate.errors import CurateError
 from curate.learning import distributed
+from curate.learning.run_record import RunRecord, Summary
 from curate.params import Params, TrainParams, load_params
 from curate.stage import Stage, guarded, stage_parser
 
@@ -90,8 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not ranks.main:
         return 0  # rank 0 writes the outputs
     save_checkpoint(lineage.output(MODEL), result.net, result.meta)
-    record = json.dumps(report_context(params, result), indent=2, sort_keys=True) + "\n"
-    write_text(lineage.output(RUN_RECORD), record)
+    report_context(params, result).write(lineage.output(RUN_RECORD))
     lineage.record("train", run=STAGE.record(params))
     figures = metrics(result)
     print(
@@ -119,19 +118,6 @@ class Split:
     val_rows: pd.DataFrame  # held-out original train rows
     images: ImageRows  # fit_rows' images, uint8 N x H x W x C, read from the stores on demand
     val_images: ImageRows  # val_rows' images
-
-
-@dataclass
-class Summary:
-    """The headline figures of a training run; the throughput ones are measured."""
-
-    epochs_run: int
-    best_epoch: int
-    best_val_loss: float
-    best_val_accuracy: float
-    device: str  # the device type: cpu, cuda or mps
-    train_seconds: float  # training passes only, validation excluded
-    images_per_second: float
 
 
 @dataclass
@@ -303,18 +289,18 @@ def metrics(result: Trained) -> dict[str, object]:
     return asdict(result.summary)
 
 
-def report_context(params: Params, result: Trained) -> dict[str, object]:
-    """All the train_report stage shows about this run (``models/train.json``), as plain JSON types."""
+def report_context(params: Params, result: Trained) -> RunRecord:
+    """All the train_report stage shows about this run: its run record (``models/train.json``)."""
     split = result.split
-    return {
-        "history": result.history,
-        "summary": asdict(result.summary),
-        "group_rows": _group_rows(split.fit_rows, split.val_rows),
-        "n_fit": len(split.fit_rows),
-        "n_val": len(split.val_rows),
-        "digest": result.meta["params_digest"],
-        "environment": result.environment,
-    }
+    return RunRecord(
+        history=result.history,
+        summary=result.summary,
+        group_rows=_group_rows(split.fit_rows, split.val_rows),
+        n_fit=len(split.fit_rows),
+        n_val=len(split.val_rows),
+        digest=result.meta["params_digest"],
+        environment=result.environment,
+    )
 
 
 def _group_rows(fit_rows: pd.DataFrame, val_rows: pd.DataFrame) -> list[list]:

@@ -12,12 +12,10 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
-from curate.data.inputs import read_json, require_columns
 from curate.data.lineage import Lineage
 from curate.data.paths import RUN_RECORD
+from curate.learning.run_record import RunRecord, Summary
 from curate.params import Params, TrainParams, load_params
 from curate.report import Verdict, line_chart
 from curate.report.writer import write_stage
@@ -29,80 +27,57 @@ STAGE = Stage(
 )
 
 INPUT = RUN_RECORD
-RUN_KEYS = ("history", "summary", "group_rows", "n_fit", "n_val")
-
-
-@dataclass(frozen=True)
-class Run:
-    """The train stage's run record, checked."""
-
-    history: list[dict[str, Any]]  # per epoch: epoch, train/val loss and accuracy, seconds, images
-    summary: dict[str, Any]  # epochs_run, best_epoch, best_val_loss/accuracy, device, the throughput
-    group_rows: list[list]  # per group: originals, copies, share of the training weight, validation
-    n_fit: int
-    n_val: int
-    digest: str  # SHA-256 of the train params that built the model ("n/a": an older record)
-    environment: dict[str, Any]  # what trained it
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = stage_parser("train_report", __doc__).parse_args(argv)
     params = load_params(args.params)
     lineage = Lineage()
-    result = compute(read_json(lineage.input(INPUT)))
+    result = compute(RunRecord.read(lineage.input(INPUT)))
     sizes = write_stage(STAGE, params, metrics(result), report_context(params, result), lineage)
     print(
-        f"train_report: report of a {result.summary['epochs_run']}-epoch run; "
+        f"train_report: report of a {result.summary.epochs_run}-epoch run; "
         f"reports/train_report.html {sizes['html']:,} bytes"
     )
     return 0
 
 
-def compute(record: dict[str, Any]) -> Run:
-    """The run record as the report reads it; one line when a key is missing (an older train stage)."""
-    require_columns(record, INPUT, RUN_KEYS, kind="key")
-    return Run(
-        history=record["history"],
-        summary=record["summary"],
-        group_rows=record["group_rows"],
-        n_fit=record["n_fit"],
-        n_val=record["n_val"],
-        digest=record.get("digest", "n/a"),
-        environment=record.get("environment", {}),
-    )
+def compute(record: RunRecord) -> RunRecord:
+    """Nothing left to compute: the train stage recorded what this report shows (checked on read)."""
+    return record
 
 
-def metrics(result: Run) -> dict[str, float]:
+def metrics(result: RunRecord) -> dict[str, float]:
     summary = result.summary
     return {
-        "epochs_run": summary["epochs_run"],
-        "best_epoch": summary["best_epoch"],
-        "best_val_loss": summary["best_val_loss"],
-        "best_val_accuracy": summary["best_val_accuracy"],
-        "images_per_second": round(summary["images_per_second"]),
+        "epochs_run": summary.epochs_run,
+        "best_epoch": summary.best_epoch,
+        "best_val_loss": summary.best_val_loss,
+        "best_val_accuracy": summary.best_val_accuracy,
+        "images_per_second": round(summary.images_per_second),
     }
 
 
-def report_context(params: Params, result: Run) -> dict[str, object]:
+def report_context(params: Params, result: RunRecord) -> dict[str, object]:
     settings, summary = params.train, result.summary
     return {
         "settings": settings,
         "seed": params.seed,
         "verdict": _verdict(settings, summary),
         "headline": [
-            ("epochs run", summary["epochs_run"]),
-            ("best epoch", summary["best_epoch"]),
-            ("best val accuracy", summary["best_val_accuracy"]),
-            ("best val loss", summary["best_val_loss"]),
+            ("epochs run", summary.epochs_run),
+            ("best epoch", summary.best_epoch),
+            ("best val accuracy", summary.best_val_accuracy),
+            ("best val loss", summary.best_val_loss),
         ],
         "speed": [
-            ("device", summary["device"]),
-            ("images per second", round(summary["images_per_second"])),
-            ("training seconds", f"{summary['train_seconds']:.1f}"),
+            ("device", summary.device),
+            ("images per second", round(summary.images_per_second)),
+            ("training seconds", f"{summary.train_seconds:.1f}"),
         ],
         "environment": sorted(result.environment.items()),
-        "charts": _charts(result.history, summary["best_epoch"]),
-        "epoch_rows": _epoch_rows(result.history, summary["best_epoch"]),
+        "charts": _charts(result.history, summary.best_epoch),
+        "epoch_rows": _epoch_rows(result.history, summary.best_epoch),
         "group_rows": result.group_rows,
         "n_fit": result.n_fit,
         "n_val": result.n_val,
@@ -111,9 +86,9 @@ def report_context(params: Params, result: Run) -> dict[str, object]:
     }
 
 
-def _verdict(settings: TrainParams, summary: dict[str, Any]) -> Verdict:
+def _verdict(settings: TrainParams, summary: Summary) -> Verdict:
     verdict = Verdict()
-    epochs_run, best = summary["epochs_run"], summary["best_epoch"]
+    epochs_run, best = summary.epochs_run, summary.best_epoch
     if epochs_run < settings.epochs:
         verdict.warnings.append(
             f"stopped early after {epochs_run} of {settings.epochs} epochs: no lower validation "
