@@ -1,13 +1,40 @@
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+GIT = ["git", "-c", "user.name=curate tests", "-c", "user.email=tests@curate.invalid"]
+STAGES = ("ingest", "folds", "clean", "rebalance", "augment", "train", "train_report", "evaluate", "gate")
+# The tiny profile: the whole DAG in about a minute on two cores, every stage with work to do.
+TINY = {
+    "ingest": {"demo": {"subsample": 0.08}},
+    # min_steps 0: 2 epochs as asked (the default floor of 200 steps would make them 67 here).
+    "folds": {"k": 2, "epochs": 2, "batch_size": 64, "min_steps": 0},
+    # Its 2-epoch folds learn next to nothing (kappa 0.02 with the given labels, 85% of the rows
+    # flagged): act on their flags anyway, by dropping, so every stage after clean has work to do.
+    "clean": {"action": "drop", "min_fold_skill": 0.0},
+    # The tiny demo's sklearn group has about 7 train rows: rebalance it anyway, as the full demo does.
+    "rebalance": {"min_group_size": 2},
+    "augment": {"copies": 1},
+    "train": {"epochs": 1},
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """End-to-end (``slow``) tests first, in their files' order: under xdist the longest work
+    starts first and the quick tests fill the workers around it, rather than one worker running
+    a dvc repro alone at the end (pyproject.toml: --no-loadscope-reorder keeps this order)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture
@@ -85,3 +112,102 @@ def file_or_tree_bytes(path: Path) -> bytes:
         return path.read_bytes()
     files = sorted(p for p in path.rglob("*") if p.is_file())
     return b"".join(str(p.relative_to(path)).encode() + b"\0" + p.read_bytes() for p in files)
+
+
+def run(*args, cwd, env=ENV) -> str:
+    """A command's stdout; its output in the failure message when it fails."""
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(map(str, args))}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def ran(output: str) -> set[str]:
+    """The template's stages a ``dvc repro`` output says it ran."""
+    return {stage for stage in STAGES if f"Running stage '{stage}'" in output}
+
+
+def tiny_project(destination: Path) -> Path:
+    """A clone of the template at ``destination`` on the tiny profile, reproduced and committed."""
+    root = template_copy(destination)
+    set_params(root / "params.yaml", **TINY)
+    assert ran(run("dvc", "repro", cwd=root)) == set(STAGES)
+    run(*GIT, "add", "-A", cwd=root)
+    run(*GIT, "commit", "-q", "-m", "tiny profile", cwd=root)
+    return root
+
+
+def demo_project(destination: Path) -> Path:
+    """A clone of the template at ``destination`` after one ``dvc repro`` of the default params
+    (the full demo, uncommitted: its dvc.lock and reports are compared with the committed ones)."""
+    root = template_copy(destination)
+    run("dvc", "repro", cwd=root)
+    return root
+
+
+# --- end-to-end projects built once per test session -------------------------------------------
+#
+# A `dvc repro` of the template is the expensive part of an end-to-end test: each test that only
+# needs "the template, reproduced" starts from a copy of one run instead of running it again. The
+# run happens once per `pytest` session, whichever xdist worker asks first (a file lock in the
+# folder all workers share); the others wait for it and copy it. The built folder itself is never
+# handed to a test: every test gets its own copy (git history, DVC cache and workspace), so tests
+# may edit params, add stages, run `dvc repro` or `dvc exp run` in it, in parallel, without seeing
+# each other. A new end-to-end test on the tiny profile takes `tiny_copy` (one copy per test) or
+# copies `tiny_built` into a module-scoped fixture of its own (one copy per module).
+
+
+def session_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The temp folder of this whole run: under xdist each worker's base temp is a subfolder of it."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """``build(folder)`` run once per session across xdist workers; the folder, to copy, never to edit.
+    A failed build fails every test that needs it, with the first failure's traceback, once."""
+    folder = session_folder(tmp_path_factory) / f"built-{name}"
+    done, failed = folder.with_name(folder.name + ".done"), folder.with_name(folder.name + ".failed")
+    with FileLock(str(folder.with_name(folder.name + ".lock"))):
+        if not done.exists() and not failed.exists():
+            try:
+                folder.mkdir()
+                build(folder)
+            except BaseException:
+                failed.write_text(traceback.format_exc())
+                raise
+            done.touch()
+    if failed.exists():
+        raise RuntimeError(f"building the shared {name} project failed:\n{failed.read_text()}")
+    return folder
+
+
+def copy_project(source: Path, destination: Path) -> Path:
+    """A writable copy of a built project: its git history, DVC cache and workspace (not the DVC
+    command scratch in .dvc/tmp: locks and the like belong to the folder they were taken in)."""
+
+    def scratch(folder: str, names: list[str]) -> list[str]:
+        return ["tmp"] if Path(folder) == source / ".dvc" else []
+
+    shutil.copytree(source, destination, symlinks=True, ignore=scratch, dirs_exist_ok=True)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def tiny_built(tmp_path_factory) -> Path:
+    """The template on the tiny profile (:data:`TINY`), reproduced and committed, built once per
+    session. Read-only: copy it (:func:`copy_project`, or the ``tiny_copy`` fixture) to use it."""
+    return built_once(tmp_path_factory, "tiny", tiny_project)
+
+
+@pytest.fixture
+def tiny_copy(tiny_built, tmp_path) -> Path:
+    """This test's own copy of the tiny project: reproduced and committed, ``git status`` and
+    ``dvc status`` clean; edit params, add a stage, ``dvc repro``: only what changed runs."""
+    return copy_project(tiny_built, tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def demo_built(tmp_path_factory) -> Path:
+    """The template after one ``dvc repro`` of its default params (the full demo), built once per
+    session. Read-only: copy it to use it."""
+    return built_once(tmp_path_factory, "demo", demo_project)

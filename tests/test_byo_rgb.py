@@ -13,7 +13,8 @@ from curate.data.image_rows import read_images
 from tests.conftest import set_params, template_copy
 from tests.synthetic import make_folder
 
-pytestmark = pytest.mark.slow
+# One xdist group: its tests run on one worker, which runs the module's dvc repro once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("byo_rgb")]
 
 
 @pytest.fixture(scope="module")

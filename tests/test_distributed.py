@@ -18,7 +18,8 @@ from tests.conftest import REPO, set_params
 from tests.test_experiments import TINY
 from tests.test_train import OUTPUTS
 
-pytestmark = pytest.mark.slow
+# One xdist group: its tests run in order on one worker, in the module's tiny project.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distributed")]
 
 CPU = {"device": "cpu"}  # gloo on a CPU, also where CI has a GPU
 FOLD_OUTPUTS = ("pred_probs.npy", "folds.npy", "embeddings.npy", "embedder.pt", "environment.json")

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import time
 
 import numpy as np
@@ -15,58 +14,35 @@ from PIL import Image
 
 from curate.people.declared import declarations
 from curate.stage import flatten
-from tests.conftest import REPO, set_params, template_copy
+from tests.conftest import (  # noqa: F401  (TINY, tiny_project: other modules import them from here)
+    ENV,
+    GIT,
+    REPO,
+    STAGES,
+    TINY,
+    ran,
+    run,
+    set_params,
+    template_copy,
+    tiny_project,
+)
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "ingest": {"demo": {"subsample": 0.08}},
-    # min_steps 0: 2 epochs as asked (the default floor of 200 steps would make them 67 here).
-    "folds": {"k": 2, "epochs": 2, "batch_size": 64, "min_steps": 0},
-    # Its 2-epoch folds learn next to nothing (kappa 0.02 with the given labels, 85% of the rows
-    # flagged): act on their flags anyway, by dropping, so every stage after clean has work to do.
-    "clean": {"action": "drop", "min_fold_skill": 0.0},
-    # The tiny demo's sklearn group has about 7 train rows: rebalance it anyway, as the full demo does.
-    "rebalance": {"min_group_size": 2},
-    "augment": {"copies": 1},
-    "train": {"epochs": 1},
-}
-STAGES = ("ingest", "folds", "clean", "rebalance", "augment", "train", "train_report", "evaluate", "gate")
 TRAINING = {"folds", "train"}
 COLUMNS = (
     "clean.detect_f1", "clean.dropped", "rebalance.group_share_ratio_after",
     "evaluate.accuracy", "evaluate.worst_group_accuracy", "evaluate.accuracy_gap",
 )  # fmt: skip
 MAX_METRIC_COLUMNS = 20
-ENV = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-GIT = ["git", "-c", "user.name=curate tests", "-c", "user.email=tests@curate.invalid"]
-
 HEADLINE = {name: stage.metrics for name, stage in declarations(REPO / "dvc.yaml").items()}
 
 
-def run(*args, cwd, env=ENV):
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def ran(output: str) -> set[str]:
-    return {stage for stage in STAGES if f"Running stage '{stage}'" in output}
-
-
-def tiny_project(destination):
-    """A clone of the template at ``destination`` on the tiny profile, reproduced and committed."""
-    root = template_copy(destination)
-    set_params(root / "params.yaml", **TINY)
-    assert ran(run("dvc", "repro", cwd=root)) == set(STAGES)
-    run(*GIT, "add", "-A", cwd=root)
-    run(*GIT, "commit", "-q", "-m", "tiny profile", cwd=root)
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_project(tmp_path_factory.mktemp("tiny"))
+@pytest.fixture
+def tiny(tiny_copy):
+    """The tiny profile, reproduced and committed: this test's own copy of the session's run (the
+    tests edit params, run experiments, and may run on any xdist worker in any order)."""
+    return tiny_copy
 
 
 def restore(root):

@@ -20,8 +20,8 @@ from curate.errors import CurateError
 from curate.params import CleanParams, GatesParams, Params
 from curate.report.writer import write_stage
 from curate.stages import clean
+from tests.conftest import STAGES, ran, run
 from tests.test_clean import NAMES, _checks, _table, clean_rows
-from tests.test_experiments import STAGES, ran, run, tiny_project
 
 LEDGER = "data/review/decisions.csv"
 HEADER = ",".join(ledger.COLUMNS)
@@ -223,8 +223,8 @@ def test_binary_file_is_not_a_csv(ledger_dir):
 
 
 @pytest.mark.slow
-def test_a_relabel_reaches_rebalance_and_augment_and_reruns_no_training_of_folds(tmp_path):
-    root = tiny_project(tmp_path / "project")
+def test_a_relabel_reaches_rebalance_and_augment_and_reruns_no_training_of_folds(tiny_copy):
+    root = tiny_copy
     cleaned = pd.read_parquet(root / "data/clean/samples.parquet")
     sample = cleaned[(cleaned["split"] == "train") & (cleaned["action"] == "none")].iloc[0]
     target = str((int(sample["label"]) + 1) % 10)

@@ -8,9 +8,10 @@ import pytest
 import yaml
 
 from curate.report.render import read_figures
-from tests.conftest import template_copy
+from tests.conftest import copy_project
 
-pytestmark = pytest.mark.slow
+# One xdist group: its tests run in order on one worker, in this module's copy of the demo run.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
 
 
 def dvc(*args, cwd):
@@ -25,11 +26,10 @@ def git_status(cwd):
 
 
 @pytest.fixture(scope="module")
-def reproduced(tmp_path_factory):
-    """A fresh clone of the template after one ``dvc repro`` of the default params."""
-    root = template_copy(tmp_path_factory.mktemp("clone"))
-    dvc("repro", cwd=root)
-    return root
+def reproduced(demo_built, tmp_path_factory):
+    """A fresh clone of the template after one ``dvc repro`` of the default params: this module's
+    copy of the session's run (a test here forces a second repro in it)."""
+    return copy_project(demo_built, tmp_path_factory.mktemp("clone"))
 
 
 # The train stage measures its throughput (seconds, images per second): the figures that

@@ -18,7 +18,7 @@ import dvc_s3  # noqa: F401  (the dvc push/pull plugin: pip install -e ".[s3]", 
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tests.test_experiments import ENV, GIT, run, tiny  # noqa: F401  (tiny: the fixture, reused)
+from tests.conftest import ENV, GIT, run
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +35,12 @@ def s3_client(endpoint: str):
         "s3", endpoint_url=endpoint, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET,
         region_name="us-east-1",
     )  # fmt: skip
+
+
+@pytest.fixture
+def tiny(tiny_copy):
+    """The tiny profile reproduced and committed: this test's own copy of the session's run."""
+    return tiny_copy
 
 
 @pytest.fixture
@@ -65,7 +71,7 @@ def tracked_outs(root: Path) -> dict[str, str]:
     return {name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in sorted(names)}
 
 
-def test_push_then_pull_into_a_fresh_clone(tiny, s3_endpoint, tmp_path):  # noqa: F811
+def test_push_then_pull_into_a_fresh_clone(tiny, s3_endpoint, tmp_path):
     env = isolated_env(tmp_path)
     run("dvc", "remote", "add", "-d", "storage", f"s3://{BUCKET}/{PREFIX}", cwd=tiny, env=env)
     run("dvc", "remote", "modify", "storage", "endpointurl", s3_endpoint, cwd=tiny, env=env)

@@ -29,8 +29,7 @@ from curate.data.samples import write_samples
 from curate.people.review_app.guard import Guard
 from curate.people.review_app.journal import Journal
 from curate.people.review_app.server import Queue, build_app
-from tests.conftest import REPO
-from tests.test_experiments import STAGES, ran, run, tiny_project
+from tests.conftest import REPO, STAGES, ran, run
 from tests.test_trace import NASTY, clean_table, raw_table
 
 LEDGER = Path("data/review/decisions.csv")
@@ -354,8 +353,8 @@ def test_five_keyboard_decisions_reach_the_ledger_and_survive_a_restart(serve, b
 
 
 @pytest.mark.slow
-def test_dvc_repro_applies_the_apps_decisions_without_refitting_the_folds(tmp_path):
-    root = tiny_project(tmp_path / "project")
+def test_dvc_repro_applies_the_apps_decisions_without_refitting_the_folds(tiny_copy):
+    root = tiny_copy
     server = Server(root, "ann")
     first, second = server.client.get("/api/queue").json()["items"][:2]
     assert server.post("/api/decide", sample_id=first["sample_id"], decision="keep").status_code == 200
