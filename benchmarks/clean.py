@@ -4,7 +4,7 @@
 * ``class_conditional``: the demo with ``ingest.demo.noise: class_conditional``, look-alike
   digits filed under each other (4>9 25%, 9>4 20%, 3>5 20%, 5>3 15%, 7>1 15%, 1>7 10%,
   2>7 10%), none elsewhere: what annotators do;
-* ``rgb``: a bring-your-own ImageFolder of colour photos at 32 px (``tests/synthetic.py``:
+* ``rgb``: a bring-your-own ImageFolder of colour photos at 32 px (``benchmarks/_synthetic.py``:
   drawn shapes on coloured, textured backgrounds, groups ``studio`` 80% / ``field`` 20%), with
   ``--rgb-per-class`` images of each of 4 classes (default 400) and 20% of ``disc`` and
   ``stripes_h`` filed under their look-alike (``ring``, ``stripes_v``), none elsewhere.
@@ -43,13 +43,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests/: the synthetic RGB folder and the params helper
+sys.path.insert(0, str(REPO))  # benchmarks/: the synthetic RGB folder and the params helper
+from benchmarks._common import parse_override, set_params  # noqa: E402
+from benchmarks._synthetic import make_folder  # noqa: E402
 from curate.curation import label_issues  # noqa: E402
 from curate.data.image_rows import read_images  # noqa: E402
 from curate.params import load_params  # noqa: E402
 from curate.stages import clean, folds, ingest  # noqa: E402
-from tests.conftest import parse_override, set_params  # noqa: E402
-from tests.synthetic import make_folder  # noqa: E402
 
 NOISE_MODELS = ("uniform", "class_conditional", "rgb")
 TARGET_F1 = {"uniform": 0.95, "class_conditional": 0.90, "rgb": 0.88}

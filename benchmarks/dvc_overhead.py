@@ -180,8 +180,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from scale import demo_pool, write_source
 
-    from tests.conftest import set_params, template_copy
-    from tests.test_experiments import TINY
+    from benchmarks._common import TINY, set_params, template_copy
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="curate-dvc-overhead-"))
     try:

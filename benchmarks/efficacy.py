@@ -60,17 +60,18 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the tests' params helper: one merge rule for tests and benchmarks
+sys.path.insert(0, str(REPO))  # the params helper: one merge rule for tests and benchmarks
+from benchmarks._common import parse_override, set_params  # noqa: E402
 from curate.data.demo import MAX_FLIP_SHARE  # noqa: E402
+from curate.people import deps  # noqa: E402
 from curate.report.render import read_figures  # noqa: E402
-from tests.conftest import parse_override, set_params  # noqa: E402
-from tests.test_house import import_graph, modules  # noqa: E402
 
 # (stage, params sections it reads, the folders it writes that later stages read).
 STAGES = (
@@ -85,26 +86,18 @@ STAGES = (
 )
 
 
-def stage_modules(stage: str, graph: dict[str, set[str]]) -> set[str]:
-    """The ``curate`` modules ``curate.stages.<stage>`` imports, directly or not, itself included."""
-    closure, todo = set(), [f"curate.stages.{stage}"]
-    while todo:
-        name = todo.pop()
-        if name not in closure:
-            closure.add(name)
-            todo.extend(graph[name])
-    return closure
-
-
-def stage_code_digests(graph: dict[str, set[str]], paths: dict[str, Path]) -> dict[str, str]:
-    """Each stage's code: SHA-256 over the modules :func:`stage_modules` names (names and
-    bytes, in name order). Changing clean's code re-runs clean and what follows it, not the
-    folds' training."""
+def stage_code_digests(
+    code: Callable[[str], set[Path]] = deps.closure, root: Path = deps.PACKAGE.parent
+) -> dict[str, str]:
+    """Each stage's code: SHA-256 over the files ``code(module)`` names (``curate deps``'s
+    closure: the stage's module, what it imports, the templates it renders), their paths under
+    ``root`` and bytes, in path order. Changing clean's code re-runs clean and what follows it,
+    not the folds' training."""
     digests = {}
     for stage, _, _ in STAGES:
         digest = hashlib.sha256()
-        for name in sorted(stage_modules(stage, graph)):
-            digest.update(name.encode() + b"\0" + paths[name].read_bytes() + b"\0")
+        for path in sorted(code(f"curate.stages.{stage}")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
         digests[stage] = digest.hexdigest()
     return digests
 
@@ -115,7 +108,7 @@ def cache_key(stage: str, prefix: dict, code: list[str]) -> str:
     return hashlib.sha256(json.dumps([stage, prefix, code], sort_keys=True).encode()).hexdigest()[:16]
 
 
-CODE_DIGESTS = stage_code_digests(import_graph(), modules())
+CODE_DIGESTS = stage_code_digests()
 PIPELINES = {
     "default": {},
     "naive": {"clean": {"action": "keep"}, "rebalance": {"strategy": "none"}, "augment": {"copies": 0}},

@@ -25,9 +25,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._common import CHROMIUM, CHROMIUM_ARGS, Server  # noqa: E402
 from curate.data.image_rows import write_images  # noqa: E402
 from curate.data.samples import write_samples  # noqa: E402
-from tests.test_review_app import CHROMIUM, CHROMIUM_ARGS, Server  # noqa: E402
 
 FILES = ("params.yaml", "data/clean/samples.parquet", "data/raw/images")
 LOADS = 5

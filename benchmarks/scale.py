@@ -206,7 +206,7 @@ def run_size(workdir: Path, n: int, pool, seed: int) -> SizeRun:
     """A template copy over ``n`` generated images, reproduced once with every stage timed."""
     import yaml
 
-    from tests.conftest import set_params, template_copy
+    from benchmarks._common import set_params, template_copy
 
     root = template_copy(workdir / f"repo-{n}")
     write_source(root / "data" / "source", n, pool, seed)
@@ -284,7 +284,7 @@ def train_fields() -> set[str]:
 
 def run_fit(root: Path, train: dict) -> dict:
     """The train stage in ``root`` with ``train`` params, timed by the wrapper; its run record too."""
-    from tests.conftest import set_params
+    from benchmarks._common import set_params
 
     set_params(root / "params.yaml", train=train)
     log = root / "train.jsonl"
@@ -505,7 +505,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))  # tests.conftest
+    sys.path.insert(0, str(REPO))  # benchmarks._common
     if len(sys.argv) > 3 and sys.argv[1] == "--time-stage" and sys.argv[3] == "--":
         sys.exit(time_stage(sys.argv[2], sys.argv[4:]))
     main()

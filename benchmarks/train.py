@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from curate.data.image_rows import gather_images
+from curate.data.image_rows import image_rows
 from curate.data.paths import AUGMENTED_DIR, RAW_DIR
 from curate.data.samples import read_samples
 from curate.learning import feeding, networks, training
@@ -133,8 +133,8 @@ def main() -> None:
     params = load_params(args.params)
     settings = params.train
     fit_rows, val_rows = split_validation(read_samples(INPUT), settings.val_fraction, params.seed)
-    images, labels = gather_images(fit_rows), fit_rows["label"].to_numpy()
-    validation = (gather_images(val_rows), val_rows["label"].to_numpy(), None)
+    images, labels = image_rows(fit_rows).read(), fit_rows["label"].to_numpy()
+    validation = (image_rows(val_rows).read(), val_rows["label"].to_numpy(), None)
     weights = fit_rows["weight"].to_numpy(dtype=np.float64)
     print(
         f"{len(labels):,} training images {images.shape[1:]}, batch {settings.batch_size}, "

@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tests.conftest import set_params, template_copy  # noqa: E402
+from benchmarks._common import set_params, template_copy  # noqa: E402
 
 CLASSES = ("cat", "dog", "fox", "owl", "yak")
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(REPO / "src")}

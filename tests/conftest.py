@@ -8,26 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 from filelock import FileLock
+
+# Shared with the benchmarks (one merge rule, one tiny profile); other tests import them from here.
+from benchmarks._common import GIT, TINY, set_params, template_copy  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-GIT = ["git", "-c", "user.name=curate tests", "-c", "user.email=tests@curate.invalid"]
 STAGES = ("ingest", "folds", "clean", "rebalance", "augment", "train", "train_report", "evaluate", "gate")
-# The tiny profile: the whole DAG in about a minute on two cores, every stage with work to do.
-TINY = {
-    "ingest": {"demo": {"subsample": 0.08}},
-    # min_steps 0: 2 epochs as asked (the default floor of 200 steps would make them 67 here).
-    "folds": {"k": 2, "epochs": 2, "batch_size": 64, "min_steps": 0},
-    # Its 2-epoch folds learn next to nothing (kappa 0.02 with the given labels, 85% of the rows
-    # flagged): act on their flags anyway, by dropping, so every stage after clean has work to do.
-    "clean": {"action": "drop", "min_fold_skill": 0.0},
-    # The tiny demo's sklearn group has about 7 train rows: rebalance it anyway, as the full demo does.
-    "rebalance": {"min_group_size": 2},
-    "augment": {"copies": 1},
-    "train": {"epochs": 1},
-}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -55,64 +43,6 @@ def workdir(tmp_path, monkeypatch) -> Path:
     (tmp_path / "data" / "demo").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def set_params(path: Path, **sections) -> None:
-    """Update params.yaml in place: ``set_params(p, ingest={"source": "x"})`` merges one level deep."""
-    params = yaml.safe_load(path.read_text())
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(params.get(key), dict):
-            params[key] = _merge(params[key], value)
-        else:
-            params[key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def parse_override(text: str) -> dict:
-    """``train.epochs=8`` -> ``{"train": {"epochs": 8}}`` (the value parsed as YAML): a benchmark's
-    ``-S`` override, in the form :func:`set_params` merges."""
-    key, _, value = text.partition("=")
-    nested: dict = {}
-    cursor = nested
-    parts = key.split(".")
-    for part in parts[:-1]:
-        cursor = cursor.setdefault(part, {})
-    cursor[parts[-1]] = yaml.safe_load(value)
-    return nested
-
-
-def _merge(base: dict, update: dict) -> dict:
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = (
-            _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-        )
-    return merged
-
-
-def template_copy(destination: Path) -> Path:
-    """A fresh git repo holding the template's tracked files, as a user's clone would."""
-    files = (
-        subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=REPO,
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for name in filter(None, files):
-        source = REPO / name
-        if source.is_file():
-            target = destination / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-    git = ["git", "-c", "user.name=curate tests", "-c", "user.email=tests@curate.invalid"]
-    subprocess.run(["git", "init", "-q"], cwd=destination, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=destination, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "template"], cwd=destination, check=True)
-    return destination
 
 
 def file_or_tree_bytes(path: Path) -> bytes:

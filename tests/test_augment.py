@@ -10,7 +10,7 @@ from torchvision.transforms import v2
 
 from curate.curation import augment_plan, drift
 from curate.curation import augmentation as aug
-from curate.data.image_rows import gather_images, read_images, write_images
+from curate.data.image_rows import image_rows, read_images, write_images
 from curate.data.samples import read_samples, write_samples
 from curate.errors import CurateError
 from curate.learning.checkpoint import load_checkpoint, save_checkpoint
@@ -224,9 +224,9 @@ def test_counts_for_target_all_and_the_table_contract(workdir):
     by_row = new.sort_values("row")
     assert originals.set_index("sample_id").loc[by_row["parent_id"], "row"].is_monotonic_increasing
     assert new["recipe"].nunique() == 1 and json.loads(new["recipe"].iloc[0])[0]["name"] == "RandomAffine"
-    # The copies are new images of their parents: gather_images reads both stores.
-    assert (gather_images(new) == new_images[new["row"].to_numpy()]).all()
-    assert (gather_images(originals) == images).all()
+    # The copies are new images of their parents: a table's image rows read both stores.
+    assert (image_rows(new).read() == new_images[new["row"].to_numpy()]).all()
+    assert (image_rows(originals).read() == images).all()
 
 
 def test_weights_split_between_parent_and_copies(workdir):
@@ -296,7 +296,7 @@ def test_deterministic_per_sample_and_seeded(workdir, channels, tmp_path_factory
     # Per-sample randomness: the two copies of one parent differ, and so do all images.
     assert len({image.tobytes() for image in new_images}) == len(new_images)
     # Each image's draw depends on (seed, parent id, copy index) only, not on the batch.
-    parents = gather_images(table.set_index("sample_id").loc[table["parent_id"].dropna()].reset_index())
+    parents = image_rows(table.set_index("sample_id").loc[table["parent_id"].dropna()].reset_index()).read()
     keys = aug.sample_keys(
         0, table["parent_id"].dropna(), [int(s[-1]) for s in table["sample_id"][-len(parents) :]]
     )

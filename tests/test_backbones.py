@@ -21,7 +21,7 @@ from curate.learning.feeding import to_tensor
 from curate.learning.inference import predict
 from curate.learning.model_choice import Backbone
 from curate.learning.networks import SmallInputResNet18, build_model
-from curate.params import ModelName, WeightsName
+from curate.params import ModelName
 from tests.conftest import set_params
 
 CPU = torch.device("cpu")
@@ -64,7 +64,6 @@ def assert_body_equals(net: backbones.TorchvisionBackbone, state: dict[str, torc
 
 def test_params_offer_every_backbone():
     assert typing.get_args(ModelName) == backbones.MODELS
-    assert typing.get_args(WeightsName) == backbones.WEIGHTS
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)

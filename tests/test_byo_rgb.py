@@ -9,9 +9,9 @@ import subprocess
 import pandas as pd
 import pytest
 
+from benchmarks._synthetic import make_folder
 from curate.data.image_rows import read_images
 from tests.conftest import set_params, template_copy
-from tests.synthetic import make_folder
 
 # One xdist group: its tests run on one worker, which runs the module's dvc repro once.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("byo_rgb")]

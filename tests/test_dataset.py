@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from curate.data.atomic import atomic_path, write_array
-from curate.data.image_rows import gather_images, read_images, write_images
+from curate.data.image_rows import image_rows, read_images, write_images
 from curate.data.samples import class_names_of, content_ids, read_samples, write_samples
 from curate.data.splits import keyed_test_mask, stratified_test_mask, training_rows
 from curate.errors import CurateError
@@ -118,15 +118,14 @@ def test_keyed_mask_per_stratum_seeded_and_stable_as_data_grows():
     assert (stratified_test_mask(strata + ["a"] * 8, 0.25, seed=3)[:80] != permuted[:80]).sum() > 9
 
 
-def test_gather_images_reads_each_rows_store_in_table_order(tmp_path):
+def test_image_rows_read_each_rows_store_in_table_order(tmp_path):
     raw = np.arange(5 * 2 * 2, dtype=np.uint8).reshape(5, 2, 2, 1)
     write_images(tmp_path / "raw.npy", raw)
     write_images(tmp_path / "aug.npy", raw + 100)
     samples = pd.DataFrame({"row": [3, 0, 1, 4], "store": ["raw", "augmented", "raw", "raw"]})
     stores = {"raw": tmp_path / "raw.npy", "augmented": tmp_path / "aug.npy"}
-    gathered = gather_images(samples, stores)
-    assert gathered[:, 0, 0, 0].tolist() == [12, 100, 4, 16]
-    assert gather_images(samples.drop(columns="store").iloc[:1], stores)[0, 0, 0, 0] == 12
+    assert image_rows(samples, stores).read()[:, 0, 0, 0].tolist() == [12, 100, 4, 16]
+    assert image_rows(samples.drop(columns="store").iloc[:1], stores).read()[0, 0, 0, 0] == 12
 
 
 def test_training_rows_skip_test_and_dropped():

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from curate.people import deps
+
 SPEC = importlib.util.spec_from_file_location(
     "efficacy", Path(__file__).resolve().parents[1] / "benchmarks" / "efficacy.py"
 )
@@ -54,24 +56,25 @@ def test_cache_key_covers_params_and_code(tmp_path):
     assert efficacy.cache_key("train", prefix, "code-b") != key
 
 
-def test_a_stage_is_keyed_on_the_code_it_imports_only(tmp_path):
-    # Every stage imports a shared module; only clean imports the label-issue module.
-    graph = {f"curate.stages.{stage}": {"curate.shared"} for stage, _, _ in efficacy.STAGES}
-    graph["curate.stages.clean"].add("curate.issues")
-    graph |= {"curate.shared": set(), "curate.issues": set()}
-    paths = {name: tmp_path / f"{name}.py" for name in graph}
-    for path in paths.values():
+def test_a_stage_is_keyed_on_the_code_it_runs_only(tmp_path):
+    # Every stage runs a shared module; only clean runs the label-issue module.
+    shared, issues = tmp_path / "shared.py", tmp_path / "issues.py"
+    for path in (shared, issues):
         path.write_text("X = 1\n")
-    before = efficacy.stage_code_digests(graph, paths)
-    paths["curate.issues"].write_text("X = 2\n")
-    after = efficacy.stage_code_digests(graph, paths)
+
+    def code(module):
+        return {shared, issues} if module == "curate.stages.clean" else {shared}
+
+    before = efficacy.stage_code_digests(code, tmp_path)
+    issues.write_text("X = 2\n")
+    after = efficacy.stage_code_digests(code, tmp_path)
     assert [stage for stage in before if before[stage] != after[stage]] == ["clean"]
-    paths["curate.shared"].write_text("X = 2\n")
-    assert all(efficacy.stage_code_digests(graph, paths)[stage] != after[stage] for stage in after)
-    # On the package itself: the folds' training does not depend on clean's code.
-    real = efficacy.import_graph()
-    assert "curate.curation.label_issues" in efficacy.stage_modules("clean", real)
-    assert "curate.curation.label_issues" not in efficacy.stage_modules("folds", real)
+    shared.write_text("X = 2\n")
+    assert all(efficacy.stage_code_digests(code, tmp_path)[stage] != after[stage] for stage in after)
+    # On the package itself: the folds' training does not run clean's code.
+    label_issues = deps.PACKAGE / "curation" / "label_issues.py"
+    assert label_issues in deps.closure("curate.stages.clean")
+    assert label_issues not in deps.closure("curate.stages.folds")
 
 
 def test_sweep_cells_run_0_percent_once_and_name_what_the_demo_cannot_make():

@@ -9,11 +9,8 @@ and skip, saying why, where either is missing. ``CURATE_SHOTS=DIR`` saves screen
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,23 +20,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchmarks._common import CHROMIUM, CHROMIUM_ARGS, Server
 from curate.data import ledger
 from curate.data.image_rows import write_images
 from curate.data.samples import write_samples
 from curate.people.review_app.guard import Guard
 from curate.people.review_app.journal import Journal
 from curate.people.review_app.server import Queue, build_app
-from tests.conftest import REPO, STAGES, ran, run
+from tests.conftest import STAGES, ran, run
 from tests.test_trace import NASTY, clean_table, raw_table
 
 LEDGER = Path("data/review/decisions.csv")
 PAYLOAD_PATH = "x/<img src=x onerror=window.pwned=1>.png"  # e2's file name
-CHROMIUM = os.environ.get("CURATE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]  # fmt: skip
-URL = re.compile(r"open (http://\S+)")
 
 
 @pytest.fixture
@@ -52,48 +44,6 @@ def project(workdir):
     write_samples("data/clean/samples.parquet", clean)
     write_images("data/raw/images", np.arange(6 * 64, dtype=np.uint8).reshape(6, 8, 8, 1))
     return workdir
-
-
-class Server:
-    """``curate review --serve`` in a subprocess; ``url`` carries the token."""
-
-    def __init__(self, root: Path, reviewer: str = "ann") -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
-        command = [
-            sys.executable,
-            "-m",
-            "curate.cli",
-            "review",
-            "--serve",
-            "--port",
-            "0",
-            "--reviewer",
-            reviewer,
-        ]
-        self.process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, text=True)
-        line = self.process.stdout.readline()
-        match = URL.search(line)
-        assert match, f"no URL printed: {line!r}"
-        self.url = match.group(1)
-        self.base, self.token = self.url.split("/?token=")
-        self.client = httpx.Client(base_url=self.base, headers={"X-Curate-Token": self.token}, timeout=10)
-        self.csrf = re.search(r'name="csrf-token" content="([^"]+)"', self._ready()).group(1)
-
-    def _ready(self) -> str:
-        for _ in range(100):
-            try:
-                return self.client.get("/").text
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise AssertionError("the server never answered")
-
-    def post(self, path: str, **body) -> httpx.Response:
-        return self.client.post(path, json=body, headers={"X-CSRF-Token": self.csrf})
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        self.process.send_signal(sig)
-        self.process.wait(timeout=10)
-        self.client.close()
 
 
 @pytest.fixture

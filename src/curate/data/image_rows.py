@@ -57,21 +57,6 @@ def read_images(source: str | Path) -> Store:
     return images
 
 
-def gather_images(samples: pd.DataFrame, stores: dict[str, Path] | None = None) -> np.ndarray:
-    """The images of ``samples``, in table order, read from the store each row points into."""
-    stores = IMAGE_STORES if stores is None else stores
-    store_of_row = _store_of_row(samples)
-    rows = samples["row"].to_numpy()
-    out = None
-    for store in sorted(store_of_row.unique()):
-        images = read_images(stores[store])
-        mask = (store_of_row == store).to_numpy()
-        if out is None:
-            out = np.empty((len(samples), *images.shape[1:]), dtype=np.uint8)
-        out[mask] = images.take(rows[mask])  # each segment read in sorted row order
-    return out if out is not None else np.empty((0, 0, 0, 0), dtype=np.uint8)
-
-
 class ImageRows:
     """The images of a sample table, read on demand from the stores its rows point into.
 
@@ -124,7 +109,7 @@ class ImageRows:
 
 
 def image_rows(samples: pd.DataFrame, stores: dict[str, Path] | None = None) -> ImageRows:
-    """:class:`ImageRows` of ``samples`` in table order: the lazy counterpart of :func:`gather_images`.
+    """:class:`ImageRows` of ``samples`` in table order (``.read()`` for a copy of them all).
 
     Opens (memory-maps) only the stores the rows point into, the raw one when there are none.
     """

@@ -36,7 +36,6 @@ from curate.errors import CurateError
 
 ARCHITECTURES = ("resnet18", "resnet50", "efficientnet_b0", "convnext_tiny")
 MODELS = ("cnn", *ARCHITECTURES)  # every folds.model / train.model
-WEIGHTS = ("none", "imagenet")
 # The ImageNet weights each name loads, pinned (not ``DEFAULT``): ``imagenet`` names one file for good.
 IMAGENET = {
     "resnet18": "ResNet18_Weights.IMAGENET1K_V1",

@@ -5,6 +5,7 @@ noise between confusable classes (class-conditional, not uniform).
 The classes are drawn shapes, so a small CNN can learn them in seconds; the noise flips labels
 only between the pairs a person would confuse (horizontal vs vertical stripes, disc vs ring).
 The truth is returned, never written into the source folder (a user's folder has none).
+Shared by ``benchmarks/clean.py`` and the tests (``tests/test_byo_rgb.py``); not a benchmark itself.
 """
 
 from __future__ import annotations
