@@ -1,6 +1,8 @@
 """What clean does with its flags, and why, in words: the action it takes (``clean.action``;
 ``auto`` chooses by the flagged rate; nothing when the fold models learnt too little) and each
-train row's ``action_reason``, which ``curate trace`` shows. Pure pandas, no cleanlab or torch.
+train row's ``action_reason``, which ``curate trace`` shows; and what clean did, all told
+(:class:`Cleaned`, every raw row back in raw order: :func:`with_test_rows`). Pure pandas, no
+cleanlab or torch.
 """
 
 from __future__ import annotations
@@ -8,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from curate.curation.removal_cap import Budget, Hold, Sizing
+from curate.data.store import Store
 from curate.params import CleanParams
 
 
@@ -137,3 +141,37 @@ def _sizing(sizing: Sizing) -> str:
             f"clean.max_drop_fraction {sizing.max_drop_fraction:g}"
         )
     return f"{share}, clean.max_drop_fraction {sizing.max_drop_fraction:g}"
+
+
+@dataclass
+class Cleaned:
+    """What clean did: the stage's result, which its metrics and report read."""
+
+    samples: pd.DataFrame  # every input row, input order; test rows get neutral clean columns
+    classes: list[str]  # (K,) class names by label
+    cap_notes: list[str]  # where the removal cap held removals back, per class and group
+    held_back: int  # rows the removal cap held back (kept with their given labels)
+    fold_skill: float  # the fold models' agreement with the given labels beyond chance (kappa)
+    choice: Choice  # what clean did with its flags, and why
+    orphans: pd.DataFrame  # ledger decisions whose sample is not in the data (ledger.ORPHAN_COLUMNS)
+    images: Store | np.ndarray  # the raw store (the report's thumbnails)
+    environment: list[tuple[str, object]]  # what computed the predictions
+
+    @property
+    def train(self) -> pd.DataFrame:
+        """The train rows, with the clean columns."""
+        return self.samples[self.samples["split"] == "train"]
+
+
+def with_test_rows(samples: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
+    """All raw rows in raw order: cleaned train rows, test rows with neutral clean columns."""
+    test = samples[samples["split"] != "train"].copy()
+    test["action"] = test["auto_action"] = test["action_source"] = "none"
+    test["action_reason"] = "test sample: the test split is never cleaned"
+    test["given_label"] = test["label"]
+    merged = pd.concat([train, test]).loc[samples.index]
+    for column in ("is_label_issue", "is_near_duplicate", "is_outlier"):
+        merged[column] = merged[column].astype("boolean").fillna(False).astype(bool)
+    for column in ("given_label", "predicted_label", "fold", "pred_row", "duplicate_set"):
+        merged[column] = merged[column].fillna(-1).astype(np.int64)
+    return merged

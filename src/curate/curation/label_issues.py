@@ -72,6 +72,16 @@ def knn_probs(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, k: int
     return ((counts + 1.0) / (k + n_classes)).astype(np.float32)
 
 
+@dataclass
+class FoldOutputs:
+    """What the folds stage wrote for clean, in the order of the train rows."""
+
+    pred_probs: np.ndarray  # (N, K) out-of-sample predicted probabilities
+    fold_of_row: np.ndarray  # (N,) the fold in which each row was held out
+    embeddings: np.ndarray | None  # (N, D) the shared model's; None: no kNN evidence
+    environment: list[tuple[str, object]]  # what computed them (torch, CPU kernels, threads)
+
+
 def evidence(
     pred_probs: np.ndarray,
     labels: np.ndarray,
@@ -124,6 +134,28 @@ def find_issues(
             is_issue[rows] = find_label_issues(labels[rows], pred_probs[rows], **options)
     quality = get_label_quality_scores(labels, pred_probs, method=rank_by)
     return is_issue, np.asarray(quality, dtype=np.float64)
+
+
+def flag_columns(
+    train: pd.DataFrame,
+    is_issue: np.ndarray,
+    quality: np.ndarray,
+    predictions: FoldOutputs,
+    checks: pd.DataFrame,
+) -> pd.DataFrame:
+    """The train rows with cleanlab's verdict, the fold model's prediction and the columns of
+    ``checks`` (:func:`duplicates_and_outliers`); ``train`` gains them in place."""
+    pred_probs = predictions.pred_probs
+    train["given_label"] = train["label"].to_numpy()
+    train["label_quality"] = quality
+    train["is_label_issue"] = is_issue
+    train["predicted_label"] = pred_probs.argmax(axis=1)
+    train["predicted_confidence"] = pred_probs.max(axis=1).astype(np.float64)
+    train["fold"] = predictions.fold_of_row
+    train["pred_row"] = np.arange(len(train))
+    for column in checks.columns:
+        train[column] = checks[column].to_numpy()
+    return train
 
 
 def relabel_floors(pred_probs: np.ndarray, labels: np.ndarray, min_confidence: float | str) -> np.ndarray:
