@@ -131,7 +131,7 @@ def test_orphans_are_listed_not_applied_and_paths_match_after_nfc(ledger_dir):
     assert (figures["orphaned"], figures["reviewed"]) == (2, 1)
     context = clean.report_context(Params(), result)
     assert context["review_rows"] == [["none", 0, 1, 0]]
-    write_stage("clean", Params(), figures, context, None)
+    write_stage(clean.STAGE, Params(), figures, context, None)
     digest = (ledger_dir / "reports/clean.md").read_text()
     assert "## People's decisions" in digest and "gone/1.png" in digest and "deadbeefdeadbeef" in digest
     assert "<h3>People's decisions</h3>" in (ledger_dir / "reports/clean.html").read_text()

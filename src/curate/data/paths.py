@@ -1,12 +1,15 @@
-"""Where each stage's data lives, and which stage writes each folder.
+"""Where each stage's data lives, and which stage writes a file.
 
-Every stage writes into a folder of its own (``data/<stage>/``, ``models/``): a missing or broken
-file's message names the stage to re-run by asking :func:`producer_of`.
+Every stage writes into a folder of its own (``data/<stage>/``, ``models/``); which stage writes
+what is read from ``dvc.yaml``'s outs (:func:`producer_of`), so a missing or broken file's message
+names the stage to re-run, an added stage's too.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+from curate import dag
 
 RAW_DIR = Path("data/raw")
 FOLDS_DIR = Path("data/folds")
@@ -34,22 +37,18 @@ IMAGE_STORES = {"raw": RAW_IMAGES, "augmented": AUGMENTED_DIR / "images"}
 # What the train stage writes: the trained classifier and its run record (what train_report reports).
 MODEL = MODELS_DIR / "model.pt"
 RUN_RECORD = MODELS_DIR / "train.json"
-# The folder each stage writes its data into: what a missing or broken file's message says to run.
-PRODUCERS = {
-    RAW_DIR: "ingest",
-    FOLDS_DIR: "folds",
-    CLEAN_DIR: "clean",
-    BALANCED_DIR: "rebalance",
-    AUGMENTED_DIR: "augment",
-    MODELS_DIR: "train",
-}
 
 
 def producer_of(path: str | Path) -> str:
-    """The stage whose folder in :data:`PRODUCERS` holds ``path`` (the nearest such folder; a path
-    relative to the project root or an absolute one alike), for error messages."""
-    for folder in Path(path).parents:
-        for written, stage in PRODUCERS.items():
-            if folder.parts[-len(written.parts) :] == written.parts:
-                return stage
-    return "upstream"
+    """The stage of ``dvc.yaml`` that writes ``path``: the one with the longest out that is
+    ``path`` or a folder holding it (a path relative to the project root or an absolute one
+    alike), for error messages; ``upstream`` where no stage's out holds it."""
+    parts = Path(path).parts
+    found, longest = "upstream", 0
+    for stage in dag.stages() if dag.DVC_FILE.exists() else ():
+        for out in stage.outs:
+            out_parts = PurePosixPath(out).parts
+            width = len(out_parts)
+            if width > longest and any(parts[i : i + width] == out_parts for i in range(len(parts))):
+                found, longest = stage.name, width
+    return found
