@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -302,13 +303,18 @@ def test_init_weights_from_a_checkpoint(workdir):
     ("train_params", "fragment"),
     [
         ({"init_weights": "missing.pt"}, "train.init_weights: missing.pt: file not found"),
+        # Where the folds stage wrote its embedder before data/folds/: the message names the new path.
+        (
+            {"init_weights": "data/clean/embedder.pt"},
+            "train.init_weights: data/clean/embedder.pt: file not found (moved to data/folds/embedder.pt)",
+        ),
         ({"val_fraction": 0.01}, "train.val_fraction"),
     ],
 )
 def test_bad_train_input_is_one_line_naming_the_key(workdir, train_params, fragment):
     make_inputs(workdir)
     set_params(workdir / "params.yaml", train={**TINY, **train_params})
-    with pytest.raises(CurateError, match=fragment.replace(".", r"\.")):
+    with pytest.raises(CurateError, match=re.escape(fragment)):
         train.main([])
     assert not (workdir / "models/model.pt").exists()
 

@@ -28,9 +28,11 @@ FOLD_OF_ROW = FOLDS_DIR / "folds.npy"
 EMBEDDINGS = FOLDS_DIR / "embeddings.npy"
 EMBEDDER = FOLDS_DIR / "embedder.pt"
 ENVIRONMENT = FOLDS_DIR / "environment.json"
-# Where revisions from before data/folds/ kept the predictions: beside clean's table (what
-# `curate trace --rev` of such a revision reads instead).
-FORMER_PRED_PROBS = CLEAN_DIR / "pred_probs.npy"
+# Where revisions from before data/folds/ kept the folds stage's files: beside clean's table.
+# `curate trace --rev` of such a revision reads the predictions there; a param that names one
+# (train.init_weights: data/clean/embedder.pt) is told where it went (moved_hint).
+MOVED = {CLEAN_DIR / path.name: path for path in (PRED_PROBS, FOLD_OF_ROW, EMBEDDINGS, EMBEDDER, ENVIRONMENT)}
+FORMER_PRED_PROBS = CLEAN_DIR / PRED_PROBS.name
 # Which store a row's ``row`` points into: the ``store`` column names it;
 # tables without the column point into the raw store.
 IMAGE_STORES = {"raw": RAW_IMAGES, "augmented": AUGMENTED_DIR / "images"}
@@ -52,3 +54,10 @@ def producer_of(path: str | Path) -> str:
             if width > longest and any(parts[i : i + width] == out_parts for i in range(len(parts))):
                 found, longest = stage.name, width
     return found
+
+
+def moved_hint(path: str | Path) -> str:
+    """`` (moved to data/folds/embedder.pt)`` for a path the folds stage wrote before
+    data/folds/; '' for any other."""
+    new = MOVED.get(Path(path))
+    return f" (moved to {new})" if new is not None else ""

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from curate.data.atomic import write_bytes
-from curate.data.paths import producer_of
+from curate.data.paths import moved_hint, producer_of
 from curate.data.polarity import MODES
 from curate.errors import CurateError
 from curate.learning.networks import build_model
@@ -112,7 +112,7 @@ def load_initial_weights(net: nn.Module, path: Path, key: str = "init_weights") 
     ``key`` names the param in the errors (``train.init_weights: x.pt: file not found``).
     """
     if not path.is_file():
-        raise CurateError(f"{key}: {path}: file not found")
+        raise CurateError(f"{key}: {path}: file not found{moved_hint(path)}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (torch raises many kinds for a bad file)
