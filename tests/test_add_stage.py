@@ -118,7 +118,8 @@ def test_an_added_stage_runs_with_its_params_and_gate_and_shows_everywhere(tmp_p
     assert refused.stderr.strip().endswith(
         "params.yaml: export.originals_onyl: unknown key (did you mean export.originals_only?)"
     )
-    (root / "params.yaml").write_text(params.replace("  min_rows:", "  min_row:"))
+    # Under dvc repro: a misspelt gate beside the real one re-runs the gate stage, which refuses it.
+    (root / "params.yaml").write_text(params.replace("  min_rows: 100\n", "  min_rows: 100\n  min_rowz: 5\n"))
     refused = run("dvc", "repro", cwd=root, env=env, check=False)
     assert refused.returncode != 0
-    assert "gates.min_row: unknown key (did you mean gates.min_rows?)" in refused.stdout + refused.stderr
+    assert "gates.min_rowz: unknown key (did you mean gates.min_rows?)" in refused.stdout + refused.stderr
