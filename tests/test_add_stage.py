@@ -16,8 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, set_params, template_copy
-from tests.test_experiments import TINY
+from tests.conftest import REPO
 
 DOC = REPO / "docs" / "adding-a-stage.md"
 BLOCK = re.compile(r"^```\w+ file=(\S+)(?: (\w+)=(\S+))?\n(.*?)^```", re.S | re.M)
@@ -67,15 +66,19 @@ def run(*command: str, cwd: Path, env: dict, check: bool = True) -> subprocess.C
     return done
 
 
+def ran(output: str) -> set[str]:
+    return set(re.findall(r"^Running stage '([\w-]+)'", output, re.M))
+
+
 def test_the_docs_name_each_place_once():
     paths = [path for path, *_ in doc_blocks()]
     assert set(paths) == NEW_FILES | {"dvc.yaml", "params.yaml"}
 
 
 @pytest.mark.slow
-def test_an_added_stage_runs_with_its_params_and_gate_and_shows_everywhere(tmp_path):
-    root = template_copy(tmp_path / "project")
-    set_params(root / "params.yaml", **TINY)
+def test_an_added_stage_runs_with_its_params_and_gate_and_shows_everywhere(tiny_copy):
+    # The template on the tiny profile, reproduced and committed: only export and gate run below.
+    root = tiny_copy
     add_stage(root)
     # The copy's own package, not the checkout this test runs from.
     env = os.environ | {"PYTHONPATH": str(root / "src"), "DVC_NO_ANALYTICS": "1"}
@@ -88,7 +91,7 @@ def test_an_added_stage_runs_with_its_params_and_gate_and_shows_everywhere(tmp_p
     assert {p for p in touched if p.startswith("src/")} == NEW_FILES
     assert touched - NEW_FILES == {"dvc.yaml", "params.yaml"}
 
-    run("dvc", "repro", cwd=root, env=env)
+    assert ran(run("dvc", "repro", cwd=root, env=env).stdout) == {"export", "gate"}
     trained = pd.read_parquet(root / "data/augmented/samples.parquet")
     trained = trained[(trained["split"] == "train") & (trained.get("action", "keep") != "drop")]
     manifest = pd.read_parquet(root / "data/export/manifest.parquet")
