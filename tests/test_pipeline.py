@@ -10,8 +10,9 @@ import yaml
 from curate.report.render import read_figures
 from tests.conftest import copy_project
 
-# One xdist group: its tests run in order on one worker, in this module's copy of the demo run.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline")]
+pytestmark = pytest.mark.slow
+# The tests on the full demo run share this module's copy of it: one xdist group, so one worker.
+ON_THE_DEMO = pytest.mark.xdist_group("pipeline")
 
 
 def dvc(*args, cwd):
@@ -28,7 +29,7 @@ def git_status(cwd):
 @pytest.fixture(scope="module")
 def reproduced(demo_built, tmp_path_factory):
     """A fresh clone of the template after one ``dvc repro`` of the default params: this module's
-    copy of the session's run (a test here forces a second repro in it)."""
+    copy of the session's run."""
     return copy_project(demo_built, tmp_path_factory.mktemp("clone"))
 
 
@@ -90,6 +91,7 @@ def output_bytes(root) -> dict[str, bytes]:
     return {str(path.relative_to(root)): path.read_bytes() for path in files if path.is_file()}
 
 
+@ON_THE_DEMO
 def test_fresh_clone_reproduces_the_committed_figures(reproduced):
     before, after = (
         lock_hashes(committed(reproduced, "dvc.lock")),
@@ -107,19 +109,23 @@ def test_fresh_clone_reproduces_the_committed_figures(reproduced):
     assert "didn't change, skipping" in dvc("repro", cwd=reproduced).stdout
 
 
-def test_same_machine_same_bytes(reproduced):
+def test_same_machine_same_bytes(tiny_copy):
     # Forced again on the same machine, every stage writes the same bytes (but the measured
-    # throughput), so an unchanged stage leaves no diff and DVC's cache stays quiet.
-    first = output_bytes(reproduced)
-    lock = lock_hashes((reproduced / "dvc.lock").read_text())
-    dvc("repro", "--force", cwd=reproduced)
-    second = output_bytes(reproduced)
+    # throughput), so an unchanged stage leaves no diff and DVC's cache stays quiet. Forced in a
+    # copy of the tiny project: the nine stages and their code paths as on the demo (where clean's
+    # auto action drops, as TINY asks outright), less data and fewer epochs; a second full demo
+    # run would be the longest piece of the suite on two cores.
+    first = output_bytes(tiny_copy)
+    lock = lock_hashes((tiny_copy / "dvc.lock").read_text())
+    dvc("repro", "--force", cwd=tiny_copy)
+    second = output_bytes(tiny_copy)
     assert first.keys() == second.keys()
     assert {path for path in first if first[path] != second[path]} <= MEASURED
-    relocked = lock_hashes((reproduced / "dvc.lock").read_text())
+    relocked = lock_hashes((tiny_copy / "dvc.lock").read_text())
     assert {path for path in lock if lock[path] != relocked[path]} <= MEASURED
 
 
+@ON_THE_DEMO
 def test_outputs_metrics_and_git_ignores(reproduced):
     for path in ("data/raw/images/index.json", "data/raw/samples.parquet", "reports/ingest.html"):
         assert (reproduced / path).is_file()
