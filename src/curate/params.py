@@ -275,7 +275,7 @@ class EvaluateParams(Section):
 class GatesParams(Section):
     """Quality gates: each optional (null: not checked). What each one bounds is declared by its
     stage (``Stage.gates`` in the stage's module); an added stage's gates are the ``gates.*`` keys
-    its ``dvc.yaml`` entry reads, kept in :attr:`added`."""
+    its ``dvc.yaml`` entry reads, kept in ``GatesParams.added``."""
 
     enforce: bool = False
     max_flagged_rate: float | None = Field(0.2, ge=0, le=1)

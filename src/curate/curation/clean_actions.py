@@ -70,7 +70,7 @@ def action_reasons(
     ``choice`` that decided it; rows neither flagged nor acted on are ``not flagged``.
 
     ``holds``: the decision's record of each row the removal cap held back
-    (:attr:`curate.curation.label_issues.Decision.holds`, by train index); its reason formats that
+    (``holds`` of :class:`curate.curation.label_issues.Decision`, by train index); its reason formats that
     record (which budgets were spent, their sizes, the rate they were sized from) and derives
     nothing again.
     """
