@@ -26,7 +26,8 @@ FOLD_OUTPUTS = ("pred_probs.npy", "folds.npy", "embeddings.npy", "embedder.pt", 
 # DDP on 2 ranks trains on the same batches as 1 process (each rank half of each), but batch
 # norm sees half a batch per rank and the sums run in another order: on the tiny profile the
 # accuracies differed by 0.014 on the test split (2 of 140 rows) at 8 epochs.
-ACCURACY_TOLERANCE = 0.05
+# One row of the tiny profile's 20 validation rows; plus a float's rounding (0.9 - 0.85 > 0.05).
+ACCURACY_TOLERANCE = 0.05 + 1e-9
 
 
 @pytest.fixture(scope="module")
