@@ -14,6 +14,14 @@ from filelock import FileLock
 from benchmarks._common import GIT, TINY, set_params, template_copy  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # xdist workers train side by side, each stage on PyTorch's OpenMP threads, more threads than
+    # cores. OpenMP's default lets a thread that waits for its team spin on its core: two 2-thread
+    # trainings of the CNN on 2 cores took 16 to 52 s each, and 8 to 11 s with waiting threads
+    # asleep (PASSIVE). Set before PyTorch loads, and inherited by dvc and the stages it runs; the
+    # thread count and so every figure stay as they are.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ENV = {**os.environ, "DVC_NO_ANALYTICS": "1"}
 STAGES = ("ingest", "folds", "clean", "rebalance", "augment", "train", "train_report", "evaluate", "gate")
 
