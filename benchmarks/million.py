@@ -1,0 +1,390 @@
+"""The whole DAG at 62,000, 250,000 and 1,000,000 images from WebDataset tar shards: each stage's
+time and peak RSS, the exponent between sizes, DVC's no-op commands on the packed source against a
+folder of loose files, and what appending one shard costs the DVC cache.
+
+**Data.** Synthetic 32 px RGB photos of the demo's digits (MNIST and scikit-learn's, the demo's
+pool), each a random shift of a demo image, in a random ink colour on a random paper colour, the
+small group (a fifth) on a textured paper; 10 % of the labels flipped uniformly. Written as an
+ImageFolder with a ``metadata.csv`` (path, group) over 2 processes, then ``curate pack`` into tar
+shards (``--shard-mb``), the source the pipeline reads (``ingest.source: data/shards``).
+
+**Stages.** Each stage runs as ``python -m curate.stages.<stage>`` in a copy of the template,
+timed by the wrapper of ``benchmarks/scale.py`` (wall; peak RSS of the stage process from
+``wait4``, the largest process of its tree; anonymous and file-backed peaks sampled from
+``/proc``). At these sizes the run uses ``folds.method: embeddings`` (a frozen network's features
+and an out-of-fold logistic regression, the cheap path) and one training epoch (``train.epochs:
+1``); every other param is the template's.
+
+**DVC.** Once every stage has run, ``dvc commit`` records the lock, then ``dvc status`` and a no-op
+``dvc repro`` are timed (median of 3) with the source as shards; for contrast the same with
+``ingest.source`` pointing at the loose folder (measure it at 62k and 250k and extrapolate:
+DVC walks every file).
+
+**Append.** At the largest size run: 0.1 % new images into the folder, ``curate pack`` again (new
+shards only), ``dvc add data/shards``, ``dvc repro ingest``: the cache's growth against the new
+shard(s), the raw store's changed segments and the tables.
+
+**Resumable.** Each finished part writes its figures to ``<workdir>/results.json`` and is skipped
+on the next run, so the 1M run may be done in several sittings; run it in the background::
+
+    nohup python benchmarks/million.py --workdir /var/tmp/curate-million > million.log 2>&1 &
+
+Targets (2 cores, 24 GiB): every stage's exponent from 250k to 1M <= 1.15; no-op ``dvc status``
+and ``dvc repro`` on the 1M shard source <= 10 s each; clean at 1M <= 10 min and <= 6 GiB; ingest
+at 1M <= 1 GiB peak RSS; the append's cache growth <= 1.1x (new shards + changed segments + tables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.scale import StatusSampler, demo_pool  # noqa: E402
+
+STAGES = ("ingest", "folds", "clean", "rebalance", "augment", "train", "train_report", "evaluate", "gate")
+SIDE = 32
+GROUP_B_SHARE = 0.2
+LABEL_NOISE = 0.10
+MAX_EXPONENT = 1.15
+MAX_NOOP_SECONDS = 10.0
+MAX_CLEAN_SECONDS, MAX_CLEAN_RSS = 600.0, 6 * 2**30
+MAX_INGEST_RSS = 2**30
+MAX_APPEND_GROWTH = 1.1
+ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "TQDM_DISABLE": "1"}
+PARAMS = {
+    "image": {"size": SIDE, "channels": 3},
+    "ingest": {"source": "data/shards"},
+    "folds": {"method": "embeddings"},
+    "train": {"epochs": 1, "patience": 1},
+}
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+class Results:
+    """``<workdir>/results.json``: ``{"<n>/<part>": figures}``, rewritten after every part."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.figures = json.loads(path.read_text()) if path.exists() else {}
+
+    def done(self, n: int, part: str) -> bool:
+        return f"{n}/{part}" in self.figures
+
+    def get(self, n: int, part: str) -> dict | None:
+        return self.figures.get(f"{n}/{part}")
+
+    def put(self, n: int, part: str, figures: dict) -> None:
+        self.figures[f"{n}/{part}"] = figures
+        temp = self.path.with_suffix(".tmp")
+        temp.write_text(json.dumps(self.figures, indent=1, sort_keys=True))
+        temp.replace(self.path)
+        print(f"[{n:,}] {part}: {json.dumps(figures)}", flush=True)
+
+
+def measured(command: list[str], cwd: Path, env: dict | None = None) -> dict:
+    """Run ``command``; its wall time, peak RSS (wait4: the largest process of its tree) and the
+    anonymous / file-backed peaks of the process itself. Exits with its output on failure."""
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    sampler = StatusSampler(process.pid)
+    output = process.stdout.read().decode(errors="replace")
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    sampler.stop()
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{' '.join(command)} failed in {cwd}:\n{output[-4000:]}")
+    return {"wall": round(wall, 2), "rss": usage.ru_maxrss * 1024} | sampler.peaks()
+
+
+# --- the data set ---------------------------------------------------------------------------------
+
+
+@functools.cache
+def parents() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The demo's images (28 x 28), labels and class names: loaded once, before the pool forks."""
+    images, samples = demo_pool(0)
+    names = sorted(samples["label_name"].unique())
+    labels = samples["label_name"].map({name: i for i, name in enumerate(names)}).to_numpy()
+    return images.reshape(len(images), 28, 28), labels, names
+
+
+def write_images(root: Path, first: int, count: int, seed: int) -> list[str]:
+    """Images ``first .. first+count`` as ``<root>/<class>/<i>.png``; their metadata lines."""
+    import numpy as np
+    from PIL import Image
+
+    images, labels, names = parents()
+    for name in names:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    lines = []
+    rng = np.random.default_rng([seed, first])
+    light = images[:, 0, 0] > 127  # some demo digits are dark ink on light paper
+    for i in range(first, first + count):
+        parent = int(rng.integers(len(images)))
+        ink = images[parent] if not light[parent] else 255 - images[parent]
+        canvas = np.zeros((SIDE, SIDE), np.float32)
+        dy, dx = rng.integers(0, SIDE - 28 + 1, 2)
+        canvas[dy : dy + 28, dx : dx + 28] = ink / 255.0
+        group = "b" if rng.random() < GROUP_B_SHARE else "a"
+        paper, pen = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        while abs(paper - pen).sum() < 200:  # keep the digit visible
+            pen = rng.uniform(0, 255, 3)
+        texture = rng.normal(0, 18 if group == "b" else 4, (SIDE, SIDE, 1))
+        pixels = paper + canvas[..., None] * (pen - paper) + texture
+        label = int(labels[parent])
+        if rng.random() < LABEL_NOISE:
+            label = int((label + rng.integers(1, len(names))) % len(names))
+        path = f"{names[label]}/{i:07d}.png"
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / path)
+        lines.append(f"{path},{group}")
+    return lines
+
+
+def _write_range(args: tuple[Path, int, int, int]) -> list[str]:
+    return write_images(*args)
+
+
+def write_folder(root: Path, first: int, count: int, seed: int) -> None:
+    """``count`` images from number ``first`` over 2 processes; metadata.csv lists every image."""
+    import multiprocessing
+
+    step = 20_000
+    parents()
+    ends = range(first, first + count, step)
+    ranges = [(root, start, min(step, first + count - start), seed) for start in ends]
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        lines = [line for chunk in pool.imap(_write_range, ranges) for line in chunk]
+    metadata = root / "metadata.csv"
+    old = metadata.read_text() if metadata.exists() else "path,group\n"
+    metadata.write_text(old + "\n".join(lines) + "\n")
+
+
+def linked_folder(workdir: Path, target: Path, n: int) -> None:
+    """The first ``n`` images at ``target``, hard-linked from one pool that grows to the largest
+    size (image ``i`` is the same at every size): each image is drawn and encoded once."""
+    pool = workdir / "pool"
+    have = (
+        len((pool / "metadata.csv").read_text().splitlines()) - 1 if (pool / "metadata.csv").exists() else 0
+    )
+    if have < n:
+        write_folder(pool, have, n - have, seed=0)
+    lines = (pool / "metadata.csv").read_text().splitlines()[: n + 1]
+    for line in lines[1:]:
+        path = line.rsplit(",", 1)[0]
+        (target / path).parent.mkdir(parents=True, exist_ok=True)
+        os.link(pool / path, target / path)
+    (target / "metadata.csv").write_text("\n".join(lines) + "\n")
+
+
+def cache_bytes(root: Path) -> int:
+    cache = root / ".dvc" / "cache"
+    return sum(path.stat().st_size for path in cache.rglob("*") if path.is_file()) if cache.exists() else 0
+
+
+# --- parts --------------------------------------------------------------------------------------
+
+
+def prepare(workdir: Path, n: int, results: Results, shard_mb: int) -> Path:
+    """The template copy at ``n`` images, its folder source and shards (parts source, pack)."""
+    from benchmarks._common import set_params, template_copy
+
+    root = workdir / f"repo-{n}"
+    if not results.done(n, "source"):
+        shutil.rmtree(root, ignore_errors=True)
+        template_copy(root)
+        set_params(root / "params.yaml", **PARAMS)
+        started = time.perf_counter()
+        linked_folder(workdir, root / "data" / "folder", n)
+        results.put(n, "source", {"wall": round(time.perf_counter() - started, 1)})
+    if not results.done(n, "pack"):
+        shutil.rmtree(root / "data" / "shards", ignore_errors=True)
+        command = ["curate", "pack", "data/folder", "data/shards", "--shard-mb", str(shard_mb)]
+        figures = measured(command, root)
+        shards = list((root / "data" / "shards").glob("*.tar"))
+        figures |= {"shards": len(shards), "bytes": sum(path.stat().st_size for path in shards)}
+        results.put(n, "pack", figures)
+    return root
+
+
+def run_stages(root: Path, n: int, results: Results) -> None:
+    for stage in STAGES:
+        if not results.done(n, stage):
+            results.put(n, stage, measured([sys.executable, "-m", f"curate.stages.{stage}"], root))
+
+
+def median_seconds(command: list[str], root: Path, repeats: int = 3) -> float:
+    walls = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run(command, cwd=root, env=ENV, check=True, capture_output=True)
+        walls.append(time.perf_counter() - started)
+    return round(statistics.median(walls), 2)
+
+
+def dvc_part(root: Path, n: int, results: Results, with_folder: bool) -> None:
+    """No-op ``dvc status`` / ``dvc repro`` with the shards, and with the loose folder."""
+    from benchmarks._common import set_params
+
+    if results.done(n, "dvc"):
+        return
+    if not (root / ".dvc").exists():
+        subprocess.run(["dvc", "init", "-q"], cwd=root, env=ENV, check=True)
+    figures = {"add_shards": measured(["dvc", "add", "data/shards"], root)["wall"]}
+    figures["commit"] = measured(["dvc", "commit", "-f", "-q"], root)["wall"]
+    figures["status_shards"] = median_seconds(["dvc", "status"], root)
+    figures["repro_shards"] = median_seconds(["dvc", "repro"], root)
+    if with_folder:
+        set_params(root / "params.yaml", ingest={"source": "data/folder"})
+        figures["add_folder"] = measured(["dvc", "add", "data/folder"], root)["wall"]
+        subprocess.run(["dvc", "commit", "-f", "-q", "ingest"], cwd=root, env=ENV, check=True)
+        figures["status_folder"] = median_seconds(["dvc", "status"], root)
+        figures["repro_folder"] = median_seconds(["dvc", "repro"], root)
+        set_params(root / "params.yaml", ingest={"source": "data/shards"})
+        subprocess.run(["dvc", "commit", "-f", "-q", "ingest"], cwd=root, env=ENV, check=True)
+    results.put(n, "dvc", figures)
+
+
+def append_part(root: Path, n: int, results: Results, shard_mb: int) -> None:
+    """0.1 % new images, re-packed and added: the cache's growth against what changed."""
+    if results.done(n, "append"):
+        return
+    shards = root / "data" / "shards"
+    old_shards = {path.name: path.stat().st_size for path in shards.glob("*.tar")}
+    raw = root / "data" / "raw"
+    old_files = {path.relative_to(raw): path.stat().st_size for path in raw.rglob("*") if path.is_file()}
+    before = cache_bytes(root)
+    write_folder(root / "data" / "folder", n, max(1, n // 1000), seed=0)
+    pack = measured(["curate", "pack", "data/folder", "data/shards", "--shard-mb", str(shard_mb)], root)
+    add = measured(["dvc", "add", "data/shards"], root)
+    repro = measured(["dvc", "repro", "ingest"], root)
+    after = cache_bytes(root)
+    new_shards = {p.name: p.stat().st_size for p in shards.glob("*.tar") if p.name not in old_shards}
+    changed = {
+        str(path.relative_to(raw)): path.stat().st_size
+        for path in raw.rglob("*")
+        if path.is_file() and old_files.get(path.relative_to(raw)) is None
+    }
+    expected = sum(new_shards.values()) + sum(changed.values())
+    results.put(n, "append", {
+        "pack": pack["wall"], "add": add["wall"], "repro_ingest": repro["wall"],
+        "new_shards": len(new_shards), "new_shard_bytes": sum(new_shards.values()),
+        "new_raw_files": len(changed), "new_raw_bytes": sum(changed.values()),
+        "cache_growth": after - before, "growth_ratio": round((after - before) / max(expected, 1), 3),
+    })  # fmt: skip
+
+
+# --- the table -------------------------------------------------------------------------------------
+
+
+def exponent(small: float, big: float, ratio: float) -> float:
+    return math.log(big / small) / math.log(ratio) if small > 0 and big > 0 else float("nan")
+
+
+def gib(value: float) -> str:
+    return f"{value / 2**30:.2f}"
+
+
+def print_table(results: Results, sizes: list[int]) -> None:
+    print("\n| part | " + " | ".join(f"{n:,} s | GiB" for n in sizes) + " | exponents (time) |")
+    print("|---|" + "---|---|" * len(sizes) + "---|")
+    for part in ("pack", *STAGES):
+        cells, walls = [], []
+        for n in sizes:
+            figures = results.get(n, part)
+            walls.append(figures["wall"] if figures else None)
+            cells.append(f"{figures['wall']:.1f} | {gib(figures['rss'])}" if figures else "- | -")
+        exponents = [
+            f"{exponent(a, b, n2 / n1):.2f}"
+            for n1, n2, a, b in zip(sizes, sizes[1:], walls, walls[1:], strict=False)
+            if a and b
+        ]
+        print(f"| {part} | " + " | ".join(cells) + f" | {', '.join(exponents) or '-'} |")
+    for n in sizes:
+        for part in ("dvc", "append"):
+            if results.get(n, part):
+                print(f"{n:,} {part}: {json.dumps(results.get(n, part))}")
+    checks(results, sizes)
+
+
+def checks(results: Results, sizes: list[int]) -> None:
+    big, small = sizes[-1], sizes[-2] if len(sizes) > 1 else None
+    lines = []
+    if small:
+        for stage in STAGES:
+            a, b = results.get(small, stage), results.get(big, stage)
+            if a and b:
+                e = exponent(a["wall"], b["wall"], big / small)
+                lines.append(
+                    (f"{stage} exponent {small:,}->{big:,} {e:.2f} <= {MAX_EXPONENT}", e <= MAX_EXPONENT)
+                )
+    clean = results.get(big, "clean")
+    if clean:
+        lines.append(
+            (
+                f"clean at {big:,}: {clean['wall']:.0f} s <= {MAX_CLEAN_SECONDS:.0f}",
+                clean["wall"] <= MAX_CLEAN_SECONDS,
+            )
+        )
+        lines.append((f"clean peak RSS {gib(clean['rss'])} GiB <= 6", clean["rss"] <= MAX_CLEAN_RSS))
+    ingest = results.get(big, "ingest")
+    if ingest:
+        lines.append((f"ingest peak RSS {gib(ingest['rss'])} GiB <= 1", ingest["rss"] <= MAX_INGEST_RSS))
+    dvc = results.get(big, "dvc")
+    if dvc:
+        for key in ("status_shards", "repro_shards"):
+            lines.append((f"no-op {key} {dvc[key]} s <= {MAX_NOOP_SECONDS}", dvc[key] <= MAX_NOOP_SECONDS))
+    append = results.get(big, "append")
+    if append:
+        ratio = append["growth_ratio"]
+        lines.append((f"append cache growth {ratio}x <= {MAX_APPEND_GROWTH}", ratio <= MAX_APPEND_GROWTH))
+    for text, ok in lines:
+        print(f"{'PASS' if ok else 'FAIL'}  {text}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[62_000, 250_000, 1_000_000])
+    parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/curate-million"))
+    parser.add_argument("--shard-mb", type=int, default=256)
+    parser.add_argument(
+        "--folder-dvc-upto",
+        type=int,
+        default=250_000,
+        help="time DVC on the loose folder up to this size (it walks every file)",
+    )
+    parser.add_argument("--table", action="store_true", help="print the table of what is done, run nothing")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results = Results(args.workdir / "results.json")
+    sizes = sorted(args.sizes)
+    if not args.table:
+        for n in sizes:
+            root = prepare(args.workdir, n, results, args.shard_mb)
+            run_stages(root, n, results)
+            dvc_part(root, n, results, with_folder=n <= args.folder_dvc_upto)
+        append_part(args.workdir / f"repo-{sizes[-1]}", sizes[-1], results, args.shard_mb)
+    print_table(results, sizes)
+
+
+if __name__ == "__main__":
+    main()
