@@ -13,6 +13,9 @@ from tests.conftest import copy_project
 pytestmark = pytest.mark.slow
 # The tests on the full demo run share this module's copy of it: one xdist group, so one worker.
 ON_THE_DEMO = pytest.mark.xdist_group("pipeline")
+# The full demo's run takes 10 to 14 minutes on 2 cores, longer than everything else together:
+# its tests are marked `demo`, left out of `pytest` (pyproject.toml) and run by `pytest -m demo`
+# (CI runs both).
 
 
 def dvc(*args, cwd):
@@ -92,6 +95,7 @@ def output_bytes(root) -> dict[str, bytes]:
 
 
 @ON_THE_DEMO
+@pytest.mark.demo
 def test_fresh_clone_reproduces_the_committed_figures(reproduced):
     before, after = (
         lock_hashes(committed(reproduced, "dvc.lock")),
@@ -126,6 +130,7 @@ def test_same_machine_same_bytes(tiny_copy):
 
 
 @ON_THE_DEMO
+@pytest.mark.demo
 def test_outputs_metrics_and_git_ignores(reproduced):
     for path in ("data/raw/images/index.json", "data/raw/samples.parquet", "reports/ingest.html"):
         assert (reproduced / path).is_file()
