@@ -227,9 +227,15 @@ def prepare(workdir: Path, n: int, results: Results, shard_mb: int) -> Path:
 
 
 def run_stages(root: Path, n: int, results: Results) -> None:
+    """Every stage, then the two commands people run between repros: the review sheet (the
+    flagged queue, most suspicious first) and ``curate trace`` of one sample."""
     for stage in STAGES:
         if not results.done(n, stage):
             results.put(n, stage, measured([sys.executable, "-m", f"curate.stages.{stage}"], root))
+    first_path = (root / "data" / "folder" / "metadata.csv").read_text().splitlines()[1].rsplit(",", 1)[0]
+    for part, command in (("review", ["curate", "review"]), ("trace", ["curate", "trace", first_path])):
+        if not results.done(n, part):
+            results.put(n, part, measured(command, root))
 
 
 def median_seconds(command: list[str], root: Path, repeats: int = 3) -> float:
@@ -307,7 +313,7 @@ def gib(value: float) -> str:
 def print_table(results: Results, sizes: list[int]) -> None:
     print("\n| part | " + " | ".join(f"{n:,} s | GiB" for n in sizes) + " | exponents (time) |")
     print("|---|" + "---|---|" * len(sizes) + "---|")
-    for part in ("pack", *STAGES):
+    for part in ("pack", *STAGES, "review", "trace"):
         cells, walls = [], []
         for n in sizes:
             figures = results.get(n, part)
