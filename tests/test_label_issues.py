@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from curate.curation import neighbours
 from curate.curation.label_issues import (
     decide_actions,
     detection_scores,
@@ -15,6 +16,7 @@ from curate.curation.label_issues import (
     relabel_floors,
     temperature_scaled,
 )
+from curate.curation.neighbours import DATALAB_K
 from curate.errors import CurateError
 from curate.learning.fold_training import FoldTraining, check_class_sizes, fold_model
 from curate.learning.model_choice import Backbone
@@ -228,7 +230,7 @@ def test_duplicates_sets_and_extras():
     features[1] = features[0] + 1e-6
     features[2] = features[0] + 2e-6
     features[50] = features[40] + 1e-6
-    checks = duplicates_and_outliers(features, rng.integers(0, 2, 200))
+    checks = duplicates_and_outliers(neighbours.build(features, DATALAB_K), rng.integers(0, 2, 200))
     sets = checks["duplicate_set"].to_numpy()
     assert sets[0] == sets[1] == sets[2] == 0 and sets[40] == sets[50] == 40
     assert (sets[[3, 4, 5]] == -1).all()
@@ -268,15 +270,16 @@ def test_knn_evidence_points_to_the_neighbours_class():
     )
     labels = np.repeat([0, 1], 30)
     labels[3] = 1  # a class-0 image filed as 1
-    neighbours = knn_probs(embeddings, labels, n_classes=2, k=10)
-    assert neighbours[3].argmax() == 0 and neighbours[3, 0] > 0.8
-    assert np.allclose(neighbours.sum(axis=1), 1)
+    graph = neighbours.build(embeddings, 10)
+    nearby = knn_probs(graph.rows(10), labels, n_classes=2)
+    assert nearby[3].argmax() == 0 and nearby[3, 0] > 0.8
+    assert np.allclose(nearby.sum(axis=1), 1)
     pred_probs = np.full((60, 2), 0.5, dtype=np.float32)
     folds = np.arange(60) % 2
-    same = evidence(pred_probs, labels, folds, embeddings, calibrate="none", knn_weight=0.0, knn_k=10)
+    same = evidence(pred_probs, labels, folds, graph, calibrate="none", knn_weight=0.0, knn_k=10)
     assert np.array_equal(same, pred_probs)
-    mixed = evidence(pred_probs, labels, folds, embeddings, calibrate="none", knn_weight=0.5, knn_k=10)
-    assert np.allclose(mixed, 0.5 * pred_probs + 0.5 * neighbours)
+    mixed = evidence(pred_probs, labels, folds, graph, calibrate="none", knn_weight=0.5, knn_k=10)
+    assert np.allclose(mixed, 0.5 * pred_probs + 0.5 * nearby)
 
 
 def tiny_training(**overrides):

@@ -127,6 +127,9 @@ class CleanParams(Section):
     calibrate: Literal["none", "temperature"] = "none"  # per-fold temperature scaling of pred_probs
     knn_weight: float = Field(0.0, ge=0, le=1)  # share of kNN label evidence (embeddings) mixed in
     knn_k: int = Field(20, ge=1, le=200)
+    # The kNN graph (near-duplicates, outliers, kNN evidence): exact up to 50,000 train rows,
+    # approximate (faiss HNSW) past it; or forced (curation.neighbours).
+    neighbour_search: Literal["auto", "exact", "approximate"] = "auto"
     # per_group: cleanlab's thresholds estimated within each group (>= 50 rows), not pooled.
     thresholds: Literal["pooled", "per_group"] = "pooled"
     filter_by: Literal[

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from curate.curation.neighbours import Neighbours
 from curate.curation.removal_cap import Budget, Hold, Sizing
 from curate.data.store import Store
 from curate.params import CleanParams
@@ -156,6 +157,7 @@ class Cleaned:
     orphans: pd.DataFrame  # ledger decisions whose sample is not in the data (ledger.ORPHAN_COLUMNS)
     images: Store | np.ndarray  # the raw store (the report's thumbnails)
     environment: list[tuple[str, object]]  # what computed the predictions
+    neighbours: Neighbours | None = None  # the kNN graph of the embeddings, and how it was searched
 
     @property
     def train(self) -> pd.DataFrame:

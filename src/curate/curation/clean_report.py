@@ -79,6 +79,7 @@ def context(params: Params, result: Cleaned, figures: dict) -> dict:
         "matrix_headers": ["given \\ predicted", *class_names],
         "matrix_rows": matrix_rows(flagged, class_names),
         "n_duplicate_sets": int(train.loc[train["duplicate_set"] >= 0, "duplicate_set"].nunique()),
+        "neighbours": result.neighbours,
         **review_context(result, figures),
         "environment": result.environment,
     }

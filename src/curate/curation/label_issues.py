@@ -18,6 +18,7 @@ from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
 from sklearn.metrics import cohen_kappa_score
 
+from curate.curation.neighbours import DATALAB_K, Neighbours
 from curate.curation.removal_cap import Hold, Sizing, cap_lines, removal_budgets
 
 
@@ -57,18 +58,14 @@ def temperature_scaled(pred_probs: np.ndarray, labels: np.ndarray, fold_of_row: 
     return scaled.astype(np.float32)
 
 
-def knn_probs(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, k: int) -> np.ndarray:
-    """Each row's share of given labels among its ``k`` nearest other rows (cosine), smoothed by
-    one pseudo-count per class: the neighbourhood evidence Datalab's label check reads from
-    features. A mislabelled row sits among rows of its true class."""
-    from sklearn.neighbors import NearestNeighbors
-
-    k = min(k, len(labels) - 1)
-    unit = embeddings / np.clip(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12, None)
-    _, index = NearestNeighbors(n_neighbors=k + 1).fit(unit).kneighbors(unit)
-    neighbours = np.array([row[row != i][:k] for i, row in enumerate(index)])  # drop the row itself
-    counts = np.zeros((len(labels), n_classes))
-    np.add.at(counts, (np.repeat(np.arange(len(labels)), k), labels[neighbours].ravel()), 1.0)
+def knn_probs(neighbours: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Each row's share of given labels among its nearest other rows (``neighbours``: N x k, as
+    :meth:`curate.curation.neighbours.Neighbours.rows` gives them), smoothed by one pseudo-count
+    per class: the neighbourhood evidence Datalab's label check reads from features. A mislabelled
+    row sits among rows of its true class."""
+    n, k = neighbours.shape
+    cells = np.repeat(np.arange(n) * n_classes, k) + labels[neighbours].ravel()
+    counts = np.bincount(cells, minlength=n * n_classes).reshape(n, n_classes)
     return ((counts + 1.0) / (k + n_classes)).astype(np.float32)
 
 
@@ -86,23 +83,21 @@ def evidence(
     pred_probs: np.ndarray,
     labels: np.ndarray,
     fold_of_row: np.ndarray,
-    embeddings: np.ndarray | None,
+    neighbours: Neighbours | None,
     *,
     calibrate: str,
     knn_weight: float,
     knn_k: int,
 ) -> np.ndarray:
     """The probabilities cleanlab reads: the out-of-fold ``pred_probs``, temperature-scaled per
-    fold when ``calibrate`` is ``temperature``, mixed with ``knn_weight`` of :func:`knn_probs`
-    (none without ``embeddings``)."""
+    fold when ``calibrate`` is ``temperature``, mixed with ``knn_weight`` of :func:`knn_probs` over
+    the first ``knn_k`` neighbours of the embeddings' graph (none without ``neighbours``)."""
     probs = temperature_scaled(pred_probs, labels, fold_of_row) if calibrate == "temperature" else pred_probs
-    if knn_weight > 0 and embeddings is not None:
-        neighbours = knn_probs(embeddings, labels, pred_probs.shape[1], knn_k)
-        probs = (1 - knn_weight) * probs + knn_weight * neighbours
+    if knn_weight > 0 and neighbours is not None:
+        nearby = knn_probs(neighbours.rows(knn_k), labels, pred_probs.shape[1])
+        probs = (1 - knn_weight) * probs + knn_weight * nearby
     return np.asarray(probs, dtype=np.float32)
 
-
-NEIGHBOUR_BLOCK_MB = 128  # scikit-learn working_memory for the duplicate and outlier search
 
 PER_GROUP_MIN_ROWS = 50  # fewer rows than this: too few to estimate a group's own thresholds
 
@@ -267,23 +262,24 @@ def detection_scores(flagged: np.ndarray, truly_noisy: np.ndarray) -> dict[str, 
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
-def duplicates_and_outliers(embeddings: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
-    """Near-duplicates and outliers from cleanlab's Datalab on the shared model's embeddings.
+def duplicates_and_outliers(neighbours: Neighbours, labels: np.ndarray) -> pd.DataFrame:
+    """Near-duplicates and outliers from cleanlab's Datalab on the kNN graph of the shared model's
+    embeddings (its first :data:`~curate.curation.neighbours.DATALAB_K` neighbours, in the
+    metric Datalab would have chosen for them).
 
     Returns one row per sample: ``is_near_duplicate``, ``duplicate_set`` (an id shared
     by the members of one near-duplicate set, -1 when none), ``is_outlier``,
     ``outlier_score`` (low is unusual).
     """
-    import sklearn
     from cleanlab import Datalab
 
     lab = Datalab(data={"label": labels}, label_name="label", verbosity=0)
-    # Datalab's neighbour search computes distances in blocks of scikit-learn's working_memory
-    # (1 GiB by default): clean's peak RSS went 0.65 -> 1.8 GiB from 6,000 to 24,000 rows of 64-d
-    # embeddings, the block filling up. 128 MiB blocks: 0.43, 0.44 and 0.47 GiB at 6,000, 24,000 and
-    # 96,000 rows, the same issues found.
-    with sklearn.config_context(working_memory=NEIGHBOUR_BLOCK_MB):
-        lab.find_issues(features=embeddings, issue_types={"near_duplicate": {}, "outlier": {}})
+    # The metric named, so that the outlier check corrects its scores' float error as it does
+    # when it searches the features itself.
+    check = {"metric": neighbours.metric}
+    lab.find_issues(
+        knn_graph=neighbours.first(DATALAB_K), issue_types={"near_duplicate": check, "outlier": check}
+    )
     duplicates = lab.get_issues("near_duplicate")
     outliers = lab.get_issues("outlier")
     return pd.DataFrame(
@@ -297,29 +293,30 @@ def duplicates_and_outliers(embeddings: np.ndarray, labels: np.ndarray) -> pd.Da
 
 
 def _set_ids(neighbours: list) -> np.ndarray:
-    """Connected components of Datalab's per-row near-duplicate lists; id = smallest member."""
-    parent = list(range(len(neighbours)))
+    """Connected components of Datalab's per-row near-duplicate lists; id = smallest member, -1
+    for a row in no set."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, others in enumerate(neighbours):
-        for j in others:
-            a, b = root(i), root(int(j))
-            parent[max(a, b)] = min(a, b)
-    roots = np.array([root(i) for i in range(len(neighbours))])
-    in_set = np.array([len(others) > 0 for others in neighbours])
-    return np.where(in_set, roots, -1)
+    n = len(neighbours)
+    sizes = np.fromiter((len(others) for others in neighbours), dtype=np.int64, count=n)
+    if not sizes.any():
+        return np.full(n, -1)
+    targets = np.concatenate([np.asarray(others, dtype=np.int64) for others in neighbours])
+    links = csr_matrix(
+        (np.ones(len(targets), dtype=np.int8), (np.repeat(np.arange(n), sizes), targets)), (n, n)
+    )
+    _, component = connected_components(links, directed=False)
+    _, smallest = np.unique(component, return_index=True)  # each component's first row
+    return np.where(sizes > 0, smallest[component], -1)
 
 
 def duplicate_extras(duplicate_set: np.ndarray, label_quality: np.ndarray) -> np.ndarray:
-    """Mask of all but one member of each near-duplicate set: the best-labelled one stays."""
+    """Mask of all but one member of each near-duplicate set: the best-labelled one stays (the
+    first row of the set among equals)."""
+    members = np.flatnonzero(duplicate_set >= 0)
+    ranked = members[np.lexsort((members, -label_quality[members], duplicate_set[members]))]
+    sets = duplicate_set[ranked]
     extras = np.zeros(len(duplicate_set), dtype=bool)
-    for set_id in np.unique(duplicate_set[duplicate_set >= 0]):
-        members = np.flatnonzero(duplicate_set == set_id)
-        keeper = members[np.argmax(label_quality[members])]
-        extras[members[members != keeper]] = True
+    extras[ranked[1:][sets[1:] == sets[:-1]]] = True  # a set's first, its keeper, stays
     return extras

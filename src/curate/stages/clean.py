@@ -22,10 +22,11 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
-from curate.curation import clean_report, label_issues
+from curate.curation import clean_report, label_issues, neighbours
 from curate.curation.clean_actions import Cleaned, action_reasons, choose_action, with_test_rows
 from curate.curation.clean_report import Tile
 from curate.curation.label_issues import FoldOutputs
+from curate.curation.neighbours import Neighbours
 from curate.data import ledger
 from curate.data.inputs import read_array, read_json
 from curate.data.lineage import Lineage
@@ -66,9 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     inputs = read_raw()
     lineage.input_files(inputs.files)
     predictions = read_predictions(lineage, len(inputs.train), len(inputs.class_names))
-    checks = label_issues.duplicates_and_outliers(predictions.embeddings, inputs.train["label"].to_numpy())
+    # One kNN graph of the embeddings for Datalab's checks and, when mixed in, the kNN evidence.
+    k = max(neighbours.DATALAB_K, settings.knn_k) if settings.knn_weight > 0 else neighbours.DATALAB_K
+    graph = neighbours.build(predictions.embeddings, k, settings.neighbour_search)
+    checks = label_issues.duplicates_and_outliers(graph, inputs.train["label"].to_numpy())
     decisions = ledger.read_ledger(lineage.input(settings.decisions))
-    result = compute(inputs, predictions, checks, settings, decisions)
+    result = compute(inputs, predictions, checks, settings, decisions, graph)
     write_samples(lineage.output(OUTPUT), result.samples)
     figures = metrics(result)
     sizes = write_stage(STAGE, params, figures, report_context(params, result), lineage)
@@ -102,6 +106,7 @@ def compute(
     checks: pd.DataFrame,
     settings: CleanParams,
     decisions: pd.DataFrame | None = None,
+    graph: Neighbours | None = None,
 ) -> Cleaned:
     """Flag, then act on, the train rows of the raw table; no training, no I/O.
 
@@ -109,15 +114,16 @@ def compute(
     outlier columns of :func:`curate.curation.label_issues.duplicates_and_outliers`, all in the order of
     the train rows. ``decisions``: the review ledger as :func:`curate.data.ledger.read_ledger` reads it
     (None: none), checked against the table and applied last, over the automatic actions.
-    ``predictions.embeddings`` (the shared model's): the kNN evidence cleanlab reads beside
-    ``pred_probs`` (``clean.knn_weight``). ``predicted_label`` stays the fold model's.
+    ``graph``: the kNN graph of the shared model's embeddings (:func:`curate.curation.neighbours.build`),
+    whose neighbours' given labels are the kNN evidence cleanlab reads beside ``pred_probs``
+    (``clean.knn_weight``; None: none). ``predicted_label`` stays the fold model's.
     """
     samples, class_names, pred_probs = inputs.samples, inputs.class_names, predictions.pred_probs
     decisions = ledger.no_decisions() if decisions is None else decisions
     review = ledger.resolve(decisions, samples, class_names, settings.decisions)
     train = samples[samples["split"] == "train"].copy()
     labels = train["label"].to_numpy()
-    is_issue, quality = _detect(train, predictions, settings)
+    is_issue, quality = _detect(train, predictions, settings, graph)
     train = label_issues.flag_columns(train, is_issue, quality, predictions, checks)
     extras = label_issues.duplicate_extras(checks["duplicate_set"].to_numpy(), quality)
     train["drop_candidate"] = extras & settings.drop_near_duplicates
@@ -141,11 +147,11 @@ def compute(
     train["action_reason"] = action_reasons(train, settings, class_names, choice, decision.holds)
     merged = with_test_rows(samples, train.drop(columns="relabel_floor"))
     return Cleaned(merged, class_names, decision.notes, len(decision.holds), skill, choice, review.orphans,
-                   inputs.images, predictions.environment)  # fmt: skip
+                   inputs.images, predictions.environment, graph)  # fmt: skip
 
 
 def _detect(
-    train: pd.DataFrame, predictions: FoldOutputs, settings: CleanParams
+    train: pd.DataFrame, predictions: FoldOutputs, settings: CleanParams, graph: Neighbours | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """cleanlab's flags and label quality for the train rows
     (:func:`curate.curation.label_issues.find_issues`)."""
@@ -155,7 +161,7 @@ def _detect(
         predictions.pred_probs,
         labels,
         predictions.fold_of_row,
-        predictions.embeddings,
+        graph,
         calibrate=settings.calibrate,
         knn_weight=settings.knn_weight,
         knn_k=settings.knn_k,
@@ -187,6 +193,8 @@ def metrics(result: Cleaned) -> dict:
         **ledger.figures(train),
         "orphaned": len(result.orphans),
     }
+    if result.neighbours is not None:  # which search found the duplicates, outliers and kNN evidence
+        figures |= {"neighbour_search": result.neighbours.search, "neighbour_k": result.neighbours.k}
     if "true_label" in train.columns:
         noisy = (train["given_label"] != train["true_label"]).to_numpy()
         scores = label_issues.detection_scores(flagged, noisy)
