@@ -6,6 +6,11 @@ The classes are drawn shapes, so a small CNN can learn them in seconds; the nois
 only between the pairs a person would confuse (horizontal vs vertical stripes, disc vs ring).
 The truth is returned, never written into the source folder (a user's folder has none).
 Shared by ``benchmarks/clean.py`` and the tests (``tests/test_byo_rgb.py``); not a benchmark itself.
+
+:func:`fold_outputs` makes up, without images, what the folds stage writes for the clean stage
+(embeddings, out-of-fold probabilities) at any size, with planted near-duplicates and outliers:
+clean's cost and its neighbour search at 100,000 or 1,000,000 rows (``benchmarks/clean.py --rows``,
+``tests/test_neighbours.py``).
 """
 
 from __future__ import annotations
@@ -77,3 +82,51 @@ def make_folder(
             lines.append(f"{path},{group}")
     (root / "metadata.csv").write_text("\n".join(lines) + "\n")
     return truth
+
+
+def fold_outputs(n: int, seed: int = 0, classes: int = 10, dim: int = 64) -> dict[str, np.ndarray]:
+    """``n`` train rows as the folds stage would leave them: ``embeddings`` (n x dim float32),
+    ``pred_probs`` (n x classes float32), ``folds``, the ``given`` and ``true`` labels (10%
+    flipped uniformly), ``group`` (a: 80%, b: 20%), and what was planted: ``near_copy`` (1% of
+    the rows: another row's embedding moved by a millionth of its norm), ``exact_copy`` (0.2%:
+    another row's embedding as is), ``outlier`` (0.2%: an embedding from no class).
+
+    Embeddings are shaped like a small CNN's (the demo's 64-d have 96% of their variance in 10
+    directions): 10 class clusters in a 12-d space, lifted to ``dim`` through a random linear map
+    and a ReLU. The fold models are right about 90% of the time and sure in proportion.
+    """
+    rng = np.random.default_rng(seed)
+    latent = 12
+    centres = rng.normal(size=(classes, latent)) * 3
+    true = rng.integers(0, classes, n)
+    lift = rng.normal(size=(latent, dim)) / np.sqrt(latent)
+    points = centres[true] + rng.normal(size=(n, latent))
+    embeddings = np.maximum(points @ lift + 0.5 + 0.1 * rng.normal(size=(n, dim)), 0).astype(np.float32)
+    order = rng.permutation(n)
+    near, exact, outlier = np.split(order[: n // 100 + n // 250], [n // 100, n // 100 + n // 500])
+    parents = order[n // 100 + n // 250 :][rng.integers(0, n - n // 100 - n // 250, len(near) + len(exact))]
+    true[near], true[exact] = true[parents[: len(near)]], true[parents[len(near) :]]
+    nudge = (
+        rng.normal(size=(len(near), dim))
+        * 1e-6
+        * np.linalg.norm(embeddings[parents[: len(near)]], axis=1)[:, None]
+    )
+    embeddings[near] = embeddings[parents[: len(near)]] + nudge.astype(np.float32)
+    embeddings[exact] = embeddings[parents[len(near) :]]
+    embeddings[outlier] = rng.exponential(size=(len(outlier), dim)).astype(np.float32) * 3
+    given = np.where(rng.random(n) < 0.1, (true + rng.integers(1, classes, n)) % classes, true)
+    logits = 3.5 * np.eye(classes)[true] + rng.normal(size=(n, classes)) * 1.2
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    planted = {
+        name: np.isin(np.arange(n), rows)
+        for name, rows in (("near_copy", near), ("exact_copy", exact), ("outlier", outlier))
+    }
+    return {
+        "embeddings": embeddings,
+        "pred_probs": (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32),
+        "folds": rng.integers(0, 5, n),
+        "given": given,
+        "true": true,
+        "group": np.where(rng.random(n) < 0.2, "b", "a"),
+        **planted,
+    }

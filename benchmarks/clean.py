@@ -21,7 +21,19 @@ logistic-regression ``pred_probs`` (``cross_val_predict`` on raw pixels, same fo
 Targets (issue 14): class_conditional F1 >= 0.90, rgb F1 >= 0.88, uniform F1 >= 0.95,
 folds + clean on the default demo <= 40 s, recall of every group within 10 points.
 
+**At scale** (``--rows N ...``): the clean stage alone (``python -m curate.stages.clean``, its wall
+time and peak RSS from ``wait4``) on N made-up train rows (``benchmarks/_synthetic.py``
+``fold_outputs``: 64-d embeddings of 10 classes, 10% flipped labels, 1% near-duplicates, 0.2%
+exact copies, 0.2% outliers; 8 px images) and N / 20 test rows. ``--agreement`` then builds the
+kNN graph both ways on the same rows (``clean.neighbour_search`` exact and approximate) and
+prints how far the approximate one moves what clean finds: near-duplicate pairs (two rows in one
+set) and outliers the exact graph finds that the approximate one finds too (recall), those only it
+finds, and with ``clean.knn_weight`` 0.3 the label issues that change. Targets: clean <= 60 s at
+96,000 rows; <= 10 min and <= 6 GiB at 1,000,000; recall of pairs and outliers >= 0.98.
+
     python benchmarks/clean.py [--noise uniform class_conditional rgb] [--levers] [-S folds.epochs=12]
+    python benchmarks/clean.py --rows 96000 --agreement
+    nohup python benchmarks/clean.py --rows 1000000 > clean-1m.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,9 +58,9 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # benchmarks/: the synthetic RGB folder and the params helper
 from benchmarks._common import parse_override, set_params  # noqa: E402
-from benchmarks._synthetic import make_folder  # noqa: E402
-from curate.curation import label_issues  # noqa: E402
-from curate.data.image_rows import read_images  # noqa: E402
+from benchmarks._synthetic import fold_outputs, make_folder  # noqa: E402
+from curate.curation import label_issues, neighbours  # noqa: E402
+from curate.data.image_rows import read_images, write_images  # noqa: E402
 from curate.params import load_params  # noqa: E402
 from curate.stages import clean, folds, ingest  # noqa: E402
 
@@ -59,6 +72,9 @@ FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning"
 CALIBRATIONS = ("none", "temperature")
 KNN_WEIGHTS = (0.0, 0.5)
 THRESHOLDS = ("pooled", "per_group")
+SCALE_TARGETS = {96_000: (60.0, None), 1_000_000: (600.0, 6 * 2**30)}  # rows: (seconds, peak RSS)
+TARGET_RECALL = 0.98  # exact graph's near-duplicate pairs and outliers the approximate one finds
+MOVED_KNN_WEIGHT = 0.3
 
 
 def prepare(noise: str, folder: Path, overrides: list[dict], per_class: int) -> dict[str, str]:
@@ -108,12 +124,12 @@ def lever_grid(labels: np.ndarray, noisy: np.ndarray, groups: np.ndarray, knn_k:
     """Every filter_by x calibration x kNN weight x thresholds, scored on the folds stage's outputs."""
     pred_probs = np.load("data/folds/pred_probs.npy")
     fold_of = np.load("data/folds/folds.npy")
-    embeddings = np.load("data/folds/embeddings.npy")
+    graph = neighbours.build(np.load("data/folds/embeddings.npy"), knn_k)
     grid = {}
     for calibrate in CALIBRATIONS:
         for weight in KNN_WEIGHTS:
             probs = label_issues.evidence(
-                pred_probs, labels, fold_of, embeddings, calibrate=calibrate, knn_weight=weight, knn_k=knn_k
+                pred_probs, labels, fold_of, graph, calibrate=calibrate, knn_weight=weight, knn_k=knn_k
             )
             for filter_by in FILTERS:
                 for thresholds in THRESHOLDS:
@@ -198,6 +214,167 @@ def report(result: dict) -> None:
               f"(ratio {seconds / TARGET_SECONDS:.2f}): {verdict}")  # fmt: skip
 
 
+def synthetic_project(folder: Path, n_train: int, overrides: list[dict]) -> dict[str, np.ndarray]:
+    """params.yaml, ``data/raw`` and ``data/folds`` in ``folder`` as ingest and folds would leave
+    them, for ``n_train`` made-up train rows (:func:`benchmarks._synthetic.fold_outputs`) and
+    ``n_train // 20`` test rows; the made-up outputs."""
+    made = fold_outputs(n_train)
+    n = n_train + n_train // 20
+    rng = np.random.default_rng(1)
+    labels = np.concatenate([made["given"], rng.integers(0, 10, n - n_train)])
+    samples = pd.DataFrame(
+        {
+            "sample_id": [f"{i:016x}" for i in range(n)],
+            "path": [f"synthetic/{i:07d}.png" for i in range(n)],
+            "row": np.arange(n),
+            "label": labels,
+            "label_name": [f"class{k}" for k in labels],
+            "group": np.concatenate([made["group"], np.full(n - n_train, "a")]),
+            "split": np.where(np.arange(n) < n_train, "train", "test"),
+            "true_label": np.concatenate([made["true"], labels[n_train:]]),
+        }
+    )
+    (folder / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    set_params(folder / "params.yaml", image={"size": 8, "channels": 1})
+    for override in overrides:
+        set_params(folder / "params.yaml", **override)
+    (folder / "data" / "raw").mkdir(parents=True)
+    (folder / "data" / "folds").mkdir(parents=True)
+    write_images(folder / "data" / "raw" / "images", rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8))
+    samples.to_parquet(folder / "data" / "raw" / "samples.parquet", index=False)
+    for name, key in (("pred_probs", "pred_probs"), ("folds", "folds"), ("embeddings", "embeddings")):
+        np.save(folder / "data" / "folds" / f"{name}.npy", made[key])
+    environment = {"cpu_kernels": "synthetic", "device": "cpu", "threads": 2, "torch": "none"}
+    (folder / "data" / "folds" / "environment.json").write_text(json.dumps(environment))
+    return made
+
+
+def run_stage(folder: Path) -> dict:
+    """``python -m curate.stages.clean`` in ``folder``: its wall time, peak RSS and report size."""
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "curate.stages.clean"], cwd=folder)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"the clean stage failed in {folder}")
+    return {
+        "seconds": seconds,
+        "peak_rss": usage.ru_maxrss * 1024,
+        "html": (folder / "reports/clean.html").stat().st_size,
+    }
+
+
+def agreement(made: dict[str, np.ndarray], params_file: Path) -> dict:
+    """The approximate graph against the exact one on the same rows: near-duplicate pairs and
+    outliers (recall, and those only the approximate graph finds), and the label issues that
+    change with ``clean.knn_weight`` :data:`MOVED_KNN_WEIGHT`."""
+    settings = load_params(params_file).clean
+    labels, k = made["given"], max(neighbours.DATALAB_K, settings.knn_k)
+    found = {}
+    for search in ("exact", "approximate"):
+        started = time.perf_counter()
+        graph = neighbours.build(made["embeddings"], k, search)
+        seconds = time.perf_counter() - started
+        checks = label_issues.duplicates_and_outliers(graph)
+        probs = label_issues.evidence(
+            made["pred_probs"], labels, made["folds"], graph, calibrate=settings.calibrate,
+            knn_weight=MOVED_KNN_WEIGHT, knn_k=settings.knn_k,
+        )  # fmt: skip
+        flagged, _ = label_issues.find_issues(
+            labels, probs, filter_by=settings.filter_by, frac_noise=settings.frac_noise,
+            min_examples_per_class=settings.min_examples_per_class, rank_by=settings.rank_by,
+        )  # fmt: skip
+        found[search] = {"seconds": seconds, "checks": checks, "flagged": flagged, "graph": graph}
+    exact, approximate = found["exact"], found["approximate"]
+    pairs = _pairs(
+        exact["checks"]["duplicate_set"].to_numpy(), approximate["checks"]["duplicate_set"].to_numpy()
+    )
+    outliers = exact["checks"]["is_outlier"].to_numpy(), approximate["checks"]["is_outlier"].to_numpy()
+    moved = exact["flagged"] != approximate["flagged"]
+    same_rows = (exact["graph"].rows(k) == approximate["graph"].rows(k)).all(axis=1)
+    return {
+        "rows": len(labels),
+        "k": k,
+        "exact_seconds": exact["seconds"],
+        "approximate_seconds": approximate["seconds"],
+        "same_neighbours": float(same_rows.mean()),
+        "pairs": pairs,
+        "outliers": _recall(*outliers),
+        "knn_weight": MOVED_KNN_WEIGHT,
+        "flagged_exact": int(exact["flagged"].sum()),
+        "flags_changed": int(moved.sum()),
+        "flags_changed_share": float(moved.sum() / max(exact["flagged"].sum(), 1)),
+    }
+
+
+def _pairs(exact: np.ndarray, approximate: np.ndarray) -> dict:
+    """Pairs of rows in one near-duplicate set by the exact graph, how many of them are in one
+    set by the approximate graph too, and the pairs only the approximate graph puts together."""
+    table = pd.DataFrame({"exact": exact, "approximate": approximate})
+
+    def pairs(columns: list[str], frame: pd.DataFrame) -> int:
+        sizes = frame.groupby(columns).size().to_numpy()
+        return int((sizes * (sizes - 1) // 2).sum())
+
+    found = pairs(["exact"], table[table["exact"] >= 0])
+    both = pairs(["exact", "approximate"], table[(table["exact"] >= 0) & (table["approximate"] >= 0)])
+    only = pairs(["approximate"], table[table["approximate"] >= 0]) - both
+    return {"exact": found, "both": both, "recall": both / found if found else 1.0, "approximate_only": only}
+
+
+def _recall(exact: np.ndarray, approximate: np.ndarray) -> dict:
+    both = int((exact & approximate).sum())
+    return {"exact": int(exact.sum()), "both": both, "recall": both / exact.sum() if exact.sum() else 1.0,
+            "approximate_only": int((approximate & ~exact).sum())}  # fmt: skip
+
+
+def scale(rows: int, overrides: list[dict], with_agreement: bool) -> dict:
+    """The clean stage on ``rows`` made-up train rows in a temp folder, then (``with_agreement``)
+    the approximate graph against the exact one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        made = synthetic_project(Path(tmp), rows, overrides)
+        print(f"\n{rows:,} train rows made up in {time.perf_counter() - started:.0f} s", flush=True)
+        result = {"rows": rows, "stage": run_stage(Path(tmp))}
+        details = json.loads((Path(tmp) / "reports/details/clean.json").read_text())
+        result["search"] = f"{details['neighbour_search']}, k {details['neighbour_k']}"
+        report_scale(result)
+        if with_agreement:
+            result["agreement"] = agreement(made, Path(tmp) / "params.yaml")
+            report_agreement(result["agreement"])
+        return result
+
+
+def report_scale(result: dict) -> None:
+    rows, stage = result["rows"], result["stage"]
+    rss, html = stage["peak_rss"] / 2**30, stage["html"]
+    print(f"clean stage at {rows:,} train rows ({result['search']}): {stage['seconds']:.1f} s, "
+          f"peak RSS {rss:.2f} GiB, reports/clean.html {html:,} bytes")  # fmt: skip
+    seconds, rss = SCALE_TARGETS.get(rows, (None, None))
+    if seconds is not None:
+        verdict = "PASS" if stage["seconds"] <= seconds else "FAIL"
+        print(f"target <= {seconds:.0f} s: ratio {stage['seconds'] / seconds:.2f}: {verdict}")
+    if rss is not None:
+        verdict = "PASS" if stage["peak_rss"] <= rss else "FAIL"
+        print(f"target <= {rss / 2**30:.0f} GiB: ratio {stage['peak_rss'] / rss:.2f}: {verdict}")
+
+
+def report_agreement(figures: dict) -> None:
+    print(f"\nexact against approximate kNN graph, {figures['rows']:,} rows, k {figures['k']}: "
+          f"exact {figures['exact_seconds']:.1f} s, approximate {figures['approximate_seconds']:.1f} s, "
+          f"the same {figures['k']} neighbours for {figures['same_neighbours']:.2%} of the rows")  # fmt: skip
+    print(f"{'':28s} {'exact':>8s} {'both':>8s} {'recall':>7s} {'approx only':>12s}")
+    for name, key in (("near-duplicate pairs", "pairs"), ("outliers", "outliers")):
+        row = figures[key]
+        verdict = "PASS" if row["recall"] >= TARGET_RECALL else "FAIL"
+        counts = f"{row['exact']:8,d} {row['both']:8,d} {row['recall']:7.4f} {row['approximate_only']:12,d}"
+        print(f"{name:28s} {counts}  target >= {TARGET_RECALL}: {verdict}")
+    changed, flagged = figures["flags_changed"], figures["flagged_exact"]
+    print(f"label issues with knn_weight {figures['knn_weight']}: {flagged:,} flagged on the exact graph, "
+          f"{changed:,} change on the approximate one ({figures['flags_changed_share']:.2%} of the flagged, "
+          f"{changed / figures['rows']:.3%} of the rows)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -208,9 +385,20 @@ def main() -> None:
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="key=value for every run")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", type=Path, help="keep each run's folder here, as <DIR>/<noise>")
+    parser.add_argument(
+        "--rows", type=int, nargs="+", help="the clean stage alone on this many made-up train rows"
+    )
+    parser.add_argument(
+        "--agreement", action="store_true", help="with --rows: exact against approximate search"
+    )
     args = parser.parse_args()
     overrides = [parse_override(text) for text in args.overrides]
     results = []
+    if args.rows:
+        results = [scale(rows, overrides, args.agreement) for rows in args.rows]
+        if args.json:
+            args.json.write_text(json.dumps({"overrides": args.overrides, "results": results}, indent=1))
+        return
     for noise in args.noise:
         results.append(run(noise, overrides, args.rgb_per_class, args.levers, args.keep))
         report(results[-1])

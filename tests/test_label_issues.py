@@ -230,7 +230,7 @@ def test_duplicates_sets_and_extras():
     features[1] = features[0] + 1e-6
     features[2] = features[0] + 2e-6
     features[50] = features[40] + 1e-6
-    checks = duplicates_and_outliers(neighbours.build(features, DATALAB_K), rng.integers(0, 2, 200))
+    checks = duplicates_and_outliers(neighbours.build(features, DATALAB_K))
     sets = checks["duplicate_set"].to_numpy()
     assert sets[0] == sets[1] == sets[2] == 0 and sets[40] == sets[50] == 40
     assert (sets[[3, 4, 5]] == -1).all()

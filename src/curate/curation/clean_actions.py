@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -60,6 +61,13 @@ def choose_action(settings: CleanParams, skill: float, flagged_rate: float) -> C
     ))  # fmt: skip
 
 
+# What a row's reason reads (:func:`_reason`).
+REASON_COLUMNS = (
+    "action", "is_label_issue", "predicted_confidence", "predicted_label", "relabel_floor",
+    "action_source", "auto_action", "label_name",
+)  # fmt: skip
+
+
 def action_reasons(
     train: pd.DataFrame,
     settings: CleanParams,
@@ -76,15 +84,19 @@ def action_reasons(
     nothing again.
     """
     holds = {} if holds is None else holds
-    reasons = pd.Series("not flagged", index=train.index, dtype=object)
-    acted = (train["action"] != "none") | train["is_label_issue"].astype(bool)
-    for index, row in train[acted].iterrows():
-        reasons[index] = _reason(row, settings, choice, class_names, holds.get(index))
-    return reasons
+    reasons = np.full(len(train), "not flagged", dtype=object)
+    acted = ((train["action"] != "none") | train["is_label_issue"].astype(bool)).to_numpy()
+    # Plain dicts of the columns a reason reads: iterrows cost 2 s at 11,000 acted rows.
+    rows = train.loc[acted, [column for column in REASON_COLUMNS if column in train.columns]]
+    reasons[acted] = [
+        _reason(row, settings, choice, class_names, holds.get(index))
+        for index, row in zip(rows.index, rows.to_dict("records"), strict=True)
+    ]
+    return pd.Series(reasons, index=train.index, dtype=object)
 
 
 def _reason(
-    row: pd.Series, settings: CleanParams, choice: Choice, class_names: list[str], hold: Hold | None
+    row: Mapping[str, Any], settings: CleanParams, choice: Choice, class_names: list[str], hold: Hold | None
 ) -> str:
     action = choice.action
     decided, flagged, confidence = row["action"], bool(row["is_label_issue"]), row["predicted_confidence"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from curate.curation import removal_cap
@@ -175,7 +176,9 @@ def shown(result: Cleaned) -> Shown:
         )
         for _, row in flagged.iterrows()
     ]
-    sets = train[train["duplicate_set"] >= 0].groupby("duplicate_set", sort=True)
+    in_sets = train[train["duplicate_set"] >= 0]
+    first_sets = np.sort(in_sets["duplicate_set"].unique())[:DUPLICATE_SETS_SHOWN]  # not every set's frame
+    sets = in_sets[in_sets["duplicate_set"].isin(first_sets)].groupby("duplicate_set", sort=True)
     duplicate_sets = [
         (
             len(members),
@@ -184,7 +187,7 @@ def shown(result: Cleaned) -> Shown:
                 for _, row in members.head(MEMBERS_SHOWN).iterrows()
             ],
         )
-        for _, members in list(sets)[:DUPLICATE_SETS_SHOWN]
+        for _, members in sets
     ]
     outliers = train[train["is_outlier"]].sort_values("outlier_score", kind="stable").head(OUTLIERS_SHOWN)
     return Shown(

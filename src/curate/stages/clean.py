@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One kNN graph of the embeddings for Datalab's checks and, when mixed in, the kNN evidence.
     k = max(neighbours.DATALAB_K, settings.knn_k) if settings.knn_weight > 0 else neighbours.DATALAB_K
     graph = neighbours.build(predictions.embeddings, k, settings.neighbour_search)
-    checks = label_issues.duplicates_and_outliers(graph, inputs.train["label"].to_numpy())
+    checks = label_issues.duplicates_and_outliers(graph)
     decisions = ledger.read_ledger(lineage.input(settings.decisions))
     result = compute(inputs, predictions, checks, settings, decisions, graph)
     write_samples(lineage.output(OUTPUT), result.samples)
