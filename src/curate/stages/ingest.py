@@ -1,8 +1,9 @@
 """ingest: source images -> ``data/raw/images/`` (a pixel store) + ``data/raw/samples.parquet`` + report.
 
-The source is the embedded demo (``ingest.source: data/demo``) or an ImageFolder, whose files
-are decoded over ``ingest.workers`` processes and streamed into the store segment by segment
-(:mod:`curate.data.store`): memory does not grow with the number of files.
+The source is the embedded demo (``ingest.source: data/demo``), an ImageFolder, or a folder of
+WebDataset tar shards or Parquet shards (:mod:`curate.data.shards`); the images are decoded over
+``ingest.workers`` processes and streamed into the store segment by segment
+(:mod:`curate.data.store`): memory does not grow with the number of images.
 """
 
 from __future__ import annotations
@@ -16,20 +17,21 @@ import numpy as np
 import pandas as pd
 
 from curate.data import demo
-from curate.data.folder import (
+from curate.data.catalog import (
     NOT_AN_IMAGE,
     OUTSIDE_CLASSES,
     SKIP_REASONS,
     SYMLINK_OUTSIDE,
     UNREADABLE,
-    FolderData,
-    read_image_folder,
+    SourceData,
 )
+from curate.data.folder import read_image_folder
 from curate.data.image_rows import read_images, write_images
 from curate.data.lineage import Lineage
 from curate.data.paths import RAW_IMAGES, RAW_SAMPLES
 from curate.data.polarity import light_background
 from curate.data.samples import class_names_of, write_samples
+from curate.data.shards import FOLDER, read_shards, source_form
 from curate.data.store import Store
 from curate.params import DEMO_SOURCE, Params, load_params
 from curate.report import Verdict, bar_chart, thumbnail
@@ -73,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 class Ingested:
     """What ingest read (the table, the raw store, what was skipped and why) and its counts."""
 
-    data: FolderData
+    data: SourceData
     counts: dict[str, int]  # the stage's figures: n_train, n_test, n_classes, ...
 
     @property
@@ -89,8 +91,9 @@ def compute(params: Params, target: Path) -> Ingested:
     return Ingested(data, _counts(data))
 
 
-def read_source(params: Params, target: Path) -> FolderData:
-    """The demo, or the source folder, read into the raw store at ``target``."""
+def read_source(params: Params, target: Path) -> SourceData:
+    """The demo, or the source folder (an ImageFolder, tar shards or Parquet shards), read into the
+    raw store at ``target``."""
     settings = params.ingest
     if settings.source == DEMO_SOURCE:
         images, samples = demo.build_demo(
@@ -104,15 +107,19 @@ def read_source(params: Params, target: Path) -> FolderData:
             channels=params.image.channels,
         )
         write_images(target, images, segment_mb=settings.segment_mb)  # keys: table order, row = position
-        return FolderData(images=read_images(target), samples=samples)
-    return read_image_folder(Path(settings.source), params.image, settings, params.seed, target)
+        return SourceData(images=read_images(target), samples=samples)
+    source = Path(settings.source)
+    form = source_form(source)
+    if form == FOLDER:
+        return read_image_folder(source, params.image, settings, params.seed, target)
+    return read_shards(source, form, params.image, settings, params.seed, target)
 
 
 def metrics(result: Ingested) -> dict[str, int]:
     return result.counts
 
 
-def _counts(data: FolderData) -> dict[str, int]:
+def _counts(data: SourceData) -> dict[str, int]:
     """``n_skipped`` counts every file left out, ``n_bad_images`` the unreadable ones."""
     samples = data.samples
     return {
@@ -171,7 +178,7 @@ def report_context(params: Params, result: Ingested) -> dict[str, object]:
     }
 
 
-def _verdict(data: FolderData, class_names: list[str]) -> Verdict:
+def _verdict(data: SourceData, class_names: list[str]) -> Verdict:
     verdict = Verdict()
     for reason, warning in SKIP_WARNINGS.items():
         if data.n_skipped(reason):
@@ -193,7 +200,7 @@ def _verdict(data: FolderData, class_names: list[str]) -> Verdict:
     return verdict
 
 
-def _conversions(params: Params, data: FolderData) -> list[list]:
+def _conversions(params: Params, data: SourceData) -> list[list]:
     """What ingest changed beyond resizing: bit depth, frames, default group (count, how)."""
     rescale = params.ingest.rescale_16bit
     rows = [
@@ -209,7 +216,7 @@ def _conversions(params: Params, data: FolderData) -> list[list]:
     return [row for row in rows if row[1]]
 
 
-def _polarity(params: Params, data: FolderData) -> dict[str, object]:
+def _polarity(params: Params, data: SourceData) -> dict[str, object]:
     """How many images ``image.normalize_polarity: auto`` inverts before the models see them, by group."""
     if params.image.normalize_polarity == "off":
         return {"summary": "n/a (off)", "rows": []}
