@@ -4,16 +4,18 @@ folder of loose files, and what appending one shard costs the DVC cache.
 
 **Data.** Synthetic 32 px RGB photos of the demo's digits (MNIST and scikit-learn's, the demo's
 pool), each a random shift of a demo image, in a random ink colour on a random paper colour, the
-small group (a fifth) on a textured paper; 10 % of the labels flipped uniformly. Written as an
-ImageFolder with a ``metadata.csv`` (path, group) over 2 processes, then ``curate pack`` into tar
-shards (``--shard-mb``), the source the pipeline reads (``ingest.source: data/shards``).
+small group (a fifth) on a textured paper; 10 % of the labels flipped uniformly. Drawn once into
+a pool folder (2 processes; image ``i`` is the same at every size) and hard-linked into each
+size's ImageFolder with its ``metadata.csv`` (path, group).
 
-**Stages.** Each stage runs as ``python -m curate.stages.<stage>`` in a copy of the template,
-timed by the wrapper of ``benchmarks/scale.py`` (wall; peak RSS of the stage process from
-``wait4``, the largest process of its tree; anonymous and file-backed peaks sampled from
-``/proc``). At these sizes the run uses ``folds.method: embeddings`` (a frozen network's features
-and an out-of-fold logistic regression, the cheap path) and one training epoch (``train.epochs:
-1``); every other param is the template's.
+**Stages.** Each stage runs as ``python -m curate.stages.<stage>`` in a copy of the template, from
+the loose folder first, timed: wall, the stage process's own peak RSS (``VmHWM``) and the largest
+total RSS of it and its children (:class:`TreeSampler`). Then ``curate pack`` writes the folder
+into tar shards (``--shard-mb``) and ingest runs again from them (``ingest.source:
+data/shards``): its outs must be the bytes it wrote from the folder. At these sizes the run uses
+``folds.method: embeddings`` (a frozen network's features and an out-of-fold logistic
+regression, the cheap path) and one training epoch (``train.epochs: 1``); every other param is
+the template's.
 
 **DVC.** Once every stage has run, ``dvc commit`` records the lock, then ``dvc status`` and a no-op
 ``dvc repro`` are timed (median of 3) with the source as shards; for contrast the same with
@@ -45,6 +47,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,7 +58,7 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.scale import StatusSampler, demo_pool  # noqa: E402
+from benchmarks.scale import demo_pool  # noqa: E402
 
 STAGES = ("ingest", "folds", "clean", "rebalance", "augment", "train", "train_report", "evaluate", "gate")
 SIDE = 32
@@ -99,21 +102,66 @@ class Results:
         print(f"[{n:,}] {part}: {json.dumps(figures)}", flush=True)
 
 
+class TreeSampler:
+    """Peaks of a process and its descendants, from ``/proc`` every 0.2 s: the process's own peak
+    RSS (``VmHWM``: since its exec, unlike ``wait4``'s ``ru_maxrss``, which starts from the size
+    of the forking benchmark) and the largest sum of ``VmRSS`` over the tree (ingest's decoding
+    workers included)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.own, self.tree = pid, 0, 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _status(pid: int) -> dict[str, int]:
+        try:
+            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        except OSError:  # gone, or a zombie about to be reaped
+            return {}
+        fields = (line.split(":", 1) for line in lines if line.startswith(("VmHWM", "VmRSS")))
+        return {key: int(value.split()[0]) * 1024 for key, value in fields}
+
+    def _tree(self) -> list[int]:
+        pids, pending = [], [self.pid]
+        while pending:
+            pid = pending.pop()
+            pids.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                try:
+                    pending.extend(int(child) for child in task.read_text().split())
+                except OSError:
+                    continue
+        return pids
+
+    def _run(self) -> None:
+        while not self.done.wait(0.2):
+            self.own = max(self.own, self._status(self.pid).get("VmHWM", 0))
+            total = sum(self._status(pid).get("VmRSS", 0) for pid in self._tree())
+            self.tree = max(self.tree, total)
+
+    def stop(self) -> dict[str, int]:
+        self.done.set()
+        self.thread.join()
+        return {"rss": self.own, "rss_tree": self.tree}
+
+
 def measured(command: list[str], cwd: Path, env: dict | None = None) -> dict:
-    """Run ``command``; its wall time, peak RSS (wait4: the largest process of its tree) and the
-    anonymous / file-backed peaks of the process itself. Exits with its output on failure."""
+    """Run ``command``; its wall time and the peaks of :class:`TreeSampler`. Exits with its
+    output on failure."""
     started = time.perf_counter()
     process = subprocess.Popen(
         command, cwd=cwd, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    sampler = StatusSampler(process.pid)
+    sampler = TreeSampler(process.pid)
     output = process.stdout.read().decode(errors="replace")
-    _, status, usage = os.wait4(process.pid, 0)
+    process.wait()
     wall = time.perf_counter() - started
-    sampler.stop()
-    if os.waitstatus_to_exitcode(status) != 0:
+    peaks = sampler.stop()
+    if process.returncode != 0:
         sys.exit(f"{' '.join(command)} failed in {cwd}:\n{output[-4000:]}")
-    return {"wall": round(wall, 2), "rss": usage.ru_maxrss * 1024} | sampler.peaks()
+    return {"wall": round(wall, 2)} | peaks
 
 
 # --- the data set ---------------------------------------------------------------------------------
@@ -204,8 +252,8 @@ def cache_bytes(root: Path) -> int:
 # --- parts --------------------------------------------------------------------------------------
 
 
-def prepare(workdir: Path, n: int, results: Results, shard_mb: int) -> Path:
-    """The template copy at ``n`` images, its folder source and shards (parts source, pack)."""
+def prepare(workdir: Path, n: int, results: Results) -> Path:
+    """The template copy at ``n`` images and its folder source (part ``source``)."""
     from benchmarks._common import set_params, template_copy
 
     root = workdir / f"repo-{n}"
@@ -216,6 +264,42 @@ def prepare(workdir: Path, n: int, results: Results, shard_mb: int) -> Path:
         started = time.perf_counter()
         linked_folder(workdir, root / "data" / "folder", n)
         results.put(n, "source", {"wall": round(time.perf_counter() - started, 1)})
+    return root
+
+
+def use_source(root: Path, source: str) -> None:
+    from benchmarks._common import set_params
+
+    set_params(root / "params.yaml", ingest={"source": source})
+
+
+def run_stages(root: Path, n: int, results: Results) -> None:
+    """Every stage from the loose folder (ingest's part: ``ingest_folder``), then the two commands
+    people run between repros: the review sheet (the flagged queue, most suspicious first) and
+    ``curate trace`` of one sample."""
+    for stage in STAGES:
+        part = "ingest_folder" if stage == "ingest" else stage
+        if not results.done(n, part):
+            use_source(root, "data/folder")
+            results.put(n, part, measured([sys.executable, "-m", f"curate.stages.{stage}"], root))
+    first_path = (root / "data" / "folder" / "metadata.csv").read_text().splitlines()[1].rsplit(",", 1)[0]
+    for part, command in (("review", ["curate", "review"]), ("trace", ["curate", "trace", first_path])):
+        if not results.done(n, part):
+            results.put(n, part, measured(command, root))
+
+
+def raw_digests(root: Path) -> dict[str, str]:
+    """SHA-256 of ingest's outs: the sample table and every file of the raw store."""
+    import hashlib
+
+    raw = root / "data" / "raw"
+    files = [raw / "samples.parquet", *sorted((raw / "images").iterdir())]
+    return {str(p.relative_to(raw)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def shard_parts(root: Path, n: int, results: Results, shard_mb: int) -> None:
+    """``curate pack`` of the folder (part ``pack``), then ingest from the shards (part ``ingest``),
+    whose outs must be the bytes ingest wrote from the folder."""
     if not results.done(n, "pack"):
         shutil.rmtree(root / "data" / "shards", ignore_errors=True)
         command = ["curate", "pack", "data/folder", "data/shards", "--shard-mb", str(shard_mb)]
@@ -223,19 +307,11 @@ def prepare(workdir: Path, n: int, results: Results, shard_mb: int) -> Path:
         shards = list((root / "data" / "shards").glob("*.tar"))
         figures |= {"shards": len(shards), "bytes": sum(path.stat().st_size for path in shards)}
         results.put(n, "pack", figures)
-    return root
-
-
-def run_stages(root: Path, n: int, results: Results) -> None:
-    """Every stage, then the two commands people run between repros: the review sheet (the
-    flagged queue, most suspicious first) and ``curate trace`` of one sample."""
-    for stage in STAGES:
-        if not results.done(n, stage):
-            results.put(n, stage, measured([sys.executable, "-m", f"curate.stages.{stage}"], root))
-    first_path = (root / "data" / "folder" / "metadata.csv").read_text().splitlines()[1].rsplit(",", 1)[0]
-    for part, command in (("review", ["curate", "review"]), ("trace", ["curate", "trace", first_path])):
-        if not results.done(n, part):
-            results.put(n, part, measured(command, root))
+    if not results.done(n, "ingest"):
+        from_folder = raw_digests(root)
+        use_source(root, "data/shards")
+        figures = measured([sys.executable, "-m", "curate.stages.ingest"], root)
+        results.put(n, "ingest", figures | {"same_bytes_as_folder": raw_digests(root) == from_folder})
 
 
 def median_seconds(command: list[str], root: Path, repeats: int = 3) -> float:
@@ -249,23 +325,22 @@ def median_seconds(command: list[str], root: Path, repeats: int = 3) -> float:
 
 def dvc_part(root: Path, n: int, results: Results, with_folder: bool) -> None:
     """No-op ``dvc status`` / ``dvc repro`` with the shards, and with the loose folder."""
-    from benchmarks._common import set_params
-
     if results.done(n, "dvc"):
         return
     if not (root / ".dvc").exists():
         subprocess.run(["dvc", "init", "-q"], cwd=root, env=ENV, check=True)
+    use_source(root, "data/shards")
     figures = {"add_shards": measured(["dvc", "add", "data/shards"], root)["wall"]}
     figures["commit"] = measured(["dvc", "commit", "-f", "-q"], root)["wall"]
     figures["status_shards"] = median_seconds(["dvc", "status"], root)
     figures["repro_shards"] = median_seconds(["dvc", "repro"], root)
     if with_folder:
-        set_params(root / "params.yaml", ingest={"source": "data/folder"})
+        use_source(root, "data/folder")
         figures["add_folder"] = measured(["dvc", "add", "data/folder"], root)["wall"]
         subprocess.run(["dvc", "commit", "-f", "-q", "ingest"], cwd=root, env=ENV, check=True)
         figures["status_folder"] = median_seconds(["dvc", "status"], root)
         figures["repro_folder"] = median_seconds(["dvc", "repro"], root)
-        set_params(root / "params.yaml", ingest={"source": "data/shards"})
+        use_source(root, "data/shards")
         subprocess.run(["dvc", "commit", "-f", "-q", "ingest"], cwd=root, env=ENV, check=True)
     results.put(n, "dvc", figures)
 
@@ -313,7 +388,7 @@ def gib(value: float) -> str:
 def print_table(results: Results, sizes: list[int]) -> None:
     print("\n| part | " + " | ".join(f"{n:,} s | GiB" for n in sizes) + " | exponents (time) |")
     print("|---|" + "---|---|" * len(sizes) + "---|")
-    for part in ("pack", *STAGES, "review", "trace"):
+    for part in ("ingest_folder", "pack", *STAGES, "review", "trace"):
         cells, walls = [], []
         for n in sizes:
             figures = results.get(n, part)
@@ -378,6 +453,11 @@ def main() -> None:
         default=250_000,
         help="time DVC on the loose folder up to this size (it walks every file)",
     )
+    parser.add_argument(
+        "--stages-only",
+        action="store_true",
+        help="the stages from the loose folder only (no pack, shards, DVC or append)",
+    )
     parser.add_argument("--table", action="store_true", help="print the table of what is done, run nothing")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -385,10 +465,14 @@ def main() -> None:
     sizes = sorted(args.sizes)
     if not args.table:
         for n in sizes:
-            root = prepare(args.workdir, n, results, args.shard_mb)
+            root = prepare(args.workdir, n, results)
             run_stages(root, n, results)
+            if args.stages_only:
+                continue
+            shard_parts(root, n, results, args.shard_mb)
             dvc_part(root, n, results, with_folder=n <= args.folder_dvc_upto)
-        append_part(args.workdir / f"repo-{sizes[-1]}", sizes[-1], results, args.shard_mb)
+        if not args.stages_only:
+            append_part(args.workdir / f"repo-{sizes[-1]}", sizes[-1], results, args.shard_mb)
     print_table(results, sizes)
 
 
