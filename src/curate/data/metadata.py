@@ -47,11 +47,29 @@ def nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
-def read_metadata(path: Path, extra_columns: list[str], given: frozenset[str] = frozenset()) -> pd.DataFrame:
+def read_metadata(
+    path: Path, extra_columns: list[str] | None, given: frozenset[str] = frozenset()
+) -> pd.DataFrame:
     """metadata.csv as strings, columns checked; the index is the line number in an editor.
-    ``given``: the columns the source's own fields hold (an extra column may come from them)."""
+    ``given``: the columns the source's own fields hold (an extra column may come from them);
+    ``extra_columns`` None: every column is kept (``curate pack`` carries them into the shards)."""
     table = read_table(path, "a header line such as path,group,split")
     header = list(table.columns)
+    if extra_columns is None:
+        clash = [name for name in header if name in STAGE_COLUMNS and name not in METADATA_COLUMNS]
+        if clash:
+            raise CurateError(f"{path}: column {clash[0]!r} is a column curate writes itself; rename it")
+    else:
+        _check_columns(path, header, extra_columns, given)
+    if "path" not in header:
+        raise CurateError(f"{path}: missing column 'path'")
+    if table.empty:
+        raise CurateError(f"{path}: a header and no rows (list one image per line, or delete the file)")
+    table["path"] = table["path"].map(nfc)
+    return table
+
+
+def _check_columns(path: Path, header: list[str], extra_columns: list[str], given: frozenset[str]) -> None:
     for name in header:
         if name not in METADATA_COLUMNS and name not in extra_columns:
             close = difflib.get_close_matches(name, METADATA_COLUMNS, n=1, cutoff=0.6)
@@ -63,18 +81,34 @@ def read_metadata(path: Path, extra_columns: list[str], given: frozenset[str] = 
     for name in extra_columns:
         if name not in header and name not in given:
             raise CurateError(f"{path}: column {name!r} (listed in ingest.extra_columns) is missing")
-    if "path" not in header:
-        raise CurateError(f"{path}: missing column 'path'")
-    if table.empty:
-        raise CurateError(f"{path}: a header and no rows (list one image per line, or delete the file)")
-    table["path"] = table["path"].map(nfc)
-    return table
 
 
 def check_extra_columns(extra_columns: list[str]) -> None:
     for name in extra_columns:
         if name in STAGE_COLUMNS or name in METADATA_COLUMNS:
             raise CurateError(f"ingest.extra_columns: {name!r} is a column curate writes itself")
+
+
+def metadata_by_path(
+    path: Path,
+    known: set[str],
+    unit: str,
+    extra_columns: list[str] | None,
+    given: frozenset[str] = frozenset(),
+) -> pd.DataFrame:
+    """metadata.csv read and checked (:func:`read_metadata`; every path unique and one of ``known``,
+    a ``unit`` of the source), indexed by path; group and split stripped, split train, test or ''."""
+    metadata = read_metadata(path, extra_columns, given)
+    _check_metadata_paths(metadata, path, known, unit)
+    if "split" in metadata.columns:
+        split = metadata["split"].str.strip()
+        bad = split[~split.isin([*SPLITS, ""])]
+        if len(bad):
+            raise CurateError(f"{path} line {bad.index[0]}: split {bad.iloc[0]!r} is not 'train' or 'test'")
+        metadata["split"] = split
+    if "group" in metadata.columns:
+        metadata["group"] = metadata["group"].str.strip()
+    return metadata.set_index("path")
 
 
 def apply_metadata(
@@ -91,20 +125,14 @@ def apply_metadata(
     has_groups = "group" in given.columns
     check_extra_columns(settings.extra_columns)
     if metadata_path.exists():
-        metadata = read_metadata(metadata_path, settings.extra_columns, frozenset(given.columns))
-        _check_metadata_paths(metadata, metadata_path, set(samples["path"]) | known.skipped, known.unit)
-        by_path = metadata.set_index("path")
-        if "split" in by_path.columns:
-            split = metadata["split"].str.strip()
-            bad = split[~split.isin([*SPLITS, ""])]
-            if len(bad):
-                raise CurateError(
-                    f"{metadata_path} line {bad.index[0]}: split {bad.iloc[0]!r} is not 'train' or 'test'"
-                )
-            by_path["split"] = split.to_numpy()
-        if "group" in by_path.columns:
-            by_path["group"] = by_path["group"].str.strip()
-            has_groups = True
+        by_path = metadata_by_path(
+            metadata_path,
+            set(samples["path"]) | known.skipped,
+            known.unit,
+            settings.extra_columns,
+            frozenset(given.columns),
+        )
+        has_groups |= "group" in by_path.columns
         for column in by_path.columns:
             cell = samples["path"].map(by_path[column]).fillna("")
             samples[column] = cell.where(cell != "", samples.get(column, ""))
