@@ -192,6 +192,7 @@ def embedding_predictions(
     (:func:`_set_head`), so the checkpoint classifies as the fold models do.
     """
     from sklearn.model_selection import cross_val_predict
+    from threadpoolctl import threadpool_limits
 
     from curate.learning.inference import embed
 
@@ -199,13 +200,18 @@ def embedding_predictions(
         net, images, batch_size=batch_size, device=device, polarity=polarity, progress="folds: embeddings"
     )
     splits = fold_splits(strata, k, seed)
-    pred_probs = cross_val_predict(
-        _probe(seed), embeddings, labels, cv=splits, method="predict_proba"
-    ).astype(np.float32)
+    # One BLAS thread: lbfgs evaluates the loss hundreds of times on N x 64 x classes products,
+    # too small to share out; with 2 OpenBLAS threads on 2 busy cores one probe took 15.8 s
+    # against 0.32 s on one thread (2,251 rows), and a thread count cannot change the bytes.
+    with threadpool_limits(limits=1, user_api="blas"):
+        pred_probs = cross_val_predict(
+            _probe(seed), embeddings, labels, cv=splits, method="predict_proba"
+        ).astype(np.float32)
+        probe = _probe(seed).fit(embeddings, labels)
     fold_of_row = np.full(len(labels), -1, dtype=np.int64)
     for fold, (_, held_out) in enumerate(splits):
         fold_of_row[held_out] = fold
-    _set_head(net, _probe(seed).fit(embeddings, labels), int(pred_probs.shape[1]))
+    _set_head(net, probe, int(pred_probs.shape[1]))
     return FoldPredictions(pred_probs, fold_of_row, embeddings, net)
 
 
