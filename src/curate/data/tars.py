@@ -129,11 +129,15 @@ def _header(
     path: Path, offset: int, header: bytes, long_name: str | None, pax: dict[str, str]
 ) -> tuple[str, int, int, bytes]:
     """One header's member name (PAX and GNU long names applied, NFC), data offset, size and type."""
-    stored = int(header[148:156].split(b"\0", 1)[0].strip() or b"-1", 8)
     unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
     signed = unsigned - 2 * sum(b for b in header[:148] + header[156:] if b > 127)
+    try:
+        stored: int | None = int(header[148:156].split(b"\0", 1)[0].strip(), 8)
+        length = int(pax["size"]) if "size" in pax else _number(header[124:136])
+    except ValueError:
+        stored = None
     if stored not in (unsigned, signed):
-        raise CurateError(f"{path}: not a tar, or damaged: bad header checksum at byte {offset:,}")
+        raise CurateError(f"{path}: not a tar, or damaged: bad header at byte {offset:,}")
     try:
         name = header[:100].split(b"\0", 1)[0].decode("utf-8")
         if header[257:262] == b"ustar" and header[345] != 0:
@@ -141,7 +145,6 @@ def _header(
     except UnicodeDecodeError:
         raise CurateError(f"{path}: member name at byte {offset:,} is not UTF-8") from None
     name = nfc(pax.get("path", long_name or name))
-    length = int(pax["size"]) if "size" in pax else _number(header[124:136])
     return name, offset + BLOCK, length, header[156:157]
 
 
