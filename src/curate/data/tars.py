@@ -28,7 +28,7 @@ import re
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -61,8 +61,11 @@ def split_key(name: str) -> tuple[str, str] | None:
 
 
 def is_image_name(name: str) -> bool:
-    """Whether a file of this name is read as an image (its last extension, in any case)."""
-    return PurePosixPath(name).suffix.lower() in image_suffixes()
+    """Whether a file of this name is read as an image: its last extension, in any case, as
+    ``Path.suffix`` gives it (string slicing: a ``PurePosixPath`` costs ~10 us a member)."""
+    base = name[name.rfind("/") + 1 :]
+    dot = base.rfind(".")
+    return dot > 0 and base[dot:].lower() in image_suffixes()
 
 
 def _number(field_bytes: bytes) -> int:
@@ -129,14 +132,13 @@ def _header(
     path: Path, offset: int, header: bytes, long_name: str | None, pax: dict[str, str]
 ) -> tuple[str, int, int, bytes]:
     """One header's member name (PAX and GNU long names applied, NFC), data offset, size and type."""
-    unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
-    signed = unsigned - 2 * sum(b for b in header[:148] + header[156:] if b > 127)
+    unsigned = sum(header) - sum(header[148:156]) + 8 * 32  # the checksum field counts as spaces
     try:
         stored: int | None = int(header[148:156].split(b"\0", 1)[0].strip(), 8)
         length = int(pax["size"]) if "size" in pax else _number(header[124:136])
     except ValueError:
         stored = None
-    if stored not in (unsigned, signed):
+    if stored != unsigned and stored != _signed_checksum(header):
         raise CurateError(f"{path}: not a tar, or damaged: bad header at byte {offset:,}")
     try:
         name = header[:100].split(b"\0", 1)[0].decode("utf-8")
@@ -146,6 +148,11 @@ def _header(
         raise CurateError(f"{path}: member name at byte {offset:,} is not UTF-8") from None
     name = nfc(pax.get("path", long_name or name))
     return name, offset + BLOCK, length, header[156:157]
+
+
+def _signed_checksum(header: bytes) -> int:
+    """The checksum some old tars wrote, summing bytes as signed chars (a rare case: computed late)."""
+    return sum(b - 256 if b > 127 else b for b in header[:148] + header[156:]) + 8 * 32
 
 
 def inside(path: Path, name: str) -> str:
