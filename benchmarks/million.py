@@ -8,23 +8,23 @@ small group (a fifth) on a textured paper; 10 % of the labels flipped uniformly.
 a pool folder (2 processes; image ``i`` is the same at every size) and hard-linked into each
 size's ImageFolder with its ``metadata.csv`` (path, group).
 
-**Stages.** Each stage runs as ``python -m curate.stages.<stage>`` in a copy of the template, from
-the loose folder first, timed: wall, the stage process's own peak RSS (``VmHWM``) and the largest
-total RSS of it and its children (:class:`TreeSampler`). Then ``curate pack`` writes the folder
-into tar shards (``--shard-mb``) and ingest runs again from them (``ingest.source:
-data/shards``): its outs must be the bytes it wrote from the folder. At these sizes the run uses
-``folds.method: embeddings`` (a frozen network's features and an out-of-fold logistic
-regression, the cheap path) and one training epoch (``train.epochs: 1``); every other param is
-the template's.
+**Order.** At each size, what the source costs comes first, the figures a 1M run is for: ``curate
+pack`` of the folder into tar shards (``--shard-mb``); ingest from the shards (``ingest.source:
+data/shards``) and, up to ``--folder-upto``, from the loose folder, whose outs must be the same
+bytes; ``dvc add`` of each and the no-op ``dvc status ingest`` / ``dvc repro ingest`` (median of
+3: DVC hashes the source, the rest of the DAG is a fixed number of files at any size); at the
+largest size, the append: 0.1 % new images into the folder, ``curate pack`` again (new shards
+only), ``dvc add data/shards``, ``dvc repro ingest``, and the cache's growth against the new
+shards and the raw store's new segments. Then every other stage, the review sheet and ``curate
+trace`` of one sample, and once all have run the whole pipeline's no-op ``dvc status`` and ``dvc
+repro`` (part ``dvc_all``). Last, at the smallest size, ingest from the shards with 1 and 2
+``ingest.workers``, interleaved (part ``ingest_workers``: run it on an otherwise idle machine).
 
-**DVC.** Once every stage has run, ``dvc commit`` records the lock, then ``dvc status`` and a no-op
-``dvc repro`` are timed (median of 3) with the source as shards; for contrast the same with
-``ingest.source`` pointing at the loose folder (measure it at 62k and 250k and extrapolate:
-DVC walks every file).
-
-**Append.** At the largest size run: 0.1 % new images into the folder, ``curate pack`` again (new
-shards only), ``dvc add data/shards``, ``dvc repro ingest``: the cache's growth against the new
-shard(s), the raw store's changed segments and the tables.
+**Stages.** Each runs as ``python -m curate.stages.<stage>`` in a copy of the template, timed:
+wall, the stage process's own peak RSS (``VmHWM``) and the largest total RSS of it and its
+children (:class:`TreeSampler`). At these sizes the run uses ``folds.method: embeddings`` (a
+frozen network's features and an out-of-fold logistic regression, the cheap path) and one
+training epoch (``train.epochs: 1``); every other param is the template's.
 
 **Resumable.** Each finished part writes its figures to ``<workdir>/results.json`` and is skipped
 on the next run, so the 1M run may be done in several sittings; run it in the background::
@@ -274,14 +274,11 @@ def use_source(root: Path, source: str) -> None:
 
 
 def run_stages(root: Path, n: int, results: Results) -> None:
-    """Every stage from the loose folder (ingest's part: ``ingest_folder``), then the two commands
-    people run between repros: the review sheet (the flagged queue, most suspicious first) and
-    ``curate trace`` of one sample."""
-    for stage in STAGES:
-        part = "ingest_folder" if stage == "ingest" else stage
-        if not results.done(n, part):
-            use_source(root, "data/folder")
-            results.put(n, part, measured([sys.executable, "-m", f"curate.stages.{stage}"], root))
+    """Every stage after ingest, then the two commands people run between repros: the review
+    sheet (the flagged queue, most suspicious first) and ``curate trace`` of one sample."""
+    for stage in STAGES[1:]:
+        if not results.done(n, stage):
+            results.put(n, stage, measured([sys.executable, "-m", f"curate.stages.{stage}"], root))
     first_path = (root / "data" / "folder" / "metadata.csv").read_text().splitlines()[1].rsplit(",", 1)[0]
     for part, command in (("review", ["curate", "review"]), ("trace", ["curate", "trace", first_path])):
         if not results.done(n, part):
@@ -297,9 +294,11 @@ def raw_digests(root: Path) -> dict[str, str]:
     return {str(p.relative_to(raw)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
-def shard_parts(root: Path, n: int, results: Results, shard_mb: int) -> None:
-    """``curate pack`` of the folder (part ``pack``), then ingest from the shards (part ``ingest``),
-    whose outs must be the bytes ingest wrote from the folder."""
+def source_parts(root: Path, n: int, results: Results, shard_mb: int, with_folder: bool) -> None:
+    """``curate pack`` of the folder (part ``pack``), ingest from the shards (part ``ingest``), and
+    with ``with_folder`` from the loose folder (``ingest_folder``), whose outs must be the same
+    bytes. The pipeline goes on from the shards."""
+    ingest = [sys.executable, "-m", "curate.stages.ingest"]
     if not results.done(n, "pack"):
         shutil.rmtree(root / "data" / "shards", ignore_errors=True)
         command = ["curate", "pack", "data/folder", "data/shards", "--shard-mb", str(shard_mb)]
@@ -308,10 +307,14 @@ def shard_parts(root: Path, n: int, results: Results, shard_mb: int) -> None:
         figures |= {"shards": len(shards), "bytes": sum(path.stat().st_size for path in shards)}
         results.put(n, "pack", figures)
     if not results.done(n, "ingest"):
-        from_folder = raw_digests(root)
         use_source(root, "data/shards")
-        figures = measured([sys.executable, "-m", "curate.stages.ingest"], root)
-        results.put(n, "ingest", figures | {"same_bytes_as_folder": raw_digests(root) == from_folder})
+        results.put(n, "ingest", measured(ingest, root))
+    if with_folder and not results.done(n, "ingest_folder"):
+        from_shards = raw_digests(root)
+        use_source(root, "data/folder")
+        figures = measured(ingest, root)
+        results.put(n, "ingest_folder", figures | {"same_bytes_as_shards": raw_digests(root) == from_shards})
+    use_source(root, "data/shards")
 
 
 def median_seconds(command: list[str], root: Path, repeats: int = 3) -> float:
@@ -323,26 +326,40 @@ def median_seconds(command: list[str], root: Path, repeats: int = 3) -> float:
     return round(statistics.median(walls), 2)
 
 
+def dvc_commit(root: Path, *stages: str) -> None:
+    subprocess.run(["dvc", "commit", "-f", "-q", *stages], cwd=root, env=ENV, check=True)
+
+
 def dvc_part(root: Path, n: int, results: Results, with_folder: bool) -> None:
-    """No-op ``dvc status`` / ``dvc repro`` with the shards, and with the loose folder."""
+    """What the source costs DVC: ``dvc add`` and the no-op ``dvc status ingest`` / ``dvc repro
+    ingest`` with the shards, and with the loose folder (the rest of the DAG is a fixed number
+    of files whatever the size: part ``dvc_all`` times the whole pipeline's no-op)."""
     if results.done(n, "dvc"):
         return
-    if not (root / ".dvc").exists():
-        subprocess.run(["dvc", "init", "-q"], cwd=root, env=ENV, check=True)
     use_source(root, "data/shards")
     figures = {"add_shards": measured(["dvc", "add", "data/shards"], root)["wall"]}
-    figures["commit"] = measured(["dvc", "commit", "-f", "-q"], root)["wall"]
-    figures["status_shards"] = median_seconds(["dvc", "status"], root)
-    figures["repro_shards"] = median_seconds(["dvc", "repro"], root)
+    dvc_commit(root, "ingest")
+    figures["status_shards"] = median_seconds(["dvc", "status", "ingest"], root)
+    figures["repro_shards"] = median_seconds(["dvc", "repro", "ingest"], root)
     if with_folder:
         use_source(root, "data/folder")
         figures["add_folder"] = measured(["dvc", "add", "data/folder"], root)["wall"]
-        subprocess.run(["dvc", "commit", "-f", "-q", "ingest"], cwd=root, env=ENV, check=True)
-        figures["status_folder"] = median_seconds(["dvc", "status"], root)
-        figures["repro_folder"] = median_seconds(["dvc", "repro"], root)
+        dvc_commit(root, "ingest")
+        figures["status_folder"] = median_seconds(["dvc", "status", "ingest"], root)
+        figures["repro_folder"] = median_seconds(["dvc", "repro", "ingest"], root)
         use_source(root, "data/shards")
-        subprocess.run(["dvc", "commit", "-f", "-q", "ingest"], cwd=root, env=ENV, check=True)
+        dvc_commit(root, "ingest")
     results.put(n, "dvc", figures)
+
+
+def dvc_all_part(root: Path, n: int, results: Results) -> None:
+    """Once every stage has run: the whole pipeline's no-op ``dvc status`` and ``dvc repro``."""
+    if results.done(n, "dvc_all") or not all(results.done(n, stage) for stage in STAGES[1:]):
+        return
+    figures = {"commit": measured(["dvc", "commit", "-f", "-q"], root)["wall"]}
+    figures["status"] = median_seconds(["dvc", "status"], root)
+    figures["repro"] = median_seconds(["dvc", "repro"], root)
+    results.put(n, "dvc_all", figures)
 
 
 def append_part(root: Path, n: int, results: Results, shard_mb: int) -> None:
@@ -374,6 +391,29 @@ def append_part(root: Path, n: int, results: Results, shard_mb: int) -> None:
     })  # fmt: skip
 
 
+def workers_part(root: Path, n: int, results: Results, repeats: int = 2) -> None:
+    """Ingest from the shards with ``ingest.workers`` 1 and 2, interleaved (1 2 1 2 ...): the
+    medians and their ratio. The outs must be the same bytes."""
+    from benchmarks._common import set_params
+
+    if results.done(n, "ingest_workers"):
+        return
+    ingest = [sys.executable, "-m", "curate.stages.ingest"]
+    walls: dict[int, list[float]] = {1: [], 2: []}
+    digests = {}
+    for _ in range(repeats):
+        for workers in (1, 2):
+            set_params(root / "params.yaml", ingest={"workers": workers})
+            walls[workers].append(measured(ingest, root)["wall"])
+            digests[workers] = raw_digests(root)
+    set_params(root / "params.yaml", ingest={"workers": "auto"})
+    one, two = statistics.median(walls[1]), statistics.median(walls[2])
+    results.put(n, "ingest_workers", {
+        "one": walls[1], "two": walls[2], "speedup": round(one / two, 2),
+        "same_bytes": digests[1] == digests[2],
+    })  # fmt: skip
+
+
 # --- the table -------------------------------------------------------------------------------------
 
 
@@ -388,7 +428,7 @@ def gib(value: float) -> str:
 def print_table(results: Results, sizes: list[int]) -> None:
     print("\n| part | " + " | ".join(f"{n:,} s | GiB" for n in sizes) + " | exponents (time) |")
     print("|---|" + "---|---|" * len(sizes) + "---|")
-    for part in ("ingest_folder", "pack", *STAGES, "review", "trace"):
+    for part in ("pack", "ingest_folder", *STAGES, "review", "trace"):
         cells, walls = [], []
         for n in sizes:
             figures = results.get(n, part)
@@ -401,7 +441,7 @@ def print_table(results: Results, sizes: list[int]) -> None:
         ]
         print(f"| {part} | " + " | ".join(cells) + f" | {', '.join(exponents) or '-'} |")
     for n in sizes:
-        for part in ("dvc", "append"):
+        for part in ("dvc", "dvc_all", "append", "ingest_workers"):
             if results.get(n, part):
                 print(f"{n:,} {part}: {json.dumps(results.get(n, part))}")
     checks(results, sizes)
@@ -448,15 +488,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/curate-million"))
     parser.add_argument("--shard-mb", type=int, default=256)
     parser.add_argument(
-        "--folder-dvc-upto",
+        "--folder-upto",
         type=int,
         default=250_000,
-        help="time DVC on the loose folder up to this size (it walks every file)",
-    )
-    parser.add_argument(
-        "--stages-only",
-        action="store_true",
-        help="the stages from the loose folder only (no pack, shards, DVC or append)",
+        help="ingest and DVC on the loose folder too, up to this size (DVC walks every file)",
     )
     parser.add_argument("--table", action="store_true", help="print the table of what is done, run nothing")
     args = parser.parse_args()
@@ -465,14 +500,17 @@ def main() -> None:
     sizes = sorted(args.sizes)
     if not args.table:
         for n in sizes:
+            # What the source costs first (pack, ingest, DVC, the append at the largest size):
+            # the figures a 1M run is for, in case the sitting ends before training does.
             root = prepare(args.workdir, n, results)
+            with_folder = n <= args.folder_upto
+            source_parts(root, n, results, args.shard_mb, with_folder)
+            dvc_part(root, n, results, with_folder)
+            if n == sizes[-1]:
+                append_part(root, n, results, args.shard_mb)
             run_stages(root, n, results)
-            if args.stages_only:
-                continue
-            shard_parts(root, n, results, args.shard_mb)
-            dvc_part(root, n, results, with_folder=n <= args.folder_dvc_upto)
-        if not args.stages_only:
-            append_part(args.workdir / f"repo-{sizes[-1]}", sizes[-1], results, args.shard_mb)
+            dvc_all_part(root, n, results)
+        workers_part(args.workdir / f"repo-{sizes[0]}", sizes[0], results)
     print_table(results, sizes)
 
 
