@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import unicodedata
+from collections.abc import Collection
 from pathlib import Path
 from typing import NamedTuple
 
@@ -91,7 +92,7 @@ def check_extra_columns(extra_columns: list[str]) -> None:
 
 def metadata_by_path(
     path: Path,
-    known: set[str],
+    known: Collection[str],
     unit: str,
     extra_columns: list[str] | None,
     given: frozenset[str] = frozenset(),
@@ -127,7 +128,7 @@ def apply_metadata(
     if metadata_path.exists():
         by_path = metadata_by_path(
             metadata_path,
-            set(samples["path"]) | known.skipped,
+            pd.concat([samples["path"], pd.Series(sorted(known.skipped), dtype=object)]),
             known.unit,
             settings.extra_columns,
             frozenset(given.columns),
@@ -145,7 +146,7 @@ def apply_metadata(
     return samples.assign(group=DEFAULT_GROUP), 0
 
 
-def _check_metadata_paths(metadata: pd.DataFrame, path: Path, known: set[str], unit: str) -> None:
+def _check_metadata_paths(metadata: pd.DataFrame, path: Path, known: Collection[str], unit: str) -> None:
     """Every listed path is unique and names a sample of the source (read, or skipped with a reason)."""
     empty = metadata[metadata["path"].str.strip() == ""]
     if len(empty):

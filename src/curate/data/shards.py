@@ -91,7 +91,8 @@ def read_shards(
         if form == WEBDATASET
         else ParquetPayloads(shards, [index.image_column for index in indexes], shard_of, locators)
     )
-    catalog = _catalog(source, shards, indexes, names, payloads, shard_of)
+    catalog = _catalog(source, shards, indexes, names, payloads, shard_of, keyed=form == WEBDATASET)
+    del indexes  # the catalog's arrays hold what the workers listed: the per-shard lists can go
     if len(catalog.class_names) < 2:
         shown = ", ".join(map(repr, catalog.class_names)) or "none"
         raise CurateError(f"{source}: classes {shown}; a classifier needs two or more")
@@ -140,12 +141,14 @@ def _catalog(
     names: list[str] | None,
     payloads: Payloads,
     shard_of: np.ndarray,
+    keyed: bool,
 ) -> Catalog:
-    """The shards' samples in one catalog; a key twice across shards, a label outside the class
-    names, stop with one line naming the shard and the sample."""
+    """The shards' samples in one catalog; a key twice across shards (``keyed``: WebDataset's key
+    of the path, else the path), a label outside the class names, stop with one line naming the
+    shard and the sample."""
     counts = [len(index.paths) for index in indexes]
     paths = np.array([path for index in indexes for path in index.paths], dtype=object)
-    keys = pd.Series([(split_key(path) or (path,))[0] for path in paths])
+    keys = pd.Series([(split_key(path) or (path,))[0] for path in paths] if keyed else paths)
     twice = keys[keys.duplicated(keep=False)]
     if len(twice):
         first, second = twice.index[0], twice.index[twice == twice.iloc[0]][1]
