@@ -88,7 +88,8 @@ def _pax_records(data: bytes) -> dict[str, str]:
 
 
 def scan_tar(path: Path) -> Iterator[Member]:
-    """The regular-file members of a tar shard, in file order (folders skipped)."""
+    """The regular-file members of a tar shard, in file order (folders skipped), named as paths
+    inside the shard (:func:`inside`)."""
     size = path.stat().st_size
     with open(path, "rb", buffering=1 << 20) as handle:
         start = handle.read(6)
@@ -122,7 +123,7 @@ def scan_tar(path: Path) -> Iterator[Member]:
                 continue
             long_name, pax = None, {}
             if kind in REGULAR:
-                yield Member(name, data, length)
+                yield Member(inside(path, name), data, length)
             elif kind not in (DIRECTORY, PAX_GLOBAL, GNU_LONGLINK):
                 what = {b"1": "a hard link", b"2": "a symlink"}.get(kind, f"of type {kind!r}")
                 raise CurateError(f"{path}: member {name!r} is {what}; a shard holds regular files only")
@@ -226,9 +227,8 @@ class ShardIndex:
     typed array; a value repeated across samples is one object, which pickle sends once)."""
 
     paths: list[str] = field(default_factory=list)  # the image member's name, the row's path
-    locators: array = field(
-        default_factory=lambda: array("q")
-    )  # pairs: tar (offset, size), parquet (group, row)
+    # Pairs: tar (offset, size), parquet (row group, row).
+    locators: array = field(default_factory=lambda: array("q"))
     labels: list[Any] = field(default_factory=list)  # a class index (int) or a class name (str)
     fields: dict[str, list[str]] = field(default_factory=dict)  # column -> one value per sample
     skipped: list[Skipped] = field(default_factory=list)
@@ -241,9 +241,10 @@ class ShardIndex:
         count = len(self.paths)
         for column, value in values.items():
             self.fields.setdefault(column, [""] * count).append(self._same.setdefault(value, value))
-        for cells in self.fields.values():
-            if len(cells) == count:
-                cells.append("")
+        if len(values) != len(self.fields):  # a sample without a column others have
+            for cells in self.fields.values():
+                if len(cells) == count:
+                    cells.append("")
         self.paths.append(path)
         self.locators.extend(locator)
         self.labels.append(self._same.setdefault(label, label))
@@ -256,7 +257,7 @@ def index_tar(path: Path, columns: tuple[str, ...]) -> ShardIndex:
     names: set[str] = set()
     index = ShardIndex()
     for member in scan_tar(path):
-        name = inside(path, member.name)
+        name = member.name
         if name in names:
             raise CurateError(f"{path}: member {name!r} is in the shard twice")
         names.add(name)
@@ -264,7 +265,7 @@ def index_tar(path: Path, columns: tuple[str, ...]) -> ShardIndex:
         if parts is None:
             index.skipped.append(Skipped(name, NOT_AN_IMAGE, "no extension: not a field of a sample"))
             continue
-        members.setdefault(parts[0], {})[parts[1].lower()] = member._replace(name=name)
+        members.setdefault(parts[0], {})[parts[1].lower()] = member
     if not names:
         raise CurateError(f"{path}: an empty shard (no member)")
     with open(path, "rb") as handle:

@@ -44,7 +44,7 @@ from curate.data.catalog import store_key
 from curate.data.folder import list_image_folder, visible
 from curate.data.metadata import METADATA_FILE, metadata_by_path
 from curate.data.shards import CLASSES_FILE
-from curate.data.tars import BLOCK, Member, inside, is_image_name, padding, scan_tar, split_key, write_tar
+from curate.data.tars import BLOCK, Member, is_image_name, padding, scan_tar, split_key, write_tar
 from curate.errors import CurateError
 from curate.stage import guarded
 
@@ -134,7 +134,7 @@ def existing_shards(target: Path) -> dict[int, list[Member]]:
         if number is None and path.name != CLASSES_FILE:
             raise CurateError(f"{target}: holds {path.name}, which curate pack did not write")
         if number is not None:
-            shards[int(number.group(1))] = [m._replace(name=inside(path, m.name)) for m in scan_tar(path)]
+            shards[int(number.group(1))] = list(scan_tar(path))
     return shards
 
 
