@@ -285,6 +285,24 @@ CASES = {
         "wds: holds class subfolders (cat) and tar shards (s.tar)",
     ),
     "parquet without a label column": (_parquet_without_label, "wds/train-0.parquet: no label column"),
+    "a class without an image": (
+        lambda root: (
+            tar_of(root / "wds" / "s.tar", GOOD),
+            (root / "wds/classes.txt").write_text("a\nb\nc\n"),
+        ),
+        "wds: class 'c' (from classes.txt) has no readable image",
+    ),
+    "one class": (
+        lambda root: tar_of(root / "wds" / "s.tar", samples_of("a", 6)),
+        "wds: classes 'a'; a classifier",
+    ),
+    "metadata path matching no sample": (
+        lambda root: (
+            tar_of(root / "wds" / "s.tar", GOOD),
+            (root / "wds/metadata.csv").write_text("path\nz.png\n"),
+        ),
+        "wds/metadata.csv line 2: path 'z.png' matches no sample in the shards",
+    ),
     "not a parquet file": (
         lambda root: (root / "wds").mkdir() or (root / "wds" / "p.parquet").write_bytes(b"PAR1"),
         "wds/p.parquet: not a readable Parquet file",

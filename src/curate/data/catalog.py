@@ -150,22 +150,24 @@ def read_catalog(
             data.source_sizes[result.size] += 1
             data.source_modes[result.mode] += 1
             data.n_multiframe += int(result.frames > 1)
-    data.skipped.sort(key=lambda entry: entry.path.split("/"))
+        # Every check and the table before the store is published: a stop leaves none, or the
+        # previous one, never a new store beside the previous table.
+        data.skipped.sort(key=lambda entry: entry.path.split("/"))
+        kept = np.flatnonzero(rows >= 0)
+        kept = kept[path_order(catalog.paths[kept])]
+        check(set(label_names[kept]), data.skipped)
+        samples = pd.DataFrame(
+            {
+                "sample_id": unique_ids(digests[kept].astype(str).tolist()),
+                "path": catalog.paths[kept],
+                "label_name": label_names[kept],
+                "row": rows[kept],
+                "label": catalog.labels[kept].astype(np.int64),
+            }
+        )
+        given = catalog.fields.iloc[kept].reset_index(drop=True)
+        data.samples = _finish(samples, given, catalog, settings, seed, data)
     data.images = read_images(target)
-    kept = np.flatnonzero(rows >= 0)
-    kept = kept[path_order(catalog.paths[kept])]
-    check(set(label_names[kept]), data.skipped)
-    samples = pd.DataFrame(
-        {
-            "sample_id": unique_ids(digests[kept].astype(str).tolist()),
-            "path": catalog.paths[kept],
-            "label_name": label_names[kept],
-            "row": rows[kept],
-            "label": catalog.labels[kept].astype(np.int64),
-        }
-    )
-    given = catalog.fields.iloc[kept].reset_index(drop=True)
-    data.samples = _finish(samples, given, catalog, settings, seed, data)
     return data
 
 

@@ -96,7 +96,7 @@ def read_shards(
     if len(catalog.class_names) < 2:
         shown = ", ".join(map(repr, catalog.class_names)) or "none"
         raise CurateError(f"{source}: classes {shown}; a classifier needs two or more")
-    origin = CLASSES_FILE if names is not None and form == WEBDATASET else "the labels"
+    origin = "the labels" if names is None else CLASSES_FILE if form == WEBDATASET else "the ClassLabel names"
 
     def check(present: set[str], skipped: list[Skipped]) -> None:
         for name in catalog.class_names:
