@@ -77,12 +77,6 @@ class Folder:
         record = {"label": self.labels[i]} | {column: cells[i] for column, cells in self.columns.items()}
         return json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
 
-    def size(self, path: str) -> int:
-        """The bytes a sample takes in a shard (headers, data, padding), about."""
-        i = self.at[path]
-        image, record = self.files[i].stat().st_size, len(self.record(i))
-        return 2 * BLOCK + image + padding(image) + record + padding(record)
-
 
 @dataclass
 class Packed:
@@ -156,29 +150,45 @@ def unchanged(shard: Path, members: list[Member], folder: Folder) -> bool:
         )
 
 
-def write_shard(target: Path, paths: list[str], folder: Folder, progress: tqdm) -> None:
-    def members() -> Iterator[tuple[str, bytes]]:
-        for path in paths:
-            yield from folder.members(path)
-            progress.update()
-
-    with atomic_path(target) as temp, open(temp, "wb") as handle:
-        write_tar(handle, members())
-
-
-def chunks(paths: list[str], folder: Folder, limit: int) -> Iterator[list[str]]:
-    """``paths`` in order, cut into shards of about ``limit`` bytes (a bigger sample alone)."""
-    chunk: list[str] = []
-    size = 0
+def samples(paths: list[str], folder: Folder, progress: tqdm) -> Iterator[list[tuple[str, bytes]]]:
+    """Each sample's members, read once."""
     for path in paths:
-        sample = folder.size(path)
-        if chunk and size + sample > limit:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(path)
-        size += sample
-    if chunk:
-        yield chunk
+        yield list(folder.members(path))
+        progress.update()
+
+
+def rewrite_shard(target: Path, paths: list[str], folder: Folder, progress: tqdm) -> None:
+    with atomic_path(target) as temp, open(temp, "wb") as handle:
+        write_tar(handle, (member for sample in samples(paths, folder, progress) for member in sample))
+
+
+def new_shards(
+    target: Path, first: int, paths: list[str], folder: Folder, limit: int, progress: tqdm
+) -> list[str]:
+    """``paths`` in order into shards numbered from ``first``, each closed before the sample that
+    would take it past ``limit`` bytes (a bigger sample alone); their names."""
+    pending = samples(paths, folder, progress)
+    sample = next(pending, None)
+    names: list[str] = []
+    while sample is not None:
+        names.append(SHARD.format(first + len(names)))
+
+        def members() -> Iterator[tuple[str, bytes]]:
+            nonlocal sample
+            size = 0
+            while sample is not None and (size == 0 or size + footprint(sample) <= limit):
+                size += footprint(sample)
+                yield from sample
+                sample = next(pending, None)
+
+        with atomic_path(target / names[-1]) as temp, open(temp, "wb") as handle:
+            write_tar(handle, members())
+    return names
+
+
+def footprint(sample: list[tuple[str, bytes]]) -> int:
+    """The bytes a sample takes in a shard: a header and padded data per member (a PAX name aside)."""
+    return sum(BLOCK + len(data) + padding(len(data)) for _, data in sample)
 
 
 def pack(source: Path, target: Path, shard_mb: float, follow_symlinks: bool = False) -> Packed:
@@ -201,13 +211,11 @@ def pack(source: Path, target: Path, shard_mb: float, follow_symlinks: bool = Fa
             result.kept.append(path.name)
             progress.update(len(paths))
         else:
-            write_shard(path, staying, folder, progress)
+            rewrite_shard(path, staying, folder, progress)
             result.rewritten.append(path.name)
-    number = max(shards, default=-1) + 1
-    for chunk in chunks([path for path in folder.paths if path not in packed], folder, int(shard_mb * 2**20)):
-        write_shard(target / SHARD.format(number), chunk, folder, progress)
-        result.new.append(SHARD.format(number))
-        number += 1
+    unpacked = [path for path in folder.paths if path not in packed]
+    first = max(shards, default=-1) + 1
+    result.new = new_shards(target, first, unpacked, folder, int(shard_mb * 2**20), progress)
     progress.close()
     classes = "".join(f"{name}\n" for name in folder.class_names)
     if not (target / CLASSES_FILE).exists() or (target / CLASSES_FILE).read_text(encoding="utf-8") != classes:
