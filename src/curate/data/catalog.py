@@ -124,10 +124,9 @@ def read_catalog(
     its image's place in the store."""
     names = np.asarray(catalog.class_names, dtype=object)
     label_names = names[catalog.labels] if len(catalog.labels) else np.empty(0, dtype=object)
-    order = np.argsort(
-        np.array([store_key(p, c)[0] for p, c in zip(catalog.paths, label_names, strict=True)], dtype=object),
-        kind="stable",
-    )
+    keys = [store_key(path, name)[0] for path, name in zip(catalog.paths, label_names, strict=True)]
+    order = np.argsort(np.array(keys, dtype=object), kind="stable")
+    del keys  # a string an image: freed before decoding, not held to the end
     data = SourceData(images=np.empty(0), samples=pd.DataFrame(), skipped=list(catalog.skipped))
     digests = np.zeros(len(order), dtype="S16")
     rows = np.full(len(order), -1, dtype=np.int64)
@@ -165,8 +164,7 @@ def read_catalog(
                 "label": catalog.labels[kept].astype(np.int64),
             }
         )
-        given = catalog.fields.iloc[kept].reset_index(drop=True)
-        data.samples = _finish(samples, given, catalog, settings, seed, data)
+        data.samples = _finish(samples, catalog.fields.iloc[kept], catalog, settings, seed, data)
     data.images = read_images(target)
     return data
 
@@ -179,9 +177,11 @@ def _finish(
     seed: int,
     data: SourceData,
 ) -> pd.DataFrame:
-    """Group, split and extra columns (the source's fields, then metadata.csv), and the keyed
-    split of the rows neither assigns; the core columns and the extra ones, in that order."""
+    """Group, split and extra columns (the source's fields ``given``, rows as ``samples``'s, then
+    metadata.csv), and the keyed split of the rows neither assigns; the core columns and the
+    extra ones, in that order."""
     known = Known({entry.path for entry in data.skipped}, catalog.unit)
+    given = given.reset_index(drop=True)
     samples, data.n_unlisted = apply_metadata(samples, given, catalog.source / METADATA_FILE, settings, known)
     data.default_group = settings.default_group if data.n_unlisted else ""
     unassigned = samples["split"] == ""

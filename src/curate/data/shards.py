@@ -17,8 +17,11 @@ same images give as an ImageFolder, byte for byte, whatever the shards' order, s
 Why read by place rather than decode each shard into a temporary store and merge: a tar member
 is one ``pread`` at a known offset, so a worker reads exactly the next images in key order and
 nothing is written twice (a merge would write and read every decoded pixel once more, 3 GB at
-1M 32 px RGB images); the pool's window bounds memory as for loose files, and the order of the
-results, not the shards, decides the output, so one worker and two give the same bytes.
+1M 32 px RGB images, and hold a run per shard open); the tasks in flight bound memory as for
+loose files, and the order of the results, not the shards, decides the output, so one worker and
+two give the same bytes. A Parquet row is read with its row group, which the worker keeps for
+the rows after it (:class:`curate.data.parquet_shards.ParquetPayloads`): rows whose file order
+follows the key order, as ``datasets`` writes a sorted folder, read each group about once.
 
 Class names: tar shards' ``classes.txt`` (a ``.cls`` or integer label indexes it, a string label
 must be in it), Parquet's ``ClassLabel`` names (every file the same); without them, the labels
