@@ -67,7 +67,7 @@ def write_parquet(folder: Path, target: Path) -> None:
     }
     rows = [
         {
-            "image": {"bytes": file.read_bytes(), "path": path},
+            "image": {"bytes": Path(file).read_bytes(), "path": path},
             "label": names.index(name),
             **dict(zip(("group", "split", "site"), metadata.get(path, [None] * 3), strict=True)),
         }

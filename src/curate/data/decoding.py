@@ -61,7 +61,7 @@ class Payloads(Protocol):
 class FilePayloads:
     """Loose files: entry ``i`` is the file ``files[i]``."""
 
-    files: Sequence[Path]
+    files: Sequence[str | Path]
 
     def read(self, entry: int) -> bytes:
         return Path(self.files[entry]).read_bytes()

@@ -36,6 +36,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -55,12 +56,13 @@ SHARD_NAME = re.compile(r"^shard-([0-9]{6})\.tar$")
 
 @dataclass
 class Folder:
-    """The folder's samples in store order: each path, class, file and metadata cells."""
+    """The folder's samples in store order: each path, class, file and metadata cells, compact
+    (a million images: one string a path and a file, the cells as categorical codes)."""
 
     paths: list[str]
     labels: list[str]  # the class folder of each
-    files: list[Path]
-    columns: dict[str, list[str]]  # metadata.csv's columns, a cell per sample ('' unlisted)
+    files: list[str]
+    columns: dict[str, tuple[np.ndarray, list[str]]]  # metadata.csv's: codes, values ('' unlisted)
     class_names: list[str]
     at: dict[str, int] = field(init=False)  # path -> position
 
@@ -70,11 +72,12 @@ class Folder:
     def members(self, path: str) -> Iterator[tuple[str, bytes]]:
         """A sample's two members: the image's original bytes, then its json."""
         i = self.at[path]
-        yield path, self.files[i].read_bytes()
+        yield path, Path(self.files[i]).read_bytes()
         yield f"{json_key(path)}.json", self.record(i)
 
     def record(self, i: int) -> bytes:
-        record = {"label": self.labels[i]} | {column: cells[i] for column, cells in self.columns.items()}
+        cells = {column: values[codes[i]] for column, (codes, values) in self.columns.items()}
+        record = {"label": self.labels[i]} | cells
         return json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
 
 
@@ -104,11 +107,13 @@ def read_folder(source: Path, follow_symlinks: bool) -> tuple[Folder, int]:
     if len(twice):
         shown = " and ".join(paths[i] for i in twice.index[twice == twice.iloc[0]][:2])
         raise CurateError(f"{source}: {shown} share the WebDataset key {twice.iloc[0]!r}; rename one")
-    columns: dict[str, list[str]] = {}
+    columns: dict[str, tuple[np.ndarray, list[str]]] = {}
     if (source / METADATA_FILE).exists():
-        known = set(paths) | {entry.path for entry in listing.skipped}
+        known = [*paths, *(entry.path for entry in listing.skipped)]
         by_path = metadata_by_path(source / METADATA_FILE, known, "file in the class folders", None)
-        columns = {column: by_path[column].reindex(paths).fillna("").tolist() for column in by_path.columns}
+        for column in by_path.columns:
+            cells = pd.Categorical(by_path[column].reindex(paths).fillna(""))
+            columns[column] = (cells.codes, list(cells.categories))
     folder = Folder(
         paths,
         [name for name, _, _ in files],
@@ -198,12 +203,11 @@ def pack(source: Path, target: Path, shard_mb: float, follow_symlinks: bool = Fa
     folder, skipped = read_folder(source, follow_symlinks)
     shards = existing_shards(target)
     result = Packed(images=len(folder.paths), skipped=skipped)
-    present = set(folder.paths)
     packed = {path for members in shards.values() for path in images_of(members)}
     progress = tqdm(total=len(folder.paths), desc="pack: images", unit="img", disable=None)
     for number, members in sorted(shards.items()):
         path, paths = target / SHARD.format(number), images_of(members)
-        staying = [name for name in paths if name in present]
+        staying = [name for name in paths if name in folder.at]
         if not staying:
             path.unlink()
             result.removed.append(path.name)
