@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from curate import cli
+from curate.data import decoding
 from curate.data.folder import list_image_folder
 from curate.data.samples import read_samples
 from curate.data.tars import write_tar
@@ -113,7 +114,9 @@ def ingested(workdir: Path, source: Path, workers: int = 1, **ingest) -> dict[st
     return {name: file_or_tree_bytes(workdir / name) for name in STORE}
 
 
-def test_three_forms_give_the_same_store_and_table(workdir, sources):
+def test_three_forms_give_the_same_store_and_table(workdir, sources, monkeypatch):
+    # Tasks of two images: two workers pass a dozen through the pool's sliding window.
+    monkeypatch.setattr(decoding, "MAX_CHUNK", 2)
     folder = ingested(workdir, sources / "folder")
     samples = read_samples(workdir / "data/raw/samples.parquet").set_index("path")
     assert len(list((sources / "tars").glob("*.tar"))) > 3  # several shards, keys across them

@@ -30,10 +30,11 @@ from curate.data.imaging import conform
 from curate.params import ImageParams
 
 # Entries a task decodes: up to MAX_CHUNK, and no more than CHUNK_BYTES of decoded pixels. A task
-# costs the main process a round trip through the pool (its threads, a pickled result); at 8
-# entries a task, small images (32 px) cost it ~140 us an image, more than their decoding, and
-# two workers were no faster than one; at 64, ~55 us.
-MAX_CHUNK = 64
+# costs the main process about a millisecond of the pool's round trip (its threads, a pickled
+# result), whatever its size: with 32 px images at 8 entries a task the main process spent ~140 us
+# an image on it, more than decoding one, and two workers were no faster than one; ~45 us at 64
+# entries, ~25 us at 256 (the 1 MiB bound: 341 such images; 6 of 224 px).
+MAX_CHUNK = 256
 CHUNK_BYTES = 1 << 20
 IN_FLIGHT = 4  # tasks queued or running per worker: one waits while the main process writes the last
 
@@ -132,8 +133,11 @@ def _unstacked(task: tuple[np.ndarray | None, list[Decoded]]) -> Iterator[Decode
             at += 1
 
 
-def chunk_size(image: ImageParams) -> int:
-    return max(1, min(MAX_CHUNK, CHUNK_BYTES // (image.size * image.size * image.channels)))
+def chunk_size(image: ImageParams, entries: int, workers: int) -> int:
+    """Entries a task decodes: few enough that each worker gets ``IN_FLIGHT`` tasks (a small
+    source still spreads over every worker), at most ``MAX_CHUNK`` and ``CHUNK_BYTES`` of pixels."""
+    most = max(1, min(MAX_CHUNK, CHUNK_BYTES // (image.size * image.size * image.channels)))
+    return max(1, min(most, -(-entries // (IN_FLIGHT * workers))))
 
 
 def open_pool(workers: int, initializer: Callable[..., None] | None = None, initargs: tuple = ()) -> Pool:
@@ -158,13 +162,13 @@ def decode_in_order(
     one). Tasks of :func:`chunk_size` entries, ``IN_FLIGHT`` per worker submitted ahead of the one
     being read (a sliding window: no worker idles at a window's end, and at most that many
     decoded images wait in memory)."""
-    size = chunk_size(image)
-    if workers <= 1 or len(entries) <= size:
+    if workers <= 1 or len(entries) <= 1:
         for entry in entries:
             yield decode_entry(payloads, int(entry), image, rescale_16bit)
         return
     pool = open_pool(workers, _init_worker, (payloads, image, rescale_16bit))
     pending: deque[AsyncResult] = deque()
+    size = chunk_size(image, len(entries), workers)
     try:
         for start in range(0, len(entries), size):
             task = [int(entry) for entry in entries[start : start + size]]
