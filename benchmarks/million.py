@@ -148,20 +148,21 @@ class TreeSampler:
 
 
 def measured(command: list[str], cwd: Path, env: dict | None = None) -> dict:
-    """Run ``command``; its wall time and the peaks of :class:`TreeSampler`. Exits with its
-    output on failure."""
+    """Run ``command``; its wall time, its CPU time (user + sys, with its workers': what compares
+    on a machine other jobs load) and the peaks of :class:`TreeSampler`. Exits with its output
+    on failure."""
     started = time.perf_counter()
     process = subprocess.Popen(
         command, cwd=cwd, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     sampler = TreeSampler(process.pid)
     output = process.stdout.read().decode(errors="replace")
-    process.wait()
+    _, status, usage = os.wait4(process.pid, 0)  # its CPU and that of the children it waited for
     wall = time.perf_counter() - started
     peaks = sampler.stop()
-    if process.returncode != 0:
+    if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{' '.join(command)} failed in {cwd}:\n{output[-4000:]}")
-    return {"wall": round(wall, 2)} | peaks
+    return {"wall": round(wall, 2), "cpu": round(usage.ru_utime + usage.ru_stime, 2)} | peaks
 
 
 # --- the data set ---------------------------------------------------------------------------------
