@@ -9,16 +9,22 @@ Shared by ``benchmarks/clean.py`` and the tests (``tests/test_byo_rgb.py``); not
 
 :func:`fold_outputs` makes up, without images, what the folds stage writes for the clean stage
 (embeddings, out-of-fold probabilities) at any size, with planted near-duplicates and outliers:
-clean's cost and its neighbour search at 100,000 or 1,000,000 rows (``benchmarks/clean.py --rows``,
+and :func:`clean_project` a project folder ready for the clean stage around them: clean's cost
+and its neighbour search at 100,000 or 1,000,000 rows (``benchmarks/clean.py --rows``,
 ``tests/test_neighbours.py``).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
+
+from benchmarks._common import REPO, set_params
+from curate.data.image_rows import write_images
 
 CLASSES = ("disc", "ring", "stripes_h", "stripes_v")
 CONFUSABLE = {"disc": "ring", "ring": "disc", "stripes_h": "stripes_v", "stripes_v": "stripes_h"}
@@ -130,3 +136,39 @@ def fold_outputs(n: int, seed: int = 0, classes: int = 10, dim: int = 64) -> dic
         "group": np.where(rng.random(n) < 0.2, "b", "a"),
         **planted,
     }
+
+
+def clean_project(folder: Path, n_train: int, overrides: list[dict]) -> dict[str, np.ndarray]:
+    """params.yaml, ``data/raw`` and ``data/folds`` in ``folder`` as ingest and folds would leave
+    them, for ``n_train`` made-up train rows (:func:`fold_outputs`) and ``n_train // 20`` test
+    rows (8 px noise for images); ``overrides`` as ``set_params`` merges them. Returns what
+    :func:`fold_outputs` made."""
+    made = fold_outputs(n_train)
+    n = n_train + n_train // 20
+    rng = np.random.default_rng(1)
+    labels = np.concatenate([made["given"], rng.integers(0, 10, n - n_train)])
+    samples = pd.DataFrame(
+        {
+            "sample_id": [f"{i:016x}" for i in range(n)],
+            "path": [f"synthetic/{i:07d}.png" for i in range(n)],
+            "row": np.arange(n),
+            "label": labels,
+            "label_name": [f"class{k}" for k in labels],
+            "group": np.concatenate([made["group"], np.full(n - n_train, "a")]),
+            "split": np.where(np.arange(n) < n_train, "train", "test"),
+            "true_label": np.concatenate([made["true"], labels[n_train:]]),
+        }
+    )
+    (folder / "data" / "raw").mkdir(parents=True)
+    (folder / "data" / "folds").mkdir(parents=True)
+    (folder / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    set_params(folder / "params.yaml", image={"size": 8, "channels": 1})
+    for override in overrides:
+        set_params(folder / "params.yaml", **override)
+    write_images(folder / "data" / "raw" / "images", rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8))
+    samples.to_parquet(folder / "data" / "raw" / "samples.parquet", index=False)
+    for name in ("pred_probs", "folds", "embeddings"):
+        np.save(folder / "data" / "folds" / f"{name}.npy", made[name])
+    environment = {"cpu_kernels": "synthetic", "device": "cpu", "threads": 2, "torch": "none"}
+    (folder / "data" / "folds" / "environment.json").write_text(json.dumps(environment))
+    return made

@@ -230,7 +230,7 @@ def decide_actions(
     left = {key: budget.size for key, budget in budgets.items()}
     given_back: dict[tuple[str, object], int] = {}
     holds: dict[object, Hold] = {}
-    # Row by row, as budgets run out, on plain arrays: pandas lookups cost 20 s at 100,000 requests.
+    # Row by row, as budgets run out, on plain arrays: pandas lookups took 2.6 s for 11,000 requests.
     labels, groups, predicted = (train[column].to_numpy() for column in ("label", "group", "predicted_label"))
     for row in asked[np.argsort(train["label_quality"].to_numpy()[asked], kind="stable")]:
         relabel = wants_relabel[row]

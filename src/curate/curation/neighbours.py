@@ -30,17 +30,19 @@ import numpy as np
 from scipy.sparse import csr_matrix
 
 SEARCHES = ("auto", "exact", "approximate")
-# auto: exact search up to this many rows. Around here the two cost the same on 2 cores (48,000
-# rows of 64-d: 10 s exact, 4 s to build the HNSW index + 6 s to search it); past it exact
-# search grows with the square of the rows, approximate search a little over linearly.
+# auto: exact search up to this many rows. Around here the two cost about the same on 2 cores
+# (50,000 rows of 64-d: 10 s exact, 4 s to build the HNSW index and 4 s to search it); past it
+# exact search grows with the square of the rows, approximate search a little over linearly.
 EXACT_MAX_ROWS = 50_000
 DATALAB_K = 10  # cleanlab's DEFAULT_K, the k of Datalab's near_duplicate and outlier checks
 # scikit-learn working_memory for the exact search: distances are computed in blocks of this size
 # (the default 1 GiB took clean's peak RSS from 0.65 to 1.8 GiB between 6,000 and 24,000 rows).
 NEIGHBOUR_BLOCK_MB = 128
-# HNSW: links per point, candidate list while building, and (at least) while searching.
-# Measured on synthetic 64-d embeddings of 10 classes (benchmarks/clean.py --rows).
-HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 40, 48
+# HNSW: links per point, candidate list while building, and (at least) while searching. On
+# 300,000 made-up 64-d embeddings (benchmarks/_synthetic.py fold_outputs) these find 98% of each
+# row's 20 nearest; efSearch 48 finds 99% for 37% more search time, M 12 with efConstruction 24
+# builds in 40% less time and finds 95%. Building, on one thread, is the larger cost at 1,000,000.
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 40, 32
 DISTANCE_BLOCK = 8192  # rows whose candidates' distances are computed at once (~100 MB at k = 20)
 
 
