@@ -202,6 +202,16 @@ def test_cls_labels_name_classes_from_classes_txt_or_as_integers(workdir):
 GOOD = samples_of("a", 6) + samples_of("b", 6)
 
 
+def good_shard_beside(name: str, text: str):
+    """A case: a good shard with the file ``name`` holding ``text`` beside it."""
+
+    def make(root: Path) -> None:
+        tar_of(root / "wds" / "s.tar", GOOD)
+        (root / "wds" / name).write_text(text)
+
+    return make
+
+
 def _truncated(root: Path) -> None:
     shard = tar_of(root / "wds" / "s.tar", GOOD)
     shard.write_bytes(shard.read_bytes()[:2000])
@@ -289,10 +299,7 @@ CASES = {
     ),
     "parquet without a label column": (_parquet_without_label, "wds/train-0.parquet: no label column"),
     "a class without an image": (
-        lambda root: (
-            tar_of(root / "wds" / "s.tar", GOOD),
-            (root / "wds/classes.txt").write_text("a\nb\nc\n"),
-        ),
+        good_shard_beside("classes.txt", "a\nb\nc\n"),
         "wds: class 'c' (from classes.txt) has no readable image",
     ),
     "one class": (
@@ -300,10 +307,7 @@ CASES = {
         "wds: classes 'a'; a classifier",
     ),
     "metadata path matching no sample": (
-        lambda root: (
-            tar_of(root / "wds" / "s.tar", GOOD),
-            (root / "wds/metadata.csv").write_text("path\nz.png\n"),
-        ),
+        good_shard_beside("metadata.csv", "path\nz.png\n"),
         "wds/metadata.csv line 2: path 'z.png' matches no sample in the shards",
     ),
     "not a parquet file": (
