@@ -12,6 +12,7 @@ from filelock import FileLock
 
 # Shared with the benchmarks (one merge rule, one tiny profile); other tests import them from here.
 from benchmarks._common import GIT, TINY, set_params, template_copy  # noqa: F401
+from tests.browser import browser  # noqa: F401  (a fixture for every test module)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,6 @@ and skip, saying why, where either is missing. ``CURATE_SHOTS=DIR`` saves screen
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import threading
 import time
@@ -20,13 +18,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks._common import CHROMIUM, CHROMIUM_ARGS, Server
+from benchmarks._common import Server
 from curate.data import ledger
 from curate.data.image_rows import write_images
 from curate.data.samples import write_samples
 from curate.people.review_app.guard import Guard
 from curate.people.review_app.journal import Journal
 from curate.people.review_app.server import Queue, build_app
+from tests.browser import browser_test, shoot
 from tests.conftest import STAGES, ran, run
 from tests.test_trace import NASTY, clean_table, raw_table
 
@@ -208,36 +207,6 @@ def app_token(app) -> str:
 
 
 # --- in a real browser ------------------------------------------------------------------
-
-
-def _browser_missing() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install -e '.[dev]')"
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        return f"no Chromium at {CHROMIUM} (apt-get install chromium, as .ci/run does)"
-    return None
-
-
-browser_test = pytest.mark.skipif(_browser_missing() is not None, reason=_browser_missing() or "")
-
-
-@pytest.fixture
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as driver:
-        launched = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
-
-
-def shoot(page, name: str) -> None:
-    folder = os.environ.get("CURATE_SHOTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
 
 
 def open_app(browser, server: Server):

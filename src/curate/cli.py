@@ -15,6 +15,7 @@ STAGES = tuple(sorted(m.name for m in pkgutil.iter_modules(curate.stages.__path_
 COMMANDS = {stage: f"curate.stages.{stage}" for stage in STAGES} | {
     "compare": "curate.people.compare",
     "deps": "curate.people.deps",
+    "exps": "curate.people.exps",
     "pack": "curate.people.pack",
     "review": "curate.people.review",
     "trace": "curate.people.trace",

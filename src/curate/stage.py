@@ -41,12 +41,26 @@ class Stage:
     every other figure it computes goes to reports/details/<name>.json. ``gates``: ``gates.<key>``
     -> the figure it bounds. ``section``: the model of its own ``params.yaml`` section, for a stage
     added to the template (the template's own sections are typed in :mod:`curate.params`).
+
+    How ``curate exps`` shows them: ``view``, the table its metrics belong to (``--view data`` or
+    ``model``); ``glance``, the few of them the default view shows; ``best``, which way is better
+    for a metric no gate bounds (a gate's bound says it for the others: ``min`` -> higher is better).
     """
 
     name: str
     metrics: tuple[str, ...] = ()
     gates: Mapping[str, Gate] = field(default_factory=dict)
     section: type[BaseModel] | None = None
+    view: Literal["data", "model"] | None = None
+    glance: tuple[str, ...] = ()
+    best: Mapping[str, Literal["higher", "lower"]] = field(default_factory=dict)
+
+    def better(self, metric: str) -> Literal["higher", "lower"] | None:
+        """Which way ``metric`` is better, or None where no way is (a count of rows dropped)."""
+        if metric in self.best:
+            return self.best[metric]
+        bounds = {gate.bound for gate in self.gates.values() if gate.metric == metric}
+        return {"min": "higher", "max": "lower"}.get(bounds.pop()) if len(bounds) == 1 else None
 
     def settings(self, params: Params, params_file: str | Path = "params.yaml") -> Any:
         """This stage's own params section, validated (a typo is refused with the dotted key)."""

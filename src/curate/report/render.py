@@ -11,7 +11,7 @@ out in git). The gate, the data card and ``curate compare`` read both (:func:`re
 Reports are versioned next to the data they describe, so they must be:
 
 * safe: autoescape on, and every value a template prints goes through
-  :func:`_escape_user_text`, which also neutralises Markdown syntax, so a class
+  :func:`escape_user_text`, which also neutralises Markdown syntax, so a class
   folder named ``<img src=x onerror=alert(1)>`` or ``a|b`` renders as text in
   both the HTML and the Markdown digest; no JavaScript, no external URL, and a
   Content-Security-Policy that forbids both;
@@ -64,7 +64,7 @@ _MARKDOWN_ENTITIES = {c: f"&#{ord(c)};" for c in "|*`[]\\"} | {"\n": " ", "\r": 
 _MARKDOWN_PATTERN = re.compile("|".join(re.escape(c) for c in _MARKDOWN_ENTITIES))
 
 
-def _escape_user_text(value: Any) -> Any:
+def escape_user_text(value: Any) -> Any:
     """Jinja ``finalize``: escape every printed string for HTML and Markdown alike.
 
     Markup (our own charts and data URIs) passes untouched; numbers pass as they are.
@@ -103,7 +103,7 @@ def _pct(value: float | None, digits: int = 1) -> str:
 ENV = Environment(
     loader=PackageLoader("curate.report", "templates"),
     autoescape=True,
-    finalize=_escape_user_text,
+    finalize=escape_user_text,
     undefined=StrictUndefined,
     trim_blocks=True,
     lstrip_blocks=True,
@@ -309,4 +309,37 @@ def matrix_chart(
         axes.set_xlabel(xlabel)
         axes.set_ylabel(ylabel)
         axes.set_title(title)
+        return svg(figure, key)
+
+
+def scatter_chart(
+    points: Sequence[tuple[float, float, str]],
+    *,
+    key: str,
+    marked: str | None = None,
+    xlabel: str = "",
+    ylabel: str = "",
+    title: str = "",
+) -> Markup:
+    """One labelled point per ``(x, y, label)``, points at the same place sharing one label; the
+    point labelled ``marked`` (a baseline) drawn as a larger red diamond, "(baseline)" in its label."""
+    places: dict[tuple[float, float], list[str]] = {}
+    for x, y, label in points:
+        places.setdefault((float(x), float(y)), []).append(str(label))
+    with matplotlib.rc_context({"text.parse_math": False, "font.size": 9}):
+        figure, axes = plt.subplots(figsize=(5.5, 4.0))
+        for (x, y), labels in places.items():
+            is_marked = marked in labels
+            names = [f"{label} (baseline)" if label == marked else label for label in labels]
+            axes.scatter(
+                [x], [y], s=70 if is_marked else 30, marker="D" if is_marked else "o",
+                color="#cf222e" if is_marked else "#0969da", zorder=3,
+            )  # fmt: skip
+            axes.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        axes.set_xlabel(xlabel)
+        axes.set_ylabel(ylabel)
+        axes.set_title(title)
+        axes.margins(0.2)
+        axes.grid(True, color="#d0d7de", linewidth=0.5)
+        axes.spines[["top", "right"]].set_visible(False)
         return svg(figure, key)

@@ -46,6 +46,7 @@ from curate.stage import Gate, Stage, guarded, stage_parser
 STAGE = Stage(
     "augment",
     metrics=("frechet_distance",),
+    view="data",
     gates={
         "max_frechet_distance": Gate("frechet_distance", "max"),
     },

@@ -50,6 +50,9 @@ from curate.stage import Gate, Stage, guarded, stage_parser
 STAGE = Stage(
     "clean",
     metrics=("flagged_rate", "dropped", "detect_f1", "detect_precision", "detect_recall", "review_precision"),
+    view="data",
+    glance=("flagged_rate", "dropped", "detect_f1"),
+    best={"detect_precision": "higher", "detect_recall": "higher"},
     gates={
         "max_flagged_rate": Gate("flagged_rate", "max"),
         "min_detect_f1": Gate("detect_f1", "min"),

@@ -51,6 +51,9 @@ STAGE = Stage(
         "min_worst_group_accuracy": Gate("worst_group_accuracy", "min"),
         "max_accuracy_gap": Gate("accuracy_gap", "max"),
     },
+    view="model",
+    glance=("accuracy", "worst_group_accuracy", "accuracy_gap"),
+    best={"macro_f1": "higher", "ece": "lower", "dp_diff_ovr_max": "lower", "eo_diff_ovr_max": "lower"},
 )
 
 INPUT = AUGMENTED_DIR / "samples.parquet"

@@ -47,6 +47,8 @@ from curate.stage import Gate, Stage, flatten, guarded, stage_parser
 STAGE = Stage(
     "gate",
     metrics=("passed",),
+    glance=("passed",),
+    best={"passed": "higher"},
 )
 
 # Measured on the machine, so different on every run: left out of the data card,

@@ -41,6 +41,7 @@ from curate.stage import Stage, guarded, stage_parser
 STAGE = Stage(
     "ingest",
     metrics=("n_train",),
+    view="data",
 )
 
 THUMBS_PER_CELL = 8

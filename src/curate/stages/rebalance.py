@@ -39,6 +39,8 @@ from curate.stage import Gate, Stage, guarded, stage_parser
 STAGE = Stage(
     "rebalance",
     metrics=("group_share_ratio_after",),
+    view="data",
+    glance=("group_share_ratio_after",),
     gates={
         "min_group_share_ratio": Gate("group_share_ratio_after", "min"),
     },

@@ -24,6 +24,8 @@ from curate.stage import Stage, guarded, stage_parser
 STAGE = Stage(
     "train_report",
     metrics=("best_val_accuracy",),
+    view="model",
+    best={"best_val_accuracy": "higher"},
 )
 
 INPUT = RUN_RECORD
