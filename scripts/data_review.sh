@@ -2,8 +2,8 @@
 # The pull-request data review, runnable anywhere: scripts/data_review.sh BASE HEAD OUT
 #
 # Materialises both revisions' data into this repo's one DVC cache (pulled from the DVC remote
-# when there is one, reproduced otherwise: what the remote lacks is reproduced too), then writes
-# to OUT:
+# when there is one, checked out of the cache where an earlier run left it, and reproduced where
+# neither has it), then writes to OUT:
 #   comment.md    the pull-request comment: what to look at first (`curate compare`'s lead:
 #                 gates whose verdict changed, samples added / removed / relabelled, headline
 #                 metrics that moved), the full comparison, and both revisions side by side
@@ -39,14 +39,18 @@ materialise() {  # SIDE REV: the revision's outputs, in the shared cache
   (
     cd "$trees/$1"
     dvc cache dir --local "$cache"
+    # What the remote (or, without one, the cache an earlier run left) has is checked out; a
+    # missing piece fails its checkout, and `dvc repro` then runs the stages that lack it.
     if [ -n "$(dvc remote list)" ]; then
       echo "data_review: $1 ($2): pulling, then reproducing what the remote lacks"
       dvc pull --quiet || true
     else
-      echo "data_review: $1 ($2): no DVC remote, reproducing"
+      echo "data_review: $1 ($2): no DVC remote, reproducing what the cache lacks"
+      dvc checkout --quiet 2>/dev/null || true
     fi
     dvc repro --quiet
   )
+  echo "data_review: $1 ready after ${SECONDS} s"
 }
 materialise base "$base_rev"
 materialise head "$head_rev"
