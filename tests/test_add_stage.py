@@ -108,6 +108,9 @@ def test_an_added_stage_runs_with_its_params_and_gate_and_shows_everywhere(tiny_
     shown = json.loads(run("dvc", "metrics", "show", "--json", cwd=root, env=env).stdout)
     metrics = next(iter(shown.values()))["data"]
     assert metrics["reports/metrics/export.json"]["data"] == {"rows": len(manifest)}
+    # ...and of curate exps, from its declaration (view and glance).
+    table = run(*curate, "exps", "--csv", cwd=root, env=env).stdout
+    assert "export.rows" in table.splitlines()[0].split(",")
     # curate trace follows a sample into its table.
     sample = manifest["sample_id"].iloc[0]
     traced = run(*curate, "trace", sample, cwd=root, env=env).stdout

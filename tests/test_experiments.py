@@ -134,8 +134,8 @@ def exp_metrics(show: list, name: str) -> tuple[str, dict]:
 
 
 def readme_exp_show_views() -> list[str]:
-    """The ``dvc exp show`` commands docs/pipeline.md gives for a 120-column terminal."""
-    readme = (REPO / "docs" / "pipeline.md").read_text()
+    """The ``dvc exp show`` commands docs/experiments.md gives for a 120-column terminal."""
+    readme = (REPO / "docs" / "experiments.md").read_text()
     views = re.findall(r"^(dvc exp show --only-changed --drop '.+')$", readme, flags=re.MULTILINE)
     assert len(views) == 2, views
     return views
@@ -171,6 +171,16 @@ def test_experiments_show_data_quality_next_to_model_metrics(tiny):
             table = run(*shlex.split(view), *pager, cwd=tiny, env={**ENV, "COLUMNS": "120"})
             assert "keep" in table and "unbalanced" in table and "clean.action" in table, table
             assert max(map(len, table.splitlines())) <= 120 and "…" not in table, table
+
+    # curate exps, on DVC's own record of the two: one block at 120 columns, wrapped at 80.
+    for width, blocks in ((120, 1), (80, 2)):
+        table = run("curate", "exps", cwd=tiny, env={**ENV, "COLUMNS": str(width)})
+        assert max(map(len, table.splitlines())) <= width and "…" not in table, table
+        assert table.count("\nexperiment ") + table.startswith("experiment ") >= blocks, table
+        for name in ("keep", "unbalanced", "master"):
+            assert len(re.findall(rf"^{name} ", table, flags=re.MULTILINE)) >= blocks, (name, table)
+    markdown = run("curate", "exps", "--md", cwd=tiny)
+    assert "| keep |" in markdown and "| unbalanced |" in markdown and "| action |" in markdown
 
     review = run("curate", "compare", "HEAD", "keep", cwd=tiny)
     assert "| clean.action | drop | keep |" in review
