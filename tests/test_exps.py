@@ -20,7 +20,7 @@ import pytest
 from curate.cli import main as curate
 from curate.people.declared import declarations
 from curate.people.experiments import runs, short_names
-from curate.people.exps import build_table, metric_columns
+from curate.people.exps_table import build_table, metric_columns
 from tests.browser import browser_test, shoot
 
 RECORDED = Path(__file__).parent / "data" / "exp_show_tiny.json"

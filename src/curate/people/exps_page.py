@@ -14,7 +14,7 @@ from pathlib import Path
 from markupsafe import Markup
 
 from curate.data.atomic import write_text
-from curate.people.exps import Table, cell_parts, legend, row_label
+from curate.people.exps_table import Table, cell_parts, legend, row_label
 from curate.report import Verdict
 from curate.report.render import render, scatter_chart
 
