@@ -26,7 +26,6 @@ from curate.people.review_app.guard import Guard
 from curate.people.review_app.journal import Journal
 from curate.people.review_app.server import Queue, build_app
 from tests.browser import browser_test, shoot
-from tests.conftest import STAGES, ran, run
 from tests.test_trace import NASTY, clean_table, raw_table
 
 LEDGER = Path("data/review/decisions.csv")
@@ -269,19 +268,3 @@ def test_five_keyboard_decisions_reach_the_ledger_and_survive_a_restart(serve, b
     page.keyboard.press("u")  # after a restart, u takes back the decision on the card shown
     expect(page.locator("#decision")).to_have_text("undecided")
     assert rows()[5:] == [["d00d-1", "cat/1.png", "undo", "", "ann", ""]]
-
-
-@pytest.mark.slow
-def test_dvc_repro_applies_the_apps_decisions_without_refitting_the_folds(tiny_copy):
-    root = tiny_copy
-    server = Server(root, "ann")
-    first, second = server.client.get("/api/queue").json()["items"][:2]
-    assert server.post("/api/decide", sample_id=first["sample_id"], decision="keep").status_code == 200
-    target = next(name for name in ("0", "1", "2") if name not in (second["given"], second["suggested"]))
-    relabel = {"sample_id": second["sample_id"], "decision": "relabel", "label": target}
-    assert server.post("/api/decide", **relabel).status_code == 200
-    server.stop()
-    assert ran(run("dvc", "repro", cwd=root)) == set(STAGES) - {"ingest", "folds"}
-    cleaned = pd.read_parquet(root / "data/clean/samples.parquet").set_index("sample_id")
-    assert cleaned.loc[first["sample_id"], ["action", "action_source"]].tolist() == ["keep", "review"]
-    assert cleaned.loc[second["sample_id"], ["action", "label_name"]].tolist() == ["relabel", target]
