@@ -13,8 +13,10 @@ from benchmarks._synthetic import make_folder
 from curate.data.image_rows import read_images
 from tests.conftest import set_params, template_copy
 
-# One xdist group: its tests run on one worker, which runs the module's dvc repro once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("byo_rgb")]
+# One xdist group: its tests run on one worker, which runs the module's dvc repro once. The
+# template's defaults end to end, like the full demo (2 min on 2 cores): marked `full`, left out
+# of `pytest` and run beside it in CI (pyproject.toml).
+pytestmark = [pytest.mark.slow, pytest.mark.full, pytest.mark.xdist_group("byo_rgb")]
 
 
 @pytest.fixture(scope="module")

@@ -135,25 +135,27 @@ def readme_exp_show_views() -> list[str]:
 
 
 def test_experiments_show_data_quality_next_to_model_metrics(tiny):
-    run("dvc", "exp", "run", "-n", "keep", "-S", "clean.action=keep", cwd=tiny)
+    # A data experiment run at once, and a model experiment queued: the cheapest pair that moves
+    # both kinds of figure (rebalance onward, train onward) and runs the queue.
+    run("dvc", "exp", "run", "-n", "unbalanced", "-S", "rebalance.strategy=none", cwd=tiny)
     # exp run leaves its result in the workspace: back to HEAD, so the next one starts from there.
     restore(tiny)
-    run("dvc", "exp", "run", "--queue", "-n", "unbalanced", "-S", "rebalance.strategy=none", cwd=tiny)
+    run("dvc", "exp", "run", "--queue", "-n", "longer", "-S", "train.epochs=2", cwd=tiny)
     run("dvc", "queue", "start", "-j", "1", cwd=tiny)
     deadline = time.monotonic() + 600
     while "Queued" in (status := run("dvc", "queue", "status", cwd=tiny)) or "Running" in status:
         assert time.monotonic() < deadline, status
         time.sleep(3)
     show = json.loads(run("dvc", "exp", "show", "--json", cwd=tiny))
-    (_, keep), (unbalanced_rev, unbalanced) = exp_metrics(show, "keep"), exp_metrics(show, "unbalanced")
-    for metrics in (keep, unbalanced):
+    (unbalanced_rev, unbalanced), (_, longer) = exp_metrics(show, "unbalanced"), exp_metrics(show, "longer")
+    for metrics in (unbalanced, longer):
         for column in COLUMNS:
             assert isinstance(metrics[column], int | float), column
-    assert keep["clean.dropped"] == 0
-    assert unbalanced["clean.dropped"] > 0  # queued from HEAD (action drop), not from the keep run
     # Not a metric any more: the before figure is a detail, in git with the experiment's commit.
     details = json.loads(run("git", "show", f"{unbalanced_rev}:reports/details/rebalance.json", cwd=tiny))
-    assert unbalanced["rebalance.group_share_ratio_after"] == details["group_share_ratio_before"]
+    assert unbalanced["rebalance.group_share_ratio_after"] == details["group_share_ratio_before"] < 1
+    # Queued from HEAD (strategy group), not from the unbalanced run's workspace.
+    assert longer["rebalance.group_share_ratio_after"] == 1.0
     columns = set().union(*(metric_columns(rev["data"].get("metrics") or {}) for rev in exp_revisions(show)))
     assert len(columns) <= MAX_METRIC_COLUMNS, sorted(columns)
 
@@ -162,7 +164,7 @@ def test_experiments_show_data_quality_next_to_model_metrics(tiny):
     for view in readme_exp_show_views():
         for pager in ([], ["--no-pager"]):
             table = run(*shlex.split(view), *pager, cwd=tiny, env={**ENV, "COLUMNS": "120"})
-            assert "keep" in table and "unbalanced" in table and "clean.action" in table, table
+            assert "unbalanced" in table and "longer" in table and "rebalance.strategy" in table, table
             assert max(map(len, table.splitlines())) <= 120 and "…" not in table, table
 
     # curate exps, on DVC's own record of the two: one block at 120 columns, wrapped at 80.
@@ -170,16 +172,19 @@ def test_experiments_show_data_quality_next_to_model_metrics(tiny):
         table = run("curate", "exps", cwd=tiny, env={**ENV, "COLUMNS": str(width)})
         assert max(map(len, table.splitlines())) <= width and "…" not in table, table
         assert table.count("\nexperiment ") + table.startswith("experiment ") >= blocks, table
-        for name in ("keep", "unbalanced", "master"):
+        for name in ("unbalanced", "longer", "master"):
             assert len(re.findall(rf"^{name} ", table, flags=re.MULTILINE)) >= blocks, (name, table)
     markdown = run("curate", "exps", "--md", cwd=tiny)
-    assert "| keep |" in markdown and "| unbalanced |" in markdown and "| action |" in markdown
+    assert "| unbalanced |" in markdown and "| longer |" in markdown and "| strategy |" in markdown
 
-    review = run("curate", "compare", "HEAD", "keep", cwd=tiny)
-    assert "| clean.action | drop | keep |" in review
-    added = int(review.split(" added,")[0].rsplit("\n", 1)[-1].replace(",", ""))
-    assert added > 0  # the rows the default run dropped are back in play
-    assert "| augment.n_parents |" in review  # a detail, compared as the headline figures are
+    review = run("curate", "compare", "HEAD", "unbalanced", cwd=tiny)
+    assert "| rebalance.strategy | group | none |" in review
+    reweighted = re.search(
+        r"^[\d,]+ added, [\d,]+ removed, [\d,]+ relabelled, ([\d,]+) reweighted", review, re.M
+    )
+    assert reweighted and int(reweighted.group(1).replace(",", "")) > 0  # the group weights are gone
+    changed = re.findall(r"^\| (\w+)\.(\w+) \|", review.split("## Metrics that changed", 1)[1], re.M)
+    assert any(key not in HEADLINE.get(stage, ()) for stage, key in changed)  # details are compared too
 
 
 def test_twenty_classes_keep_the_metrics_under_twenty_columns(tmp_path):

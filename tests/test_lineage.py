@@ -1,8 +1,11 @@
 """Every stage's figures trace to the data they describe (``reports/lineage/<stage>.json``), and
 the gate stage shows a stage whose data has changed since as stale, failing its gates."""
 
+import contextlib
 import hashlib
+import io
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import pytest
 import yaml
 
 from curate import dag
+from curate.cli import main as cli_main
 from curate.curation.gates import stale_stages
 from curate.data.atomic import write_bytes
 from curate.data.image_rows import read_images, write_images
@@ -192,15 +196,23 @@ def test_a_checkpoint_named_as_input_is_recorded(tmp_path, monkeypatch):
     assert lineage.digests()["inputs"] == {"models/model.pt": sha256("models/model.pt")}
 
 
-def curate(root: Path, stage: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(["curate", stage], cwd=root, capture_output=True, text=True)
-    assert result.returncode == 0, f"curate {stage}\n{result.stdout}\n{result.stderr}"
-    return result
+def curate(root: Path, stage: str) -> str:
+    """``curate <stage>`` run in ``root``, in this process (eleven interpreter starts saved): its
+    stderr."""
+    stderr, here = io.StringIO(), os.getcwd()
+    os.chdir(root)
+    try:
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+            code = cli_main([stage])
+    finally:
+        os.chdir(here)
+    assert code == 0, f"curate {stage}\n{stderr.getvalue()}"
+    return stderr.getvalue()
 
 
 def stale_in(root: Path) -> dict[str, str]:
     """Stage -> reason, from the lines of an enforcing-off ``curate gate``."""
-    lines = curate(root, "gate").stderr.splitlines()
+    lines = curate(root, "gate").splitlines()
     prefix = "gate failed: "
     return dict(line.removeprefix(prefix).split(" is stale: ", 1) for line in lines if " is stale: " in line)
 

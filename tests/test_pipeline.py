@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 # The tests on the full demo run share this module's copy of it: one xdist group, so one worker.
 ON_THE_DEMO = pytest.mark.xdist_group("pipeline")
 # The full demo's run takes 10 to 14 minutes on 2 cores, longer than everything else together:
-# its tests are marked `demo`, left out of `pytest` (pyproject.toml) and run by `pytest -m demo`
+# its tests are marked `full`, left out of `pytest` (pyproject.toml) and run by `pytest -m full`
 # (CI runs both).
 
 
@@ -95,7 +95,7 @@ def output_bytes(root) -> dict[str, bytes]:
 
 
 @ON_THE_DEMO
-@pytest.mark.demo
+@pytest.mark.full
 def test_fresh_clone_reproduces_the_committed_figures(reproduced):
     before, after = (
         lock_hashes(committed(reproduced, "dvc.lock")),
@@ -130,7 +130,7 @@ def test_same_machine_same_bytes(tiny_copy):
 
 
 @ON_THE_DEMO
-@pytest.mark.demo
+@pytest.mark.full
 def test_outputs_metrics_and_git_ignores(reproduced):
     for path in ("data/raw/images/index.json", "data/raw/samples.parquet", "reports/ingest.html"):
         assert (reproduced / path).is_file()
