@@ -31,9 +31,14 @@ def pytest_collection_modifyitems(config, items):
     """Longest work first, so that under xdist the quick tests fill the workers around the
     end-to-end runs rather than one worker running a dvc repro alone at the end (pyproject.toml:
     --no-loadscope-reorder keeps this order): the tests on the full demo run (the longest chain:
-    the shared run, then more), then those on the tiny project (one worker builds it while another
-    builds the demo), then the other end-to-end tests, then the rest; files' order within each."""
+    the shared run, then more), then one test on the tiny project (its worker builds the project,
+    a minute), then the other end-to-end tests (which the other worker runs meanwhile, rather than
+    wait for the build), then the rest of the tiny project's, then the rest; files' order within
+    each."""
     items.sort(key=_start_order)
+    by_order = {order: [item for item in items if _start_order(item) == order] for order in range(4)}
+    demo, tiny, other_end_to_end, rest = by_order.values()
+    items[:] = demo + tiny[:1] + other_end_to_end + tiny[1:] + rest
 
 
 def _start_order(item: pytest.Item) -> int:

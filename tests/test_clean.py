@@ -25,6 +25,7 @@ CLEAN_OUTPUTS = [
 ]
 
 
+# The tests that take it are one xdist_group, so one worker builds it once (not once per worker).
 @pytest.fixture(scope="module")
 def cleaned(tmp_path_factory):
     """ingest + clean on a third of the demo (10% flipped labels), 3 folds of 12 epochs."""
@@ -51,6 +52,7 @@ def cleaned(tmp_path_factory):
     return root
 
 
+@pytest.mark.xdist_group("clean_cleaned")
 def test_detects_known_flips(cleaned):
     metrics = read_figures("clean", cleaned / "reports")
     assert metrics["detect_precision"] >= 0.8
@@ -62,6 +64,7 @@ def test_detects_known_flips(cleaned):
     assert set(metrics["detect_recall_by_group"]) == {"mnist", "sklearn"}
 
 
+@pytest.mark.xdist_group("clean_cleaned")
 def test_outputs_follow_the_contract(cleaned):
     samples = read_samples(cleaned / "data/clean/samples.parquet")
     raw = read_samples(cleaned / "data/raw/samples.parquet")
@@ -90,6 +93,7 @@ def test_outputs_follow_the_contract(cleaned):
     assert isinstance(model, torch.nn.Module)
 
 
+@pytest.mark.xdist_group("clean_cleaned")
 def test_report_shows_flagged_thumbnails(cleaned):
     html = (cleaned / "reports/clean.html").read_text()
     assert html.count("data:image/png;base64,") >= 20

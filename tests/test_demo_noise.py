@@ -8,6 +8,7 @@ from curate.data import demo
 from curate.errors import CurateError
 
 
+# The tests that take it are one xdist_group, so one worker builds it once (not once per worker).
 @pytest.fixture(scope="module")
 def confused():
     return demo.build_demo(
@@ -16,6 +17,7 @@ def confused():
     )  # fmt: skip
 
 
+@pytest.mark.xdist_group("demo_noise_confused")
 def test_flips_only_on_the_listed_pairs_at_their_rates(confused):
     _, samples = confused
     train = samples[samples["split"] == "train"]
@@ -36,6 +38,7 @@ def test_flips_only_on_the_listed_pairs_at_their_rates(confused):
     assert (test["label"] == test["true_label"]).all()
 
 
+@pytest.mark.xdist_group("demo_noise_confused")
 def test_deterministic_under_seed_and_off_at_zero(confused):
     images, samples = confused
     kwargs = dict(test_fraction=0.25, minority_keep=0.1, size=28, channels=1, subsample=0.5)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from curate.cli import main as curate_main
 from curate.people.declared import declarations
 from curate.stage import flatten
 from tests.conftest import (  # noqa: F401  (TINY, tiny_project: other modules import them from here)
@@ -108,6 +109,13 @@ def test_editing_a_report_template_reruns_no_training(tiny):
     assert changed == set(STAGES) - TRAINING, status  # every report, and neither training
 
 
+def in_process(capsys, *argv: str) -> str:
+    """``curate ARGV``'s stdout, run in this process."""
+    capsys.readouterr()
+    assert curate_main(list(argv)) == 0
+    return capsys.readouterr().out
+
+
 def exp_revisions(show: list) -> list[dict]:
     """Every revision in ``dvc exp show --json`` output: baselines and their experiments."""
     return [revision for entry in show for exp in [entry, *(entry.get("experiments") or [])]
@@ -134,7 +142,7 @@ def readme_exp_show_views() -> list[str]:
     return views
 
 
-def test_experiments_show_data_quality_next_to_model_metrics(tiny):
+def test_experiments_show_data_quality_next_to_model_metrics(tiny, capsys):
     # A data experiment run at once, and a model experiment queued: the cheapest pair that moves
     # both kinds of figure (rebalance onward, train onward) and runs the queue.
     run("dvc", "exp", "run", "-n", "unbalanced", "-S", "rebalance.strategy=none", cwd=tiny)
@@ -167,14 +175,20 @@ def test_experiments_show_data_quality_next_to_model_metrics(tiny):
             assert "unbalanced" in table and "longer" in table and "rebalance.strategy" in table, table
             assert max(map(len, table.splitlines())) <= 120 and "…" not in table, table
 
-    # curate exps, on DVC's own record of the two: one block at 120 columns, wrapped at 80.
+    # curate exps, on DVC's own record of the two: one block at 120 columns (the command as people
+    # run it, its width from $COLUMNS), wrapped at 80 and as Markdown (from the same record, here).
+    recorded = tiny / "show.json"
+    recorded.write_text(json.dumps(show))
     for width, blocks in ((120, 1), (80, 2)):
-        table = run("curate", "exps", cwd=tiny, env={**ENV, "COLUMNS": str(width)})
+        if width == 120:
+            table = run("curate", "exps", cwd=tiny, env={**ENV, "COLUMNS": str(width)})
+        else:
+            table = in_process(capsys, "exps", "--json", str(recorded), "--width", str(width))
         assert max(map(len, table.splitlines())) <= width and "…" not in table, table
         assert table.count("\nexperiment ") + table.startswith("experiment ") >= blocks, table
         for name in ("unbalanced", "longer", "master"):
             assert len(re.findall(rf"^{name} ", table, flags=re.MULTILINE)) >= blocks, (name, table)
-    markdown = run("curate", "exps", "--md", cwd=tiny)
+    markdown = in_process(capsys, "exps", "--json", str(recorded), "--md")
     assert "| unbalanced |" in markdown and "| longer |" in markdown and "| strategy |" in markdown
 
     review = run("curate", "compare", "HEAD", "unbalanced", cwd=tiny)

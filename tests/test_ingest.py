@@ -24,6 +24,7 @@ def outputs_bytes(root):
     return {name: file_or_tree_bytes(root / name) for name in OUTPUTS}
 
 
+# The tests that take it are one xdist_group, so one worker builds it once (not once per worker).
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """One ingest of the default demo, shared by the demo tests (it takes seconds)."""
@@ -43,6 +44,7 @@ def demo_run(tmp_path_factory):
     return root
 
 
+@pytest.mark.xdist_group("ingest_demo_run")
 def test_demo_counts(demo_run):
     samples = read_samples(demo_run / RAW / "samples.parquet")
     images = read_images(demo_run / RAW / "images")
@@ -57,6 +59,7 @@ def test_demo_counts(demo_run):
     assert samples["path"].iloc[0] == "mnist/00000"
 
 
+@pytest.mark.xdist_group("ingest_demo_run")
 def test_demo_noise_in_train_only_with_true_label_kept(demo_run):
     samples = read_samples(demo_run / RAW / "samples.parquet")
     flipped = samples["label"] != samples["true_label"]
@@ -66,6 +69,7 @@ def test_demo_noise_in_train_only_with_true_label_kept(demo_run):
     assert (samples["label_name"] == samples["label"].astype(str)).all()
 
 
+@pytest.mark.xdist_group("ingest_demo_run")
 def test_demo_groups_look_different(demo_run):
     samples = read_samples(demo_run / RAW / "samples.parquet")
     images = read_images(demo_run / RAW / "images")
@@ -73,6 +77,7 @@ def test_demo_groups_look_different(demo_run):
     assert mean_by_group["mnist"] < 60 < 190 < mean_by_group["sklearn"]  # light paper
 
 
+@pytest.mark.xdist_group("ingest_demo_run")
 def test_demo_metrics_and_reports(demo_run):
 
     metrics = read_figures("ingest", demo_run / "reports")
