@@ -16,7 +16,7 @@ from curate.errors import CurateError
 from curate.people.experiments import Run, changed_params, short_names
 from curate.stage import Stage
 
-STATES = {"queued": "queued", "running": "running", "failed": "failed"}  # shown beside the name
+UNFINISHED = ("queued", "running", "failed")  # states shown beside an experiment's name
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def _is_number(value: Any) -> bool:
 
 
 def row_label(row: Run) -> str:
-    return f"{row.name} ({STATES[row.state]})" if row.state in STATES else row.name
+    return f"{row.name} ({row.state})" if row.state in UNFINISHED else row.name
 
 
 def number(value: Any) -> str:
