@@ -13,7 +13,7 @@ from tests.conftest import copy_project
 pytestmark = pytest.mark.slow
 # The tests on the full demo run share this module's copy of it: one xdist group, so one worker.
 ON_THE_DEMO = pytest.mark.xdist_group("pipeline")
-# The full demo's run takes 10 to 14 minutes on 2 cores, longer than everything else together:
+# The full demo's run takes 4 minutes on 2 idle cores and over 10 on busy ones:
 # its tests are marked `full`, left out of `pytest` (pyproject.toml) and run by `pytest -m full`
 # (CI runs both).
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,15 @@ class Run:
     name: str
     rev: str
     state: str  # baseline | workspace | success | queued | running | failed
-    baseline: str  # the name of the baseline it was run from (its own, for a baseline)
+    baseline: str  # the name of the row it is compared with: the baseline it was run from; for the
+    # workspace and a later ``--rev`` baseline the first baseline listed (its own, for that one)
     params: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_reference(self) -> bool:
+        """A row others are compared with: a baseline commit, or the workspace."""
+        return self.state in {"baseline", "workspace"}
 
     @property
     def measured(self) -> bool:
@@ -112,27 +118,28 @@ def _run(revision: Mapping[str, Any], name: str, state: str, baseline: str) -> R
 
 
 def _params(files: Mapping[str, Any]) -> dict[str, Any]:
-    """``{file: {"data": {...}}}`` as dotted keys; keys of a params file other than params.yaml
-    carry its name (``other.yaml:key``), as in ``dvc exp show``."""
-    flat = {}
-    for path, content in files.items():
-        prefix = "" if path == PARAMS_FILE else f"{path}:"
-        flat |= {f"{prefix}{key}": value for key, value in flatten((content or {}).get("data") or {}).items()}
-    return flat
+    """Params as dotted keys; keys of a params file other than params.yaml carry its name
+    (``other.yaml:key``), as in ``dvc exp show``."""
+    return _flat(files, lambda path: "" if path == PARAMS_FILE else f"{path}:")
 
 
 def _metrics(files: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"reports/metrics/<stage>.json": {"data": {...}}}`` as ``<stage>.<metric>``."""
+    """Metrics of ``reports/metrics/<stage>.json`` as ``<stage>.<metric>``."""
+    return _flat(files, lambda path: f"{Path(path).stem}.")
+
+
+def _flat(files: Mapping[str, Any], prefix: Callable[[str], str]) -> dict[str, Any]:
+    """DVC's ``{file: {"data": {...}}}`` as one level of keys, each file's under ``prefix(file)``."""
     flat = {}
     for path, content in files.items():
-        stage = Path(path).stem
-        flat |= {f"{stage}.{key}": value for key, value in flatten((content or {}).get("data") or {}).items()}
+        flat |= {
+            prefix(path) + key: value for key, value in flatten((content or {}).get("data") or {}).items()
+        }
     return flat
 
 
-def changed_params(rows: Sequence[Run]) -> list[str]:
-    """The params some run sets otherwise than its baseline, in params.yaml's order."""
-    baselines = {row.name: row for row in rows if row.state in {"baseline", "workspace"}}
+def changed_params(rows: Sequence[Run], baselines: Mapping[str, Run]) -> list[str]:
+    """The params some run sets otherwise than the row it is compared with, in params.yaml's order."""
     changed: dict[str, None] = {}
     for row in rows:
         base = baselines.get(row.baseline)

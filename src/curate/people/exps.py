@@ -38,16 +38,8 @@ def terminal(table: Table, width: int) -> str:
     widths = [max(max(map(len, cells), default=1), 6) for cells in body]
     headers = [_header_lines(column.header, w) for column, w in zip(table.columns, widths, strict=True)]
     widths = [max(w, *map(len, lines)) for w, lines in zip(widths, headers, strict=True)]
-    blocks, current, used = [], [], name_width
-    for index, column_width in enumerate(widths):
-        if current and used + len(GAP) + column_width > width:
-            blocks.append(current)
-            current, used = [], name_width
-        current.append(index)
-        used += len(GAP) + column_width
-    blocks.append(current)
     out = []
-    for block in blocks if table.columns else [[]]:
+    for block in _blocks(widths, name_width, width):
         height = max((len(headers[i]) for i in block), default=1)
         for line in range(height):
             label = names[0] if line == height - 1 else ""
@@ -64,6 +56,20 @@ def terminal(table: Table, width: int) -> str:
         out.append("")
     return "\n".join(out) + "".join(textwrap.fill(line, width, subsequent_indent="  ") + "\n"
                                     for line in legend(table).splitlines())  # fmt: skip
+
+
+def _blocks(widths: list[int], name_width: int, width: int) -> list[list[int]]:
+    """The columns' indices cut into blocks that fit ``width`` beside the name column (a column
+    wider than that alone gets a block of its own)."""
+    blocks: list[list[int]] = [[]]
+    used = name_width
+    for index, column_width in enumerate(widths):
+        if blocks[-1] and used + len(GAP) + column_width > width:
+            blocks.append([])
+            used = name_width
+        blocks[-1].append(index)
+        used += len(GAP) + column_width
+    return blocks
 
 
 def _header_lines(header: str, width: int) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from markupsafe import Markup
 
 from curate.data.atomic import write_text
-from curate.people.exps_table import Table, cell_parts, legend, row_label
+from curate.people.exps_table import Table, cell_parts, is_number, legend, row_label
 from curate.report import Verdict
 from curate.report.render import render, scatter_chart
 
@@ -35,7 +35,7 @@ def plots(table: Table) -> tuple[list[tuple[str, Markup]], list[str]]:
     def points(x_key: str, y_key: str) -> list[tuple[float, float, str]]:
         measured = [row for row in table.rows if row.measured]
         return [(row.metrics[x_key], row.metrics[y_key], row.name) for row in measured
-                if _number(row.metrics.get(x_key)) and _number(row.metrics.get(y_key))]  # fmt: skip
+                if is_number(row.metrics.get(x_key)) and is_number(row.metrics.get(y_key))]  # fmt: skip
 
     found = points(*ACCURACY)
     if found:
@@ -59,10 +59,6 @@ def plots(table: Table) -> tuple[list[tuple[str, Markup]], list[str]]:
             "(detection F1) or review decisions in its ledger (review precision)."
         )
     return drawn, left_out
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def write_page(path: str | Path, table: Table) -> None:

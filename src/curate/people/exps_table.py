@@ -45,7 +45,7 @@ class Table:
         """A metric's change against the row's baseline; None where either is not a number."""
         base = self.baselines.get(row.baseline)
         now, then = self.value(row, column), None if base is None or base is row else self.value(base, column)
-        if not (_is_number(now) and _is_number(then)) or isinstance(now, bool):
+        if not (is_number(now) and is_number(then)) or isinstance(now, bool):
             return None
         return now - then
 
@@ -65,12 +65,12 @@ def metric_columns(declared: Mapping[str, Stage], view: str) -> list[Column]:
 
 
 def build_table(all_runs: Sequence[Run], declared: Mapping[str, Stage], view: str, sort: str | None) -> Table:
-    baselines = {row.name: row for row in all_runs if row.state in {"baseline", "workspace"}}
+    baselines = {row.name: row for row in all_runs if row.is_reference}
     rows = [row for row in all_runs if row.state != "workspace" or _differs(row, baselines.get(row.baseline))]
     measured = [row for row in rows if row.measured]
     # A metric no run has (detect_f1 without true labels) is no column.
     metrics = [c for c in metric_columns(declared, view) if any(c.key in row.metrics for row in measured)]
-    params = changed_params(rows)
+    params = changed_params(rows, baselines)
     names = short_names(params)
     columns = [Column(key, names[key]) for key in params] + metrics
     table = Table(columns, rows, baselines, {})
@@ -96,9 +96,9 @@ def _sorted(table: Table, column: Column) -> list[Run]:
     """Baselines first, then the experiments best first by ``column`` (largest first where no way
     is better); rows without the figure last, in DVC's order."""
     sign = 1 if column.better == "lower" else -1
-    firsts = [row for row in table.rows if row.state in {"baseline", "workspace"}]
-    rest = [row for row in table.rows if row.state not in {"baseline", "workspace"}]
-    ranked = [row for row in rest if _is_number(table.value(row, column))]
+    firsts = [row for row in table.rows if row.is_reference]
+    rest = [row for row in table.rows if not row.is_reference]
+    ranked = [row for row in rest if is_number(table.value(row, column))]
     ranked.sort(key=lambda row: sign * table.value(row, column))
     return firsts + ranked + [row for row in rest if row not in ranked]
 
@@ -106,14 +106,15 @@ def _sorted(table: Table, column: Column) -> list[Run]:
 def _best(table: Table, column: Column) -> set[str]:
     """The rows holding the column's best value, where there is a best and not every row has it."""
     values = {row.name: table.value(row, column) for row in table.rows if row.measured}
-    numbers = {name: float(v) for name, v in values.items() if _is_number(v)}
+    numbers = {name: float(v) for name, v in values.items() if is_number(v)}
     if column.better is None or len(set(numbers.values())) < 2:
         return set()
     best = (max if column.better == "higher" else min)(numbers.values())
     return {name for name, value in numbers.items() if value == best}
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A figure to compare or plot: a number (a gate's verdict counts as 0 or 1), not NaN."""
     return isinstance(value, int | float) and not (isinstance(value, float) and math.isnan(value))
 
 
