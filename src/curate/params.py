@@ -160,6 +160,13 @@ class CleanParams(Section):
     # back in the uniform cells of the sweep, so relative is opt-in (docs/curation.md, "When curation pays").
     cap: Literal["relative", "absolute"] = "absolute"
     drop_near_duplicates: bool = False
+    # audited: with an audit in the ledger (curation.audit), act only on the flags of the bands whose
+    # audited precision's 95% lower bound reaches min_precision; hold the rest. always: act on every flag.
+    # Without audit lines both are the same.
+    act_when: Literal["audited", "always"] = "audited"
+    min_precision: float = Field(0.8, ge=0, le=1)
+    audit_bands: int = Field(4, ge=1, le=20)  # label-quality bands of equal count the audit samples
+    audit_max_stale: float = Field(0.2, ge=0, le=1)  # past this share of stale audit lines: ask anew
     # The review ledger (curate.data.ledger): people's keep / drop / relabel decisions, applied last.
     decisions: str = "data/review/decisions.csv"
 
@@ -284,6 +291,7 @@ class GatesParams(Section):
     max_flagged_rate: float | None = Field(0.2, ge=0, le=1)
     min_detect_f1: float | None = Field(None, ge=0, le=1)
     min_review_precision: float | None = Field(None, ge=0, le=1)
+    min_audited_precision: float | None = Field(None, ge=0, le=1)
     min_group_share_ratio: float | None = Field(0.2, ge=0, le=1)
     # In units of the originals' feature spread; mild pipelines measure < 0.1 on the demo.
     # The augment report also warns for each group over it.

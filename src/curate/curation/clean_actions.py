@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from curate.curation.audit import Estimate
 from curate.curation.neighbours import Neighbours
 from curate.curation.removal_cap import Budget, Hold, Sizing
 from curate.data.store import Store
@@ -170,6 +171,8 @@ class Cleaned:
     images: Store | np.ndarray  # the raw store (the report's thumbnails)
     environment: list[tuple[str, object]]  # what computed the predictions
     neighbours: Neighbours | None = None  # the kNN graph of the embeddings, and how it was searched
+    audit: Estimate | None = None  # what the ledger's audit lines measured (curation.audit)
+    audit_held: int = 0  # label flags the audit rule held (clean.act_when audited)
 
     @property
     def train(self) -> pd.DataFrame:
@@ -188,4 +191,6 @@ def with_test_rows(samples: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
         merged[column] = merged[column].astype("boolean").fillna(False).astype(bool)
     for column in ("given_label", "predicted_label", "fold", "pred_row", "duplicate_set"):
         merged[column] = merged[column].fillna(-1).astype(np.int64)
+    if "audit_band" in merged.columns:
+        merged["audit_band"] = merged["audit_band"].fillna(0).astype(np.int64)
     return merged

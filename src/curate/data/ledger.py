@@ -6,7 +6,9 @@ both are given: it names the content, so a renamed file keeps its decision and a
 replaced by other pictures loses it); ``decision`` is ``keep`` | ``drop`` | ``relabel``, or
 ``undo``, which takes back the decision standing on that sample (tools only ever append:
 a changed mind is an undo line and a new decision, and the history stays); ``label`` is the
-class to relabel to (relabel only); ``reviewer`` and ``note`` are for people. A second
+class to relabel to (relabel only); ``reviewer`` and ``note`` are for people; ``audit``, a
+column ledgers from before audits lack (read as empty), holds the band of a decision made in an
+audit (``2 of 4``: :mod:`curate.curation.audit`), empty for one made in queue order. A second
 decision on a sample whose first still stands is refused (two reviewers never silently
 overwrite each other). No file: no decisions.
 
@@ -29,7 +31,8 @@ import pandas as pd
 from curate.data.csvfile import read_table, restore
 from curate.errors import CurateError
 
-COLUMNS = ("sample_id", "path", "decision", "label", "reviewer", "note")
+COLUMNS = ("sample_id", "path", "decision", "label", "reviewer", "note", "audit")
+OPTIONAL = ("audit",)  # added after ledgers were in use: a header without it is still a ledger
 DECISIONS = ("keep", "drop", "relabel")
 UNDO = "undo"  # takes back the decision standing on its sample: the ledger is only appended to
 VERBS = (*DECISIONS, UNDO)
@@ -38,7 +41,7 @@ ORPHAN_COLUMNS = ("line", "sample_id", "path", "decision", "label", "reviewer")
 
 @dataclass
 class Review:
-    decisions: pd.DataFrame  # index: the samples' index (train rows); line, decision, label (-1: none)
+    decisions: pd.DataFrame  # index: the samples' index (train rows); line, decision, label (-1: none), audit
     orphans: pd.DataFrame  # :data:`ORPHAN_COLUMNS`, the ledger's strings, in file order
 
 
@@ -57,7 +60,7 @@ def parse_ledger(source: Path | BinaryIO, name: str) -> pd.DataFrame:
     """:func:`read_ledger` of a file or of bytes (a git revision's), ``name`` naming it in messages."""
     table = read_table(source, f"the header line {','.join(COLUMNS)}", name)
     _check_header(list(table.columns), name)
-    table = table[list(COLUMNS)].map(lambda cell: restore(cell).strip())
+    table = table.reindex(columns=list(COLUMNS), fill_value="").map(lambda cell: restore(cell).strip())
     return table[(table != "").any(axis=1)]
 
 
@@ -70,7 +73,7 @@ def _check_header(header: list[str], path: str) -> None:
     for name in header:
         if name not in COLUMNS:
             raise CurateError(f"{path}: unknown column {name!r}{_hint(name, COLUMNS, 'columns')}")
-    missing = [name for name in COLUMNS if name not in header]
+    missing = [name for name in COLUMNS if name not in header and name not in OPTIONAL]
     if missing:
         raise CurateError(
             f"{path}: missing column(s) {', '.join(missing)} (the header line is {','.join(COLUMNS)})"
@@ -144,15 +147,35 @@ def resolve(ledger: pd.DataFrame, samples: pd.DataFrame, names: list[str], sourc
                 "split (reviewing test labels is out of scope for clean): remove the line"
             )
         else:
-            decided.append((key, line, entry["decision"], label))
-    decisions = pd.DataFrame(decided, columns=["index", "line", "decision", "label"]).set_index("index")
+            decided.append((key, line, entry["decision"], label, entry["audit"]))
+    columns = ["index", "line", "decision", "label", "audit"]
+    decisions = pd.DataFrame(decided, columns=columns).set_index("index")
     return Review(decisions, pd.DataFrame(orphans, columns=list(ORPHAN_COLUMNS)))
+
+
+def band_label(band: int, bands: int) -> str:
+    """What the ledger's ``audit`` column holds for a decision made in ``band`` (1-based)."""
+    return f"{band} of {bands}"
+
+
+def parse_band(text: str) -> tuple[int, int] | None:
+    """``(band, bands)`` of an ``audit`` cell, None when it names none (not an audit line)."""
+    parts = str(text).split(" of ")
+    if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+        return None
+    band, bands = (int(part) for part in parts)
+    return (band, bands) if 1 <= band <= bands else None
 
 
 def check_entry(entry: pd.Series | dict, names: list[str], where: str) -> int:
     """The class index a relabel asks for; -1 for keep, drop and undo. ``where`` starts the
     message of the :class:`CurateError` a bad decision or label raises."""
     decision, label = entry["decision"], entry["label"]
+    if entry.get("audit") and parse_band(entry["audit"]) is None:
+        raise CurateError(
+            f"{where}: audit {entry['audit']!r} names no band (an audit decision's is like '2 of 4'; "
+            "empty for a decision made in queue order)"
+        )
     if decision not in VERBS:
         raise CurateError(
             f"{where}: decision {decision!r} is not one of {', '.join(VERBS)}{_hint(decision, VERBS)}"

@@ -7,10 +7,14 @@ Reads ``data/raw`` and what the ``folds`` stage wrote into ``data/folds/`` (``pr
 and the report. No training here: changing how the predictions are read re-runs only this stage.
 
 People have the last word: the review ledger (``clean.decisions``, :mod:`curate.data.ledger`) is
-applied after cleanlab's actions and the cap. ``action_source`` says who decided a train row
-(``auto`` | ``review``), ``auto_action`` what cleanlab would have done; test rows, never
-cleaned nor reviewed, have ``none`` in both. ``action_reason`` says in words why a row got its
-action, as decided here with these params: ``curate trace`` prints it.
+applied after cleanlab's actions and the cap. Its audit lines also set how far the flags are
+trusted (:mod:`curate.curation.audit`): under ``clean.act_when: audited`` clean acts only on the
+flags of the label-quality bands whose audited precision clears ``clean.min_precision``. The
+rules, in order: the fold-skill floor (weak fold models: no flag acted on), the audit, the cap.
+``action_source`` says who decided a train row (``auto`` | ``review``), ``auto_action`` what
+cleanlab would have done; test rows, never cleaned nor reviewed, have ``none`` in both.
+``action_reason`` says in words why a row got its action, as decided here with these params:
+``curate trace`` prints it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
-from curate.curation import clean_report, label_issues, neighbours
+from curate.curation import audit, clean_report, label_issues, neighbours
 from curate.curation.clean_actions import Cleaned, action_reasons, choose_action, with_test_rows
 from curate.curation.clean_report import Tile
 from curate.curation.label_issues import FoldOutputs
@@ -49,7 +53,15 @@ from curate.stage import Gate, Stage, guarded, stage_parser
 
 STAGE = Stage(
     "clean",
-    metrics=("flagged_rate", "dropped", "detect_f1", "detect_precision", "detect_recall", "review_precision"),
+    metrics=(
+        "flagged_rate",
+        "dropped",
+        "detect_f1",
+        "detect_precision",
+        "detect_recall",
+        "review_precision",
+        "audited_precision",
+    ),  # fmt: skip
     view="data",
     glance=("flagged_rate", "dropped", "detect_f1"),
     best={"detect_precision": "higher", "detect_recall": "higher"},
@@ -57,6 +69,7 @@ STAGE = Stage(
         "max_flagged_rate": Gate("flagged_rate", "max"),
         "min_detect_f1": Gate("detect_f1", "min"),
         "min_review_precision": Gate("review_precision", "min"),
+        "min_audited_precision": Gate("audited_precision", "min"),
     },
 )
 
@@ -75,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     graph = neighbours.build(predictions.embeddings, k, settings.neighbour_search)
     checks = label_issues.duplicates_and_outliers(graph)
     decisions = ledger.read_ledger(lineage.input(settings.decisions))
-    result = compute(inputs, predictions, checks, settings, decisions, graph)
+    result = compute(inputs, predictions, checks, settings, decisions, graph, seed=params.seed)
     write_samples(lineage.output(OUTPUT), result.samples)
     figures = metrics(result)
     sizes = write_stage(STAGE, params, figures, report_context(params, result), lineage)
@@ -110,6 +123,8 @@ def compute(
     settings: CleanParams,
     decisions: pd.DataFrame | None = None,
     graph: Neighbours | None = None,
+    *,
+    seed: int = 0,
 ) -> Cleaned:
     """Flag, then act on, the train rows of the raw table; no training, no I/O.
 
@@ -119,7 +134,8 @@ def compute(
     (None: none), checked against the table and applied last, over the automatic actions.
     ``graph``: the kNN graph of the shared model's embeddings (:func:`curate.curation.neighbours.build`),
     whose neighbours' given labels are the kNN evidence cleanlab reads beside ``pred_probs``
-    (``clean.knn_weight``; None: none). ``predicted_label`` stays the fold model's.
+    (``clean.knn_weight``; None: none). ``seed``: the run's, which orders the audit
+    (:func:`curate.curation.audit.order`). ``predicted_label`` stays the fold model's.
     """
     samples, class_names, pred_probs = inputs.samples, inputs.class_names, predictions.pred_probs
     decisions = ledger.no_decisions() if decisions is None else decisions
@@ -133,24 +149,30 @@ def compute(
     skill = label_issues.fold_skill(train["predicted_label"].to_numpy(), labels)
     choice = choose_action(settings, skill, float(is_issue.mean()) if len(train) else 0.0)
     action = choice.action
+    measured = audit.measure(train, review, class_names, settings, seed)
+    held = audit.holds(train, measured, settings, action)
     train["relabel_floor"] = label_issues.relabel_floors(pred_probs, labels, settings.relabel_min_confidence)
     decision = label_issues.decide_actions(
-        train,
+        train.assign(is_label_issue=train["is_label_issue"] & ~held),  # held flags ask for nothing
         action=action,
         relabel_floor=train["relabel_floor"].to_numpy(),
         max_drop_fraction=settings.max_drop_fraction,
         cap=settings.cap,
         min_rows=settings.min_examples_per_class,
     )
-    train["action"] = decision.actions
+    train["action"] = decision.actions.where(~held, "keep")
     relabel = train["action"] == "relabel"
     train.loc[relabel, "label"] = train.loc[relabel, "predicted_label"]
     train = ledger.apply(train.drop(columns="drop_candidate"), review, class_names)
     # A held-back row's reason formats what the cap recorded as it held the row (decision.holds).
     train["action_reason"] = action_reasons(train, settings, class_names, choice, decision.holds)
+    by_people = train["action_source"] == "review"
+    train.loc[held & ~by_people, "action_reason"] = audit.held_reasons(
+        train[held & ~by_people], measured, settings
+    )
     merged = with_test_rows(samples, train.drop(columns="relabel_floor"))
     return Cleaned(merged, class_names, decision.notes, len(decision.holds), skill, choice, review.orphans,
-                   inputs.images, predictions.environment, graph)  # fmt: skip
+                   inputs.images, predictions.environment, graph, measured, int(held.sum()))  # fmt: skip
 
 
 def _detect(
@@ -195,6 +217,23 @@ def metrics(result: Cleaned) -> dict:
         "outliers": int(train["is_outlier"].sum()),
         **ledger.figures(train),
         "orphaned": len(result.orphans),
+        **result.audit.figures(),
+        "audit_held": result.audit_held,
+        "audit_bands": [
+            {
+                "band": band.band,
+                "flags": band.flags,
+                "quality_low": band.quality_low,
+                "quality_high": band.quality_high,
+                "counted": band.counted,
+                "confirmed": band.confirmed,
+                "waiting": band.waiting,
+                "precision": band.precision,
+                "low": band.interval[0],
+                "high": band.interval[1],
+            }
+            for band in result.audit.bands
+        ],
     }
     if result.neighbours is not None:  # which search found the duplicates, outliers and kNN evidence
         figures |= {"neighbour_search": result.neighbours.search, "neighbour_k": result.neighbours.k}
