@@ -82,6 +82,9 @@ def context(params: Params, result: Cleaned, figures: dict) -> dict:
         "n_duplicate_sets": int(train.loc[train["duplicate_set"] >= 0, "duplicate_set"].nunique()),
         "neighbours": result.neighbours,
         **review_context(result, figures),
+        **audit_context(result, settings, figures),
+        "audit_held": figures.get("audit_held", 0),
+        "seed": params.seed,
         "environment": result.environment,
     }
 
@@ -92,7 +95,15 @@ def verdict_warnings(params: Params, result: Cleaned, figures: dict) -> list[str
     settings = params.clean
     cap = f"max_drop_fraction {settings.max_drop_fraction} bound"
     note = removal_cap.curation_note(figures, settings, params.gates.max_flagged_rate)
-    return [*filter(None, [note]), *(f"{cap}: {line}" for line in result.cap_notes)]
+    measured = result.audit
+    stale = None
+    if measured is not None and measured.stale_share > settings.audit_max_stale:
+        stale = (
+            f"the audit is stale: {measured.stale} of its {measured.audit_lines} lines are set aside (their "
+            f"flags changed since, over clean.audit_max_stale {settings.audit_max_stale:g}): audit anew "
+            "(curate review --serve --audit 100)"
+        )
+    return [*filter(None, [note, stale]), *(f"{cap}: {line}" for line in result.cap_notes)]
 
 
 def flagged_rows(train: pd.DataFrame) -> pd.DataFrame:
@@ -130,6 +141,45 @@ def review_context(result: Cleaned, figures: dict) -> dict:
         "orphan_rows": orphans.to_numpy().tolist(),
         "orphans_hidden": len(result.orphans) - len(orphans),
     }
+
+
+AUDIT_HEADERS = [
+    "band",
+    "label quality",
+    "flags",
+    "audited",
+    "confirmed",
+    "precision",
+    "95% interval",
+    "clean",
+]
+
+
+def audit_context(result: Cleaned, settings, figures: dict) -> dict:
+    """The audit section: whether there is one, the rule it set, and one row per band."""
+    measured = result.audit
+    if measured is None or not measured.audit_lines:
+        return {"audit": None, "audit_held": 0}
+    rule_on = settings.act_when == "audited" and measured.audit_lines > measured.stale
+    rows = []
+    for band in measured.bands:
+        low, high = band.interval
+        if result.choice.action == "keep":
+            fate = "none acted on"
+        elif not rule_on:
+            fate = "acted on"
+        else:
+            fate = "acted on" if band.trusted(settings.min_precision) else "held"
+        rows.append([
+            band.band, f"{band.quality_low:.3g}-{band.quality_high:.3g}" if band.flags else "-",
+            band.flags, band.counted, band.confirmed, band.precision,
+            f"{low:.2f}-{high:.2f}" if band.counted else "-", fate,
+        ])  # fmt: skip
+    headline = [(key, figures[key]) for key in ("audited_precision", "audited", "audit_held", "audit_stale")]
+    return {
+        "audit": measured, "audit_rule_on": rule_on, "audit_headers": AUDIT_HEADERS, "audit_rows": rows,
+        "audit_headline": headline,
+    }  # fmt: skip
 
 
 def counts_by(train: pd.DataFrame, column: str) -> list[list]:

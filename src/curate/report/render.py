@@ -343,3 +343,41 @@ def scatter_chart(
         axes.grid(True, color="#d0d7de", linewidth=0.5)
         axes.spines[["top", "right"]].set_visible(False)
         return svg(figure, key)
+
+
+def interval_chart(
+    categories: Sequence[str],
+    values: Sequence[float],
+    intervals: Sequence[tuple[float, float]],
+    *,
+    key: str,
+    bar: float | None = None,
+    bar_label: str = "",
+    acted: Sequence[bool] | None = None,
+    ylabel: str = "",
+    title: str = "",
+) -> Markup:
+    """A point with its interval per category (NaN: none drawn), a dashed line at ``bar``; points
+    whose ``acted`` is False drawn hollow (the categories a rule left alone)."""
+    acted = [True] * len(categories) if acted is None else list(acted)
+    with matplotlib.rc_context({"text.parse_math": False, "font.size": 9}):
+        figure, axes = plt.subplots(figsize=(max(4.0, 1.5 + 0.9 * len(categories)), 3.0))
+        for x, (value, (low, high), filled) in enumerate(zip(values, intervals, acted, strict=True)):
+            if np.isnan(value):
+                continue
+            axes.errorbar(
+                [x], [value], yerr=[[max(value - low, 0.0)], [max(high - value, 0.0)]], fmt="o", capsize=4,
+                color="#0969da",
+                markerfacecolor="#0969da" if filled else "white", zorder=3,
+            )  # fmt: skip
+        if bar is not None:
+            axes.axhline(bar, color="#cf222e", linestyle="--", linewidth=1, label=bar_label or None)
+            axes.legend(frameon=False, loc="lower left")
+        axes.set_xticks(np.arange(len(categories)), [str(c) for c in categories])
+        axes.set_xlim(-0.5, len(categories) - 0.5)
+        axes.set_ylim(0, 1.05)
+        axes.set_ylabel(ylabel)
+        axes.set_title(title)
+        axes.grid(True, axis="y", color="#d0d7de", linewidth=0.5)
+        axes.spines[["top", "right"]].set_visible(False)
+        return svg(figure, key)

@@ -48,6 +48,7 @@ from curate.data.store import Store
 from curate.errors import CurateError
 from curate.params import CleanParams, Params, load_params
 from curate.report import bar_chart, thumbnail
+from curate.report.render import interval_chart
 from curate.report.writer import write_stage
 from curate.stage import Gate, Stage, guarded, stage_parser
 
@@ -254,6 +255,7 @@ def report_context(params: Params, result: Cleaned) -> dict:
     return {
         **clean_report.context(params, result, metrics(result)),
         "chart": _flagged_chart(result),
+        "audit_chart": _audit_chart(result, params.clean.min_precision),
         "suspicious": _thumbnails(images, shown.suspicious),
         "duplicate_sets": [
             {"size": size, "items": _thumbnails(images, tiles)} for size, tiles in shown.duplicate_sets
@@ -271,6 +273,24 @@ def _flagged_chart(result: Cleaned) -> Markup:
         ylabel="flagged samples",
         title="Flagged samples by given class and group",
         stacked=True,
+    )
+
+
+def _audit_chart(result: Cleaned, min_precision: float) -> Markup | str:
+    """Each band's audited precision with its interval, against clean.min_precision; hollow: held."""
+    measured = result.audit
+    if measured is None or not measured.audit_lines:
+        return ""
+    return interval_chart(
+        [f"band {band.band}" for band in measured.bands],
+        [band.precision for band in measured.bands],
+        [band.interval for band in measured.bands],
+        acted=[band.trusted(min_precision) for band in measured.bands],
+        key="clean-audit",
+        bar=min_precision,
+        bar_label=f"clean.min_precision {min_precision:g}",
+        ylabel="confirmed share of audited flags",
+        title="Audited precision by label-quality band (1: most suspicious)",
     )
 
 
