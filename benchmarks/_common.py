@@ -101,9 +101,10 @@ def template_copy(destination: Path) -> Path:
 
 
 class Server:
-    """``curate review --serve`` in a subprocess, in project ``root``; ``url`` carries the token."""
+    """``curate review --serve`` in a subprocess, in project ``root``, with more ``options`` (such as
+    ``("--audit", "100")``); ``url`` carries the token."""
 
-    def __init__(self, root: Path, reviewer: str = "ann") -> None:
+    def __init__(self, root: Path, reviewer: str = "ann", options: tuple[str, ...] = ()) -> None:
         import httpx  # the dev extra's HTTP client: only where a server is started
 
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
@@ -117,6 +118,7 @@ class Server:
             "0",
             "--reviewer",
             reviewer,
+            *options,
         ]
         self.process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()

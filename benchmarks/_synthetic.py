@@ -62,6 +62,57 @@ def draw(rng: np.random.Generator, label: str, side: int, style: str) -> np.ndar
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+def tinted_digit(
+    rng: np.random.Generator, digit: np.ndarray, side: int, grain: float, contrast: float
+) -> np.ndarray:
+    """A 28 x 28 demo digit as a ``side x side x 3`` uint8 photo: placed at random, in a random ink
+    colour on a random paper colour at least ``contrast`` apart (summed over RGB), with Gaussian
+    texture of standard deviation ``grain``. Dark-on-light digits are inverted first."""
+    ink = digit if digit[0, 0] <= 127 else 255 - digit
+    canvas = np.zeros((side, side), np.float32)
+    dy, dx = rng.integers(0, side - 28 + 1, 2)
+    canvas[dy : dy + 28, dx : dx + 28] = ink / 255.0
+    paper, pen = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    while np.abs(paper - pen).sum() < contrast:  # keep the digit visible
+        pen = rng.uniform(0, 255, 3)
+    pixels = paper + canvas[..., None] * (pen - paper) + rng.normal(0, grain, (side, side, 1))
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+# The hard folder's look: faint ink and heavy grain, the small group (scikit-learn's 8 px digits,
+# upscaled) grainier still; a from-scratch CNN's flags there are right about 3 times in 4.
+HARD_SIDE, HARD_CONTRAST, HARD_GRAIN = 28, 300, {"mnist": 4.0, "sklearn": 12.0}
+
+
+def hard_digits_folder(
+    root: Path, *, seed: int, label_noise: float = 0.2, subsample: float = 0.65
+) -> dict[str, str]:
+    """An ImageFolder of about 3,600 RGB photos of the demo's digits that a from-scratch CNN finds
+    hard (:func:`tinted_digit`), with ``root/metadata.csv`` (path, group, split); return path ->
+    true class, kept aside (a user's folder has no truth).
+
+    The demo's split, groups (mnist, and sklearn at a quarter of its train rows) and
+    class-conditional noise (``label_noise`` of the train labels to their look-alike digit) at
+    ``seed``; test labels are true."""
+    from curate.data.demo import build_demo
+
+    images, samples = build_demo(
+        seed=seed, test_fraction=0.25, label_noise=label_noise, minority_keep=0.25, size=28, channels=1,
+        subsample=subsample, noise="class_conditional",
+    )  # fmt: skip
+    rng = np.random.default_rng([seed, 7])
+    truth, lines = {}, ["path,group,split"]
+    for row, digit in zip(samples.itertuples(), images.reshape(len(images), 28, 28), strict=True):
+        path = f"{row.label_name}/{row.Index:05d}.png"
+        (root / row.label_name).mkdir(parents=True, exist_ok=True)
+        photo = tinted_digit(rng, digit, HARD_SIDE, HARD_GRAIN[row.group], HARD_CONTRAST)
+        Image.fromarray(photo).save(root / path)
+        truth[path] = str(row.true_label)
+        lines.append(f"{path},{row.group},{row.split}")
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+    return truth
+
+
 def make_folder(
     root: Path, per_class: int, *, seed: int = 0, noise: float = 0.2, sizes: tuple[int, ...] = (40, 48, 64)
 ) -> dict[str, dict[str, str]]:

@@ -42,6 +42,8 @@ once, class_conditional up to 30%: :func:`sweep_cells`); naive and default over 
 22 minutes on 2 CPU cores with ``--jobs 3`` (each seed's folds 2-3 minutes, each pipeline after
 them about a minute).
 
+``--audit`` runs the audit's arms with a simulated reviewer (``benchmarks/efficacy_audit.py``).
+
 Run: ``python benchmarks/efficacy.py [--seeds 0 1 2] [--noise class_conditional]
 [--pipelines default polarity_off] [--cache /tmp/efficacy] [-S train.epochs=8 ...]``, or
 ``python benchmarks/efficacy.py --sweep [--levels 0.3 0.5] [--models uniform] [--seeds 0]``.
@@ -130,8 +132,11 @@ CLASS_CONDITIONAL_MAX = 0.3  # the highest sweep level class-conditional noise r
 TODAY_AT_10 = {"uniform": (0.26, 1.81), "class_conditional": (0.28, 1.12)}  # default - naive, points
 
 
-def run_pipeline(folder: Path, cache: Path, overrides: list[dict], quiet: bool) -> dict:
-    """Write params, run (or fetch from the cache) every stage in ``folder``; the evaluate metrics."""
+def run_pipeline(
+    folder: Path, cache: Path, overrides: list[dict], quiet: bool, truth: dict | None = None
+) -> dict:
+    """Write params, run (or fetch from the cache) every stage in ``folder``; the evaluate metrics
+    and what clean did (:func:`clean_figures`; ``truth``: true class name by path, for a folder)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "data" / "demo").mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "params.yaml", folder / "params.yaml")
@@ -159,23 +164,38 @@ def run_pipeline(folder: Path, cache: Path, overrides: list[dict], quiet: bool) 
                 if (stored / output).exists():
                     shutil.rmtree(folder / output, ignore_errors=True)
                     shutil.copytree(stored / output, folder / output)
-    return read_figures("evaluate", folder / "reports") | clean_figures(folder)
+    return read_figures("evaluate", folder / "reports") | clean_figures(folder, truth)
 
 
-def clean_figures(folder: Path) -> dict:
-    """What clean did in ``folder``: flagged rate, detect F1 against ``true_label``, rows dropped
-    and flags left in (by the cap, or by action keep), from its samples table."""
-    from curate.curation.label_issues import detection_scores
+def clean_train(folder: Path, truth: dict | None = None):
+    """The train rows of clean's table in ``folder``; ``truth`` (true class name by path, kept
+    aside from a folder source) becomes their ``true_label``, which the demo's table has."""
     from curate.data.samples import read_samples
 
-    train = read_samples(folder / "data" / "clean" / "samples.parquet")
-    train = train[train["split"] == "train"]
+    table = read_samples(folder / "data" / "clean" / "samples.parquet")
+    train = table[table["split"] == "train"].copy()
+    if truth is not None:
+        label_of = dict(zip(table["label_name"], table["label"], strict=False))
+        train["true_label"] = train["path"].map(truth).map(label_of)
+    return train
+
+
+def clean_figures(folder: Path, truth: dict | None = None) -> dict:
+    """What clean did in ``folder``: flagged rate, detection against ``true_label``, rows dropped,
+    flags acted on (dropped or relabelled) and flags left in (by the cap, or by action keep)."""
+    from curate.curation.label_issues import detection_scores
+
+    train = clean_train(folder, truth)
     flagged = train["is_label_issue"].to_numpy()
     noisy = (train["given_label"] != train["true_label"]).to_numpy()
+    scores = detection_scores(flagged, noisy)
     return {
         "flagged_rate": float(flagged.mean()),
-        "detect_f1": detection_scores(flagged, noisy)["f1"],
+        "flagged": int(flagged.sum()),
+        "detect_f1": scores["f1"],
+        "detect_precision": scores["precision"],
         "dropped": int((train["action"] == "drop").sum()),
+        "acted_on": int((flagged & train["action"].isin(["drop", "relabel"]).to_numpy()).sum()),
         "kept_flags": int((flagged & (train["action"] == "keep").to_numpy()).sum()),
     }
 
@@ -289,11 +309,24 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="the noise sweep of issue 23 (below)")
     parser.add_argument("--levels", type=float, nargs="+", default=list(LEVELS), help="sweep: label noise")
     parser.add_argument("--models", nargs="+", default=list(NOISE_MODELS), choices=NOISE_MODELS)
+    parser.add_argument(
+        "--audit", action="store_true", help="the audit's arms (benchmarks/efficacy_audit.py)"
+    )
+    parser.add_argument(
+        "--cells", nargs="+", default=["hard-rgb", "demo-cc10", "demo-u30"], help="audit cells"
+    )
+    parser.add_argument("--audit-sizes", type=int, nargs="+", default=[50, 100], help="audit: flags audited")
+    parser.add_argument("--reviewer-error", type=float, default=0.0, help="audit: share of wrong answers")
     args = parser.parse_args()
     common = [parse_override(text) for text in args.overrides]
     with tempfile.TemporaryDirectory() as tmp:
         cache = (args.cache or Path(tmp) / "cache").resolve()
         cache.mkdir(parents=True, exist_ok=True)
+        if args.audit:
+            from benchmarks import efficacy_audit
+
+            efficacy_audit.main(args, Path(tmp), cache)
+            return
         if args.sweep:
             sweep(args, args.pipelines or list(SWEEP_PIPELINES), common, Path(tmp), cache)
             return

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks._synthetic import tinted_digit  # noqa: E402
 from benchmarks.scale import demo_pool  # noqa: E402
 
 STAGES = ("ingest", "folds", "clean", "rebalance", "augment", "train", "train_report", "evaluate", "gate")
@@ -187,24 +188,15 @@ def write_images(root: Path, first: int, count: int, seed: int) -> list[str]:
         (root / name).mkdir(parents=True, exist_ok=True)
     lines = []
     rng = np.random.default_rng([seed, first])
-    light = images[:, 0, 0] > 127  # some demo digits are dark ink on light paper
     for i in range(first, first + count):
         parent = int(rng.integers(len(images)))
-        ink = images[parent] if not light[parent] else 255 - images[parent]
-        canvas = np.zeros((SIDE, SIDE), np.float32)
-        dy, dx = rng.integers(0, SIDE - 28 + 1, 2)
-        canvas[dy : dy + 28, dx : dx + 28] = ink / 255.0
         group = "b" if rng.random() < GROUP_B_SHARE else "a"
-        paper, pen = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-        while abs(paper - pen).sum() < 200:  # keep the digit visible
-            pen = rng.uniform(0, 255, 3)
-        texture = rng.normal(0, 18 if group == "b" else 4, (SIDE, SIDE, 1))
-        pixels = paper + canvas[..., None] * (pen - paper) + texture
+        pixels = tinted_digit(rng, images[parent], SIDE, 18 if group == "b" else 4, 200)
         label = int(labels[parent])
         if rng.random() < LABEL_NOISE:
             label = int((label + rng.integers(1, len(names))) % len(names))
         path = f"{names[label]}/{i:07d}.png"
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / path)
+        Image.fromarray(pixels).save(root / path)
         lines.append(f"{path},{group}")
     return lines
 
