@@ -168,9 +168,8 @@ def compute(
     # A held-back row's reason formats what the cap recorded as it held the row (decision.holds).
     train["action_reason"] = action_reasons(train, settings, class_names, choice, decision.holds)
     by_people = train["action_source"] == "review"
-    train.loc[held & ~by_people, "action_reason"] = audit.held_reasons(
-        train[held & ~by_people], measured, settings
-    )
+    held &= ~by_people  # a person's decision stands over the rule
+    train.loc[held, "action_reason"] = audit.held_reasons(train[held], measured, settings)
     merged = with_test_rows(samples, train.drop(columns="relabel_floor"))
     return Cleaned(merged, class_names, decision.notes, len(decision.holds), skill, choice, review.orphans,
                    inputs.images, predictions.environment, graph, measured, int(held.sum()))  # fmt: skip
