@@ -204,8 +204,8 @@ def test_each_bad_line_is_named(ledger_dir, text, message):
         ("sample_id,path,decison,label,reviewer,note\n",
          "unknown column 'decison' (did you mean 'decision'?)"),
         (f"{HEADER},path\n", "column 'path' appears twice"),
-        (f"{HEADER}\ns003,,keep,,,,extra\n", "not a readable CSV (Error tokenizing data. C error: Expected 6 "
-         "fields in line 2, saw 7)"),
+        (f"{HEADER}\ns003,,keep,,,,,extra\n", "not a readable CSV (Error tokenizing data. C error: "
+         "Expected 7 fields in line 2, saw 8)"),
         ("", f"empty file (expected the header line {HEADER})"),
     ],
 )  # fmt: skip

@@ -8,6 +8,8 @@ and skip, saying why, where either is missing. ``CURATE_SHOTS=DIR`` saves screen
 
 from __future__ import annotations
 
+import fcntl
+import os
 import signal
 import threading
 import time
@@ -48,8 +50,8 @@ def project(workdir):
 def serve(project):
     started: list[Server] = []
 
-    def start(reviewer: str = "ann") -> Server:
-        started.append(Server(project, reviewer))
+    def start(reviewer: str = "ann", *options: str) -> Server:
+        started.append(Server(project, reviewer, options))
         return started[-1]
 
     yield start
@@ -77,9 +79,9 @@ def test_decisions_undo_and_conflicts_over_http(serve):
     assert server.post("/api/decide", sample_id="e1", decision="drop", note="=HYPERLINK()").status_code == 200
     assert server.post("/api/decide", sample_id="t1", decision="drop").status_code == 404  # a test row
     assert rows() == [
-        ["e1", "x/0.png", "keep", "", "ann", ""],
-        ["e1", "x/0.png", "undo", "", "ann", ""],
-        ["e1", "x/0.png", "drop", "", "ann", "=HYPERLINK()"],
+        ["e1", "x/0.png", "keep", "", "ann", "", ""],
+        ["e1", "x/0.png", "undo", "", "ann", "", ""],
+        ["e1", "x/0.png", "drop", "", "ann", "=HYPERLINK()", ""],
     ]
     assert "'=HYPERLINK()" in LEDGER.read_text()  # neutralised on disk, restored on read
     page = server.client.get("/api/queue", params={"kind": "duplicate"}).json()
@@ -122,7 +124,10 @@ def test_two_servers_on_one_ledger_keep_both_decisions(serve):
     assert late.status_code == 409 and late.json()["first"]["reviewer"] == "ann"
     items = ann.client.get("/api/queue").json()["items"]  # ann's page sees bo's decision
     assert [item["decision"]["reviewer"] for item in items if item["decision"]] == ["ann", "bo"]
-    assert rows() == [["e1", "x/0.png", "keep", "", "ann", ""], ["e2", PAYLOAD_PATH, "drop", "", "bo", ""]]
+    assert rows() == [
+        ["e1", "x/0.png", "keep", "", "ann", "", ""],
+        ["e2", PAYLOAD_PATH, "drop", "", "bo", "", ""],
+    ]
     with open(LEDGER, "a") as handle:  # a hand edit that clean would refuse
         handle.write("e2,,dorp,,eve,\n")
     broken = ann.client.get("/api/queue")
@@ -200,6 +205,41 @@ def test_a_hundred_thousand_flags_page_without_loading_at_once(tmp_path, monkeyp
     assert built < 10 and served < 1
 
 
+OLD_HEADER = "sample_id,path,decision,label,reviewer,note\n"  # a ledger from before audits
+
+
+def test_an_audit_line_adds_the_audit_column_to_an_old_ledger(tmp_path):
+    path = tmp_path / "decisions.csv"
+    path.write_text(OLD_HEADER + 'e1,x/0.png,keep,,ann,"a, note"\n')
+    bo, cy = Journal(path, [NASTY, "cat"], "bo"), Journal(path, [NASTY, "cat"], "cy")  # two servers
+    bo.decide("d00d-1", "cat/1.png", "drop")  # no band: the old header's six fields, as before
+    lines = path.read_bytes()
+    assert lines.endswith(b"\nd00d-1,cat/1.png,drop,,bo,\n")
+    assert bo.decide("e2", PAYLOAD_PATH, "relabel", "cat", audit="3 of 4")["audit"] == "3 of 4"
+    assert cy.decide("d00d", "x/3.png", "keep")["line"] == 5  # cy reads the new file
+    assert path.read_bytes() == (
+        OLD_HEADER.replace("note", "note,audit").encode()
+        + lines[len(OLD_HEADER) :]  # the old lines, byte for byte
+        + f"e2,{PAYLOAD_PATH},relabel,cat,bo,,3 of 4\nd00d,x/3.png,keep,,cy,,\n".encode()
+    )
+    assert ledger.read_ledger(path)["audit"].tolist() == ["", "", "3 of 4", ""]
+
+
+def test_a_writer_that_waited_on_a_replaced_ledger_appends_to_the_new_one(tmp_path):
+    path = tmp_path / "decisions.csv"
+    path.write_text(OLD_HEADER)
+    journal = Journal(path, [NASTY, "cat"], "bo")
+    with open(path, "ab") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another server adding the audit column
+        writer = threading.Thread(target=journal.decide, args=("e1", "x/0.png", "keep"))
+        writer.start()
+        time.sleep(0.2)  # the writer has opened the old file and waits for its lock
+        (tmp_path / "new.csv").write_text(OLD_HEADER.replace("note", "note,audit"))
+        os.replace(tmp_path / "new.csv", path)
+    writer.join()
+    assert path.read_text() == OLD_HEADER.replace("note", "note,audit") + "e1,x/0.png,keep,,bo,,\n"
+
+
 def app_token(app) -> str:
     """The token of an app :func:`build_app` made (its guard middleware's)."""
     return next(m.kwargs["guard"].token for m in app.user_middleware)
@@ -250,11 +290,11 @@ def test_five_keyboard_decisions_reach_the_ledger_and_survive_a_restart(serve, b
     page.keyboard.press("?")
     shoot(page, "3-help")
     assert rows() == [
-        ["e1", "x/0.png", "keep", "", "ann", ""],
-        ["d00d-1", "cat/1.png", "drop", "", "ann", ""],
-        ["e2", PAYLOAD_PATH, "relabel", "cat", "ann", ""],
-        ["e2", PAYLOAD_PATH, "undo", "", "ann", ""],
-        ["e2", PAYLOAD_PATH, "drop", "", "ann", ""],
+        ["e1", "x/0.png", "keep", "", "ann", "", ""],
+        ["d00d-1", "cat/1.png", "drop", "", "ann", "", ""],
+        ["e2", PAYLOAD_PATH, "relabel", "cat", "ann", "", ""],
+        ["e2", PAYLOAD_PATH, "undo", "", "ann", "", ""],
+        ["e2", PAYLOAD_PATH, "drop", "", "ann", "", ""],
     ]
     server.stop()
     again = serve()
@@ -267,4 +307,43 @@ def test_five_keyboard_decisions_reach_the_ledger_and_survive_a_restart(serve, b
     shoot(page, "4-after-restart-conflict")
     page.keyboard.press("u")  # after a restart, u takes back the decision on the card shown
     expect(page.locator("#decision")).to_have_text("undecided")
-    assert rows()[5:] == [["d00d-1", "cat/1.png", "undo", "", "ann", ""]]
+    assert rows()[5:] == [["d00d-1", "cat/1.png", "undo", "", "ann", "", ""]]
+
+
+@browser_test
+def test_an_audit_writes_the_bands_to_the_ledger_and_shows_the_estimate(serve, browser):
+    from playwright.sync_api import expect
+
+    server = serve("ann", "--audit", "3")  # 4 bands (params.yaml) over 3 label flags: one each, one empty
+    page, _, errors = open_app(browser, server)
+    assert page.locator("#filters").is_hidden()
+    title = "· audit of 3 flags, a random sample by label-quality band (seed 0)"
+    assert page.text_content("#audit-title") == title
+    assert page.text_content("#position") == "flag 1 of 3 · audit band 1 of 4"
+    page.keyboard.press("k")  # e1, band 1: keep (the flag overturned)
+    expect(page.locator("#path")).to_have_text("cat/1.png")
+    page.keyboard.press("d")  # d00d-1, band 2: drop (confirmed)
+    expect(page.locator("#message")).to_contain_text("line 3")
+    page.keyboard.press("u")  # back to d00d-1: its undo line has no band
+    expect(page.locator("#message")).to_contain_text("undone")
+    page.keyboard.press("d")
+    expect(page.locator("#message")).to_contain_text("line 5")
+    expect(page.locator("#audit-bands li")).to_have_text(
+        [
+            "band 1 (quality 0.050–0.050): 1 of 1 counted, 0 confirmed, 0% (0–79%)",
+            "band 2 (quality 0.100–0.100): 1 of 1 counted, 1 confirmed, 100% (21–100%)",
+            "band 3 (quality 0.300–0.300): 0 of 1 counted, 0 confirmed",
+            "band 4: no flags",
+        ]
+    )
+    overall = "audited precision 50% (95% interval 9–91%) over 2 counted flags"
+    assert page.text_content("#audit-overall") == overall
+    shoot(page, "5-audit")
+    assert errors == []
+    assert LEDGER.read_text().splitlines()[0] == ",".join(ledger.COLUMNS)
+    assert [row[2:] for row in rows()] == [
+        ["keep", "", "ann", "", "1 of 4"],
+        ["drop", "", "ann", "", "2 of 4"],
+        ["undo", "", "ann", "", ""],
+        ["drop", "", "ann", "", "2 of 4"],
+    ]

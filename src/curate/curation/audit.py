@@ -17,7 +17,9 @@ falls and is not asked again. A random prefix of a random order is a simple rand
 band, so its share of confirmed flags estimates the band's precision without bias.
 
 **Audit lines.** A decision made in an audit carries its band in the ledger's ``audit`` column
-(``2 of 4``). A band's audit reaches as far as its last audit line in priority order; it counts
+(``2 of 4``). A band's audit reaches as far as its last audit line in priority order (a band
+whose sampled flags were all decided before the audit has no audit line, so it reads as not
+audited: the ledger does not say such a band was ever sampled); it counts
 the decided flags from the start of the order up to there, and stops early at a flag without a
 decision (a card skipped, or a flag new since): the lines past it wait. An audit line goes stale
 when its flag is no longer flagged or now falls in another band (the predictions changed); stale
@@ -74,11 +76,12 @@ def order(flags: pd.DataFrame, seed: int, bands: int) -> pd.DataFrame:
 
 
 def sample(ordered: pd.DataFrame, size: int, bands: int) -> pd.DataFrame:
-    """The audit of ``size`` flags: the first ``ceil(size / bands)`` of each band of ``ordered``
-    (:func:`order`), the bands in turn (band 1's first, band 2's first, ..., band 1's second)."""
+    """The audit of ``size`` flags: each band's first flags of ``ordered`` (:func:`order`), the
+    bands in turn (band 1's first, band 2's first, ..., band 1's second), the first ``size`` of
+    that (at most ``ceil(size / bands)`` of a band)."""
     per_band = math.ceil(size / bands)
     chosen = ordered[ordered["rank"] < per_band]
-    return chosen.sort_values(["rank", "band"], kind="stable")
+    return chosen.sort_values(["rank", "band"], kind="stable").head(size)
 
 
 def wilson(confirmed: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -178,7 +181,9 @@ def estimate(ordered: pd.DataFrame, decisions: pd.DataFrame, bands: int) -> Esti
     decided = ordered["sample_id"].isin(decisions.index).to_numpy()
     rows = decisions.astype(object).reindex(ordered["sample_id"]).fillna("")
     marked = rows["audit"].map(parse_band)
-    fresh = np.array([mark == (band, bands) for mark, band in zip(marked, ordered["band"], strict=True)])
+    fresh = np.array(
+        [mark == (band, bands) for mark, band in zip(marked, ordered["band"], strict=True)], dtype=bool
+    )
     moved = marked.notna().to_numpy() & ~fresh  # an audit line whose flag is now in another band
     confirms = (rows["decision"] == "drop") | (
         (rows["decision"] == "relabel") & (rows["label"] != ordered["given"].to_numpy())

@@ -1,6 +1,7 @@
 """``curate review [--limit N] [--class NAME] [--group NAME] [--html FILE]``: the review sheet;
-``curate review --serve [--port N] [--host H] [--reviewer NAME] [--open]``: the review app
-(:mod:`curate.people.review_app.server`).
+``curate review --serve [--port N] [--host H] [--reviewer NAME] [--open] [--audit N]``: the review
+app (:mod:`curate.people.review_app.server`); ``--audit N`` asks about a random sample of N label
+flags by label-quality band instead of the queue (:mod:`curate.curation.audit`).
 
 cleanlab finds candidates; people decide. This lists the train samples clean flagged as
 label issues that the review ledger (``clean.decisions``, ``data/review/decisions.csv``)
@@ -154,10 +155,13 @@ def _candidate(row: pd.Series) -> Candidate:
 
 
 def todo_csv(sheet: Sheet) -> str:
-    """The ledger's columns, one row per candidate; reviewer and note left for the reviewer.
-    Cells a spreadsheet would run as formulas are neutralised (:func:`curate.data.csvfile.csv_text`)."""
+    """The ledger's columns but the optional audit (these are not audit decisions, and their rows
+    paste into a ledger from before audits too), one row per candidate; reviewer and note left for
+    the reviewer. Cells a spreadsheet would run as formulas are neutralised
+    (:func:`curate.data.csvfile.csv_text`)."""
+    columns = [name for name in review_ledger.COLUMNS if name not in review_ledger.OPTIONAL]
     rows = ([item.sample_id, item.path, item.decision, item.label, "", ""] for item in sheet.candidates)
-    return csv_text(review_ledger.COLUMNS, rows)
+    return csv_text(columns, rows)
 
 
 def thumbnails(candidates: list[Candidate], store: Path = IMAGE_STORES["raw"]) -> dict[str, str]:
@@ -180,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--host", default="127.0.0.1", help="address (127.0.0.1: this machine only)")
     app.add_argument("--reviewer", metavar="NAME", default="", help="who signs the decisions (git user.name)")
     app.add_argument("--open", action="store_true", help="open the URL in a browser")
+    app.add_argument(
+        "--audit", metavar="N", type=_positive, help="audit a random sample of N label flags, by band"
+    )
     return parser
 
 
@@ -191,12 +198,18 @@ def _positive(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    source = Path(load_params().clean.decisions)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.audit and not args.serve:
+        parser.error("--audit N is an audit in the review app: add --serve")
+    params = load_params()
+    source = Path(params.clean.decisions)
     if args.serve:
-        from curate.people.review_app.server import Settings, serve  # the web stack only when asked for
+        from curate.people.review_app.audit_mode import Plan  # the web stack only when asked for
+        from curate.people.review_app.server import Settings, serve
 
-        return serve(Settings(source, args.host, args.port, args.reviewer, args.open))
+        plan = Plan(args.audit, params.seed, params.clean.audit_bands) if args.audit else None
+        return serve(Settings(source, args.host, args.port, args.reviewer, args.open, plan))
     clean = load_clean()
     names = [name for _, name in sorted(class_names(clean).items())]
     ledger = review_ledger.standing(review_ledger.read_ledger(source), names, str(source))

@@ -8,18 +8,27 @@ decision is checked against the decisions that stand (:func:`curate.data.ledger.
 written with one ``write`` of a whole line, flushed and fsynced before the page is told.
 A server killed mid-review therefore leaves whole lines only; each acknowledged decision is
 on disk. Nothing is ever rewritten: an undo is one more line.
+
+The one exception is the header of a ledger from before audits (no ``audit`` column): a line
+with an audit cell would have one field more than it, which no CSV reader accepts, so the
+first such line adds the column: the file is copied with the longer header and its other lines
+byte for byte, and swapped in atomically (``os.replace``), locked before it replaces the old
+one. A writer that waited on the old file's lock finds the path now names another file, and
+opens that. Lines without an audit cell keep the header's own columns.
 """
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from curate.data import ledger
+from curate.data.atomic import atomic_path
 from curate.data.csvfile import csv_text
 
 
@@ -62,11 +71,14 @@ class Journal:
         self._seen = _Seen(status.st_size, status.st_ino, self.path.read_bytes().count(b"\n"))
         self.version += 1
 
-    def decide(self, sample_id: str, path: str, decision: str, label: str = "", note: str = "") -> dict:
-        """Append ``decision`` on ``sample_id``; its standing record. Raises ``CurateError``
-        (the ledger's own message) on a bad decision or label, :class:`Conflict` when the
-        sample is decided already (or has nothing to undo)."""
-        row = {"sample_id": sample_id, "path": path, "decision": decision, "label": label}
+    def decide(
+        self, sample_id: str, path: str, decision: str, label: str = "", note: str = "", audit: str = ""
+    ) -> dict:
+        """Append ``decision`` on ``sample_id`` (``audit``: the band of an audit decision, else
+        empty); its standing record. Raises ``CurateError`` (the ledger's own message) on a bad
+        decision, label or band, :class:`Conflict` when the sample is decided already (or has
+        nothing to undo)."""
+        row = {"sample_id": sample_id, "path": path, "decision": decision, "label": label, "audit": audit}
         ledger.check_entry(row, self.names, f"{self.path} (new line)")
         with self._locked() as handle:
             first = self.standing.get(sample_id)
@@ -79,9 +91,9 @@ class Journal:
                     f" by {first['reviewer'] or 'someone'}): undo it first",
                     first,
                 )
-            cells = [sample_id, path, decision, label, self.reviewer, " ".join(note.split())]
-            self._append(handle, csv_text(None, [cells]))
-            record = self._record(self._seen.lines, dict(zip(ledger.COLUMNS, cells, strict=True)))
+            values = row | {"reviewer": self.reviewer, "note": " ".join(note.split())}
+            self._write(handle, values)
+            record = self._record(self._seen.lines, values)
             if decision == ledger.UNDO:
                 del self.standing[sample_id]
             else:
@@ -92,15 +104,44 @@ class Journal:
     @contextmanager
     def _locked(self) -> Iterator:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "ab", buffering=0) as handle:  # unbuffered: one write() per call
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
+        while True:
+            with open(self.path, "ab", buffering=0) as handle:  # unbuffered: one write() per call
+                fcntl.flock(handle, fcntl.LOCK_EX)  # closing the handle releases it
+                if not _still_at(handle, self.path):
+                    # While this waited for the lock, another server swapped in a new file (the
+                    # audit column added): a line appended to the old one would be lost.
+                    continue
                 if os.fstat(handle.fileno()).st_size == 0:  # a new ledger starts with its header
                     self._append(handle, csv_text(ledger.COLUMNS, []))
                 self.refresh()
                 yield handle
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                return
+
+    def _write(self, handle, values: dict) -> None:
+        """One line of ``values`` in the header's columns; first the audit column, when the line
+        has an audit cell and the header lacks it."""
+        header = _header(self.path)
+        if not values["audit"] or "audit" in header:
+            self._append(handle, _line(header, values))
+            return
+        with self._with_audit_column() as replaced:
+            self._append(replaced, _line([*header, "audit"], values))
+
+    @contextmanager
+    def _with_audit_column(self) -> Iterator:
+        """The ledger with ``,audit`` added to its header line, swapped in for the old file (whose
+        lock the caller holds), opened and locked before the swap, so no one appends to it first."""
+        data = self.path.read_bytes()
+        end = data.find(b"\n") + 1 or len(data)
+        names = data[:end].rstrip(b"\r\n")
+        header = names + b",audit" + (data[len(names) : end] or b"\n")  # the header's own line end
+        with ExitStack() as stack:
+            with atomic_path(self.path) as temp:
+                handle = stack.enter_context(open(temp, "ab", buffering=0))
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                handle.write(header + data[end:])  # the lines under the header, byte for byte
+                os.fsync(handle.fileno())
+            yield handle
 
     def _append(self, handle, text: str) -> None:
         data = text.encode("utf-8")
@@ -117,8 +158,26 @@ class Journal:
     def _record(line: int, row) -> dict:
         return {
             "line": int(line),
-            **{key: str(row[key]) for key in ("decision", "label", "reviewer", "note")},
+            **{key: str(row[key]) for key in ("decision", "label", "reviewer", "note", "audit")},
         }
+
+
+def _still_at(handle, path: Path) -> bool:
+    """Whether ``handle`` is open on the file ``path`` names (not one since replaced or removed)."""
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _header(path: Path) -> list[str]:
+    """The ledger's column names, as :func:`curate.data.csvfile.read_table` reads them."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        return [name.strip() for name in next(csv.reader(handle), [])]
+
+
+def _line(header: list[str], values: dict) -> str:
+    return csv_text(None, [[values.get(name, "") for name in header]])
 
 
 def _ends_with_newline(path: Path, size: int) -> bool:

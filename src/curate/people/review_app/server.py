@@ -11,6 +11,8 @@ and uvicorn is its standard server. Routes:
   table (never a path from the request);
 - ``POST /api/decide`` and ``POST /api/undo``: one ledger line each (:mod:`curate.people.review_app.journal`).
 
+With ``--audit N`` the queue is an audit sample instead (:mod:`curate.people.review_app.audit_mode`).
+
 Everything passes :mod:`curate.people.review_app.guard` first. The queue is built once at start; 100,000
 flags page
 by offset, so the page never holds more than it shows.
@@ -45,6 +47,7 @@ from curate.data.image_rows import image_rows
 from curate.errors import CurateError
 from curate.people import flags as review_flags
 from curate.people.flags import load_clean
+from curate.people.review_app.audit_mode import Audit, Plan
 from curate.people.review_app.guard import Guard, GuardMiddleware, page_policy
 from curate.people.review_app.journal import Conflict, Journal
 from curate.report.render import ENV
@@ -56,10 +59,14 @@ STATUSES = ("all", "undecided", "decided")
 
 
 class Queue:
-    """The flags of one clean table and the ledger they are decided in."""
+    """The flags of one clean table and the ledger they are decided in; with an audit ``plan``,
+    the audit's sample of them."""
 
-    def __init__(self, clean: pd.DataFrame, journal: Journal) -> None:
+    def __init__(self, clean: pd.DataFrame, journal: Journal, plan: Plan | None = None) -> None:
         self.flags = review_flags.flag_table(clean)
+        self.audit = Audit(self.flags, plan) if plan else None
+        if self.audit:
+            self.flags = self.audit.queue
         self.journal = journal
         self.classes = journal.names
         self.groups = sorted(set(self.flags["group"].astype(str)))
@@ -98,10 +105,12 @@ class Queue:
             "kinds": str(row["kinds"]).split(),
             "duplicates": members[:MEMBERS_SHOWN],
             "decision": self.journal.standing.get(str(row["sample_id"])),
+            "band": self.audit.cell(str(row["sample_id"])) if self.audit else "",
         }
 
     def progress(self) -> dict:
-        """Decided flags / all flags, and the label flags' precision as judged so far."""
+        """Decided flags / all flags, and the label flags' precision as judged so far; in an audit,
+        the audit's estimate too."""
         standing = self.journal.standing
         decided = self.flags[self.flags["sample_id"].isin(list(standing))]
         labelled = decided[decided["is_label"].to_numpy()]
@@ -114,7 +123,7 @@ class Queue:
             "total": len(self.flags),
             "reviewed_label_flags": len(labelled),
             "confirmed": int(confirmed),
-        }
+        } | ({"audit": self.audit.progress(standing)} if self.audit else {})
 
 
 def _duplicate_members(train: pd.DataFrame) -> dict[int, list[str]]:
@@ -143,15 +152,13 @@ def build_app(queue: Queue, guard: Guard, ledger_name: str) -> Starlette:
             kinds=review_flags.KINDS,
             statuses=STATUSES,
             ledger=ledger_name,
+            audit=queue.audit.plan if queue.audit else None,
             reviewer=queue.journal.reviewer,
             rerun=list(dag.after("clean")),  # what dvc repro re-runs after a ledger change
         )
         response = HTMLResponse(html, headers={"Content-Security-Policy": page_policy(nonce)})
         guard.remember(request, response)
         return response
-
-    async def app_js(request: Request) -> Response:
-        return Response(script, media_type="text/javascript")
 
     async def queue_page(request: Request) -> Response:
         query = dict(request.query_params)
@@ -160,7 +167,7 @@ def build_app(queue: Queue, guard: Guard, ledger_name: str) -> Starlette:
             queue.journal.refresh()  # decisions other servers appended since
         except CurateError as error:  # someone broke the ledger by hand: say where, as clean would
             return JSONResponse({"error": str(error)}, 500)
-        chosen = queue.select(query)
+        chosen = queue.select({} if queue.audit else query)  # an audit asks about its whole sample
         rows = queue.flags.iloc[chosen[offset : offset + limit]]
         items = [queue.item(row) | {"index": offset + i} for i, (_, row) in enumerate(rows.iterrows())]
         return JSONResponse(
@@ -181,7 +188,7 @@ def build_app(queue: Queue, guard: Guard, ledger_name: str) -> Starlette:
 
     routes = [
         Route("/", page),
-        Route("/app.js", app_js),
+        Route("/app.js", lambda request: Response(script, media_type="text/javascript")),
         Route("/favicon.ico", lambda request: Response(status_code=204)),  # browsers ask; none
         Route("/api/queue", queue_page),
         Route("/api/image/{sample_id}", image),
@@ -202,8 +209,9 @@ async def _write(request: Request, queue: Queue) -> Response:
         return JSONResponse({"error": "expected a JSON object with sample_id and decision"}, 400)
     if sample_id not in queue.train:
         return JSONResponse({"error": f"sample {sample_id} is not a train sample of clean's table"}, 404)
+    band = queue.audit.cell(sample_id) if queue.audit and decision != ledger.UNDO else ""
     try:
-        record = queue.journal.decide(sample_id, queue.train[sample_id], decision, label, note)
+        record = queue.journal.decide(sample_id, queue.train[sample_id], decision, label, note, band)
     except Conflict as conflict:
         return JSONResponse(
             {"error": str(conflict), "first": conflict.first, "progress": queue.progress()}, 409
@@ -231,12 +239,13 @@ def serve(settings: Settings) -> int:
     listener = _bind(settings.host, settings.port)
     port = listener.getsockname()[1]
     guard = Guard(settings.host, port)
-    app = build_app(Queue(clean, journal), guard, str(settings.ledger))
+    app = build_app(Queue(clean, journal, settings.audit), guard, str(settings.ledger))
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host
     url = f"http://{shown}:{port}/?token={guard.token}"
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"curate review: warning: listening on {settings.host}, not only this machine", file=sys.stderr)
-    print(f"curate review: reviewing as {journal.reviewer} into {settings.ledger}; open {url}", flush=True)
+    doing = f"auditing {settings.audit.size} flags" if settings.audit else "reviewing"
+    print(f"curate review: {doing} as {journal.reviewer} into {settings.ledger}; open {url}", flush=True)
     if settings.open_browser:
         webbrowser.open(url)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
@@ -251,6 +260,7 @@ class Settings:
     port: int = DEFAULT_PORT
     reviewer: str = ""
     open_browser: bool = False
+    audit: Plan | None = None  # --audit N: the queue is the audit's sample
 
 
 def _git_user() -> str:
@@ -267,7 +277,9 @@ def _git_user() -> str:
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so, and without it a
+    # response's body waits for the ACK of its headers (40 ms of delayed ACK on a kept-alive link).
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((host, port))

@@ -44,7 +44,8 @@
 
   async function show() {
     const item = await current();
-    $("position").textContent = item ? `flag ${state.index + 1} of ${state.total}` : "nothing here: change the filters";
+    const where = item && item.band ? ` · audit band ${item.band}` : "";
+    $("position").textContent = item ? `flag ${state.index + 1} of ${state.total}${where}` : "nothing here: change the filters";
     for (const id of ["path", "given", "suggested", "quality", "group", "kinds", "decision", "members"]) $(id).replaceChildren();
     $("image").removeAttribute("src");
     if (!item) return;
@@ -83,8 +84,31 @@
   function showProgress(p) {
     if (!p) return;
     state.progress = p;
+    if (p.audit) return showAudit(p);
     const precision = p.reviewed_label_flags ? `${Math.round((100 * p.confirmed) / p.reviewed_label_flags)}%` : "n/a";
     $("progress").textContent = `decided ${p.decided} / ${p.total} flags · review precision so far ${precision} (${p.confirmed} of ${p.reviewed_label_flags} label flags confirmed)`;
+  }
+
+  // The audit's estimate, as clean will compute it: it comes with every answer, never asked for apart.
+  const percent = (share) => `${Math.round(100 * share)}%`;
+  const interval = (e) => `${Math.round(100 * e.low)}–${percent(e.high)}`;
+
+  function showAudit(p) {
+    const a = p.audit;
+    $("progress").textContent = `decided ${p.decided} / ${p.total} sampled flags`;
+    const stale = a.stale ? ` · ${a.stale} of ${a.lines} audit lines stale (set aside)` : "";
+    $("audit-overall").textContent = a.counted
+      ? `audited precision ${percent(a.precision)} (95% interval ${interval(a)}) over ${a.counted} counted flags${stale}`
+      : `audited precision: no flag counted yet${stale}`;
+    $("audit-bands").replaceChildren(...a.bands.map((band) => tag("li", "", bandText(band))));
+  }
+
+  function bandText(b) {
+    if (!b.flags) return `band ${b.band}: no flags`;
+    const quality = `quality ${b.quality_low.toFixed(3)}–${b.quality_high.toFixed(3)}`;
+    const share = b.counted ? `, ${percent(b.precision)} (${interval(b)})` : "";
+    const waiting = b.waiting ? `, ${b.waiting} waiting for an earlier flag` : "";
+    return `band ${b.band} (${quality}): ${b.counted} of ${b.sampled} counted, ${b.confirmed} confirmed${share}${waiting}`;
   }
 
   function say(text, ok) {
