@@ -78,7 +78,7 @@ from curate.report.render import read_figures  # noqa: E402
 # (stage, params sections it reads, the folders it writes that later stages read).
 STAGES = (
     ("ingest", ("seed", "image", "ingest"), ("data/raw",)),
-    ("folds", ("seed", "image", "folds"), ("data/clean",)),
+    ("folds", ("seed", "image", "folds"), ("data/folds",)),
     ("clean", ("seed", "image", "clean"), ("data/clean",)),
     ("rebalance", ("seed", "rebalance"), ("data/balanced",)),
     ("augment", ("seed", "image", "augment"), ("data/augmented",)),
