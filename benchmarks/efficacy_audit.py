@@ -11,7 +11,9 @@ kept aside), where the from-scratch fold CNN is weak. Arms, each over the same s
 * ``naive``: no cleaning action, no rebalancing, no offline augmentation;
 * ``keep_rebalance``: no cleaning action (``clean.action keep``), default rebalance and augment;
 * ``default``: params.yaml as it is, no audit (clean acts on every flag: today's default);
-* ``audited50`` / ``audited100``: the default with an audit of 50 / 100 flags in the ledger.
+* ``audited50`` / ``audited100``: the default with an audit of 50 / 100 flags in the ledger;
+* ``weighted100``: the soft alternative, ``clean.action: weight`` with the 100-flag audit: no
+  flag dropped or relabelled, each weighted in the loss by the chance its label is right.
 
 The reviewer answers from the true labels: a flip is relabelled to its true class, a correct label
 kept; with ``--reviewer-error`` each answer is wrong (keep a flip, drop a correct label) at that
@@ -85,6 +87,13 @@ def run_cell_seed(job: tuple) -> dict:
         )
         results[arm]["bands"] = band_checks(root / arm, truth)
         _say(cell, seed, arm, results[arm], started)
+    size, started = max(sizes), time.perf_counter()  # the soft alternative, on the largest audit
+    arm, decisions = f"weighted{size}", f"data/review/audit-{size}-error{error:g}.csv"
+    (root / arm / "data/review").mkdir(parents=True, exist_ok=True)
+    (root / arm / decisions).write_text((root / f"audited{size}" / decisions).read_text())
+    weighted = {"clean": {"decisions": decisions, "action": "weight"}}
+    results[arm] = run_pipeline(root / arm, cache, [*common, weighted], quiet, truth)
+    _say(cell, seed, arm, results[arm], started)
     return results
 
 

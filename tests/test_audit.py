@@ -199,3 +199,34 @@ def test_the_report_shows_the_audit_and_warns_when_it_is_stale():
     assert any("the audit is stale: 2 of its 4 lines" in warning for warning in warnings)
     context = clean.report_context(params, _clean(lines, min_precision=0.3))
     assert context["audit_rows"][0][-1] == "acted on" and "<svg" in context["audit_chart"]
+
+
+@pytest.mark.usefixtures("ledger_dir")
+def test_action_weight_keeps_flags_weighted_by_the_chance_their_label_is_right():
+    from curate.stages import rebalance
+
+    first = _clean(None)
+    result = _clean(_audit_lines(first, {1: "drop", 3: "keep"})[:-1].split("\n")[0] + "\n", action="weight")
+    train = result.train
+    weighted = train[train["action"] == "weight"]
+    auto = train[train["action_source"] == "auto"]
+    assert len(weighted) == 5 and (auto["action"] != "drop").all()  # the sixth flag: a person dropped it
+    band1 = weighted[weighted["audit_band"] == 1]  # its audited flag confirmed: precision 1, weight 0
+    assert (band1["label_weight"] == 0).all() and "1 - band 1's audited precision" in band1[
+        "action_reason"
+    ].iloc[0]
+    others = weighted[weighted["audit_band"] != 1]  # not audited: the fold models' probability
+    assert (
+        others["label_weight"].between(0.01, 0.5).all()
+        and (train.loc[~train["is_label_issue"], "label_weight"] == 1).all()
+    )
+    assert (
+        "the fold models' probability of its label (clean.action weight)" in others["action_reason"].iloc[0]
+    )
+    balanced = rebalance.compute(result.samples, rebalance.RebalanceParams(strategy="none"), 0).samples
+    fit = balanced[balanced["split"] == "train"]
+    assert fit["weight"].mean() == pytest.approx(1.0)
+    assert (
+        fit.loc[band1.index, "weight"].eq(0).all()
+        and fit.loc[others.index, "weight"].lt(fit["weight"].max()).all()
+    )

@@ -144,8 +144,9 @@ class CleanParams(Section):
     frac_noise: float = Field(1.0, gt=0, le=1)
     min_examples_per_class: int = Field(1, ge=0)
     rank_by: Literal["self_confidence", "normalized_margin"] = "self_confidence"
-    # auto: drop under relabel_from flagged, relabel from there (clean_actions.choose_action).
-    action: Literal["auto", "drop", "relabel", "keep"] = "auto"
+    # auto: drop under relabel_from flagged, relabel from there (clean_actions.choose_action);
+    # weight: keep flagged rows, their loss weight the chance their label is right (curation.audit).
+    action: Literal["auto", "drop", "relabel", "keep", "weight"] = "auto"
     relabel_from: float = Field(0.2, ge=0, le=1)
     # auto: confident learning's per-class threshold (label_issues.relabel_floors); a number: absolute.
     relabel_min_confidence: Annotated[float, Field(ge=0, le=1)] | Literal["auto"] = "auto"

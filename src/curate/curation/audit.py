@@ -238,9 +238,10 @@ def holds(train: pd.DataFrame, measured: Estimate, settings: CleanParams, action
     """The label flags the audit rule holds (``clean.act_when: audited``): those of the bands whose
     interval's lower bound is under ``clean.min_precision``. None without a fresh audit line (no
     audit, or one whose flags all changed since: then clean acts as ``always``), nor when clean acts
-    on no flag anyway (``action`` keep)."""
+    on no flag anyway (``action`` keep), nor under ``action`` weight, where the audit sets each
+    flag's weight instead (:func:`label_weights`)."""
     fresh = measured.audit_lines - measured.stale
-    if settings.act_when != "audited" or not fresh or action == "keep":
+    if settings.act_when != "audited" or not fresh or action in ("keep", "weight"):
         return pd.Series(False, index=train.index)
     trusted = [band.band for band in measured.bands if band.trusted(settings.min_precision)]
     return train["is_label_issue"] & ~train["audit_band"].isin(trusted)
@@ -258,3 +259,25 @@ def held_reasons(held: pd.DataFrame, measured: Estimate, settings: CleanParams) 
         "(clean.act_when audited acts only on audited bands that clear clean.min_precision)"
         for band in held["audit_band"]
     ]
+
+
+def label_weights(
+    train: pd.DataFrame, measured: Estimate, given_probability: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``clean.action: weight``: each train row's loss weight, the chance its given label is right,
+    and in words whence it came.
+
+    A label flag in an audited band: 1 - the band's audited precision (the share of its audited
+    flags people found wrong is the chance this one is); in a band not audited (or with no audit):
+    the fold models' probability of its given label (``given_probability``). Other rows: 1.
+    """
+    right = {band.band: 1 - band.precision for band in measured.bands if band.counted}
+    weights, basis = np.ones(len(train)), np.full(len(train), "", dtype=object)
+    for row, (flagged, band) in enumerate(zip(train["is_label_issue"], train["audit_band"], strict=True)):
+        if not flagged:
+            continue
+        if band in right:
+            weights[row], basis[row] = right[band], f"1 - band {band}'s audited precision"
+        else:
+            weights[row], basis[row] = given_probability[row], "the fold models' probability of its label"
+    return weights, basis

@@ -50,6 +50,11 @@ def choose_action(settings: CleanParams, skill: float, flagged_rate: float) -> C
         ))  # fmt: skip
     if settings.action == "keep":
         return Choice("keep", "clean.action is keep (flag only)")
+    if settings.action == "weight":
+        return Choice("weight", (
+            "clean.action is weight: flagged rows stay, weighted in the loss by the chance their label is "
+            "right (their band's audited precision, else the fold models' probability of the label)"
+        ))  # fmt: skip
     if settings.action != "auto":
         return Choice(settings.action, f"clean.action is {settings.action}")
     if flagged_rate >= settings.relabel_from:
@@ -65,7 +70,7 @@ def choose_action(settings: CleanParams, skill: float, flagged_rate: float) -> C
 # What a row's reason reads (:func:`_reason`).
 REASON_COLUMNS = (
     "action", "is_label_issue", "predicted_confidence", "predicted_label", "relabel_floor",
-    "action_source", "auto_action", "label_name",
+    "action_source", "auto_action", "label_name", "label_weight", "weight_basis",
 )  # fmt: skip
 
 
@@ -113,6 +118,11 @@ def _reason(
         if settings.relabel_min_confidence == "auto"
         else f"clean.relabel_min_confidence {row['relabel_floor']:g}"
     )
+    if decided == "weight":
+        return (
+            f"flagged by cleanlab, kept with loss weight {row['label_weight']:.3f}, the chance its label is "
+            f"right: {row['weight_basis']} (clean.action weight)"
+        )
     if decided == "relabel":
         return f"relabelled to {predicted}: the fold models give it {confidence:.3f}, at least {floor}"
     if decided == "drop" and (not flagged or action == "keep"):  # keep: flags drop nothing
@@ -193,4 +203,6 @@ def with_test_rows(samples: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
         merged[column] = merged[column].fillna(-1).astype(np.int64)
     if "audit_band" in merged.columns:
         merged["audit_band"] = merged["audit_band"].fillna(0).astype(np.int64)
+    if "label_weight" in merged.columns:
+        merged["label_weight"] = merged["label_weight"].fillna(1.0)
     return merged

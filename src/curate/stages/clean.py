@@ -155,22 +155,31 @@ def compute(
     train["relabel_floor"] = label_issues.relabel_floors(pred_probs, labels, settings.relabel_min_confidence)
     decision = label_issues.decide_actions(
         train.assign(is_label_issue=train["is_label_issue"] & ~held),  # held flags ask for nothing
-        action=action,
+        action="keep" if action == "weight" else action,  # weighted flags stay, as kept ones do
         relabel_floor=train["relabel_floor"].to_numpy(),
         max_drop_fraction=settings.max_drop_fraction,
         cap=settings.cap,
         min_rows=settings.min_examples_per_class,
     )
     train["action"] = decision.actions.where(~held, "keep")
+    train["label_weight"] = 1.0
+    if action == "weight":
+        weighted = train["is_label_issue"] & ~held & (train["action"] == "keep")
+        given = pred_probs[np.arange(len(train)), labels]
+        train.loc[weighted, "action"] = "weight"
+        weights, basis = audit.label_weights(train, measured, given)
+        train.loc[weighted, "label_weight"] = weights[weighted.to_numpy()]
+        train["weight_basis"] = basis  # what action_reason says of a weight; not kept
     relabel = train["action"] == "relabel"
     train.loc[relabel, "label"] = train.loc[relabel, "predicted_label"]
     train = ledger.apply(train.drop(columns="drop_candidate"), review, class_names)
+    train.loc[train["action_source"] == "review", "label_weight"] = 1.0  # a person's decision is sure
     # A held-back row's reason formats what the cap recorded as it held the row (decision.holds).
     train["action_reason"] = action_reasons(train, settings, class_names, choice, decision.holds)
     by_people = train["action_source"] == "review"
     held &= ~by_people  # a person's decision stands over the rule
     train.loc[held, "action_reason"] = audit.held_reasons(train[held], measured, settings)
-    merged = with_test_rows(samples, train.drop(columns="relabel_floor"))
+    merged = with_test_rows(samples, train.drop(columns=["relabel_floor", "weight_basis"], errors="ignore"))
     return Cleaned(merged, class_names, decision.notes, len(decision.holds), skill, choice, review.orphans,
                    inputs.images, predictions.environment, graph, measured, int(held.sum()))  # fmt: skip
 

@@ -87,7 +87,7 @@ def compute(samples: pd.DataFrame, settings: RebalanceParams, seed: int) -> Reba
     )
     out["weight"] = 1.0
     out["copies"] = np.int64(1)
-    out.loc[train.index, "weight"] = weights
+    out.loc[train.index, "weight"] = with_label_weights(weights, train)
     out.loc[train.index, "copies"] = copies
     return Rebalanced(
         samples=out,
@@ -101,6 +101,15 @@ def compute(samples: pd.DataFrame, settings: RebalanceParams, seed: int) -> Reba
         passed_through=len(group_names) == 1,
         too_small=too_small,
     )
+
+
+def with_label_weights(weights: np.ndarray, train: pd.DataFrame) -> np.ndarray:
+    """The group weights times clean's ``label_weight`` (``clean.action: weight``: the chance a
+    flagged row's label is right), back to mean 1; as they are when clean wrote none."""
+    if "label_weight" not in train.columns or (train["label_weight"] == 1).all():
+        return weights
+    product = weights * train["label_weight"].to_numpy(dtype=np.float64)
+    return product / product.mean() if product.mean() > 0 else weights
 
 
 def group_weights(
