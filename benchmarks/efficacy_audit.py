@@ -13,7 +13,9 @@ kept aside), where the from-scratch fold CNN is weak. Arms, each over the same s
 * ``default``: params.yaml as it is, no audit (clean acts on every flag: today's default);
 * ``audited50`` / ``audited100``: the default with an audit of 50 / 100 flags in the ledger;
 * ``weighted100``: the soft alternative, ``clean.action: weight`` with the 100-flag audit: no
-  flag dropped or relabelled, each weighted in the loss by the chance its label is right.
+  flag dropped or relabelled, each weighted in the loss by the chance its label is right;
+* ``audited100_plain``: the audited rule alone, with naive's rebalance and augment (none): the
+  audit's own effect against naive.
 
 The reviewer answers from the true labels: a flip is relabelled to its true class, a correct label
 kept; with ``--reviewer-error`` each answer is wrong (keep a flip, drop a correct label) at that
@@ -93,6 +95,16 @@ def run_cell_seed(job: tuple) -> dict:
     (root / arm / decisions).write_text((root / f"audited{size}" / decisions).read_text())
     weighted = {"clean": {"decisions": decisions, "action": "weight"}}
     results[arm] = run_pipeline(root / arm, cache, [*common, weighted], quiet, truth)
+    _say(cell, seed, arm, results[arm], started)
+    # The audit alone, against naive: the audited rule with no rebalancing and no augmentation.
+    arm, started = f"audited{size}_plain", time.perf_counter()
+    (root / arm / "data/review").mkdir(parents=True, exist_ok=True)
+    (root / arm / decisions).write_text((root / f"audited{size}" / decisions).read_text())
+    plain = {
+        "clean": {"decisions": decisions},
+        **{key: ARMS["naive"][key] for key in ("rebalance", "augment")},
+    }
+    results[arm] = run_pipeline(root / arm, cache, [*common, plain], quiet, truth)
     _say(cell, seed, arm, results[arm], started)
     return results
 
