@@ -158,6 +158,11 @@ def test_clean_acts_on_the_bands_the_audit_trusts_and_holds_the_rest():
     held = auto[auto["audit_band"].isin([2, 4])]
     assert (held["action"] == "keep").all() and len(held) == 2 == result.audit_held
     assert held["action_reason"].str.contains("held: band . of 4 is not audited yet").all()
+    # A held flag weighs the chance its label is right: unaudited, the fold models' probability of it.
+    assert (
+        held["label_weight"].between(0.01, 0.5).all()
+        and (auto.loc[~auto["is_label_issue"], "label_weight"] == 1).all()
+    )
     figures = clean.metrics(result)
     assert figures["audited_precision"] == pytest.approx(0.5) and figures["audited"] == 4
     assert [band["counted"] for band in figures["audit_bands"]] == [2, 0, 2, 0]
@@ -176,6 +181,7 @@ def test_clean_acts_on_the_bands_the_audit_trusts_and_holds_the_rest():
         "held: low audited precision (band 3 of 4: 0 of 1 audited flags confirmed, 95% interval 0.00-0.79"
         in reason
     )
+    assert "loss weight 1.000, the chance its label is right: 1 - band 3's audited precision" in reason
 
 
 @pytest.mark.usefixtures("ledger_dir")

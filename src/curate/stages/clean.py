@@ -162,14 +162,7 @@ def compute(
         min_rows=settings.min_examples_per_class,
     )
     train["action"] = decision.actions.where(~held, "keep")
-    train["label_weight"] = 1.0
-    if action == "weight":
-        weighted = train["is_label_issue"] & ~held & (train["action"] == "keep")
-        given = pred_probs[np.arange(len(train)), labels]
-        train.loc[weighted, "action"] = "weight"
-        weights, basis = audit.label_weights(train, measured, given)
-        train.loc[weighted, "label_weight"] = weights[weighted.to_numpy()]
-        train["weight_basis"] = basis  # what action_reason says of a weight; not kept
+    _weigh(train, held, measured, action, pred_probs[np.arange(len(train)), labels])
     relabel = train["action"] == "relabel"
     train.loc[relabel, "label"] = train.loc[relabel, "predicted_label"]
     train = ledger.apply(train.drop(columns="drop_candidate"), review, class_names)
@@ -179,9 +172,26 @@ def compute(
     by_people = train["action_source"] == "review"
     held &= ~by_people  # a person's decision stands over the rule
     train.loc[held, "action_reason"] = audit.held_reasons(train[held], measured, settings)
-    merged = with_test_rows(samples, train.drop(columns=["relabel_floor", "weight_basis"], errors="ignore"))
+    merged = with_test_rows(samples, train.drop(columns=["relabel_floor", "weight_basis"]))
     return Cleaned(merged, class_names, decision.notes, len(decision.holds), skill, choice, review.orphans,
                    inputs.images, predictions.environment, graph, measured, int(held.sum()))  # fmt: skip
+
+
+def _weigh(
+    train: pd.DataFrame, held: pd.Series, measured: audit.Estimate, action: str, given: np.ndarray
+) -> None:
+    """``label_weight``, each train row's loss weight, in place: the chance its label is right
+    (:func:`curate.curation.audit.label_weights`) for the flags the audit held and, under
+    ``clean.action: weight``, for every flag kept; 1 for the rest. ``given``: the fold models'
+    probability of each row's given label. Adds ``weight_basis``, whence each weight came."""
+    weights, basis = audit.label_weights(train, measured, given)
+    weighted = held.copy()
+    if action == "weight":
+        kept = train["is_label_issue"] & ~held & (train["action"] == "keep")
+        train.loc[kept, "action"] = "weight"
+        weighted |= kept
+    train["label_weight"] = np.where(weighted, weights, 1.0)
+    train["weight_basis"] = basis
 
 
 def _detect(
