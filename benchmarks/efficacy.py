@@ -317,6 +317,7 @@ def main() -> None:
     )
     parser.add_argument("--audit-sizes", type=int, nargs="+", default=[50, 100], help="audit: flags audited")
     parser.add_argument("--reviewer-error", type=float, default=0.0, help="audit: share of wrong answers")
+    parser.add_argument("--min-precision", type=float, help="audit: clean.min_precision of the audited arms")
     args = parser.parse_args()
     common = [parse_override(text) for text in args.overrides]
     with tempfile.TemporaryDirectory() as tmp:

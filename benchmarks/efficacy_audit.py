@@ -24,7 +24,8 @@ arm the mean accuracy and worst-group accuracy with their standard errors over s
 flags acted on (dropped or relabelled); then the issue's targets.
 
 Run: ``python benchmarks/efficacy.py --audit [--cells hard-rgb demo-cc10 demo-u30] [--seeds 0 1 2 3 4]
-[--audit-sizes 50 100] [--reviewer-error 0] [--jobs 2]``.
+[--audit-sizes 50 100] [--reviewer-error 0] [--min-precision 0.8] [--jobs 2]``; ``--min-precision``
+sets ``clean.min_precision`` for the audited arms alone (the others are then fetched from ``--cache``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ COVERAGE_MIN_AUDITED = 10  # (band, seed) cells with fewer audited flags are not
 
 def run_cell_seed(job: tuple) -> dict:
     """Every arm of one (cell, seed): their figures, and per audit size the bands' estimates."""
-    cell, seed, sizes, error, root, cache, quiet = job
+    cell, seed, sizes, error, bar, root, cache, quiet = job
     root = root / f"{cell}-seed{seed}"
     common = [{"seed": seed}, *CELLS[cell]]
     truth = None
@@ -86,7 +87,7 @@ def run_cell_seed(job: tuple) -> dict:
         (root / arm / "data/review").mkdir(parents=True, exist_ok=True)
         (root / arm / decisions).write_text(csv_text(ledger.COLUMNS, answers))
         results[arm] = run_pipeline(
-            root / arm, cache, [*common, {"clean": {"decisions": decisions}}], quiet, truth
+            root / arm, cache, [*common, {"clean": {"decisions": decisions, **bar}}], quiet, truth
         )
         results[arm]["bands"] = band_checks(root / arm, truth)
         _say(cell, seed, arm, results[arm], started)
@@ -224,8 +225,9 @@ def targets(cell: str, mean: dict) -> list[tuple[str, bool]]:
 
 def main(args, root: Path, cache: Path) -> None:
     """Every (cell, seed), in parallel processes with ``--jobs`` > 1; each cell's table at the end."""
+    bar = {} if args.min_precision is None else {"min_precision": args.min_precision}  # the audited arms'
     jobs = [
-        (cell, seed, args.audit_sizes, args.reviewer_error, root, cache, not args.verbose)
+        (cell, seed, args.audit_sizes, args.reviewer_error, bar, root, cache, not args.verbose)
         for cell in args.cells
         for seed in args.seeds
     ]
