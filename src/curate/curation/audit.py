@@ -3,7 +3,8 @@
 A queue sorted most suspicious first shows people the flags the machine is surest of, so the
 share they confirm there (``review_precision``) overstates the flags' precision. An audit asks
 about a *random* sample instead, stratified by label quality, and so measures it without bias,
-band by band; clean then acts only on the bands whose precision clears ``clean.min_precision``.
+band by band; clean then acts only on the bands whose precision clears ``clean.min_precision``,
+and trains on the other flags weighted by the chance their label is right (:func:`holds`).
 
 **Bands.** The train rows cleanlab flagged as label issues, ranked by label quality (lowest, most
 suspicious, first; ties by sample_id), cut into ``clean.audit_bands`` bands of equal count: band
