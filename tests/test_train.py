@@ -220,6 +220,16 @@ def test_validation_split_keeps_copies_of_validation_images_out_of_training(work
         assert (fit_rows["sample_id"] == f"{3:016x}").sum() == 3
 
 
+def test_rows_whose_label_clean_doubts_never_validate(workdir):
+    samples = make_inputs(workdir).assign(label_weight=1.0)
+    doubted = samples.index[(samples["split"] == "train") & (samples.index % 3 == 0)]
+    samples.loc[doubted, "label_weight"] = 0.1  # held by the audit: weighted, not trusted
+    fit_rows, val_rows = train.split_validation(samples, 0.25, seed=0)
+    assert (val_rows["label_weight"] == 1).all() and len(val_rows) > 0
+    in_play = samples.loc[doubted].query("action != 'drop' and copies > 0 and store == 'raw'")["sample_id"]
+    assert set(in_play) <= set(fit_rows["sample_id"])  # they still train, at their weight
+
+
 def test_train_stage_writes_a_loadable_checkpoint_and_deterministic_outputs(workdir):
     make_inputs(workdir)
     run_train(workdir)
