@@ -239,8 +239,8 @@ def holds(train: pd.DataFrame, measured: Estimate, settings: CleanParams, action
     """The label flags the audit rule holds (``clean.act_when: audited``): those of the bands whose
     interval's lower bound is under ``clean.min_precision``. A held flag keeps its label and
     weighs in the loss the chance it is right (:func:`label_weights`): kept at full weight, the
-    hard folder's held flags cost 3.0 points of accuracy and 3.8 of worst-group accuracy against
-    that (``benchmarks/efficacy.py --audit``, 5 seeds). None without a fresh audit line (no
+    hard folder's held flags cost 3.1 points of accuracy and 2.6 of worst-group accuracy against
+    that (``benchmarks/efficacy.py --audit``, 5 seeds; docs/curation.md). None without a fresh audit line (no
     audit, or one whose flags all changed since: then clean acts as ``always``), nor when clean acts
     on no flag anyway (``action`` keep), nor under ``action`` weight, where the audit sets each
     flag's weight instead (:func:`label_weights`)."""
