@@ -76,13 +76,14 @@ def test_added_decisions_are_the_ledger_rows_new_in_b():
         "decision,sample_id,path,label,reviewer,note\n"
         "drop,e1,,,ann,\nrelabel,d2,,cat,bob,\nkeep,,x/1.png,,bob,a|b\n"
     )
+    # Rows read in the ledger's columns, the audit cell (a band) last: empty in a ledger from before audits.
     assert added_decisions(a.encode(), b.encode()) == [
-        ["d2", "", "relabel", "cat", "bob", ""],
-        ["", "x/1.png", "keep", "", "bob", "a|b"],
+        ["d2", "", "relabel", "cat", "bob", "", ""],
+        ["", "x/1.png", "keep", "", "bob", "a|b", ""],
     ]
     assert added_decisions(None, a.encode()) == [
-        ["e1", "", "drop", "", "ann", ""],
-        ["d2", "", "keep", "", "ann", ""],
+        ["e1", "", "drop", "", "ann", "", ""],
+        ["d2", "", "keep", "", "ann", "", ""],
     ]
     assert added_decisions(a.encode(), None) == []
 

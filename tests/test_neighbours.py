@@ -32,6 +32,7 @@ def run_clean(folder, monkeypatch) -> dict[str, bytes]:
     return {path: (folder / path).read_bytes() for path in OUTPUTS}
 
 
+@pytest.mark.full  # 22 s at 20,000 rows: beside `pytest` in CI, with the other long runs
 def test_the_approximate_search_gives_the_same_bytes_twice(tmp_path, monkeypatch):
     # Past neighbours.EXACT_MAX_ROWS in size, forced anyway, with the kNN evidence mixed in so
     # that the label issues too depend on the graph.

@@ -20,7 +20,7 @@ from moto.server import ThreadedMotoServer
 
 from tests.conftest import ENV, GIT, run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.full]  # 36 s: beside `pytest` in CI, with the other long runs
 
 BUCKET = "curate-remote"
 PREFIX = "curate"
