@@ -40,11 +40,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks._common import REPO
 from benchmarks._synthetic import hard_digits_folder
 from benchmarks.efficacy import _single_threaded, clean_train, run_pipeline
 from curate.curation import audit
 from curate.data import ledger
 from curate.data.csvfile import csv_text
+from curate.params import load_params
 
 CELLS = {
     "demo-cc10": [{"ingest": {"demo": {"noise": "class_conditional", "label_noise": 0.1}}}],
@@ -106,7 +108,7 @@ def run_cell_seed(job: tuple) -> dict:
 def simulate_reviewer(train: pd.DataFrame, seed: int, size: int, error: float) -> list[list[str]]:
     """The ledger lines of an audit of ``size`` of ``train``'s label flags, drawn as the review app
     draws them, answered from ``true_label``; each answer wrong at rate ``error``."""
-    bands = 4  # the template's clean.audit_bands
+    bands = load_params(REPO / "params.yaml").clean.audit_bands  # the template's, as every arm has it
     flags = train.loc[train["is_label_issue"], ["sample_id", "label_quality"]]
     chosen = audit.sample(audit.order(flags, seed, bands), size, bands)
     rng = np.random.default_rng([seed, size, 11])
